@@ -1,0 +1,231 @@
+"""The connector interface every venue implements, with its Decimal value types."""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_DOWN, ROUND_UP, Decimal
+
+
+class Side(str, enum.Enum):
+    BUY = "buy"
+    SELL = "sell"
+
+    @property
+    def sign(self) -> int:
+        """+1 for a buy, -1 for a sell."""
+        return 1 if self is Side.BUY else -1
+
+    @property
+    def opposite(self) -> Side:
+        return Side.SELL if self is Side.BUY else Side.BUY
+
+
+class OrderType(str, enum.Enum):
+    MARKET = "market"
+    LIMIT = "limit"
+    STOP = "stop"  # stop-market: triggers when price crosses trigger_price against the position
+    TAKE_PROFIT = "take_profit"  # take-profit-market: triggers when price crosses in favour
+
+
+class VenueOrderStatus(str, enum.Enum):
+    OPEN = "open"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELED = "canceled"
+    REJECTED = "rejected"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (VenueOrderStatus.FILLED, VenueOrderStatus.CANCELED, VenueOrderStatus.REJECTED)
+
+
+@dataclass(frozen=True)
+class Market:
+    """A tradable market and its precision rules; sizes in base asset, prices in quote."""
+
+    symbol: str
+    base: str
+    quote: str
+    tick_size: Decimal
+    lot_size: Decimal
+    min_qty: Decimal
+    min_notional: Decimal = Decimal("0")
+    max_leverage: Decimal = Decimal("1")
+    kind: str = "spot"  # spot | perp
+    maker_fee: Decimal = Decimal("0")  # fraction of notional, 0.001 = 10 bps
+    taker_fee: Decimal = Decimal("0")
+
+    def round_qty(self, qty: Decimal) -> Decimal:
+        """Round a quantity down to the lot size (never up: rounding up can exceed a balance or a limit)."""
+        return round_down(qty, self.lot_size)
+
+    def round_price(self, price: Decimal, side: Side | None = None) -> Decimal:
+        """Round a price to the tick: down for sells, up for buys, half-down to nearest when no side is given."""
+        if side is Side.BUY:
+            return round_up(price, self.tick_size)
+        if side is Side.SELL:
+            return round_down(price, self.tick_size)
+        return (price / self.tick_size).quantize(Decimal(1)) * self.tick_size
+
+
+def round_down(value: Decimal, step: Decimal) -> Decimal:
+    """Largest multiple of step not above value (for value >= 0)."""
+    return (value / step).to_integral_value(rounding=ROUND_DOWN) * step
+
+
+def round_up(value: Decimal, step: Decimal) -> Decimal:
+    """Smallest multiple of step not below value (for value >= 0)."""
+    return (value / step).to_integral_value(rounding=ROUND_UP) * step
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """An order as we send it: our client order id is the idempotency key on the venue."""
+
+    client_order_id: str
+    symbol: str
+    side: Side
+    type: OrderType
+    quantity: Decimal
+    price: Decimal | None = None  # limit price, or the reference price of a market order
+    trigger_price: Decimal | None = None
+    reduce_only: bool = False
+    post_only: bool = False
+    leverage: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class VenueFill:
+    fill_id: str
+    quantity: Decimal
+    price: Decimal
+    fee: Decimal
+    fee_currency: str
+    time: datetime
+    liquidity: str = "taker"  # maker | taker
+
+
+@dataclass(frozen=True)
+class VenueOrder:
+    """The venue's view of one order, with every fill it knows of."""
+
+    client_order_id: str
+    venue_order_id: str
+    symbol: str
+    side: Side
+    type: OrderType
+    status: VenueOrderStatus
+    quantity: Decimal
+    filled_quantity: Decimal = Decimal("0")
+    price: Decimal | None = None
+    trigger_price: Decimal | None = None
+    reduce_only: bool = False
+    fills: tuple[VenueFill, ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Balance:
+    asset: str
+    free: Decimal
+    total: Decimal
+
+
+@dataclass(frozen=True)
+class VenuePosition:
+    symbol: str
+    quantity: Decimal  # signed: > 0 long, < 0 short
+    entry_price: Decimal
+
+
+@dataclass(frozen=True)
+class Ticker:
+    symbol: str
+    price: Decimal
+    time: datetime
+    volume: Decimal | None = None  # base volume of the current candle, when known
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Venue quirks as data, so callers never branch on the venue's name."""
+
+    venue: str
+    live: bool
+    post_only: bool = True
+    reduce_only: bool = True
+    stop_orders: bool = True
+    leverage: bool = True
+    positions: bool = True
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Connector(abc.ABC):
+    """What every venue must implement. Quantities in base asset, prices in quote, all Decimal."""
+
+    capabilities: Capabilities
+
+    @abc.abstractmethod
+    def markets(self) -> Sequence[Market]:
+        """List the venue's markets with tick, lot and minimum sizes."""
+
+    def market(self, symbol: str) -> Market:
+        """Return one market, or raise MarketNotFoundError."""
+        from exchanges.errors import MarketNotFoundError
+
+        for m in self.markets():
+            if m.symbol == symbol:
+                return m
+        raise MarketNotFoundError(f"unknown market {symbol!r}", venue=self.capabilities.venue)
+
+    @abc.abstractmethod
+    def balances(self) -> Sequence[Balance]:
+        """Return balances per asset."""
+
+    @abc.abstractmethod
+    def ticker(self, symbol: str) -> Ticker:
+        """Return the current price of a market."""
+
+    @abc.abstractmethod
+    def create_order(self, request: OrderRequest) -> VenueOrder:
+        """Place an order; raise OrderStatusUnknownError when the outcome is ambiguous."""
+
+    @abc.abstractmethod
+    def cancel_order(self, symbol: str, venue_order_id: str) -> VenueOrder:
+        """Cancel an order by venue id and return its final state."""
+
+    @abc.abstractmethod
+    def fetch_order(self, symbol: str, venue_order_id: str) -> VenueOrder:
+        """Return an order by venue id, or raise OrderNotFoundError."""
+
+    @abc.abstractmethod
+    def fetch_order_by_client_id(self, symbol: str, client_order_id: str) -> VenueOrder | None:
+        """Return an order by our client order id, or None when the venue has never seen it."""
+
+    @abc.abstractmethod
+    def open_orders(self, symbol: str | None = None) -> Sequence[VenueOrder]:
+        """Return orders still working on the venue."""
+
+    @abc.abstractmethod
+    def positions(self) -> Sequence[VenuePosition]:
+        """Return open positions (net quantity per market)."""
+
+    @abc.abstractmethod
+    def set_leverage(self, symbol: str, leverage: Decimal) -> None:
+        """Set the leverage used for new orders on a market."""
+
+    def quantize(self, request: OrderRequest) -> OrderRequest:
+        """Round a request to the market's lot and tick as the last step before the wire."""
+        from dataclasses import replace
+
+        m = self.market(request.symbol)
+        return replace(
+            request,
+            quantity=m.round_qty(request.quantity),
+            price=None if request.price is None else m.round_price(request.price, request.side),
+            trigger_price=None if request.trigger_price is None else m.round_price(request.trigger_price),
+        )

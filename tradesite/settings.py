@@ -1,0 +1,213 @@
+"""Settings, read from the environment only here. With nothing set: SQLite (WAL) and a filesystem broker."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("TRADESITE_VAR_DIR", BASE_DIR / "var"))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """Read a boolean environment variable (1/true/yes/on)."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    """Read a comma-separated environment variable."""
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def _secret_key() -> str:
+    """SECRET_KEY from the environment, else one generated once and kept under var/."""
+    if os.environ.get("SECRET_KEY"):
+        return os.environ["SECRET_KEY"]
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_celery_beat",
+    "trading.apps.TradingConfig",
+    "strategies.apps.StrategiesConfig",
+    "webhooks.apps.WebhooksConfig",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "tradesite.urls"
+WSGI_APPLICATION = "tradesite.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+# --- Database: DATABASE_URL (Postgres) or the embedded SQLite default ---
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=True)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("SQLITE_PATH", str(VAR_DIR / "tradesite.sqlite3")),
+            "OPTIONS": {
+                # WAL lets web, workers and beat write side by side; IMMEDIATE takes the write lock at BEGIN,
+                # which is SQLite's equivalent of our row locks (select_for_update is a no-op there).
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+            },
+            "TEST": {"NAME": str(VAR_DIR / "test-tradesite.sqlite3")},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Celery: Redis when configured, else kombu's filesystem transport (no server needed) ---
+REDIS_URL = os.environ.get("REDIS_URL", "")
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL) or "filesystem://"
+BROKER_DIR = VAR_DIR / "broker"
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    for sub in ("queue", "processed"):
+        (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "processed_folder": str(BROKER_DIR / "processed"),
+        "store_processed": False,
+    }
+else:
+    # Longer than any task may take, so a message of a killed worker is redelivered, never lost.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = 60
+CELERY_TASK_SOFT_TIME_LIMIT = 45
+CELERY_TASK_DEFAULT_QUEUE = "execution"
+CELERY_TASK_ROUTES = {
+    "trading.tasks.signal_process": {"queue": "execution"},
+    "trading.tasks.order_submit": {"queue": "execution"},
+    "trading.tasks.orders_sweep": {"queue": "execution"},
+    "trading.tasks.kill_switch_enforce": {"queue": "execution"},
+    "trading.tasks.positions_monitor": {"queue": "monitoring"},
+    "trading.tasks.accounts_reconcile": {"queue": "monitoring"},
+    "trading.tasks.equity_snapshot": {"queue": "monitoring"},
+    "strategies.tasks.*": {"queue": "strategies"},
+}
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = False
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TIMEZONE = "UTC"
+# Celery's Django fixup closes the DB connection around every task unless told otherwise: reuse it.
+CELERY_DB_REUSE_MAX = 1000
+
+# --- Cache (rate limits and dedup need one shared store across processes) ---
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(VAR_DIR / "cache")}}
+
+# --- Auth and API ---
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "/admin/login/"
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+
+# --- Trading ---
+TRADING = {
+    # Prices older than this are stale: entries are refused (seconds).
+    "MAX_PRICE_AGE_SECONDS": int(os.environ.get("TRADING_MAX_PRICE_AGE_SECONDS", "120")),
+    # An order in SUBMITTING or UNKNOWN longer than this is re-driven by the sweeper (seconds).
+    "STUCK_AFTER_SECONDS": int(os.environ.get("TRADING_STUCK_AFTER_SECONDS", "10")),
+    # A venue that has never seen an order after this long lets the sweeper resend it with the same id.
+    "RESEND_AFTER_SECONDS": int(os.environ.get("TRADING_RESEND_AFTER_SECONDS", "5")),
+    "MAX_SUBMIT_ATTEMPTS": int(os.environ.get("TRADING_MAX_SUBMIT_ATTEMPTS", "5")),
+    "SWEEP_EVERY_SECONDS": int(os.environ.get("TRADING_SWEEP_EVERY_SECONDS", "10")),
+    "MONITOR_EVERY_SECONDS": int(os.environ.get("TRADING_MONITOR_EVERY_SECONDS", "5")),
+    "RECONCILE_EVERY_SECONDS": int(os.environ.get("TRADING_RECONCILE_EVERY_SECONDS", "60")),
+    "SNAPSHOT_EVERY_SECONDS": int(os.environ.get("TRADING_SNAPSHOT_EVERY_SECONDS", "60")),
+}
+
+# --- Logging: JSON lines, one stream per component, secrets redacted by value as the last line of defence ---
+LOG_DIR = Path(os.environ.get("LOG_DIR", VAR_DIR / "logs"))
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+LOG_COMPONENT = os.environ.get("TRADESITE_COMPONENT", "web")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact": {"()": "tradesite.logging.RedactSecretsFilter"}},
+    "formatters": {"json": {"()": "tradesite.logging.JsonFormatter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["redact"]},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # ccxt and urllib3 log request headers (API keys) at DEBUG: never below INFO.
+        "ccxt": {"level": "INFO"},
+        "urllib3": {"level": "INFO"},
+        "django.db.backends": {"level": "INFO"},
+    },
+}

@@ -1,0 +1,203 @@
+"""Admin: configuration is edited through the services' validation; state-machine rows are read-only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from trading import services
+from trading.models import (
+    AuditEvent,
+    EquitySnapshot,
+    Fill,
+    KillSwitch,
+    MarketPrice,
+    Order,
+    Position,
+    Signal,
+    Strategy,
+    VenueAccount,
+)
+
+
+class _ServiceForm(forms.ModelForm):  # type: ignore[type-arg]
+    """A model form whose validation is the service's, so admin, API and services refuse the same input."""
+
+    validate: Any = None
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        raw = {name: data.get(name) for name in self.fields}
+        _, errors = type(self).validate(raw, instance=self.instance if self.instance.pk else None)
+        for field, problems in errors.items():
+            target = field if field in self.fields else None
+            for problem in problems:
+                self.add_error(target, problem if target else f"{field}: {problem}")
+        return data
+
+
+class AccountForm(_ServiceForm):
+    validate = staticmethod(services.account_validate)
+
+    class Meta:
+        model = VenueAccount
+        fields = [
+            "name", "venue", "network", "credentials_env", "quote_asset", "max_leverage", "market_leverage_caps",
+            "max_open_positions", "max_symbol_exposure", "max_account_exposure", "daily_loss_limit",
+            "paper_initial_cash", "paper_slippage_bps", "paper_max_volume_share", "paper_latency_ms",
+        ]
+
+
+class StrategyForm(_ServiceForm):
+    validate = staticmethod(services.strategy_validate)
+
+    class Meta:
+        model = Strategy
+        fields = [
+            "name", "slug", "kind", "symbol", "timeframe", "params", "account", "mode", "sizing_mode",
+            "sizing_value", "stop_loss_mode", "stop_loss_value", "take_profit_mode", "take_profit_value", "leverage",
+        ]
+
+
+class _ReadOnly(admin.ModelAdmin):  # type: ignore[type-arg]
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+def _actor(request: HttpRequest) -> str:
+    return f"admin:{request.user.get_username()}"
+
+
+@admin.register(VenueAccount)
+class VenueAccountAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    form = AccountForm
+    list_display = ("name", "venue", "network", "cash", "max_leverage", "daily_loss_limit", "last_reconciled_at")
+    readonly_fields = ("cash", "paper_cash", "day_start", "day_start_equity", "last_reconciled_at",
+                       "last_reconcile_report")
+
+    def save_model(self, request: HttpRequest, obj: VenueAccount, form: Any, change: bool) -> None:
+        data = {f: form.cleaned_data.get(f) for f in form.Meta.fields}
+        if change:
+            services.account_update(account=VenueAccount.objects.get(pk=obj.pk), data=data, by=_actor(request))
+        else:
+            obj.pk = services.account_create(data=data, by=_actor(request)).pk
+
+
+@admin.register(Strategy)
+class StrategyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    form = StrategyForm
+    list_display = ("slug", "kind", "symbol", "timeframe", "account", "mode", "status", "last_evaluated_at")
+    list_filter = ("status", "mode", "kind")
+    readonly_fields = ("status", "last_error", "last_evaluated_at")
+    actions = ["start", "pause", "stop"]
+
+    def save_model(self, request: HttpRequest, obj: Strategy, form: Any, change: bool) -> None:
+        data = {f: form.cleaned_data.get(f) for f in form.Meta.fields}
+        if change:
+            services.strategy_update(strategy=Strategy.objects.get(pk=obj.pk), data=data, by=_actor(request))
+        else:
+            obj.pk = services.strategy_create(data=data, by=_actor(request)).pk
+
+    @admin.action(description="Start selected strategies")
+    def start(self, request: HttpRequest, queryset: QuerySet[Strategy]) -> None:
+        for s in queryset:
+            services.strategy_start(strategy=s, by=_actor(request))
+
+    @admin.action(description="Pause selected strategies")
+    def pause(self, request: HttpRequest, queryset: QuerySet[Strategy]) -> None:
+        for s in queryset:
+            services.strategy_pause(strategy=s, by=_actor(request))
+
+    @admin.action(description="Stop selected strategies")
+    def stop(self, request: HttpRequest, queryset: QuerySet[Strategy]) -> None:
+        for s in queryset:
+            services.strategy_stop(strategy=s, by=_actor(request))
+
+
+@admin.register(Signal)
+class SignalAdmin(_ReadOnly):
+    list_display = ("id", "strategy", "source", "action", "symbol", "status", "decision_rule", "received_at",
+                    "filled_at")
+    list_filter = ("status", "source", "decision_rule")
+    list_select_related = ("strategy",)
+
+
+@admin.register(Order)
+class OrderAdmin(_ReadOnly):
+    list_display = ("id", "client_order_id", "strategy", "symbol", "side", "type", "quantity", "status",
+                    "filled_quantity", "average_fill_price", "created_at")
+    list_filter = ("status", "side", "type", "purpose")
+    search_fields = ("client_order_id", "venue_order_id")
+    list_select_related = ("strategy",)
+    actions = ["cancel"]
+
+    @admin.action(description="Cancel selected orders")
+    def cancel(self, request: HttpRequest, queryset: QuerySet[Order]) -> None:
+        from trading import engine
+
+        for order in queryset:
+            engine.order_cancel(order_id=order.pk, by=_actor(request))
+
+
+@admin.register(Fill)
+class FillAdmin(_ReadOnly):
+    list_display = ("id", "order", "symbol", "side", "quantity", "price", "fee", "realized_pnl", "time")
+    list_select_related = ("order",)
+
+
+@admin.register(Position)
+class PositionAdmin(_ReadOnly):
+    list_display = ("strategy", "account", "symbol", "quantity", "average_entry", "realized_pnl", "fees_paid",
+                    "stop_loss", "take_profit", "updated_at")
+    list_select_related = ("strategy", "account")
+
+
+@admin.register(EquitySnapshot)
+class EquitySnapshotAdmin(_ReadOnly):
+    list_display = ("time", "account", "strategy", "equity", "realized_pnl", "unrealized_pnl")
+    list_select_related = ("strategy", "account")
+
+
+@admin.register(MarketPrice)
+class MarketPriceAdmin(_ReadOnly):
+    list_display = ("symbol", "price", "volume", "time")
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(_ReadOnly):
+    list_display = ("time", "actor", "action", "entity", "entity_id")
+    list_filter = ("action", "entity")
+
+
+@admin.register(KillSwitch)
+class KillSwitchAdmin(_ReadOnly):
+    list_display = ("__str__", "reason", "changed_at", "changed_by")
+    actions = ["engage", "release"]
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        KillSwitch.objects.get_or_create(pk=1)
+        return super().changelist_view(request, extra_context)
+
+    @admin.action(description="ENGAGE the kill switch (halt entries, cancel orders, close positions)")
+    def engage(self, request: HttpRequest, queryset: QuerySet[KillSwitch]) -> None:
+        services.kill_switch_engage(by=_actor(request), reason="engaged from admin")
+        self.message_user(request, "Kill switch engaged.", messages.WARNING)
+
+    @admin.action(description="Release the kill switch")
+    def release(self, request: HttpRequest, queryset: QuerySet[KillSwitch]) -> None:
+        services.kill_switch_release(by=_actor(request))
+        self.message_user(request, "Kill switch released.")
+
+
+__all__ = ["ValidationError"]

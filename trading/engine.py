@@ -1,0 +1,685 @@
+"""The execution engine: signal -> risk decision -> orders -> venue -> fills -> position -> P&L.
+
+Every function here is a service of the execution path: it takes ids, is idempotent, and keeps the database
+row as the truth. An order row with its client order id is committed before any venue call; an ambiguous
+venue failure makes the order UNKNOWN, and recovery asks the venue by client id before anything is resent.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from exchanges.base import Connector, OrderRequest, OrderType, Side, VenueOrder, VenueOrderStatus
+from exchanges.errors import (
+    InvalidOrderError,
+    OrderStatusUnknownError,
+    TemporaryError,
+    VenueError,
+)
+from tradesite.logging import log_context
+from trading import pnl, risk
+from trading.domain import (
+    AccountView,
+    Action,
+    Decision,
+    ExitMode,
+    ExitRule,
+    MarketRules,
+    PendingOrder,
+    PositionView,
+    Quote,
+    RiskLimits,
+    Rule,
+    SignalIntent,
+    SizingMode,
+    SizingRule,
+    StrategyRisk,
+)
+from trading.models import AuditEvent, Fill, KillSwitch, Order, Position, Signal, Strategy, VenueAccount
+from trading.venues import connector_for
+
+log = logging.getLogger("trading.engine")
+
+_VENUE_STATUS = {
+    VenueOrderStatus.OPEN: Order.Status.OPEN,
+    VenueOrderStatus.PARTIALLY_FILLED: Order.Status.PARTIALLY_FILLED,
+    VenueOrderStatus.FILLED: Order.Status.FILLED,
+    VenueOrderStatus.CANCELED: Order.Status.CANCELED,
+    VenueOrderStatus.REJECTED: Order.Status.REJECTED,
+}
+# Exits fired by the monitor and the kill switch run whatever the strategy's status.
+_ALWAYS_ALLOWED = (Signal.Source.MONITOR, Signal.Source.KILL_SWITCH)
+
+
+def _cfg(name: str) -> int:
+    return int(settings.TRADING[name])
+
+
+def audit(*, actor: str, action: str, entity: str, entity_id: object, now: datetime, **data: object) -> None:
+    """Append one audit row (inside the caller's transaction)."""
+    AuditEvent.objects.create(
+        time=now, actor=actor, action=action, entity=entity, entity_id=str(entity_id), data=_jsonable(data)
+    )
+
+
+def _jsonable(data: dict[str, object]) -> dict[str, object]:
+    return {k: (str(v) if isinstance(v, (Decimal, datetime)) else v) for k, v in data.items()}
+
+
+def new_client_order_id() -> str:
+    """A fresh client order id: 32 hex digits (fits every venue's format, e.g. Hyperliquid's 0x cloid)."""
+    return uuid.uuid4().hex
+
+
+def kill_switch_engaged() -> bool:
+    """Return whether the global kill switch is engaged."""
+    return KillSwitch.objects.filter(pk=1, engaged=True).exists()
+
+
+# --------------------------------------------------------------------------------------------- risk inputs
+
+
+def _strategy_risk(strategy: Strategy) -> StrategyRisk:
+    return StrategyRisk(
+        sizing=SizingRule(SizingMode(strategy.sizing_mode), strategy.sizing_value),
+        stop_loss=ExitRule(ExitMode(strategy.stop_loss_mode), strategy.stop_loss_value),
+        take_profit=ExitRule(ExitMode(strategy.take_profit_mode), strategy.take_profit_value),
+        leverage=strategy.leverage,
+    )
+
+
+def account_limits(account: VenueAccount) -> RiskLimits:
+    """The account's risk limits as a pure value."""
+    return RiskLimits(
+        max_leverage=account.max_leverage,
+        market_leverage_caps={k: Decimal(str(v)) for k, v in (account.market_leverage_caps or {}).items()},
+        max_open_positions=account.max_open_positions,
+        max_symbol_exposure=account.max_symbol_exposure,
+        max_account_exposure=account.max_account_exposure,
+        daily_loss_limit=account.daily_loss_limit,
+        max_price_age_seconds=_cfg("MAX_PRICE_AGE_SECONDS"),
+    )
+
+
+@dataclass(frozen=True)
+class _Book:
+    view: AccountView
+    positions: dict[tuple[int, str], Position]
+
+
+def _account_view(account: VenueAccount, connector: Connector, *, now: datetime, marks: dict[str, Decimal]) -> _Book:
+    """Read the account's positions, working orders and equity (call with the account row locked)."""
+    positions = list(Position.objects.filter(account=account).exclude(quantity=0))
+    for symbol in {p.symbol for p in positions} - marks.keys():
+        marks[symbol] = connector.ticker(symbol).price
+    views = tuple(PositionView(p.strategy_id, p.symbol, p.quantity, marks[p.symbol]) for p in positions)
+    pending = tuple(
+        PendingOrder(
+            strategy_id=o.strategy_id,
+            symbol=o.symbol,
+            side=Side(o.side),
+            quantity=o.quantity - o.filled_quantity,
+            price=o.price or o.reference_price or o.trigger_price or Decimal("0"),
+            reduce_only=o.reduce_only,
+        )
+        for o in Order.objects.filter(account=account, status__in=Order.WORKING).only(
+            "strategy_id", "symbol", "side", "quantity", "filled_quantity", "price", "reference_price",
+            "trigger_price", "reduce_only",
+        )
+    )
+    unrealized = sum(
+        (pnl.unrealized(pnl.PositionState(p.quantity, p.cost_basis, Decimal(0), Decimal(0)), marks[p.symbol])
+         for p in positions),
+        Decimal(0),
+    )
+    equity = account.cash + unrealized
+    today = now.date()
+    if account.day_start != today or account.day_start_equity is None:
+        account.day_start, account.day_start_equity = today, equity
+        VenueAccount.objects.filter(pk=account.pk).update(day_start=today, day_start_equity=equity)
+    view = AccountView(
+        equity=equity,
+        positions=views,
+        pending=pending,
+        pnl_today=equity - account.day_start_equity,
+        kill_switch=kill_switch_engaged(),
+    )
+    return _Book(view, {(p.strategy_id, p.symbol): p for p in positions})
+
+
+def _intent(signal: Signal) -> SignalIntent:
+    return SignalIntent(
+        action=Action(signal.action),
+        symbol=signal.symbol,
+        quantity=signal.quantity,
+        target=signal.target,
+        order_type=OrderType(signal.order_type),
+        price=signal.price,
+        stop_loss=signal.stop_loss,
+        take_profit=signal.take_profit,
+        leverage=signal.leverage,
+    )
+
+
+# --------------------------------------------------------------------------------------------- signals
+
+
+def signal_process(*, signal_id: int, now: datetime | None = None) -> Signal:
+    """Decide a received signal under the account lock, create its orders, and submit them."""
+    with log_context(signal_id=signal_id):
+        signal, order_ids = _signal_decide(signal_id=signal_id, now=now or timezone.now())
+        for order_id in order_ids:
+            order_submit(order_id=order_id)
+        if order_ids:
+            signal.refresh_from_db()
+        return signal
+
+
+def _signal_decide(*, signal_id: int, now: datetime) -> tuple[Signal, list[int]]:
+    account_id = Signal.objects.values_list("account_id", flat=True).get(pk=signal_id)
+    with transaction.atomic():
+        # The account row is the parent lock: every risk decision on an account runs one at a time.
+        account = VenueAccount.objects.select_for_update().get(pk=account_id)
+        signal = Signal.objects.select_for_update().select_related("strategy").get(pk=signal_id)
+        if signal.status != Signal.Status.RECEIVED:
+            return signal, []
+        signal.attempts += 1
+        if signal.strategy.status != Strategy.Status.ACTIVE and signal.source not in _ALWAYS_ALLOWED:
+            return _signal_reject(signal, rule="strategy_inactive",
+                                  detail=f"strategy {signal.strategy.slug} is {signal.strategy.status}", now=now), []
+        connector = connector_for(account)
+        try:
+            market = connector.market(signal.symbol)
+            ticker = connector.ticker(signal.symbol)
+            marks = {signal.symbol: ticker.price}
+            book = _account_view(account, connector, now=now, marks=marks)
+        except VenueError as exc:
+            if signal.attempts >= _cfg("MAX_SUBMIT_ATTEMPTS") or not exc.retryable:
+                return _signal_reject(signal, rule="venue_unavailable", detail=str(exc), now=now), []
+            signal.save(update_fields=["attempts"])
+            raise
+        decision = risk.decide(
+            intent=_intent(signal),
+            strategy_id=signal.strategy_id,
+            account=book.view,
+            market=MarketRules(
+                symbol=market.symbol,
+                lot_size=market.lot_size,
+                min_qty=market.min_qty,
+                tick_size=market.tick_size,
+                min_notional=market.min_notional,
+                max_leverage=market.max_leverage,
+            ),
+            quote=Quote(ticker.price, ticker.time),
+            atr=None,
+            risk=_strategy_risk(signal.strategy),
+            limits=account_limits(account),
+            now=now,
+        )
+        if not decision.accepted:
+            status = Signal.Status.IGNORED if decision.rule == Rule.NOTHING_TO_DO else Signal.Status.REJECTED
+            return _signal_reject(signal, rule=decision.rule, detail=decision.detail, now=now, status=status), []
+        orders = _orders_create(signal, decision, reference_price=ticker.price, now=now)
+        signal.status = Signal.Status.ACCEPTED
+        signal.decision_rule, signal.decision_detail = decision.rule, decision.detail
+        signal.accepted_at = now
+        if decision.stop_loss is not None or decision.take_profit is not None:
+            signal.stop_loss, signal.take_profit = decision.stop_loss, decision.take_profit
+        signal.save()
+        audit(actor="engine", action="signal.accepted", entity="signal", entity_id=signal.pk, now=now,
+              orders=[o.client_order_id for o in orders], rule=decision.rule)
+        return signal, [o.pk for o in orders]
+
+
+def _signal_reject(signal: Signal, *, rule: str, detail: str, now: datetime,
+                   status: str = Signal.Status.REJECTED) -> Signal:
+    signal.status = status
+    signal.decision_rule, signal.decision_detail = rule, detail
+    signal.save()
+    audit(actor="engine", action=f"signal.{status}", entity="signal", entity_id=signal.pk, now=now, rule=rule,
+          detail=detail)
+    log.info("signal %s %s by %s: %s", signal.pk, status, rule, detail)
+    return signal
+
+
+def _orders_create(signal: Signal, decision: Decision, *, reference_price: Decimal, now: datetime) -> list[Order]:
+    orders = [
+        Order(
+            client_order_id=new_client_order_id(),
+            account_id=signal.account_id,
+            strategy_id=signal.strategy_id,
+            signal=signal,
+            symbol=signal.symbol,
+            side=intent.side.value,
+            type=intent.order_type.value,
+            purpose=_purpose(signal, intent.purpose),
+            reduce_only=intent.reduce_only,
+            quantity=intent.quantity,
+            price=intent.price if intent.order_type is OrderType.LIMIT else None,
+            reference_price=reference_price,
+            leverage=decision.leverage,
+            status=Order.Status.NEW,
+            created_at=now,
+            updated_at=now,
+        )
+        for intent in decision.orders
+    ]
+    Order.objects.bulk_create(orders)
+    if not all(o.pk for o in orders):  # SQLite before 3.35 cannot return ids from a bulk insert
+        ids = dict(Order.objects.filter(signal=signal).values_list("client_order_id", "pk"))
+        for o in orders:
+            o.pk = ids[o.client_order_id]
+    return orders
+
+
+def _purpose(signal: Signal, purpose: str) -> str:
+    if purpose == "exit" and signal.source == Signal.Source.KILL_SWITCH:
+        return Order.Purpose.KILL_SWITCH
+    if purpose == "exit" and signal.source == Signal.Source.MONITOR:
+        key = signal.idempotency_key
+        return Order.Purpose.STOP_LOSS if key.startswith("sl:") else Order.Purpose.TAKE_PROFIT
+    return Order.Purpose.ENTRY if purpose == "entry" else Order.Purpose.EXIT
+
+
+# --------------------------------------------------------------------------------------------- orders
+
+
+def _request(order: Order) -> OrderRequest:
+    return OrderRequest(
+        client_order_id=order.client_order_id,
+        symbol=order.symbol,
+        side=Side(order.side),
+        type=OrderType(order.type),
+        quantity=order.quantity,
+        price=order.price if order.type == Order.Type.LIMIT else order.reference_price,
+        trigger_price=order.trigger_price,
+        reduce_only=order.reduce_only,
+        post_only=order.post_only,
+        leverage=order.leverage,
+    )
+
+
+def order_submit(*, order_id: int, now: datetime | None = None) -> Order:
+    """Send a NEW order to its venue exactly once; an ambiguous failure leaves it UNKNOWN for recovery."""
+    now = now or timezone.now()
+    with log_context(order_id=order_id), transaction.atomic():
+        order = Order.objects.select_for_update().get(pk=order_id)
+        if order.status != Order.Status.NEW:
+            return order
+        if not order.reduce_only and kill_switch_engaged():
+            return _order_finish(order, Order.Status.CANCELED, "kill switch engaged before sending", now)
+        _order_mark_submitting(order, now)
+    return _order_send(order, now=now)
+
+
+def _order_mark_submitting(order: Order, now: datetime) -> None:
+    order.status = Order.Status.SUBMITTING
+    order.attempts += 1
+    order.submitted_at = order.submitted_at or now
+    order.updated_at = now
+    order.save(update_fields=["status", "attempts", "submitted_at", "updated_at"])
+    if order.signal_id:
+        Signal.objects.filter(pk=order.signal_id, submitted_at__isnull=True).update(submitted_at=now)
+
+
+def _order_send(order: Order, *, now: datetime) -> Order:
+    """Call the venue for an order already committed as SUBMITTING, and record what it said."""
+    connector = connector_for(order.account)
+    with log_context(order_id=order.pk, client_order_id=order.client_order_id):
+        try:
+            venue_order = connector.create_order(_request(order))
+        except InvalidOrderError as exc:
+            with transaction.atomic():
+                locked = Order.objects.select_for_update().get(pk=order.pk)
+                return _order_finish(locked, Order.Status.REJECTED, f"venue refused: {exc}", timezone.now())
+        except VenueError as exc:
+            # Timeouts, 5xx, dropped connections: the venue may or may not have the order. Never "failed".
+            log.warning("order %s outcome unknown after %s: %s", order.pk, type(exc).__name__, exc)
+            Order.objects.filter(pk=order.pk, status=Order.Status.SUBMITTING).update(
+                status=Order.Status.UNKNOWN, reason=f"{type(exc).__name__}: {exc}", updated_at=timezone.now()
+            )
+            order.refresh_from_db()
+            return order
+        return order_apply_venue_state(order_id=order.pk, venue_order=venue_order)
+
+
+def _order_finish(order: Order, status: str, reason: str, now: datetime) -> Order:
+    order.status, order.reason, order.updated_at = status, reason, now
+    order.save(update_fields=["status", "reason", "updated_at"])
+    audit(actor="engine", action=f"order.{status}", entity="order", entity_id=order.pk, now=now, reason=reason)
+    if order.signal_id:
+        _signal_settle(order.signal_id, now)
+    log.info("order %s %s: %s", order.pk, status, reason)
+    return order
+
+
+def order_apply_venue_state(*, order_id: int, venue_order: VenueOrder, now: datetime | None = None) -> Order:
+    """Record what the venue says of an order: new fills (once each), position, P&L and status."""
+    now = now or timezone.now()
+    account_id = Order.objects.values_list("account_id", flat=True).get(pk=order_id)
+    with transaction.atomic():
+        account = VenueAccount.objects.select_for_update().get(pk=account_id)
+        order = Order.objects.select_for_update().get(pk=order_id)
+        known = set(order.fills.values_list("venue_fill_id", flat=True))
+        fresh = [f for f in venue_order.fills if f.fill_id not in known]
+        status = _VENUE_STATUS[venue_order.status]
+        if not fresh and order.status == status and order.venue_order_id == venue_order.venue_order_id:
+            return order
+        if fresh:
+            _fills_record(account, order, fresh, now)
+        previous = order.status
+        order.venue_order_id = venue_order.venue_order_id
+        order.status = status
+        if venue_order.reason and status in (Order.Status.REJECTED, Order.Status.CANCELED):
+            order.reason = venue_order.reason
+        order.acknowledged_at = order.acknowledged_at or now
+        order.updated_at = now
+        order.save()
+        if order.signal_id:
+            Signal.objects.filter(pk=order.signal_id, acknowledged_at__isnull=True).update(acknowledged_at=now)
+            if order.is_final:
+                _signal_settle(order.signal_id, now)
+        if previous != status:
+            audit(actor="engine", action=f"order.{status}", entity="order", entity_id=order.pk, now=now,
+                  venue_order_id=venue_order.venue_order_id, filled=order.filled_quantity)
+        return order
+
+
+def _fills_record(account: VenueAccount, order: Order, fills: Sequence, now: datetime) -> None:
+    position, _ = Position.objects.select_for_update().get_or_create(
+        account=account, strategy_id=order.strategy_id, symbol=order.symbol, defaults={"updated_at": now}
+    )
+    state = pnl.PositionState(position.quantity, position.cost_basis, position.realized_pnl, position.fees_paid)
+    was_flat = position.quantity == 0
+    side = Side(order.side)
+    cash_delta = Decimal(0)
+    rows = []
+    for f in fills:
+        state, realized = pnl.apply_fill(state, side=side, quantity=f.quantity, price=f.price, fee=f.fee)
+        cash_delta += realized - f.fee
+        rows.append(Fill(order=order, account=account, strategy_id=order.strategy_id, symbol=order.symbol,
+                         side=order.side, venue_fill_id=f.fill_id, quantity=f.quantity, price=f.price, fee=f.fee,
+                         fee_currency=f.fee_currency, realized_pnl=realized, time=f.time, recorded_at=now))
+    Fill.objects.bulk_create(rows)
+    order.filled_quantity += sum((f.quantity for f in fills), Decimal(0))
+    order.fees += sum((f.fee for f in fills), Decimal(0))
+    notional = sum((f.quantity * f.price for f in order.fills.all()), Decimal(0))
+    order.average_fill_price = notional / order.filled_quantity if order.filled_quantity else None
+
+    flipped = not was_flat and state.quantity != 0 and (position.quantity > 0) != (state.quantity > 0)
+    position.quantity, position.cost_basis = state.quantity, state.cost
+    position.realized_pnl, position.fees_paid = state.realized, state.fees
+    position.average_entry = state.avg_entry
+    if state.quantity == 0:
+        position.stop_loss = position.take_profit = position.opened_at = None
+    elif was_flat or flipped:
+        position.opened_at = now
+        signal = order.signal if order.purpose == Order.Purpose.ENTRY else None
+        position.stop_loss = signal.stop_loss if signal else None
+        position.take_profit = signal.take_profit if signal else None
+    elif order.purpose == Order.Purpose.ENTRY and order.signal is not None:
+        # Adding to a position: the newest entry's exits apply to the whole position.
+        position.stop_loss = order.signal.stop_loss or position.stop_loss
+        position.take_profit = order.signal.take_profit or position.take_profit
+    position.updated_at = now
+    position.save()
+    VenueAccount.objects.filter(pk=account.pk).update(cash=account.cash + cash_delta)
+    account.cash += cash_delta
+    if order.signal_id:
+        Signal.objects.filter(pk=order.signal_id).update(filled_at=now)
+
+
+def _signal_settle(signal_id: int, now: datetime) -> None:
+    """Mark a signal EXECUTED once every one of its orders is final."""
+    if not Order.objects.filter(signal_id=signal_id).exclude(status__in=Order.FINAL).exists():
+        Signal.objects.filter(pk=signal_id, status=Signal.Status.ACCEPTED).update(status=Signal.Status.EXECUTED)
+
+
+def order_recover(*, order_id: int, now: datetime | None = None) -> Order:
+    """Find out what happened to an order stuck in NEW, SUBMITTING or UNKNOWN: ask the venue first, resend last."""
+    now = now or timezone.now()
+    order = Order.objects.select_related("account").get(pk=order_id)
+    if order.is_final:
+        return order
+    if order.status == Order.Status.NEW:
+        return order_submit(order_id=order_id, now=now)
+    connector = connector_for(order.account)
+    with log_context(order_id=order.pk, client_order_id=order.client_order_id):
+        try:
+            found = connector.fetch_order_by_client_id(order.symbol, order.client_order_id)
+        except VenueError as exc:
+            log.warning("order %s lookup failed, will retry: %s", order.pk, exc)
+            return order
+        if found is not None:
+            return order_apply_venue_state(order_id=order.pk, venue_order=found, now=now)
+        if order.status not in (Order.Status.SUBMITTING, Order.Status.UNKNOWN):
+            return order
+        # The venue has never seen this client id. Resend it (same id: a venue that did get it dedupes) once
+        # the venue had time to show it, and give up cleanly after the attempt cap.
+        since = order.updated_at if order.status == Order.Status.UNKNOWN else (order.submitted_at or order.updated_at)
+        if now - since < timedelta(seconds=_cfg("RESEND_AFTER_SECONDS")):
+            return order
+        with transaction.atomic():
+            locked = Order.objects.select_for_update().get(pk=order.pk)
+            if locked.status not in (Order.Status.SUBMITTING, Order.Status.UNKNOWN) or locked.updated_at != order.updated_at:
+                return locked  # someone else moved it since our lookup: theirs to finish
+            if locked.attempts >= _cfg("MAX_SUBMIT_ATTEMPTS"):
+                return _order_finish(locked, Order.Status.REJECTED,
+                                     f"venue never received the order after {locked.attempts} attempts", now)
+            if not locked.reduce_only and kill_switch_engaged():
+                return _order_finish(locked, Order.Status.CANCELED, "kill switch engaged before resending", now)
+            _order_mark_submitting(locked, now)
+        log.info("order %s unknown to the venue: resending with the same client id", order.pk)
+        return _order_send(locked, now=now)
+
+
+def order_sync(*, order_id: int, now: datetime | None = None) -> Order:
+    """Refresh a working order from the venue (fills that arrived since, cancels by the venue)."""
+    order = Order.objects.select_related("account").get(pk=order_id)
+    if order.is_final or not order.venue_order_id:
+        return order_recover(order_id=order_id, now=now)
+    try:
+        found = connector_for(order.account).fetch_order(order.symbol, order.venue_order_id)
+    except VenueError as exc:
+        log.warning("order %s sync failed: %s", order.pk, exc)
+        return order
+    return order_apply_venue_state(order_id=order.pk, venue_order=found, now=now)
+
+
+def order_cancel(*, order_id: int, by: str, now: datetime | None = None) -> Order:
+    """Cancel a working order on its venue (cancels are always allowed, even under the kill switch)."""
+    now = now or timezone.now()
+    order = Order.objects.select_related("account").get(pk=order_id)
+    if order.is_final:
+        return order
+    if order.status == Order.Status.NEW:
+        with transaction.atomic():
+            locked = Order.objects.select_for_update().get(pk=order_id)
+            if locked.status == Order.Status.NEW:
+                return _order_finish(locked, Order.Status.CANCELED, f"canceled by {by} before sending", now)
+        order.refresh_from_db()
+    if not order.venue_order_id:
+        order = order_recover(order_id=order_id, now=now)
+        if order.is_final or not order.venue_order_id:
+            return order
+    try:
+        venue_order = connector_for(order.account).cancel_order(order.symbol, order.venue_order_id)
+    except VenueError as exc:
+        log.warning("cancel of order %s failed: %s", order.pk, exc)
+        return order
+    with transaction.atomic():
+        audit(actor=by, action="order.cancel_requested", entity="order", entity_id=order.pk, now=now)
+    return order_apply_venue_state(order_id=order.pk, venue_order=venue_order, now=now)
+
+
+# --------------------------------------------------------------------------------------------- sweeping
+
+
+def orders_sweep(*, now: datetime | None = None) -> dict[str, int]:
+    """Re-drive signals and orders stuck in an intermediate state (the outbox relay and the crash recovery)."""
+    now = now or timezone.now()
+    stuck_before = now - timedelta(seconds=_cfg("STUCK_AFTER_SECONDS"))
+    counts = {"signals": 0, "orders": 0}
+    for signal_id in Signal.objects.filter(status=Signal.Status.RECEIVED, received_at__lt=stuck_before).values_list(
+        "pk", flat=True
+    )[:500]:
+        counts["signals"] += 1
+        try:
+            signal_process(signal_id=signal_id)
+        except VenueError as exc:
+            log.warning("signal %s still waiting for its venue: %s", signal_id, exc)
+    stuck = Order.objects.filter(
+        Q(status=Order.Status.UNKNOWN)
+        | Q(status__in=(Order.Status.NEW, Order.Status.SUBMITTING), updated_at__lt=stuck_before)
+    ).values_list("pk", flat=True)[:500]
+    for order_id in stuck:
+        counts["orders"] += 1
+        order_recover(order_id=order_id, now=timezone.now())
+    return counts
+
+
+def startup_recover(*, stuck_after_seconds: int = 0) -> dict[str, int]:
+    """At worker start: recover every non-final order and every unprocessed signal, whatever its age."""
+    counts = {"signals": 0, "orders": 0}
+    for signal_id in Signal.objects.filter(status=Signal.Status.RECEIVED).values_list("pk", flat=True):
+        counts["signals"] += 1
+        try:
+            signal_process(signal_id=signal_id)
+        except VenueError as exc:
+            log.warning("signal %s still waiting for its venue: %s", signal_id, exc)
+    for order_id in Order.objects.filter(status__in=(Order.Status.NEW, Order.Status.SUBMITTING, Order.Status.UNKNOWN)
+                                         ).values_list("pk", flat=True):
+        counts["orders"] += 1
+        order_recover(order_id=order_id)
+    return counts
+
+
+# --------------------------------------------------------------------------------------------- monitoring
+
+
+def signal_create(
+    *,
+    strategy: Strategy,
+    source: str,
+    idempotency_key: str,
+    action: str,
+    symbol: str | None = None,
+    quantity: Decimal | None = None,
+    target: Decimal | None = None,
+    order_type: str = "market",
+    price: Decimal | None = None,
+    stop_loss: Decimal | None = None,
+    take_profit: Decimal | None = None,
+    leverage: Decimal | None = None,
+    payload: dict[str, object] | None = None,
+    now: datetime | None = None,
+    enqueue: bool = True,
+) -> tuple[Signal, bool]:
+    """Store a signal once per idempotency key; return (signal, created). Queues processing after commit."""
+    now = now or timezone.now()
+    try:
+        with transaction.atomic():
+            signal = Signal.objects.create(
+                strategy=strategy, account_id=strategy.account_id, source=source, idempotency_key=idempotency_key,
+                action=action, symbol=symbol or strategy.symbol, quantity=quantity, target=target,
+                order_type=order_type, price=price, stop_loss=stop_loss, take_profit=take_profit, leverage=leverage,
+                payload=payload or {}, received_at=now,
+            )
+            if enqueue:
+                from trading.tasks import signal_process_task
+
+                transaction.on_commit(lambda: signal_process_task.delay(signal.pk))
+    except IntegrityError:
+        existing = Signal.objects.filter(idempotency_key=idempotency_key).first()
+        if existing is None:
+            raise
+        return existing, False
+    return signal, True
+
+
+def positions_monitor(*, now: datetime | None = None) -> dict[str, int]:
+    """Match working paper orders against prices, sync working orders, and fire stop-loss / take-profit exits."""
+    now = now or timezone.now()
+    counts = {"matched": 0, "exits": 0}
+    for account in VenueAccount.objects.filter(
+        Q(orders__status__in=(Order.Status.OPEN, Order.Status.PARTIALLY_FILLED))
+        | Q(positions__stop_loss__isnull=False) | Q(positions__take_profit__isnull=False)
+    ).distinct():
+        connector = connector_for(account)
+        match = getattr(connector, "match", None)
+        changed = match() if callable(match) else []
+        by_client_id = {o.client_order_id: o for o in changed}
+        for order in Order.objects.filter(client_order_id__in=list(by_client_id)):
+            counts["matched"] += 1
+            order_apply_venue_state(order_id=order.pk, venue_order=by_client_id[order.client_order_id], now=now)
+        counts["exits"] += _exits_fire(account, connector, now=now)
+    return counts
+
+
+def _exits_fire(account: VenueAccount, connector: Connector, *, now: datetime) -> int:
+    fired = 0
+    positions = Position.objects.filter(account=account).exclude(quantity=0).filter(
+        Q(stop_loss__isnull=False) | Q(take_profit__isnull=False)
+    ).select_related("strategy")
+    prices: dict[str, Decimal] = {}
+    for position in positions:
+        if position.symbol not in prices:
+            try:
+                prices[position.symbol] = connector.ticker(position.symbol).price
+            except VenueError:
+                continue
+        price = prices[position.symbol]
+        long = position.quantity > 0
+        hit_stop = position.stop_loss is not None and (price <= position.stop_loss if long else price >= position.stop_loss)
+        hit_tp = position.take_profit is not None and (
+            price >= position.take_profit if long else price <= position.take_profit)
+        if not (hit_stop or hit_tp):
+            continue
+        kind = "sl" if hit_stop else "tp"  # when both are touched, the stop is taken first
+        opened = int(position.opened_at.timestamp() * 1000) if position.opened_at else 0
+        signal, created = signal_create(
+            strategy=position.strategy, source=Signal.Source.MONITOR,
+            idempotency_key=f"{kind}:{position.pk}:{opened}", action=Signal.Action.CLOSE, symbol=position.symbol,
+            payload={"trigger": kind, "price": str(price)}, now=now, enqueue=False,
+        )
+        if created:
+            fired += 1
+            log.info("%s hit for position %s at %s", "stop-loss" if hit_stop else "take-profit", position.pk, price)
+            signal_process(signal_id=signal.pk)
+    return fired
+
+
+# --------------------------------------------------------------------------------------------- kill switch
+
+
+def kill_switch_enforce(*, now: datetime | None = None) -> dict[str, int]:
+    """While the kill switch is engaged: cancel every working order and close every position reduce-only."""
+    now = now or timezone.now()
+    switch = KillSwitch.objects.filter(pk=1).first()
+    counts = {"canceled": 0, "closing": 0}
+    if switch is None or not switch.engaged:
+        return counts
+    stamp = int((switch.changed_at or now).timestamp() * 1000)
+    for order in Order.objects.filter(status__in=Order.WORKING).exclude(purpose=Order.Purpose.KILL_SWITCH):
+        order_cancel(order_id=order.pk, by="kill_switch", now=now)
+        counts["canceled"] += 1
+    for position in Position.objects.exclude(quantity=0).select_related("strategy"):
+        signal, created = signal_create(
+            strategy=position.strategy, source=Signal.Source.KILL_SWITCH,
+            idempotency_key=f"kill:{stamp}:{position.pk}", action=Signal.Action.CLOSE, symbol=position.symbol,
+            payload={"reason": switch.reason}, now=now, enqueue=False,
+        )
+        if created or signal.status == Signal.Status.RECEIVED:
+            counts["closing"] += 1
+            signal_process(signal_id=signal.pk)
+    return counts

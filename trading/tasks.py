@@ -1,0 +1,86 @@
+"""Celery entry points of the engine: each takes ids only, loads its row, and calls one service."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from celery.signals import worker_ready
+
+from exchanges.errors import VenueError
+
+log = logging.getLogger("trading.tasks")
+
+
+@shared_task(name="trading.tasks.signal_process", acks_late=True, bind=True, max_retries=5)
+def signal_process_task(self, signal_id: int) -> str:  # type: ignore[no-untyped-def]
+    """Process one stored signal (a no-op when it was already processed)."""
+    from trading import engine
+
+    try:
+        return engine.signal_process(signal_id=signal_id).status
+    except VenueError as exc:
+        if exc.retryable:
+            raise self.retry(countdown=min(2 ** self.request.retries, 30), exc=exc) from exc
+        raise
+
+
+@shared_task(name="trading.tasks.order_submit", acks_late=True)
+def order_submit_task(order_id: int) -> str:
+    """Send one NEW order (a no-op when it was already sent)."""
+    from trading import engine
+
+    return engine.order_submit(order_id=order_id).status
+
+
+@shared_task(name="trading.tasks.orders_sweep", acks_late=True)
+def orders_sweep_task() -> dict[str, int]:
+    """Re-drive stuck signals and orders."""
+    from trading import engine
+
+    return engine.orders_sweep()
+
+
+@shared_task(name="trading.tasks.positions_monitor", acks_late=True)
+def positions_monitor_task() -> dict[str, int]:
+    """Match paper orders and fire stop-loss / take-profit exits."""
+    from trading import engine
+
+    return engine.positions_monitor()
+
+
+@shared_task(name="trading.tasks.kill_switch_enforce", acks_late=True)
+def kill_switch_enforce_task() -> dict[str, int]:
+    """Cancel orders and close positions while the kill switch is engaged."""
+    from trading import engine
+
+    return engine.kill_switch_enforce()
+
+
+@shared_task(name="trading.tasks.accounts_reconcile", acks_late=True)
+def accounts_reconcile_task() -> dict[str, object]:
+    """Compare every account's orders and positions with its venue."""
+    from trading import reconcile
+
+    return reconcile.accounts_reconcile()
+
+
+@shared_task(name="trading.tasks.equity_snapshot", acks_late=True)
+def equity_snapshot_task() -> int:
+    """Record equity and P&L of every account and strategy."""
+    from trading import services
+
+    return services.equity_snapshot_take()
+
+
+@worker_ready.connect
+def _recover_on_start(sender: object = None, **kwargs: object) -> None:
+    """On worker start, finish what a crashed worker left half done, then reconcile with the venues."""
+    from trading import engine, reconcile
+
+    try:
+        counts = engine.startup_recover()
+        log.info("startup recovery: %s", counts)
+        reconcile.accounts_reconcile()
+    except Exception:  # noqa: BLE001 - a failed recovery must not stop the worker; the sweeper retries
+        log.exception("startup recovery failed; the sweeper will retry")

@@ -1,0 +1,251 @@
+"""Connectors for accounts: the Django-backed paper store and price feed, and a per-process connector cache."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+
+from exchanges import registry
+from exchanges.base import Connector, OrderRequest, OrderType, Side, Ticker, VenueFill, VenueOrder, VenueOrderStatus
+from exchanges.errors import TemporaryError
+from exchanges.paper import DEFAULT_MARKETS, PaperConfig, PaperVenue
+from trading.models import MarketPrice, PaperOrder, PaperPosition, VenueAccount
+
+_cache: dict[int, tuple[datetime, Connector]] = {}
+_cache_lock = threading.Lock()
+
+
+def connector_for(account: VenueAccount) -> Connector:
+    """Return this process's connector for an account, rebuilt when the account's settings change."""
+    with _cache_lock:
+        hit = _cache.get(account.pk)
+        if hit is not None and hit[0] == account.updated_at:
+            return hit[1]
+        connector = _build(account)
+        _cache[account.pk] = (account.updated_at, connector)
+        return connector
+
+
+def _build(account: VenueAccount) -> Connector:
+    if account.venue == VenueAccount.Venue.PAPER:
+        config = PaperConfig(
+            markets=DEFAULT_MARKETS,
+            quote_asset=account.quote_asset,
+            slippage_bps=account.paper_slippage_bps,
+            max_volume_share=account.paper_max_volume_share,
+        )
+        venue = PaperVenue(store=DjangoPaperStore(account.pk), prices=DbPriceSource(), config=config)
+        return LatentConnector(venue, account.paper_latency_ms) if account.paper_latency_ms else venue
+    prefix = f"{account.credentials_env}_"
+    credentials = {k[len(prefix):].lower(): v for k, v in os.environ.items() if k.startswith(prefix)}
+    return registry.build(venue=account.venue, network=account.network, credentials=credentials)
+
+
+def price_set(symbol: str, price: Decimal, *, time: datetime, volume: Decimal | None = None) -> None:
+    """Publish the latest price of a market to the feed the paper venue and the monitor read."""
+    MarketPrice.objects.update_or_create(symbol=symbol, defaults={"price": price, "volume": volume, "time": time})
+
+
+class DbPriceSource:
+    """Prices from the MarketPrice table (written by the replay feed, a venue's public prices, or tests)."""
+
+    def ticker(self, symbol: str) -> Ticker:
+        row = MarketPrice.objects.filter(symbol=symbol).values_list("price", "time", "volume").first()
+        if row is None:
+            raise TemporaryError(f"no price for {symbol}", venue="paper")
+        return Ticker(symbol=symbol, price=row[0], time=row[1], volume=row[2])
+
+
+class LatentConnector(Connector):
+    """Paper with a venue's latency: half before the venue records an order, half before its reply arrives."""
+
+    def __init__(self, inner: PaperVenue, latency_ms: int) -> None:
+        self.inner, self.half = inner, latency_ms / 2000
+        self.capabilities = inner.capabilities
+
+    def create_order(self, request: OrderRequest) -> VenueOrder:
+        time.sleep(self.half)
+        result = self.inner.create_order(request)
+        time.sleep(self.half)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def markets(self):  # type: ignore[no-untyped-def]
+        return self.inner.markets()
+
+    def balances(self):  # type: ignore[no-untyped-def]
+        return self.inner.balances()
+
+    def ticker(self, symbol: str) -> Ticker:
+        return self.inner.ticker(symbol)
+
+    def cancel_order(self, symbol: str, venue_order_id: str) -> VenueOrder:
+        return self.inner.cancel_order(symbol, venue_order_id)
+
+    def fetch_order(self, symbol: str, venue_order_id: str) -> VenueOrder:
+        return self.inner.fetch_order(symbol, venue_order_id)
+
+    def fetch_order_by_client_id(self, symbol: str, client_order_id: str) -> VenueOrder | None:
+        return self.inner.fetch_order_by_client_id(symbol, client_order_id)
+
+    def open_orders(self, symbol: str | None = None):  # type: ignore[no-untyped-def]
+        return self.inner.open_orders(symbol)
+
+    def positions(self):  # type: ignore[no-untyped-def]
+        return self.inner.positions()
+
+    def set_leverage(self, symbol: str, leverage: Decimal) -> None:
+        self.inner.set_leverage(symbol, leverage)
+
+
+# --------------------------------------------------------------------------------------------- paper store
+
+
+def order_to_json(order: VenueOrder) -> dict[str, Any]:
+    """Serialize a venue order (Decimals as strings, times as ISO 8601)."""
+    def dec(v: Decimal | None) -> str | None:
+        return None if v is None else str(v)
+
+    return {
+        "client_order_id": order.client_order_id,
+        "venue_order_id": order.venue_order_id,
+        "symbol": order.symbol,
+        "side": order.side.value,
+        "type": order.type.value,
+        "status": order.status.value,
+        "quantity": str(order.quantity),
+        "filled_quantity": str(order.filled_quantity),
+        "price": dec(order.price),
+        "trigger_price": dec(order.trigger_price),
+        "reduce_only": order.reduce_only,
+        "reason": order.reason,
+        "fills": [
+            {"fill_id": f.fill_id, "quantity": str(f.quantity), "price": str(f.price), "fee": str(f.fee),
+             "fee_currency": f.fee_currency, "time": f.time.isoformat(), "liquidity": f.liquidity}
+            for f in order.fills
+        ],
+    }
+
+
+def order_from_json(data: dict[str, Any]) -> VenueOrder:
+    """Rebuild a venue order from order_to_json's output."""
+    def dec(v: str | None) -> Decimal | None:
+        return None if v is None else Decimal(v)
+
+    return VenueOrder(
+        client_order_id=data["client_order_id"],
+        venue_order_id=data["venue_order_id"],
+        symbol=data["symbol"],
+        side=Side(data["side"]),
+        type=OrderType(data["type"]),
+        status=VenueOrderStatus(data["status"]),
+        quantity=Decimal(data["quantity"]),
+        filled_quantity=Decimal(data["filled_quantity"]),
+        price=dec(data["price"]),
+        trigger_price=dec(data["trigger_price"]),
+        reduce_only=data["reduce_only"],
+        reason=data.get("reason", ""),
+        fills=tuple(
+            VenueFill(fill_id=f["fill_id"], quantity=Decimal(f["quantity"]), price=Decimal(f["price"]),
+                      fee=Decimal(f["fee"]), fee_currency=f["fee_currency"],
+                      time=datetime.fromisoformat(f["time"]), liquidity=f.get("liquidity", "taker"))
+            for f in data["fills"]
+        ),
+    )
+
+
+class DjangoPaperStore:
+    """The paper venue's state in the database, so every worker process sees one simulated exchange."""
+
+    def __init__(self, account_id: int) -> None:
+        self.account_id = account_id
+        self._local = threading.local()
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        depth = getattr(self._local, "depth", 0)
+        if depth:
+            self._local.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._local.depth = depth
+            return
+        with transaction.atomic():
+            # The venue's own lock; the engine's transactions are never open while the venue works.
+            self._local.account = VenueAccount.objects.select_for_update().only(
+                "paper_cash", "paper_sequence").get(pk=self.account_id)
+            self._local.depth = 1
+            try:
+                yield
+            finally:
+                self._local.depth = 0
+                self._local.account = None
+
+    def _account(self) -> VenueAccount:
+        account = getattr(self._local, "account", None)
+        return account if account is not None else VenueAccount.objects.only(
+            "paper_cash", "paper_sequence").get(pk=self.account_id)
+
+    def get_order(self, client_order_id: str) -> VenueOrder | None:
+        row = PaperOrder.objects.filter(account_id=self.account_id, client_order_id=client_order_id).values_list(
+            "data", flat=True).first()
+        return None if row is None else order_from_json(row)
+
+    def get_order_by_venue_id(self, venue_order_id: str) -> VenueOrder | None:
+        row = PaperOrder.objects.filter(account_id=self.account_id, venue_order_id=venue_order_id).values_list(
+            "data", flat=True).first()
+        return None if row is None else order_from_json(row)
+
+    def save_order(self, order: VenueOrder) -> None:
+        data = order_to_json(order)
+        updated = PaperOrder.objects.filter(account_id=self.account_id, client_order_id=order.client_order_id).update(
+            data=data, is_open=not order.status.is_final, venue_order_id=order.venue_order_id)
+        if not updated:
+            PaperOrder.objects.create(account_id=self.account_id, client_order_id=order.client_order_id,
+                                      venue_order_id=order.venue_order_id, symbol=order.symbol,
+                                      is_open=not order.status.is_final, data=data)
+
+    def open_orders(self, symbol: str | None = None) -> list[VenueOrder]:
+        rows = PaperOrder.objects.filter(account_id=self.account_id, is_open=True)
+        if symbol is not None:
+            rows = rows.filter(symbol=symbol)
+        return [order_from_json(d) for d in rows.order_by("pk").values_list("data", flat=True)]
+
+    def cash(self) -> Decimal:
+        return self._account().paper_cash
+
+    def set_cash(self, value: Decimal) -> None:
+        VenueAccount.objects.filter(pk=self.account_id).update(paper_cash=value)
+        account = getattr(self._local, "account", None)
+        if account is not None:
+            account.paper_cash = value
+
+    def position(self, symbol: str) -> tuple[Decimal, Decimal]:
+        row = PaperPosition.objects.filter(account_id=self.account_id, symbol=symbol).values_list(
+            "quantity", "cost").first()
+        return (Decimal(0), Decimal(0)) if row is None else (row[0], row[1])
+
+    def set_position(self, symbol: str, quantity: Decimal, cost: Decimal) -> None:
+        PaperPosition.objects.update_or_create(account_id=self.account_id, symbol=symbol,
+                                               defaults={"quantity": quantity, "cost": cost})
+
+    def all_positions(self) -> dict[str, tuple[Decimal, Decimal]]:
+        return {s: (q, c) for s, q, c in PaperPosition.objects.filter(account_id=self.account_id).values_list(
+            "symbol", "quantity", "cost")}
+
+    def next_id(self) -> int:
+        account = self._account()
+        account.paper_sequence += 1
+        VenueAccount.objects.filter(pk=self.account_id).update(paper_sequence=account.paper_sequence)
+        return account.paper_sequence
