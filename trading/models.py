@@ -360,6 +360,9 @@ class PaperPosition(models.Model):
     symbol = models.CharField(max_length=32)
     quantity = money(default=Decimal("0"))
     cost = money(default=Decimal("0"))
+    # Base quantity filled in the current candle, for the volume-share cap on partial fills.
+    volume_candle = models.DateTimeField(null=True, blank=True)
+    volume_taken = money(default=Decimal("0"))
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["account", "symbol"], name="paper_position_unique")]

@@ -237,12 +237,27 @@ class DjangoPaperStore:
         return (Decimal(0), Decimal(0)) if row is None else (row[0], row[1])
 
     def set_position(self, symbol: str, quantity: Decimal, cost: Decimal) -> None:
-        PaperPosition.objects.update_or_create(account_id=self.account_id, symbol=symbol,
-                                               defaults={"quantity": quantity, "cost": cost})
+        updated = PaperPosition.objects.filter(account_id=self.account_id, symbol=symbol).update(
+            quantity=quantity, cost=cost)
+        if not updated:
+            PaperPosition.objects.create(account_id=self.account_id, symbol=symbol, quantity=quantity, cost=cost)
 
     def all_positions(self) -> dict[str, tuple[Decimal, Decimal]]:
         return {s: (q, c) for s, q, c in PaperPosition.objects.filter(account_id=self.account_id).values_list(
             "symbol", "quantity", "cost")}
+
+    def volume_taken(self, symbol: str) -> tuple[datetime, Decimal] | None:
+        row = PaperPosition.objects.filter(account_id=self.account_id, symbol=symbol,
+                                           volume_candle__isnull=False).values_list("volume_candle",
+                                                                                    "volume_taken").first()
+        return None if row is None else (row[0], row[1])
+
+    def set_volume_taken(self, symbol: str, candle: datetime, qty: Decimal) -> None:
+        updated = PaperPosition.objects.filter(account_id=self.account_id, symbol=symbol).update(
+            volume_candle=candle, volume_taken=qty)
+        if not updated:
+            PaperPosition.objects.create(account_id=self.account_id, symbol=symbol, volume_candle=candle,
+                                         volume_taken=qty)
 
     def next_id(self) -> int:
         account = self._account()

@@ -168,6 +168,8 @@ class Migration(migrations.Migration):
                 ('symbol', models.CharField(max_length=32)),
                 ('quantity', trading.fields.ExactDecimalField(decimal_places=18, default=Decimal('0'), max_digits=38)),
                 ('cost', trading.fields.ExactDecimalField(decimal_places=18, default=Decimal('0'), max_digits=38)),
+                ('volume_candle', models.DateTimeField(blank=True, null=True)),
+                ('volume_taken', trading.fields.ExactDecimalField(decimal_places=18, default=Decimal('0'), max_digits=38)),
                 ('account', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='paper_positions', to='trading.venueaccount')),
             ],
         ),

@@ -1,0 +1,159 @@
+"""Shared fixtures: accounts, strategies, prices, and real Celery worker processes on the test database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def make_account(db: Any) -> Callable[..., Any]:
+    """Create a paper account through the service (validated, audited)."""
+    from trading import services
+
+    def make(**overrides: Any) -> Any:
+        data = {"name": f"paper-{uuid.uuid4().hex[:8]}", "venue": "paper", "network": "paper",
+                "paper_initial_cash": "10000", "max_leverage": "5"}
+        data.update(overrides)
+        return services.account_create(data=data, by="test")
+
+    return make
+
+
+@pytest.fixture
+def make_strategy(db: Any) -> Callable[..., Any]:
+    """Create and start a webhook strategy through the service."""
+    from trading import services
+
+    def make(account: Any, *, start: bool = True, **overrides: Any) -> Any:
+        data = {"name": "test", "slug": f"s-{uuid.uuid4().hex[:10]}", "kind": "webhook", "symbol": "BTC/USD",
+                "account": account, "mode": "paper", "sizing_mode": "quantity", "sizing_value": "0.1"}
+        data.update(overrides)
+        strategy = services.strategy_create(data=data, by="test")
+        return services.strategy_start(strategy=strategy, by="test") if start else strategy
+
+    return make
+
+
+@pytest.fixture
+def set_price(db: Any) -> Callable[..., None]:
+    """Publish a market price (now, unless a time is given) to the paper venue's feed."""
+    from trading.venues import price_set
+
+    def set_(symbol: str, price: str, *, volume: str | None = None, at: Any = None) -> None:
+        price_set(symbol, Decimal(price), volume=None if volume is None else Decimal(volume),
+                  time=at or timezone.now())
+
+    return set_
+
+
+# --------------------------------------------------------------------------------------------- real workers
+
+
+@dataclass
+class WorkerGroup:
+    """Real `celery worker` processes on the test database and the test Redis, killable and restartable."""
+
+    env: dict[str, str]
+    log_dir: Path
+    queues: str = "execution,monitoring,strategies"
+    concurrency: int = 2
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    started: int = 0
+
+    def start(self) -> subprocess.Popen[bytes]:
+        """Start one worker and wait until it consumes."""
+        self.started += 1
+        name = f"w{self.started}-{uuid.uuid4().hex[:6]}@localhost"
+        log_path = self.log_dir / f"worker-{self.started}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tradesite", "worker", "-Q", self.queues, "-c",
+             str(self.concurrency), "-P", "prefork", "-n", name, "--without-gossip", "--without-mingle",
+             "--without-heartbeat", "--loglevel", "INFO"],
+            cwd=ROOT, env=self.env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.procs.append(proc)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {log_path.read_text()[-3000:]}")
+            if "ready" in log_path.read_text(errors="replace"):
+                return proc
+            time.sleep(0.1)
+        raise RuntimeError(f"worker not ready in 60 s: {log_path.read_text()[-3000:]}")
+
+    def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        """Kill a worker's whole process group (the main process and its pool children)."""
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                self.kill(proc, signal.SIGTERM)
+        self.procs.clear()
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("worker-*.log")))
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    """The environment a worker needs to share this test's database and broker."""
+    settings = connection.settings_dict
+    env = dict(os.environ)
+    if connection.vendor == "postgresql":
+        env["DATABASE_URL"] = (
+            f"postgres://{settings['USER']}@{settings['HOST'] or '127.0.0.1'}:{settings['PORT'] or 5432}/"
+            f"{settings['NAME']}"
+        )
+    env["TRADESITE_COMPONENT"] = "worker"
+    env.update(extra)
+    return env
+
+
+def flush_broker() -> None:
+    """Empty the test Redis database so no message of an earlier test is delivered."""
+    import redis
+
+    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+
+
+@pytest.fixture
+def workers(transactional_db: Any, tmp_path: Path) -> Iterator[WorkerGroup]:
+    """A group of real Celery workers; one is started by the test when it needs it."""
+    flush_broker()
+    group = WorkerGroup(env=worker_env(), log_dir=tmp_path)
+    try:
+        yield group
+    finally:
+        group.stop_all()
+        flush_broker()
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float = 30, every: float = 0.05, what: str = "") -> Any:
+    """Poll until predicate() is truthy; fail the test with `what` after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")

@@ -1,0 +1,9 @@
+"""Loaded with -p before Django starts: point the suite at the real Postgres and Redis on 127.0.0.1."""
+
+import os
+import tempfile
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tradesite")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
+os.environ.setdefault("TRADESITE_VAR_DIR", tempfile.mkdtemp(prefix="tradesite-test-"))
+os.environ.setdefault("TRADESITE_COMPONENT", "tests")
