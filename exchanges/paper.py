@@ -1,6 +1,7 @@
 """The paper-trading venue: simulated fills on real prices, with its state kept in a pluggable store.
 
-Fill model (all Decimal, prices in the market's quote, quantities in base):
+Fill model (all Decimal, prices in the market's quote, quantities in base). An order is worked once when
+placed (so a stop whose trigger is already crossed fills at once) and then on every `match()` call:
 - MARKET, and STOP / TAKE_PROFIT once triggered, fill at the current price moved `slippage_bps` against the
   taker (buys rounded up to the tick, sells down) and pay the taker fee.
 - A LIMIT that is marketable when placed fills at once as taker at the better of its limit and the slipped
@@ -17,7 +18,10 @@ Fill model (all Decimal, prices in the market's quote, quantities in base):
 Accounting is linear and margin-style, so longs and shorts work the same: the account holds one cash
 balance in `quote_asset`; a buy pays qty x price + fee, a sell receives qty x price - fee, and equity is
 cash + sum(qty x mark). Amounts in another quote (ETH/BTC) are converted at the `<quote>/<quote_asset>`
-price at the time of the fill; quotes in `par_assets` (USD, USDT, USDC) are taken 1:1.
+price at the time of the fill; quotes in `par_assets` (USD, USDT, USDC) are taken 1:1. An order's new
+exposure (the part that does not reduce the position) divided by its leverage must fit in the free margin:
+equity less what positions and working orders hold at their market's max leverage. Reduce-only orders and
+the closing part of any order need no margin.
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ class PaperStore(Protocol):
     """The simulated account's state. Every venue call that changes it runs inside one `atomic()`."""
 
     def atomic(self) -> AbstractContextManager[None]:
-        """Open one unit of work: all or nothing, and no other unit interleaves (re-entrant)."""
+        """Open one unit of work: all or nothing, and no other unit interleaves; a nested one is a savepoint."""
         ...
 
     def get_order(self, client_order_id: str) -> VenueOrder | None:
@@ -128,7 +132,7 @@ class PaperStore(Protocol):
 
 
 class InMemoryPaperStore:
-    """A PaperStore in process memory: thread-safe, and `atomic()` rolls back on an exception."""
+    """A PaperStore in process memory: thread-safe; `atomic()` (re-entrant) rolls back its level on an exception."""
 
     def __init__(self, initial_cash: Decimal) -> None:
         self._lock = threading.RLock()
@@ -456,7 +460,8 @@ class PaperVenue(Connector):
     def match(self, symbol: str | None = None) -> list[VenueOrder]:
         """Work every open order against the current prices; return the orders that changed.
 
-        Orders go in placement order. A market without a usable price is skipped: no price, no fill.
+        Orders go in placement order. An order that cannot be priced (its market or, for another quote, the
+        conversion) is left as it is: no price, no fill.
         """
         with self._store.atomic():
             changed: dict[str, VenueOrder] = {}
@@ -470,7 +475,11 @@ class PaperVenue(Connector):
                 tick = ticks[order.symbol]
                 if tick is None:
                     continue
-                worked = self._work(order, self.market(order.symbol), tick, placing=False)
+                try:
+                    with self._store.atomic():  # a savepoint: a failed order undoes only its own work
+                        worked = self._work(order, self.market(order.symbol), tick, placing=False)
+                except TemporaryError:
+                    continue
                 if worked != order:
                     self._store.save_order(worked)
                     changed[worked.client_order_id] = worked

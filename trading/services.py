@@ -22,6 +22,7 @@ ParamValidator = Callable[[Mapping[str, Any]], Errors]
 # Strategy kinds register their parameter validators here (the strategies app does, at start-up), so the
 # trading core validates params without importing the strategies package.
 _KINDS: dict[str, ParamValidator] = {}
+_USD_LIKE = {"USD", "USDT", "USDC"}
 TIMEFRAMES = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
 
 
@@ -185,9 +186,13 @@ def strategy_validate(data: Mapping[str, Any], *, instance: Strategy | None = No
         from trading.venues import connector_for
 
         try:
-            connector_for(account).market(symbol)
+            market = connector_for(account).market(symbol)
         except VenueError as exc:
             errors["symbol"] = [str(exc)]
+        else:
+            # P&L is booked in the account's currency: a market must settle in it (USD stablecoins count as USD).
+            if market.quote != account.quote_asset and not {market.quote, account.quote_asset} <= _USD_LIKE:
+                errors["symbol"] = [f"{symbol} settles in {market.quote}, the account in {account.quote_asset}"]
     clean["symbol"] = symbol
     timeframe = get("timeframe", "1m")
     if timeframe not in TIMEFRAMES:

@@ -171,7 +171,7 @@ class ConnectorContract:
         placed = venue.connector.create_order(
             request(venue, side, quantity, type_=OrderType.LIMIT, price=far_price(venue, side))
         )
-        assert (placed.status, placed.filled_quantity) == (VenueOrderStatus.OPEN, 0)
+        assert (placed.status, placed.filled_quantity) == (VenueOrderStatus.OPEN, Decimal("0"))
         assert [o.venue_order_id for o in venue.connector.open_orders(venue.symbol)] == [placed.venue_order_id]
         assert [o.venue_order_id for o in venue.connector.open_orders()] == [placed.venue_order_id]
 

@@ -24,8 +24,8 @@ class TestPaperConnectorContract(ConnectorContract):
     @pytest.fixture(params=["BTC/USD", "ETH/BTC", "BTC-PERP", "XRP/USDT:USDT"])
     def venue(self, request: pytest.FixtureRequest) -> ContractVenue:
         prices = FakePrices()
-        for symbol, price in PRICES.items():
-            prices.set(symbol, price)
+        for priced, price in PRICES.items():
+            prices.set(priced, price)
         paper = PaperVenue(
             store=InMemoryPaperStore(Decimal("1000000")),
             prices=prices,

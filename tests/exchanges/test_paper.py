@@ -222,7 +222,7 @@ def test_marketable_limit_fills_at_once_as_taker_at_the_better_of_limit_and_slip
 
     (fill,) = order.fills
     assert (order.status, fill.price, fill.liquidity) == (FILLED, Decimal(fill_price), "taker")
-    assert fill.fee == Decimal("0.1") * Decimal(fill_price) * Decimal("0.0005")
+    assert fill.fee == Decimal("0.1") * Decimal(fill_price) * TAKER
 
 
 def test_post_only_limit_that_would_take_is_rejected() -> None:
@@ -258,7 +258,7 @@ def test_stop_and_take_profit_trigger_on_their_side_and_fill_like_a_market_order
 
     (fill,) = filled.fills
     assert (filled.status, fill.price, fill.liquidity) == (FILLED, Decimal(fill_price), "taker")
-    assert fill.fee == Decimal("0.1") * Decimal(fill_price) * Decimal("0.0005")
+    assert fill.fee == Decimal("0.1") * Decimal(fill_price) * TAKER
 
 
 @pytest.mark.parametrize(
@@ -566,6 +566,21 @@ def test_match_leaves_orders_of_unpriced_markets_alone() -> None:
 
     assert paper.match() == []
     assert paper.open_orders() == [placed]
+
+
+def test_match_fills_what_it_can_price_and_leaves_the_rest_untouched() -> None:
+    paper, prices = make_paper()
+    unpriced = place(paper, BUY, "2", OrderType.LIMIT, price="0.04", symbol="ETH/BTC")
+    place(paper, BUY, "0.1", OrderType.LIMIT, price="29000", symbol="BTC-PERP")
+    prices.remove("BTC/USD")  # ETH/BTC can no longer be converted to USD
+    prices.set("ETH/BTC", "0.039")
+    prices.set("BTC-PERP", "28000")
+
+    (filled,) = paper.match()
+
+    assert (filled.symbol, filled.status) == ("BTC-PERP", FILLED)
+    assert paper.open_orders() == [unpriced]
+    assert cash(paper) == Decimal("97099.42")  # 100000 - 2900 - 0.58 maker fee
 
 
 def test_other_quote_market_without_a_conversion_price_places_nothing() -> None:

@@ -1,0 +1,31 @@
+# Two commands for a newcomer: `make run` (install, migrate, demo data, web + worker + beat) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 8000
+
+.PHONY: run test install migrate demo lint benchmark clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python manage.py run --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/lint-imports
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/signal_to_fill.py --rate 100 --seconds 60
+
+clean:
+	rm -rf $(VENV) var

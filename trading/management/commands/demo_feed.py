@@ -1,0 +1,51 @@
+"""`manage.py demo_feed`: replay the bundled candles as the paper price feed, with demo signals now and then."""
+
+from __future__ import annotations
+
+import csv
+import time
+from datetime import datetime, timezone as dt_timezone
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+from django.utils import timezone
+
+from trading import engine
+from trading.models import Strategy
+from trading.venues import price_set
+
+
+class Command(BaseCommand):
+    help = "Replay data/ETH_BTC-1m.csv into the ETH/BTC paper price (one candle per --interval seconds)."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--file", default=str(settings.BASE_DIR / "data" / "ETH_BTC-1m.csv"))
+        parser.add_argument("--symbol", default="ETH/BTC")
+        parser.add_argument("--interval", type=float, default=1.0)
+        parser.add_argument("--signal-every", type=int, default=20, help="candles between demo signals (0: none)")
+        parser.add_argument("--limit", type=int, default=0, help="stop after this many candles (0: loop forever)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        with open(options["file"], newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        strategies = list(Strategy.objects.filter(slug__startswith="demo-", status=Strategy.Status.ACTIVE))
+        count = 0
+        while True:
+            for row in rows:
+                # The replay's clock is now: each candle is published as the current price.
+                price_set(options["symbol"], Decimal(row["close"]), volume=Decimal(row["volume"]), time=timezone.now())
+                count += 1
+                every = options["signal_every"]
+                if every and strategies and count % every == 0:
+                    strategy = strategies[(count // every) % len(strategies)]
+                    opening = (count // every // len(strategies)) % 2 == 0
+                    action = ("open_short" if strategy.slug.endswith("short") else "open_long") if opening else "close"
+                    stamp = datetime.fromtimestamp(int(row["timestamp"]) / 1000, tz=dt_timezone.utc).isoformat()
+                    engine.signal_create(strategy=strategy, source="manual", action=action,
+                                         idempotency_key=f"demo:{strategy.slug}:{stamp}:{count}",
+                                         payload={"demo": True, "candle": stamp})
+                if options["limit"] and count >= options["limit"]:
+                    return
+                time.sleep(options["interval"])
