@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
-_context: contextvars.ContextVar[dict[str, object]] = contextvars.ContextVar("log_context", default={})
+from trading.logcontext import current
+
 _SECRET_NAME = re.compile(r"SECRET|PASSW|TOKEN|PRIVATE|API_KEY|_KEY$|PASSPHRASE|CREDENTIAL", re.I)
 _URL_NAMES = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")
 _extra_secrets: set[str] = set()
-
-
-@contextmanager
-def log_context(**values: object) -> Iterator[None]:
-    """Attach ids (signal_id, order_id, ...) to every log line written inside the block."""
-    token = _context.set({**_context.get(), **values})
-    try:
-        yield
-    finally:
-        _context.reset(token)
 
 
 def register_secret(value: str) -> None:
@@ -81,7 +69,7 @@ class JsonFormatter(logging.Formatter):
             "component": os.environ.get("TRADESITE_COMPONENT", "web"),
             "logger": record.name,
             "message": record.getMessage(),
-            **_context.get(),
+            **current(),
         }
         for key in ("signal_id", "order_id", "strategy_id", "account_id", "venue"):
             if hasattr(record, key):

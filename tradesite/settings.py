@@ -193,6 +193,7 @@ TRADING = {
 
 # --- Logging: JSON lines, one stream per component, secrets redacted by value as the last line of defence ---
 LOG_DIR = Path(os.environ.get("LOG_DIR", VAR_DIR / "logs"))
+LOG_DIR.mkdir(parents=True, exist_ok=True)
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOG_COMPONENT = os.environ.get("TRADESITE_COMPONENT", "web")
 LOGGING = {
@@ -202,8 +203,18 @@ LOGGING = {
     "formatters": {"json": {"()": "tradesite.logging.JsonFormatter"}},
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["redact"]},
+        # One file per component (web, worker, beat, feed, ...), rotated by size.
+        "file": {
+            "class": "logging.handlers.RotatingFileHandler",
+            "filename": str(LOG_DIR / f"{LOG_COMPONENT}.log"),
+            "maxBytes": 20 * 1024 * 1024,
+            "backupCount": 5,
+            "formatter": "json",
+            "filters": ["redact"],
+            "delay": True,
+        },
     },
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "root": {"handlers": ["console", "file"], "level": LOG_LEVEL},
     "loggers": {
         # ccxt and urllib3 log request headers (API keys) at DEBUG: never below INFO.
         "ccxt": {"level": "INFO"},

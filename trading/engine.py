@@ -26,7 +26,7 @@ from exchanges.errors import (
     TemporaryError,
     VenueError,
 )
-from tradesite.logging import log_context
+from trading.logcontext import log_context
 from trading import pnl, risk
 from trading.domain import (
     AccountView,
