@@ -129,7 +129,7 @@ def _account_view(account: VenueAccount, connector: Connector, *, now: datetime,
             symbol=o.symbol,
             side=Side(o.side),
             quantity=o.quantity - o.filled_quantity,
-            price=o.price or o.reference_price or o.trigger_price or Decimal("0"),
+            price=o.price or o.reference_price or o.trigger_price or marks.get(o.symbol) or Decimal("0"),
             reduce_only=o.reduce_only,
         )
         for o in Order.objects.filter(account=account, status__in=Order.WORKING).only(

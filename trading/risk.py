@@ -1,8 +1,9 @@
 """Pre-trade risk: turn a signal into sized orders with stops, or reject it by a named rule. Pure.
 
-Checks run in this order, the first failure naming the rule: input validation (INVALID), quote age
-(STALE_PRICE), the action against the position (NOTHING_TO_DO), and for decisions with an entry:
-kill switch, daily loss, non-positive equity (LEVERAGE), stop-loss/take-profit prices (INVALID),
+Checks run in this order, the first failure naming the rule: input validation (INVALID), the action
+against the position (NOTHING_TO_DO), and for decisions with an entry: kill switch, daily loss, quote
+age (STALE_PRICE: exits still go, since the venue fills them at its own price), non-positive equity
+(LEVERAGE), stop-loss/take-profit prices (INVALID),
 sizing (NO_STOP, MIN_SIZE), open positions, symbol exposure, account exposure, leverage.
 
 Choices, so callers know what to expect:
@@ -145,7 +146,7 @@ def _decide(
     now: datetime,
 ) -> Decision:
     _validate(intent=intent, account=account, market=market, risk=risk, limits=limits)
-    _check_quote(quote=quote, limits=limits, now=now)
+    _check_quote(quote=quote, now=now)
 
     current = _strategy_position(account=account, strategy_id=strategy_id, symbol=intent.symbol)
     plan = _plan(intent=intent, current=current)
@@ -164,6 +165,7 @@ def _decide(
         return Decision(accepted=True, rule=Rule.OK, detail=_accepted_detail(intent, orders), orders=tuple(orders))
 
     _check_halts(intent=intent, account=account, limits=limits)
+    _check_fresh(quote=quote, limits=limits, now=now)
     side = plan.entry_side
     exits = _exit_prices(intent=intent, side=side, entry=price, atr=atr, risk=risk, market=market)
     if plan.entry_qty is not None:
@@ -253,17 +255,21 @@ def _require(
         raise _Rejected(Rule.INVALID, f"{name} must not be negative, got {_fmt(value)}")
 
 
-def _check_quote(*, quote: Quote, limits: RiskLimits, now: datetime) -> None:
-    """Reject a quote that is stale, from a naive clock, or not a positive finite price."""
+def _check_quote(*, quote: Quote, now: datetime) -> None:
+    """Reject a quote from a naive clock or that is not a positive finite price."""
     if now.tzinfo is None or quote.time.tzinfo is None:
         raise _Rejected(Rule.INVALID, "now and the quote time must be timezone-aware")
+    _require("quote price", quote.price, positive=True)
+
+
+def _check_fresh(*, quote: Quote, limits: RiskLimits, now: datetime) -> None:
+    """Reject an entry priced from a stale quote (exits still go: the venue fills them at its own price)."""
     age = (now - quote.time).total_seconds()
     if age > limits.max_price_age_seconds:
         raise _Rejected(
             Rule.STALE_PRICE,
             f"price of {quote.price} is {age:.0f}s old, older than the limit {limits.max_price_age_seconds}s",
         )
-    _require("quote price", quote.price, positive=True)
 
 
 # --- what the action means ---------------------------------------------------------------------
@@ -421,7 +427,9 @@ def _order(*, intent: SignalIntent, side: Side, qty: Decimal, price: Decimal, pu
 def _check_halts(*, intent: SignalIntent, account: AccountView, limits: RiskLimits) -> None:
     """Reject any entry under the kill switch, past the daily loss limit, or with no positive equity."""
     if account.kill_switch:
-        raise _Rejected(Rule.KILL_SWITCH, f"kill switch is on: entries are halted ({intent.action.value} {intent.symbol})")
+        raise _Rejected(
+            Rule.KILL_SWITCH, f"kill switch is on: entries are halted ({intent.action.value} {intent.symbol})"
+        )
     if limits.daily_loss_limit is not None and account.pnl_today <= -limits.daily_loss_limit:
         raise _Rejected(
             Rule.DAILY_LOSS,

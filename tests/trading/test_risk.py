@@ -52,7 +52,13 @@ def position(qty: str, *, strategy_id: int = 1, symbol: str = BTC, mark: str = "
 
 
 def pending(
-    qty: str, *, strategy_id: int = 1, symbol: str = BTC, side: Side = Side.BUY, price: str = "30000", reduce_only: bool = False
+    qty: str,
+    *,
+    strategy_id: int = 1,
+    symbol: str = BTC,
+    side: Side = Side.BUY,
+    price: str = "30000",
+    reduce_only: bool = False,
 ) -> PendingOrder:
     return PendingOrder(
         strategy_id=strategy_id, symbol=symbol, side=side, quantity=D(qty), price=D(price), reduce_only=reduce_only
@@ -479,10 +485,11 @@ def test_stale_quote_is_rejected() -> None:
     assert run(signal(Action.OPEN_LONG), age=120, limits=limits).accepted is True
 
 
-def test_stale_quote_rejects_exits_too() -> None:
+def test_stale_quote_still_allows_exits() -> None:
     decision = run(signal(Action.CLOSE), acct=account(positions=[position("0.1")]), age=600)
 
-    assert_rejected(decision, Rule.STALE_PRICE)
+    assert decision.accepted is True
+    assert [(o.side, o.reduce_only) for o in decision.orders] == [(Side.SELL, True)]
 
 
 # --- limits --------------------------------------------------------------------------------------
@@ -589,7 +596,9 @@ def test_leverage_cap_is_the_lowest_of_account_market_and_venue_caps() -> None:
     intent = signal(Action.OPEN_LONG, leverage=D("10"))
 
     by_market_cap = run(intent, acct=acct, limits=RiskLimits(max_leverage=D("10"), market_leverage_caps={BTC: D("3")}))
-    by_venue = run(intent, acct=acct, limits=RiskLimits(max_leverage=D("10")), market=replace(MARKET, max_leverage=D("4")))
+    by_venue = run(
+        intent, acct=acct, limits=RiskLimits(max_leverage=D("10")), market=replace(MARKET, max_leverage=D("4"))
+    )
     too_low = run(intent, acct=acct, limits=RiskLimits(max_leverage=D("10"), market_leverage_caps={BTC: D("2.5")}))
 
     assert by_market_cap.leverage == D("3")
