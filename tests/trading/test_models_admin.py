@@ -1,0 +1,87 @@
+"""Exact money columns, snapshots, the paper/live wall, and the admin pages."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from types import SimpleNamespace
+
+import pytest
+from django.test import Client
+
+from exchanges import registry
+from exchanges.errors import LiveVenueForbiddenError
+from trading import engine, services
+from trading.fields import ExactDecimalField
+from trading.models import EquitySnapshot, Order, Signal, Strategy
+
+pytestmark = pytest.mark.django_db
+
+
+def test_money_is_exact_on_sqlite_too() -> None:
+    field = ExactDecimalField()
+    sqlite = SimpleNamespace(vendor="sqlite")
+    value = Decimal("12345678901234567890.123456789012345678")
+    stored = field.get_db_prep_value(value, sqlite)
+    assert stored == "12345678901234567890.123456789012345678" and field.db_type(sqlite) == "text"
+    assert field.from_db_value(stored, None, sqlite) == value
+    assert field.from_db_value("100.000000000000000000", None, sqlite) == Decimal("100")
+
+
+def test_money_round_trips_through_postgres_to_the_last_digit(make_account) -> None:
+    account = make_account(paper_initial_cash="12345678901234567890.123456789012345678")
+    account.refresh_from_db()
+    assert account.cash == Decimal("12345678901234567890.123456789012345678")
+
+
+def test_paper_network_can_never_build_a_live_venue() -> None:
+    for venue in ("coinbase", "hyperliquid", "synthetix", "paper"):
+        with pytest.raises(LiveVenueForbiddenError):
+            registry.build(venue=venue, network="paper", credentials={})
+
+
+def test_equity_snapshot_books_realized_and_unrealized(make_account, make_strategy, set_price) -> None:
+    account = make_account()
+    strategy = make_strategy(account, sizing_value="1")
+    set_price("BTC/USD", "1000")
+    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="snap", action="open_long",
+                                     enqueue=False)
+    engine.signal_process(signal_id=signal.pk)
+    set_price("BTC/USD", "1100")
+    assert services.equity_snapshot_take() == 2
+    total = EquitySnapshot.objects.get(account=account, strategy=None)
+    fee = Decimal("1000") * Decimal("0.0005")
+    assert total.unrealized_pnl == Decimal("100") and total.realized_pnl == -fee
+    assert total.equity == Decimal("10000") - fee + Decimal("100")
+    assert EquitySnapshot.objects.get(strategy=strategy).equity == Decimal("100") - fee
+
+
+def test_admin_pages_render_and_state_rows_are_read_only(admin_client: Client, make_account, make_strategy,
+                                                         set_price) -> None:
+    strategy = make_strategy(make_account())
+    set_price("BTC/USD", "50000")
+    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="adm", action="open_long",
+                                     enqueue=False)
+    engine.signal_process(signal_id=signal.pk)
+    for model in ("venueaccount", "strategy", "signal", "order", "fill", "position", "equitysnapshot",
+                  "marketprice", "auditevent", "killswitch"):
+        assert admin_client.get(f"/admin/trading/{model}/").status_code == 200, model
+    order = Order.objects.get()
+    assert admin_client.get(f"/admin/trading/order/{order.pk}/change/").status_code == 200
+    response = admin_client.post(f"/admin/trading/order/{order.pk}/change/", {"status": "canceled"})
+    assert response.status_code == 403
+    assert Order.objects.get().status == Order.Status.FILLED
+    assert admin_client.get("/admin/trading/signal/add/").status_code == 403
+    assert Signal.objects.count() == 1
+
+
+def test_admin_strategy_form_shows_errors_per_field_and_saves_nothing(admin_client: Client, make_account) -> None:
+    account = make_account()
+    response = admin_client.post("/admin/trading/strategy/add/", {
+        "name": "bad", "slug": "bad", "kind": "webhook", "symbol": "NOPE/USD", "timeframe": "1m", "params": "{}",
+        "account": account.pk, "mode": "paper", "sizing_mode": "risk", "sizing_value": "150",
+        "stop_loss_mode": "none", "take_profit_mode": "none", "leverage": "1",
+    })
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert {"symbol", "sizing_value", "stop_loss_mode"} <= set(errors)
+    assert Strategy.objects.count() == 0
