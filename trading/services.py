@@ -259,14 +259,18 @@ def account_update(*, account: VenueAccount, data: Mapping[str, Any], by: str,
         raise ValidationError({"venue": ["the venue and network of an account cannot change"]})
     clean, errors = account_validate(data, instance=account)
     _raise(errors)
+    return _changes_save(VenueAccount, account.pk, clean, entity="account", by=by, now=now)
+
+
+def _changes_save(model: Any, pk: int, clean: dict[str, Any], *, entity: str, by: str, now: datetime) -> Any:
+    """Save validated changes to a locked row and audit which fields changed."""
     with transaction.atomic():
-        locked = VenueAccount.objects.select_for_update().get(pk=account.pk)
+        locked = model.objects.select_for_update().get(pk=pk)
         changed = {k: v for k, v in clean.items() if getattr(locked, k) != v}
         for k, v in changed.items():
             setattr(locked, k, v)
         locked.save()
-        audit(actor=by, action="account.updated", entity="account", entity_id=locked.pk, now=now,
-              changed=sorted(changed))
+        audit(actor=by, action=f"{entity}.updated", entity=entity, entity_id=pk, now=now, changed=sorted(changed))
     return locked
 
 
@@ -291,15 +295,7 @@ def strategy_update(*, strategy: Strategy, data: Mapping[str, Any], by: str,
     now = now or timezone.now()
     clean, errors = strategy_validate(data, instance=strategy)
     _raise(errors)
-    with transaction.atomic():
-        locked = Strategy.objects.select_for_update().get(pk=strategy.pk)
-        changed = {k: v for k, v in clean.items() if getattr(locked, k) != v}
-        for k, v in changed.items():
-            setattr(locked, k, v)
-        locked.save()
-        audit(actor=by, action="strategy.updated", entity="strategy", entity_id=locked.pk, now=now,
-              changed=sorted(changed))
-    return locked
+    return _changes_save(Strategy, strategy.pk, clean, entity="strategy", by=by, now=now)
 
 
 def _strategy_set_status(strategy: Strategy, status: str, by: str, now: datetime | None) -> Strategy:
