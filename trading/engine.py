@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -157,6 +157,27 @@ def _account_view(account: VenueAccount, connector: Connector, *, now: datetime,
     return _Book(view, {(p.strategy_id, p.symbol): p for p in positions})
 
 
+AtrProvider = Callable[[Strategy, datetime], "Decimal | None"]
+_atr_providers: list[AtrProvider] = []
+
+
+def atr_provider_register(provider: AtrProvider) -> None:
+    """Let market data supply the ATR of a strategy's market (the strategies app registers its candle store)."""
+    _atr_providers.append(provider)
+
+
+def _atr(signal: Signal, now: datetime) -> Decimal | None:
+    """The ATR for ATR-multiple exits: sent with the signal, else from a registered provider."""
+    strategy = signal.strategy
+    if signal.atr is not None or ExitMode.ATR not in (strategy.stop_loss_mode, strategy.take_profit_mode):
+        return signal.atr
+    for provider in _atr_providers:
+        value = provider(strategy, now)
+        if value is not None:
+            return value
+    return None
+
+
 def _intent(signal: Signal) -> SignalIntent:
     return SignalIntent(
         action=Action(signal.action),
@@ -221,7 +242,7 @@ def _signal_decide(*, signal_id: int, now: datetime) -> tuple[Signal, list[int]]
                 max_leverage=market.max_leverage,
             ),
             quote=Quote(ticker.price, ticker.time),
-            atr=None,
+            atr=_atr(signal, now),
             risk=_strategy_risk(signal.strategy),
             limits=account_limits(account),
             now=now,
@@ -581,6 +602,7 @@ def signal_create(
     stop_loss: Decimal | None = None,
     take_profit: Decimal | None = None,
     leverage: Decimal | None = None,
+    atr: Decimal | None = None,
     payload: dict[str, object] | None = None,
     now: datetime | None = None,
     enqueue: bool = True,
@@ -593,7 +615,7 @@ def signal_create(
                 strategy=strategy, account_id=strategy.account_id, source=source, idempotency_key=idempotency_key,
                 action=action, symbol=symbol or strategy.symbol, quantity=quantity, target=target,
                 order_type=order_type, price=price, stop_loss=stop_loss, take_profit=take_profit, leverage=leverage,
-                payload=payload or {}, received_at=now,
+                atr=atr, payload=payload_redact(payload or {}), received_at=now,
             )
             if enqueue:
                 from trading.tasks import signal_process_task
@@ -605,6 +627,18 @@ def signal_create(
             raise
         return existing, False
     return signal, True
+
+
+_SECRET_KEYS = ("passphrase", "password", "secret", "token", "api_key", "apikey", "private_key")
+
+
+def payload_redact(payload: dict[str, object]) -> dict[str, object]:
+    """Copy a received payload with every secret-looking field masked (stored signals never hold secrets)."""
+    return {
+        k: "[REDACTED]" if any(word in k.lower() for word in _SECRET_KEYS)
+        else payload_redact(v) if isinstance(v, dict) else v  # type: ignore[arg-type]
+        for k, v in payload.items()
+    }
 
 
 def positions_monitor(*, now: datetime | None = None) -> dict[str, int]:

@@ -163,6 +163,7 @@ class Signal(models.Model):
     stop_loss = money_or_none()
     take_profit = money_or_none()
     leverage = money_or_none()
+    atr = money_or_none()  # ATR sent with the signal (e.g. by a TradingView alert), for ATR-multiple exits
     payload = models.JSONField(default=dict, blank=True)  # redacted copy of what was received
 
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.RECEIVED)

@@ -264,3 +264,25 @@ def test_reconcile_reports_no_difference_after_trading(make_account, make_strate
     report = account_reconcile(account=account)
     assert report["position_differences"] == {"BTC/USD": {"ours": "0.1", "venue": "0.5"}}
     assert Position.objects.get(strategy=strategy).quantity == Decimal("0.1")
+
+
+def test_atr_multiple_stop_uses_the_atr_sent_with_the_signal(make_account, make_strategy, set_price) -> None:
+    strategy = make_strategy(make_account(), stop_loss_mode="atr", stop_loss_value="2", take_profit_mode="atr",
+                             take_profit_value="3")
+    set_price("BTC/USD", "50000")
+    signal = _signal(strategy, "open_long", "atr1", atr=Decimal("250.5"))
+    assert signal.status == Signal.Status.EXECUTED
+    position = Position.objects.get(strategy=strategy)
+    assert position.stop_loss == Decimal("50000") - 2 * Decimal("250.5")
+    assert position.take_profit == Decimal("50000") + 3 * Decimal("250.5")
+    missing = _signal(strategy, "open_long", "atr2")
+    assert missing.status == Signal.Status.REJECTED and "ATR" in missing.decision_detail
+
+
+def test_stored_payload_never_holds_secrets(make_account, make_strategy) -> None:
+    strategy = make_strategy(make_account())
+    signal, _ = engine.signal_create(strategy=strategy, source="webhook", idempotency_key="red", action="close",
+                                     payload={"passphrase": "hunter2-hunter2", "nested": {"api_key": "k"}, "x": 1},
+                                     enqueue=False)
+    signal.refresh_from_db()
+    assert signal.payload == {"passphrase": "[REDACTED]", "nested": {"api_key": "[REDACTED]"}, "x": 1}
