@@ -4,3 +4,11 @@ from django.apps import AppConfig
 class StrategiesConfig(AppConfig):
     name = "strategies"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        """Register every rule kind with the trading core, so admin and API validate params the same way."""
+        from strategies.library import RULES
+        from trading.services import strategy_kind_register
+
+        for name, rule in RULES.items():
+            strategy_kind_register(name, rule.validate)
