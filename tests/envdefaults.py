@@ -3,7 +3,8 @@
 import os
 import tempfile
 
-os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tradesite")
+# One database per test run (pytest-django prefixes test_), so runs side by side never drop each other's.
+os.environ.setdefault("DATABASE_URL", f"postgres://postgres@127.0.0.1:5432/tradesite_{os.getpid()}")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("TRADESITE_VAR_DIR", tempfile.mkdtemp(prefix="tradesite-test-"))
 os.environ.setdefault("TRADESITE_COMPONENT", "tests")
