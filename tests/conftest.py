@@ -130,10 +130,13 @@ def worker_env(**extra: str) -> dict[str, str]:
 
 
 def flush_broker() -> None:
-    """Empty the test Redis database so no message of an earlier test is delivered."""
+    """Delete this run's broker keys so no message of an earlier test is delivered."""
     import redis
 
-    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    prefix = os.environ.get("REDIS_KEY_PREFIX", "")
+    for key in client.scan_iter(match=f"{prefix}*" if prefix else "*", count=1000):
+        client.delete(key)
 
 
 @pytest.fixture

@@ -120,6 +120,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
 else:
     # Longer than any task may take, so a message of a killed worker is redelivered, never lost.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    if os.environ.get("REDIS_KEY_PREFIX"):  # lets several installations (or test runs) share one Redis
+        CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = os.environ["REDIS_KEY_PREFIX"]
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
@@ -149,7 +151,8 @@ CELERY_DB_REUSE_MAX = 1000
 
 # --- Cache (rate limits and dedup need one shared store across processes) ---
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+                          "KEY_PREFIX": os.environ.get("REDIS_KEY_PREFIX", "")}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(VAR_DIR / "cache")}}
 
