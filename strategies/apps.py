@@ -12,3 +12,8 @@ class StrategiesConfig(AppConfig):
 
         for name, rule in RULES.items():
             strategy_kind_register(name, rule.validate)
+
+        from strategies import marketdata, schedules
+
+        schedules.connect()  # the StrategyManager's beat tick, created after migrate
+        marketdata.atr_provider_connect()  # ATR-multiple exits read ATR(14) from the candle store

@@ -1,0 +1,122 @@
+"""Reads of market data and strategy state.
+
+Candles come back as `strategies.base.Candles` (numpy float64 columns, time in epoch ms): the Decimal -> float
+conversion happens here and nowhere else, and only for indicator maths. Missing candles stay missing: there is
+no forward fill, a gap in the store is a gap in the arrays, and strategies evaluate once per stored candle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+
+import numpy as np
+from django.db import connection
+from django.db.models import BigIntegerField, F, FloatField, Func, TextField
+from django.db.models.functions import Cast
+
+from strategies.base import Candles
+from strategies.marketdata import CandleRow, datetime_to_ms, timeframe_delta
+from strategies.models import Candle, StrategyEvaluation
+from trading.models import Strategy
+
+_COLUMNS = ("open_time", "open", "high", "low", "close", "volume")
+
+
+def _market(venue: str, symbol: str, timeframe: str):  # type: ignore[no-untyped-def]
+    return Candle.objects.filter(venue=venue, symbol=symbol, timeframe=timeframe)
+
+
+def candles_read(venue: str, symbol: str, timeframe: str, *, since: datetime | None = None,
+                 until: datetime | None = None, limit: int | None = None) -> Candles:
+    """Stored candles with since <= open_time <= until, oldest first; with limit, the last `limit` of them."""
+    rows = _market(venue, symbol, timeframe)
+    if since is not None:
+        rows = rows.filter(open_time__gte=since)
+    if until is not None:
+        rows = rows.filter(open_time__lte=until)
+    # Skip the exact-Decimal round trip of every value: PostgreSQL converts numeric to float8 itself (correctly
+    # rounded, via its text form), SQLite hands over the stored text for Python's float(). Same float either way.
+    postgres = connection.vendor == "postgresql"
+    rows = rows.annotate(**{f"{c}_f": Cast(c, FloatField() if postgres else TextField()) for c in _COLUMNS[1:]})
+    if postgres:  # epoch ms straight from the server: parsing a datetime per row costs more than the maths
+        rows = rows.annotate(open_ms=Func(F("open_time"), output_field=BigIntegerField(),
+                                          template="(EXTRACT(EPOCH FROM %(expressions)s) * 1000)::bigint"))
+    columns = ("open_ms" if postgres else "open_time", *(f"{c}_f" for c in _COLUMNS[1:]))
+    if limit is not None:
+        data = list(rows.order_by("-open_time").values_list(*columns)[:limit])
+        data.reverse()
+    else:
+        data = list(rows.order_by("open_time").values_list(*columns))
+    return candles_from_rows(data)
+
+
+def candles_from_rows(data: list[tuple]) -> Candles:  # type: ignore[type-arg]
+    """Build float columns from (open time or epoch ms, open, high, low, close, volume) rows (Decimal, text, float)."""
+    n = len(data)
+    time = np.fromiter((r[0] if isinstance(r[0], int) else datetime_to_ms(r[0]) for r in data), dtype=np.int64,
+                       count=n)
+    cols = [np.fromiter((float(r[i]) for r in data), dtype=np.float64, count=n) for i in range(1, 6)]
+    return Candles(time, *cols)
+
+
+def candle_rows_read(venue: str, symbol: str, timeframe: str, *, since: datetime | None = None,
+                     until: datetime | None = None, limit: int | None = None,
+                     chunk: int = 5000) -> Iterator[CandleRow]:
+    """Stored candles as exact Decimal rows, oldest first, streamed in chunks (for replays)."""
+    rows = _market(venue, symbol, timeframe).order_by("open_time")
+    if until is not None:
+        rows = rows.filter(open_time__lte=until)
+    after, left = since, limit
+    first = True
+    while left is None or left > 0:
+        page = rows
+        if after is not None:
+            page = page.filter(open_time__gte=after) if first else page.filter(open_time__gt=after)
+        size = chunk if left is None else min(chunk, left)
+        batch = list(page.values_list(*_COLUMNS)[:size])
+        if not batch:
+            return
+        for r in batch:
+            yield CandleRow(*r)
+        after, first = batch[-1][0], False
+        if left is not None:
+            left -= len(batch)
+
+
+def candles_last_closed(venue: str, symbol: str, timeframe: str, *, now: datetime) -> datetime | None:
+    """Open time of the newest stored candle that has closed by `now` (open_time + timeframe <= now)."""
+    return (_market(venue, symbol, timeframe).filter(open_time__lte=now - timeframe_delta(timeframe))
+            .order_by("-open_time").values_list("open_time", flat=True).first())
+
+
+def candles_closed_after(venue: str, symbol: str, timeframe: str, *, after: datetime | None, now: datetime,
+                         limit: int) -> list[datetime]:
+    """Open times of the newest `limit` candles closed by `now` and opened after `after`, oldest first."""
+    rows = _market(venue, symbol, timeframe).filter(open_time__lte=now - timeframe_delta(timeframe))
+    if after is not None:
+        rows = rows.filter(open_time__gt=after)
+    times = list(rows.order_by("-open_time").values_list("open_time", flat=True)[:limit])
+    times.reverse()
+    return times
+
+
+def candles_count(venue: str, symbol: str, timeframe: str, *, since: datetime | None = None) -> int:
+    """How many candles of a market and timeframe are stored (from `since` on)."""
+    rows = _market(venue, symbol, timeframe)
+    return (rows if since is None else rows.filter(open_time__gte=since)).count()
+
+
+def strategies_for_market(*, venue: str, symbol: str, timeframe: str) -> list[int]:
+    """Ids of the active indicator strategies that trade a market on a timeframe."""
+    from strategies.library import RULES
+
+    return list(Strategy.objects.filter(status=Strategy.Status.ACTIVE, kind__in=list(RULES), symbol=symbol,
+                                        timeframe=timeframe, account__venue=venue)
+                .order_by("pk").values_list("pk", flat=True))
+
+
+def strategy_last_evaluated_candle(strategy_id: int) -> datetime | None:
+    """Open time of the newest candle a strategy has evaluated, or None."""
+    return (StrategyEvaluation.objects.filter(strategy_id=strategy_id).order_by("-candle_open_time")
+            .values_list("candle_open_time", flat=True).first())

@@ -1,0 +1,216 @@
+"""Writes of the strategies app: candle imports and the StrategyManager (evaluate each closed candle once).
+
+Evaluation of one (strategy, closed candle):
+
+* the StrategyEvaluation row is inserted first, in the same transaction as everything else: a second
+  evaluation of the same bar (another worker, a re-delivered task, a restarted beat) hits the unique
+  constraint and returns, so a bar is evaluated once and yields at most one signal;
+* the rule reads the stored candles up to that candle (at most `EVALUATION_WINDOW` of them: indicators here
+  forget their start long before that), computes its per-bar signals and looks at the last bar only;
+* the position it trades against is the strategy's Position plus its working orders (an entry still on its
+  way counts as held, so a slow fill never doubles an entry);
+* a signal is stored with the idempotency key `strategy:<id>:<candle open ms>`, processed after commit;
+* any exception puts the strategy in ERROR with `last_error` (audited): the scheduler skips it from then on,
+  so a broken rule never loops. `trading.services.strategy_start` re-activates it and clears the error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from exchanges.base import Side
+from strategies.base import last_bar_action
+from strategies.marketdata import CandleRow, RowError, atr_value, datetime_to_ms
+from strategies.models import Candle, StrategyEvaluation
+from trading.engine import audit, signal_create
+from trading.models import Order, Position, Strategy
+
+log = logging.getLogger("strategies.services")
+
+EVALUATION_WINDOW = 5000  # candles read per evaluation (or 10x the rule's warm-up, if larger)
+MAX_EVALUATIONS_PER_TICK = 5  # per strategy: a strategy that fell behind catches up on the newest bars only
+IMPORT_CHUNK = 5000
+ACTOR = "strategy_manager"
+
+
+# --------------------------------------------------------------------------------------------- candles
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    inserted: int
+    unchanged: int  # already stored with the same values (a re-import)
+
+
+class CandleImportError(Exception):
+    """Candles that cannot be stored: each with its line number and problem. Nothing was stored."""
+
+    def __init__(self, errors: Sequence[RowError]) -> None:
+        super().__init__(f"{len(errors)} bad row(s); first: {errors[0] if errors else '-'}")
+        self.errors = list(errors)
+
+
+def candles_import(*, venue: str, symbol: str, timeframe: str, rows: Sequence[CandleRow], by: str,
+                   progress: Callable[[int, int], None] | None = None, now: datetime | None = None) -> ImportResult:
+    """Store validated candles all or nothing: new ones inserted, identical ones skipped, differing ones refused.
+
+    A stored candle is never overwritten: a re-import of the same file changes nothing, and a file that
+    disagrees with the store raises CandleImportError with the disagreeing lines (data integrity over
+    availability; delete the stored range first to replace it).
+    """
+    now = now or timezone.now()
+    inserted = unchanged = 0
+    conflicts: list[RowError] = []
+    with transaction.atomic():
+        for start in range(0, len(rows), IMPORT_CHUNK):
+            chunk = rows[start:start + IMPORT_CHUNK]
+            stored = {
+                r[0]: r[1:] for r in Candle.objects.filter(
+                    venue=venue, symbol=symbol, timeframe=timeframe,
+                    open_time__gte=chunk[0].open_time, open_time__lte=chunk[-1].open_time,
+                ).values_list("open_time", "open", "high", "low", "close", "volume")
+            }
+            fresh = []
+            for row in chunk:
+                values = (row.open, row.high, row.low, row.close, row.volume)
+                existing = stored.get(row.open_time)
+                if existing is None:
+                    fresh.append(Candle(venue=venue, symbol=symbol, timeframe=timeframe, open_time=row.open_time,
+                                        open=row.open, high=row.high, low=row.low, close=row.close,
+                                        volume=row.volume))
+                elif tuple(existing) == values:
+                    unchanged += 1
+                else:
+                    conflicts.append(RowError(row.line, "differs from the stored candle "
+                                                        f"{'/'.join(str(v) for v in existing)}"))
+            # ignore_conflicts: a concurrent import of the same candles is not an error.
+            Candle.objects.bulk_create(fresh, ignore_conflicts=True)
+            inserted += len(fresh)
+            if progress is not None:
+                progress(start + len(chunk), len(rows))
+        if conflicts:
+            raise CandleImportError(conflicts)  # rolls back every chunk
+        audit(actor=by, action="candles.imported", entity="candles", entity_id=f"{venue}:{symbol}:{timeframe}",
+              now=now, inserted=inserted, unchanged=unchanged,
+              first=rows[0].open_time if rows else None, last=rows[-1].open_time if rows else None)
+    return ImportResult(inserted, unchanged)
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+
+
+class _CandleMissing(Exception):
+    pass
+
+
+def strategy_evaluate(*, strategy_id: int, candle_open_time: datetime, now: datetime | None = None,
+                      enqueue: bool = True) -> StrategyEvaluation | None:
+    """Evaluate an active strategy on one stored, closed candle, once; None when skipped or already done."""
+    from strategies.library import RULES
+    from strategies.selectors import candles_read
+
+    now = now or timezone.now()
+    strategy = Strategy.objects.select_related("account").get(pk=strategy_id)
+    rule = RULES.get(strategy.kind)
+    if rule is None or strategy.status != Strategy.Status.ACTIVE:
+        return None
+    try:
+        with transaction.atomic():
+            try:
+                with transaction.atomic():
+                    evaluation = StrategyEvaluation.objects.create(strategy=strategy,
+                                                                   candle_open_time=candle_open_time, created_at=now)
+            except IntegrityError:
+                return None  # evaluated already (or right now, by another worker)
+            params = rule.resolve(strategy.params)
+            candles = candles_read(strategy.account.venue, strategy.symbol, strategy.timeframe,
+                                   until=candle_open_time,
+                                   limit=max(EVALUATION_WINDOW, 10 * rule.warmup(params)))
+            if not len(candles) or int(candles.time[-1]) != datetime_to_ms(candle_open_time):
+                raise _CandleMissing
+            signals = rule.signals(candles, params)
+            action = last_bar_action(signals, position=_position_sign(strategy),
+                                     allow_short=bool(params.get("allow_short", False)))
+            if action is not None:
+                open_ms = datetime_to_ms(candle_open_time)
+                signal, _ = signal_create(
+                    strategy=strategy, source="strategy", idempotency_key=f"strategy:{strategy.pk}:{open_ms}",
+                    action=action, atr=_atr_if_needed(strategy, candles),
+                    payload={"rule": strategy.kind, "candle": candle_open_time.isoformat(), "candle_ms": open_ms},
+                    now=now, enqueue=enqueue,
+                )
+                evaluation.action, evaluation.signal = action, signal
+                evaluation.save(update_fields=["action", "signal"])
+            Strategy.objects.filter(pk=strategy.pk).update(last_evaluated_at=now)
+        return evaluation
+    except _CandleMissing:
+        log.warning("strategy %s: candle %s is not stored; nothing evaluated", strategy_id, candle_open_time)
+        return None
+    except Exception as exc:  # noqa: BLE001 - a broken rule must stop its strategy, never the worker
+        log.exception("strategy %s failed on candle %s", strategy_id, candle_open_time)
+        strategy_fail(strategy_id=strategy_id, error=f"{type(exc).__name__}: {exc}", now=now)
+        return None
+
+
+def _position_sign(strategy: Strategy) -> int:
+    """Sign of the strategy's position in its market, counting working orders as if filled."""
+    held = Position.objects.filter(strategy=strategy, symbol=strategy.symbol).values_list("quantity", flat=True)
+    quantity = sum(held, Decimal(0))
+    for side, left in Order.objects.filter(strategy=strategy, symbol=strategy.symbol,
+                                           status__in=Order.WORKING).values_list("side", F("quantity") -
+                                                                                 F("filled_quantity")):
+        quantity += Side(side).sign * left
+    return (quantity > 0) - (quantity < 0)
+
+
+def _atr_if_needed(strategy: Strategy, candles: object) -> Decimal | None:
+    """ATR(14) at the evaluated bar, sent with the signal when the strategy has ATR-multiple exits."""
+    if "atr" not in (strategy.stop_loss_mode, strategy.take_profit_mode):
+        return None
+    return atr_value(candles)
+
+
+def strategy_fail(*, strategy_id: int, error: str, now: datetime | None = None) -> Strategy:
+    """Put a strategy in ERROR with the error text (audited): it is not evaluated again until started."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        strategy = Strategy.objects.select_for_update().get(pk=strategy_id)
+        previous = strategy.status
+        strategy.status, strategy.last_error = Strategy.Status.ERROR, error[:2000]
+        strategy.save(update_fields=["status", "last_error", "updated_at"])
+        audit(actor=ACTOR, action="strategy.error", entity="strategy", entity_id=strategy.pk, now=now,
+              previous=previous, error=strategy.last_error)
+    return strategy
+
+
+def strategies_evaluate_due(*, now: datetime | None = None) -> dict[str, int]:
+    """Evaluate every active indicator strategy on its closed candles newer than its last evaluation.
+
+    At most MAX_EVALUATIONS_PER_TICK bars per strategy and tick, the newest ones (a strategy that fell behind
+    does not trade stale bars late); a strategy never evaluated before starts at the newest closed bar.
+    """
+    from strategies.library import RULES
+    from strategies.selectors import candles_closed_after, strategy_last_evaluated_candle
+
+    now = now or timezone.now()
+    counts = {"strategies": 0, "evaluated": 0, "signals": 0}
+    for strategy in Strategy.objects.filter(status=Strategy.Status.ACTIVE, kind__in=list(RULES)).select_related(
+            "account").order_by("pk"):
+        counts["strategies"] += 1
+        last = strategy_last_evaluated_candle(strategy.pk)
+        due = candles_closed_after(strategy.account.venue, strategy.symbol, strategy.timeframe, after=last, now=now,
+                                   limit=1 if last is None else MAX_EVALUATIONS_PER_TICK)
+        for open_time in due:
+            evaluation = strategy_evaluate(strategy_id=strategy.pk, candle_open_time=open_time, now=now)
+            if evaluation is not None:
+                counts["evaluated"] += 1
+                counts["signals"] += evaluation.signal_id is not None
+    return counts

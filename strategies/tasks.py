@@ -1,0 +1,23 @@
+"""Celery entry points of the StrategyManager (queue "strategies"): ids in, one service call, idempotent."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+
+@shared_task(name="strategies.tasks.strategy_evaluate", acks_late=True)
+def strategy_evaluate_task(strategy_id: int, candle_open_ms: int) -> str:
+    """Evaluate one strategy on one closed candle (a no-op when that bar was evaluated already)."""
+    from strategies import services
+    from strategies.marketdata import ms_to_datetime
+
+    evaluation = services.strategy_evaluate(strategy_id=strategy_id, candle_open_time=ms_to_datetime(candle_open_ms))
+    return "skipped" if evaluation is None else (evaluation.action or "none")
+
+
+@shared_task(name="strategies.tasks.strategies_evaluate_due", acks_late=True)
+def strategies_evaluate_due_task() -> dict[str, int]:
+    """Evaluate every active indicator strategy on its newly closed candles (the beat's tick)."""
+    from strategies import services
+
+    return services.strategies_evaluate_due()
