@@ -17,6 +17,7 @@ Evaluation of one (strategy, closed candle):
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,9 +30,12 @@ from django.utils import timezone
 from exchanges.base import Side
 from strategies.base import last_bar_action
 from strategies.marketdata import CandleRow, RowError, atr_value, datetime_to_ms
-from strategies.models import Candle, StrategyEvaluation
+from strategies.models import BacktestRun, Candle, StrategyEvaluation
 from trading.engine import audit, signal_create
 from trading.models import Order, Position, Strategy
+
+if TYPE_CHECKING:
+    from strategies.backtest import BacktestConfig
 
 log = logging.getLogger("strategies.services")
 
@@ -214,3 +218,95 @@ def strategies_evaluate_due(*, now: datetime | None = None) -> dict[str, int]:
                 counts["evaluated"] += 1
                 counts["signals"] += evaluation.signal_id is not None
     return counts
+
+
+# --------------------------------------------------------------------------------------------- backtest runs
+
+
+def backtest_run_create(*, kind: str, params: dict, symbol: str, timeframe: str, venue: str = "paper",
+                        start: datetime | None = None, end: datetime | None = None,
+                        config: dict | None = None, by: str, now: datetime | None = None) -> BacktestRun:
+    """Store a backtest request (validated) and queue it for a worker after commit."""
+    from django.core.exceptions import ValidationError
+
+    from strategies.library import RULES
+    from strategies.tasks import backtest_run_task
+
+    now = now or timezone.now()
+    errors: dict[str, list[str]] = {}
+    if kind not in RULES:
+        errors["kind"] = [f"unknown strategy kind {kind!r}; one of {', '.join(sorted(RULES))}"]
+    else:
+        for field, problems in RULES[kind].validate(params or {}).items():
+            errors[f"params.{field}"] = problems
+    try:
+        _backtest_config(kind, params or {}, config or {})
+    except (ValueError, ArithmeticError) as exc:
+        errors.setdefault("config", []).append(str(exc))
+    if start and end and start > end:
+        errors["end"] = ["must not be before start"]
+    if errors:
+        raise ValidationError(errors)
+    with transaction.atomic():
+        run = BacktestRun.objects.create(kind=kind, params=params or {}, venue=venue, symbol=symbol,
+                                         timeframe=timeframe, start=start, end=end, config=config or {},
+                                         created_by=by, created_at=now)
+        audit(actor=by, action="backtest.queued", entity="backtest", entity_id=run.pk, now=now, kind=kind,
+              symbol=symbol)
+        transaction.on_commit(lambda: backtest_run_task.delay(run.pk))
+    return run
+
+
+def _backtest_config(kind: str, params: dict, config: dict) -> BacktestConfig:
+    from strategies.backtest import BacktestConfig
+
+    allowed = {"cash", "fee", "slippage_bps", "sizing", "allow_short"}
+    unknown = set(config) - allowed
+    if unknown:
+        raise ValueError(f"unknown config field(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
+    values: dict[str, object] = {k: Decimal(str(config[k])) for k in ("cash", "fee", "slippage_bps") if k in config}
+    for key, value in values.items():
+        if not value.is_finite() or value < 0 or (key == "cash" and value == 0):  # type: ignore[union-attr]
+            raise ValueError(f"{key} must be a finite number{' above 0' if key == 'cash' else ' >= 0'}")
+    if "sizing" in config:
+        if config["sizing"] != "all-in":
+            raise ValueError("stored runs use sizing all-in (risk sizing needs a strategy's risk settings)")
+        values["sizing"] = "all-in"
+    if "allow_short" in config:
+        values["allow_short"] = bool(config["allow_short"])
+    return BacktestConfig(strategy=kind, params=params, **values)  # type: ignore[arg-type]
+
+
+def backtest_run_execute(*, run_id: int, now: datetime | None = None) -> BacktestRun:
+    """Run a queued backtest on stored candles, recording progress, metrics and trades (idempotent)."""
+    from strategies.backtest import result_to_json, run as backtest
+    from strategies.selectors import candles_read
+
+    claimed = BacktestRun.objects.filter(pk=run_id, status=BacktestRun.Status.QUEUED).update(
+        status=BacktestRun.Status.RUNNING, progress=0.0)
+    record = BacktestRun.objects.get(pk=run_id)
+    if not claimed:
+        return record  # done, failed, or another worker has it
+
+    last = [0.0]
+
+    def progress(fraction: float) -> None:
+        if fraction - last[0] >= 0.05 or fraction >= 1.0:
+            last[0] = fraction
+            BacktestRun.objects.filter(pk=run_id).update(progress=round(fraction, 4))
+
+    try:
+        candles = candles_read(record.venue, record.symbol, record.timeframe, since=record.start, until=record.end)
+        if len(candles) < 2:
+            raise ValueError(f"only {len(candles)} stored candle(s) of {record.symbol} {record.timeframe} in range")
+        result = backtest(candles, _backtest_config(record.kind, record.params, record.config), progress=progress)
+        data = result_to_json(result)
+    except Exception as exc:  # noqa: BLE001 - a failed run is recorded with its reason, never retried blindly
+        BacktestRun.objects.filter(pk=run_id).update(status=BacktestRun.Status.FAILED, error=str(exc)[:2000],
+                                                     finished_at=now or timezone.now())
+        log.warning("backtest %s failed: %s", run_id, exc)
+    else:
+        BacktestRun.objects.filter(pk=run_id).update(
+            status=BacktestRun.Status.DONE, progress=1.0, metrics=data["metrics"], trades=data["trades"],
+            finished_at=now or timezone.now())
+    return BacktestRun.objects.get(pk=run_id)

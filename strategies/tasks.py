@@ -21,3 +21,11 @@ def strategies_evaluate_due_task() -> dict[str, int]:
     from strategies import services
 
     return services.strategies_evaluate_due()
+
+
+@shared_task(name="strategies.tasks.backtest_run", acks_late=True)
+def backtest_run_task(run_id: int) -> str:
+    """Run one stored backtest (a no-op when it already ran)."""
+    from strategies import services
+
+    return services.backtest_run_execute(run_id=run_id).status
