@@ -6,8 +6,8 @@ Creates a throwaway database (`tradesite_bench`) and migrates it, flushes a dedi
 `celery worker -Q execution -c 2 -P prefork`, and sets up one paper account with 4 webhook strategies. Then it
 creates signals open-loop at a fixed rate from this process with `engine.signal_create(..., enqueue=True)`
 (store the row, enqueue the task on commit: what webhook intake does), alternating open_long / close per
-strategy so positions stay small. Each signal has a scheduled send time; a late sender never delays the
-schedule, and its lag is reported (no coordinated omission).
+strategy so positions stay small. Sender threads (4) share one schedule: each signal has a scheduled send time,
+a late sender never delays the schedule, and its lag is reported (no coordinated omission).
 
 Latencies come from the Signal row's stage stamps (`timezone.now()` in each process, one machine clock):
 received (before the INSERT) -> accepted (the task starts deciding) -> submitted (the order is marked
@@ -17,9 +17,11 @@ database only, a deferred constraint trigger that records `clock_timestamp()` wh
 status, i.e. at the commit of the fill transaction: "received -> committed" is the latency a reader of the
 database sees.
 
---find-knee runs short series (10 s each at 100, 150, 200, 300 signals/s) and reports the first rate at which
-the backlog grows during sending or p99 explodes. Everything is bounded in time and cleaned up (worker stopped,
-database dropped, Redis db flushed) on success, failure, Ctrl-C or SIGTERM. The last stdout line is JSON.
+--find-knee runs short runs (10 s at 100, 150, 200, 300 signals/s, upwards until one does not keep up; then
+halving below the lowest while even that one fails, and bisecting the bracket) and reports the rate at which the
+backlog starts to grow, p99 explodes or intake cannot keep the schedule. Everything is bounded in time and cleaned
+up (worker stopped, database dropped, Redis db flushed) on success, failure, Ctrl-C or SIGTERM. The last stdout
+line is JSON. Results and what they showed: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import itertools
 import json
 import os
 import platform
@@ -58,6 +61,8 @@ SAMPLE_EVERY_S = 0.25
 TARGET_P50_MS, TARGET_P99_MS = 10.0, 25.0
 KNEE_RATES = (100, 150, 200, 300)
 KNEE_SECONDS = 10.0
+KNEE_EXTRA_RUNS = 5  # halvings below the lowest rate when even that one saturates, then bisections
+KNEE_P99_MS = 500.0  # a p99 counts as exploded above this and 5x the lowest p99 of the series (seconds when saturated)
 FINAL = ("executed", "rejected", "ignored", "failed")
 
 
@@ -249,24 +254,27 @@ def cpu_snapshot(worker_pgid: int, db_name: str) -> CpuSnapshot:
     return CpuSnapshot(time.monotonic(), worker, postgres, time.process_time(), busy, total)
 
 
-def cpu_delta(before: CpuSnapshot, after: CpuSnapshot, signals: int) -> dict[str, float]:
-    """CPU ms per signal by component, and how busy the machine was (%), over the window between two snapshots."""
+def cpu_delta(before: CpuSnapshot, after: CpuSnapshot, *, fills: int, sent: int) -> dict[str, float]:
+    """CPU by component over the window between two snapshots: cores used, and ms per fill (worker, PostgreSQL)
+    or per sent signal (this process); and how busy the whole machine was."""
     def spent(a: dict[int, float], b: dict[int, float]) -> float:
         return sum(v - a.get(pid, 0.0) for pid, v in b.items())
 
     worker, pg, bench = spent(before.worker, after.worker), spent(before.postgres, after.postgres), after.bench - before.bench
+    wall = max(after.at - before.at, 1e-9)
     total = after.machine_total - before.machine_total
     busy = after.machine_busy - before.machine_busy
-    per = 1000 / max(signals, 1)
-    ncpu = os.cpu_count() or 1
     return {
-        "worker_ms": round(worker * per, 2),
-        "postgres_ms": round(pg * per, 2),
-        "bench_ms": round(bench * per, 2),
+        "worker_cores": round(worker / wall, 2),
+        "postgres_cores": round(pg / wall, 2),
+        "bench_cores": round(bench / wall, 2),
+        "worker_ms_per_fill": round(1000 * worker / fills, 1) if fills else None,
+        "postgres_ms_per_fill": round(1000 * pg / fills, 1) if fills else None,
+        "bench_ms_per_sent": round(1000 * bench / sent, 1) if sent else None,
         "machine_busy_pct": round(100 * busy / total, 1) if total else 0.0,
         "other_processes_pct": round(100 * max(busy - worker - pg - bench, 0.0) / total, 1) if total else 0.0,
-        "window_s": round(after.at - before.at, 2),
-        "ncpu": ncpu,
+        "window_s": round(wall, 2),
+        "ncpu": os.cpu_count() or 1,
     }
 
 
@@ -385,8 +393,15 @@ def deadlocks(db_name: str) -> int:
 
 def worker_wait_ready(strategies: Sequence[Any], worker: Worker) -> None:
     """Push an open and a close through the worker, which proves it consumes and warms its connections."""
+    from django.db import DatabaseError
+
     for i in range(2):
-        signal_send(strategies[0], f"probe:{i}", i * STRATEGIES)
+        for attempt in range(3):
+            try:
+                signal_send(strategies[0], f"probe:{i}:{attempt}", i * STRATEGIES)
+                break
+            except DatabaseError as exc:  # the intake deadlock this benchmark reports can hit the probe too
+                print(f"probe signal failed ({str(exc).splitlines()[0]}), retrying", file=sys.stderr)
         if not wait_until(lambda: unsettled("probe:") == 0, timeout=90, worker=worker, what="the probe signal"):
             raise RuntimeError(f"the worker did not process a probe signal in 90 s:\n{worker.log_tail()}")
 
@@ -436,24 +451,29 @@ def run(*, strategies: Sequence[Any], worker: Worker, monitor: Monitor, args: ar
 
     n_warm, n_meas = round(rate * warmup), round(rate * seconds)
     n = n_warm + n_meas
-    senders = args.senders or (1 if rate <= 150 else 2)
+    senders = args.senders
+    next_index = itertools.count()  # shared: whichever sender is free takes the next scheduled signal
+    # A sender that cannot keep up never stretches the schedule; past this point the rest is counted as unsent.
+    cutoff = max(5.0, 0.25 * (warmup + seconds))
     scheduled: dict[int, float] = {}  # index -> scheduled send time, epoch seconds
     intake_ms: dict[int, float] = {}  # index -> duration of the signal_create call (INSERT, COMMIT, enqueue)
     intake_errors: dict[int, str] = {}  # index -> what signal_create raised
     stop = threading.Event()
     errors: list[BaseException] = []
     deadlocks0 = deadlocks(args.db_name)
+    # Signals a dead task left RECEIVED in an earlier run stay so (no sweeper runs): count only this run's.
+    backlog0 = Signal.objects.filter(status=Signal.Status.RECEIVED).count()
     perf0, wall0 = time.perf_counter(), time.time()
     base = perf0 + 0.2
 
-    def sender(tid: int) -> None:
+    def sender() -> None:
         try:
-            for i in range(tid, n, senders):
+            for i in next_index:
                 due = base + i / rate
                 delay = due - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-                if stop.is_set():
+                if i >= n or stop.is_set() or time.perf_counter() > base + n / rate + cutoff:
                     return
                 scheduled[i] = wall0 + (due - perf0)
                 started = time.perf_counter()
@@ -468,8 +488,7 @@ def run(*, strategies: Sequence[Any], worker: Worker, monitor: Monitor, args: ar
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=sender, args=(t,), name=f"bench-sender-{t}", daemon=True)
-               for t in range(senders)]
+    threads = [threading.Thread(target=sender, name=f"bench-sender-{t}", daemon=True) for t in range(senders)]
     for t in threads:
         t.start()
     try:
@@ -477,7 +496,7 @@ def run(*, strategies: Sequence[Any], worker: Worker, monitor: Monitor, args: ar
         time.sleep(max(window_start - time.perf_counter(), 0))
         cpu0 = cpu_snapshot(worker.proc.pid if worker.proc else -1, args.db_name)
         for t in threads:
-            t.join(timeout=max(base + n / rate - time.perf_counter(), 0) + 60)
+            t.join(timeout=max(base + n / rate - time.perf_counter(), 0) + cutoff + 60)
             if t.is_alive():
                 raise RuntimeError(f"{t.name} is stuck")
     finally:
@@ -488,10 +507,10 @@ def run(*, strategies: Sequence[Any], worker: Worker, monitor: Monitor, args: ar
     cpu1 = cpu_snapshot(worker.proc.pid if worker.proc else -1, args.db_name)
     if errors:
         raise RuntimeError(f"a sender failed: {errors[0]!r}") from errors[0]
-    backlog_end = Signal.objects.filter(status=Signal.Status.RECEIVED).count()
-    samples = [(t, b) for t, b in monitor.samples if window_start <= t <= window_end]
+    backlog_end = Signal.objects.filter(status=Signal.Status.RECEIVED).count() - backlog0
+    samples = [(t, b - backlog0) for t, b in monitor.samples if window_start <= t <= window_end]
 
-    settled_ok = settle_wait(f"{tag}:", timeout=min(args.settle_timeout, 3 * seconds + 60), worker=worker)
+    settled_ok = settle_wait(f"{tag}:", timeout=args.settle_timeout, worker=worker)
     drained_at = time.perf_counter()
 
     rows = list(Signal.objects.filter(idempotency_key__startswith=f"{tag}:").values_list(
@@ -541,13 +560,16 @@ def run(*, strategies: Sequence[Any], worker: Worker, monitor: Monitor, args: ar
         "warmup": warmup,
         "senders": senders,
         "achieved_rate": round(achieved, 2),
-        "sent": n_meas,
+        "scheduled": n_meas,
+        "sent": sum(1 for i in intake_ms if i >= n_warm),
+        "unsent": n_meas - sum(1 for i in intake_ms if i >= n_warm),
         "count": len(measured),
         "filled": len(filled),
         "statuses": by_status,
         "rejected": by_status.get("rejected", 0),
         "ignored": by_status.get("ignored", 0),
         "unsettled": sum(1 for r in measured if r[2] not in FINAL),
+        "unsettled_warmup": sum(1 for r in rows if r[2] not in FINAL) - sum(1 for r in measured if r[2] not in FINAL),
         "settled_in_time": settled_ok,
         "throughput_fills_per_s": round(in_window / (win1 - win0), 2) if win1 > win0 else None,
         "drain_rate_fills_per_s": round(len(filled) / (last_fill - received[0]), 2) if filled and last_fill > received[0] else None,
@@ -560,7 +582,7 @@ def run(*, strategies: Sequence[Any], worker: Worker, monitor: Monitor, args: ar
         "intake_errors": sum(1 for i in intake_errors if i >= n_warm),
         "intake_error_kinds": sorted({v for i, v in intake_errors.items() if i >= n_warm}),
         "deadlocks": deadlocks(args.db_name) - deadlocks0,
-        "cpu": cpu_delta(cpu0, cpu1, len(measured)),
+        "cpu": cpu_delta(cpu0, cpu1, fills=in_window, sent=sum(1 for i in intake_ms if i >= n_warm)),
     }
     rejected = [(r[1], r[3], r[4][:120]) for r in measured if r[2] == "rejected"]
     return RunResult(figures, rejected)
@@ -592,7 +614,8 @@ def report_run(result: RunResult) -> None:
     lat = f["latency_ms"]
     cpu = f["cpu"]
     print(f"rate {f['rate_target']:g}/s x {f['seconds']:g} s (+{f['warmup']:g} s warm-up), {f['senders']} sender "
-          f"thread(s): sent {f['sent']}, stored {f['count']} at {f['achieved_rate']:.2f}/s")
+          f"thread(s): scheduled {f['scheduled']}, sent {f['sent']} (unsent {f['unsent']}), stored {f['count']} at "
+          f"{f['achieved_rate']:.2f}/s")
     print(f"filled {f['filled']}  rejected {f['rejected']}  ignored {f['ignored']}  unsettled {f['unsettled']}  "
           f"statuses {f['statuses']}")
     print(f"throughput {f['throughput_fills_per_s']} fills/s in the window (drain {f['drain_rate_fills_per_s']}/s); "
@@ -602,13 +625,16 @@ def report_run(result: RunResult) -> None:
     for label, key, what in STAGE_ROWS:
         s = lat[key]
         print(f"{label:<30}{_f(s['p50']):>8}{_f(s['p99']):>8}{_f(s['max']):>8}  {what}")
-    print(f"CPU ms/signal: worker {cpu['worker_ms']}, postgres backends {cpu['postgres_ms']}, bench process "
-          f"{cpu['bench_ms']}; machine {cpu['machine_busy_pct']}% busy ({cpu['ncpu']} CPUs), other processes "
-          f"{cpu['other_processes_pct']}%")
+    print(f"CPU in the window: worker {cpu['worker_cores']} cores ({cpu['worker_ms_per_fill']} ms/fill), postgres "
+          f"backends {cpu['postgres_cores']} ({cpu['postgres_ms_per_fill']} ms/fill), this process "
+          f"{cpu['bench_cores']} ({cpu['bench_ms_per_sent']} ms/sent); machine {cpu['machine_busy_pct']}% busy of "
+          f"{cpu['ncpu']} CPUs, other processes {cpu['other_processes_pct']}%")
     intake = f["intake_call_ms"]
     print(f"intake signal_create call (INSERT, COMMIT, enqueue) ms: p50 {_f(intake['p50'])} p99 {_f(intake['p99'])} "
           f"max {_f(intake['max'])}; intake errors {f['intake_errors']} {f['intake_error_kinds'][:3]}; "
           f"deadlocks detected by PostgreSQL {f['deadlocks']}")
+    if f["unsettled"]:
+        print(f"NOTE: {f['unsettled']} signal(s) never settled; percentiles cover the {f['filled']} filled ones only")
     for key, rule, detail in result.rejected[:10]:
         print(f"  rejected {key}: {rule}: {detail}")
     p50, p99 = lat["received_filled"]["p50"], lat["received_filled"]["p99"]
@@ -618,26 +644,52 @@ def report_run(result: RunResult) -> None:
     f["target_met"] = met
 
 
+def knee_verdict(result: RunResult, base_p99: float) -> dict[str, Any]:
+    """Whether one run kept up: the backlog did not grow, p99 did not explode, and intake kept the schedule."""
+    f = result.figures
+    rate = f["rate_target"]
+    p99 = f["latency_ms"]["received_committed"]["p99"]
+    grows = (f["backlog_growth_per_s"] > max(1.0, 0.02 * rate) and f["backlog_at_end"] > max(5.0, 0.1 * rate)) \
+        or not f["settled_in_time"]
+    explodes = p99 is None or (p99 > KNEE_P99_MS and p99 > 5 * base_p99)
+    behind = f["achieved_rate"] < 0.95 * rate or f["unsent"] > 0
+    return {"rate": rate, "achieved": f["achieved_rate"], "throughput": f["throughput_fills_per_s"],
+            "p50": f["latency_ms"]["received_committed"]["p50"], "p99": p99, "backlog_end": f["backlog_at_end"],
+            "growth_per_s": f["backlog_growth_per_s"], "intake_errors": f["intake_errors"],
+            "queue_grows": grows, "p99_explodes": explodes, "sender_behind": behind,
+            "kept_up": not (grows or explodes or behind)}
+
+
+def _base_p99(results: Sequence[RunResult]) -> float:
+    """The lowest received -> committed p99 of the series: what "exploded" is measured against."""
+    return min((r.figures["latency_ms"]["received_committed"]["p99"] or 0.0 for r in results), default=0.0)
+
+
 def knee_assess(results: Sequence[RunResult]) -> dict[str, Any]:
-    """The first rate at which the backlog grows during sending or p99 explodes."""
-    base_p99 = results[0].figures["latency_ms"]["received_committed"]["p99"] or 0.0
-    rows = []
-    knee = None
-    for r in results:
-        f = r.figures
-        p99 = f["latency_ms"]["received_committed"]["p99"]
-        grows = f["backlog_growth_per_s"] > max(2.0, 0.02 * f["rate_target"]) and f["backlog_at_end"] > 0.1 * f["rate_target"]
-        explodes = p99 is None or (p99 > 50 and p99 > 4 * base_p99)
-        behind = f["achieved_rate"] < 0.97 * f["rate_target"]
-        rows.append({"rate": f["rate_target"], "achieved": f["achieved_rate"], "throughput": f["throughput_fills_per_s"],
-                     "p50": f["latency_ms"]["received_committed"]["p50"], "p99": p99,
-                     "backlog_end": f["backlog_at_end"], "growth_per_s": f["backlog_growth_per_s"],
-                     "queue_grows": grows, "p99_explodes": explodes, "sender_behind": behind})
-        if knee is None and (grows or explodes):
-            knee = f["rate_target"]
-    sustained = max((row["rate"] for row in rows if not (row["queue_grows"] or row["p99_explodes"])
-                     and (knee is None or row["rate"] < knee)), default=None)
-    return {"knee_rate": knee, "max_sustained_rate": sustained, "runs": rows}
+    """The lowest rate that did not keep up, the highest that did, and the best fill rate seen (capacity)."""
+    rows = sorted((knee_verdict(r, _base_p99(results)) for r in results), key=lambda row: row["rate"])
+    knee = min((row["rate"] for row in rows if not row["kept_up"]), default=None)
+    sustained = max((row["rate"] for row in rows if row["kept_up"] and (knee is None or row["rate"] < knee)),
+                    default=None)
+    capacity = max((row["throughput"] or 0.0 for row in rows if not row["kept_up"]), default=None)
+    return {"knee_rate": knee, "max_sustained_rate": sustained, "saturated_throughput": capacity, "runs": rows}
+
+
+def knee_next(results: Sequence[RunResult], planned: list[float], extra_left: int) -> tuple[float | None, bool]:
+    """The next rate to try, and whether it is an extra run: up the planned list until one rate saturates, then
+    down by halves until one keeps up, then bisect the bracket while it is wider than 30%."""
+    verdicts = [knee_verdict(r, _base_p99(results)) for r in results]
+    saturated = [v["rate"] for v in verdicts if not v["kept_up"]]
+    kept = [v["rate"] for v in verdicts if v["kept_up"]]
+    if not saturated:
+        return (planned.pop(0) if planned else None), False
+    bad = min(saturated)
+    good = max((k for k in kept if k < bad), default=None)
+    if extra_left <= 0:
+        return None, False
+    if good is None:
+        return (bad / 2 if bad / 2 >= 2 else None), True
+    return (round((good + bad) / 2, 1) if bad / good > 1.3 else None), True
 
 
 def report_knee(assessed: dict[str, Any]) -> None:
@@ -647,8 +699,9 @@ def report_knee(assessed: dict[str, Any]) -> None:
                                              ("sender behind", row["sender_behind"])) if on) or "keeps up"
         print(f"{row['rate']:>6g}{row['achieved']:>8.1f}{row['throughput'] or 0:>9.1f}{_f(row['p50']):>8}"
               f"{_f(row['p99']):>8}{row['backlog_end']:>9}{row['growth_per_s']:>+10.2f}  {verdict}")
-    print(f"(p50/p99 are received -> committed, ms) queue starts to grow at: {assessed['knee_rate'] or 'none of these'}"
-          f"; highest rate kept up: {assessed['max_sustained_rate']}")
+    print(f"(p50/p99: received -> committed, ms) does not keep up from: {assessed['knee_rate'] or 'none of these'}/s; "
+          f"highest rate kept up: {assessed['max_sustained_rate']}/s; fills/s when saturated: "
+          f"{assessed['saturated_throughput']}")
 
 
 def machine_info() -> dict[str, Any]:
@@ -689,8 +742,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--find-knee", action="store_true", help="short runs at --knee-rates instead of one run")
     p.add_argument("--knee-rates", default=",".join(str(r) for r in KNEE_RATES), help="comma-separated rates")
     p.add_argument("--knee-seconds", type=float, default=KNEE_SECONDS)
-    p.add_argument("--senders", type=int, default=0, help="sender threads (default: 1 up to 150/s, else 2)")
-    p.add_argument("--settle-timeout", type=float, default=180, help="seconds to wait for signals to settle")
+    p.add_argument("--senders", type=int, default=4,
+                   help="sender threads sharing one schedule (default 4: intake blocks on the worker's locks)")
+    p.add_argument("--settle-timeout", type=float, default=600,
+                   help="most seconds to wait for signals to settle (default 600; gives up after 20 s without progress)")
     p.add_argument("--timeout", type=float, default=0, help="abort after this many seconds (default: computed)")
     p.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432")
     p.add_argument("--db-name", default="tradesite_bench")
@@ -729,8 +784,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     rates = [float(r) for r in args.knee_rates.split(",")] if args.find_knee else [args.rate]
     seconds = args.knee_seconds if args.find_knee else args.seconds
-    budget = args.timeout or 420 + sum(args.warmup + seconds + min(args.settle_timeout, 3 * seconds + 60)
-                                       for _ in rates)
+    runs = len(rates) + (KNEE_EXTRA_RUNS if args.find_knee else 0)
+    budget = args.timeout or 420 + runs * (1.25 * (args.warmup + seconds) + 5 + args.settle_timeout + 10)
     results: list[RunResult] = []
     output: dict[str, Any] = {"benchmark": "signal_to_fill", "date": datetime.now().astimezone().isoformat(
         timespec="seconds")}
@@ -748,6 +803,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{exc}: cleaning up", file=sys.stderr)
             status = 124
     output["runs"] = [r.figures for r in results]
+    if results and not args.find_knee:
+        f = results[0].figures
+        lat = f["latency_ms"]
+        output["summary"] = {
+            "rate": f["rate_target"], "achieved_rate": f["achieved_rate"], "count": f["count"], "filled": f["filled"],
+            "rejected": f["rejected"], "intake_errors": f["intake_errors"], "deadlocks": f["deadlocks"],
+            "p50_ms": lat["received_filled"]["p50"], "p99_ms": lat["received_filled"]["p99"],
+            "max_ms": lat["received_filled"]["max"], "committed_p50_ms": lat["received_committed"]["p50"],
+            "committed_p99_ms": lat["received_committed"]["p99"], "throughput_fills_per_s": f["throughput_fills_per_s"],
+            "backlog_at_end": f["backlog_at_end"], "target_met": f.get("target_met", False),
+        }
     output["status"] = status
     print(json.dumps(output, separators=(",", ":"), default=str))
     return status
@@ -784,19 +850,27 @@ def _main_body(args: argparse.Namespace, stack: contextlib.ExitStack, rates: Seq
     output["machine"] = machine_info()
     print(f"signal_to_fill: 1 worker (-c 2 prefork), {STRATEGIES} strategies on 1 paper account, {SYMBOL}; "
           f"{output['machine']}", flush=True)
-    for i, rate in enumerate(rates):
-        if i:
+    planned = sorted(rates)
+    extra_left = KNEE_EXTRA_RUNS if args.find_knee else 0
+    rate: float | None = planned.pop(0)
+    while rate is not None:
+        if results:
             time.sleep(2)
         print(flush=True)
         result = run(strategies=strategies, worker=worker, monitor=monitor, args=args, rate=rate,
-                     seconds=seconds, warmup=args.warmup, tag=f"r{i}")
+                     seconds=seconds, warmup=args.warmup, tag=f"r{len(results)}")
         report_run(result)
         results.append(result)
         if monitor.error is not None:
             raise RuntimeError(f"the price/backlog thread failed: {monitor.error!r}")
         if not result.figures["settled_in_time"]:
-            print("signals did not settle in time: stopping here", flush=True)
+            print(f"stopped waiting: {result.figures['unsettled']} measured and {result.figures['unsettled_warmup']} "
+                  "warm-up signal(s) never settled (a task that died is only re-driven by the sweeper, not running)",
+                  flush=True)
+        if not args.find_knee:
             break
+        rate, extra = knee_next(results, planned, extra_left)
+        extra_left -= extra
     output["worker_errors_logged"] = worker.errors_logged()
     if output["worker_errors_logged"]:
         print(f"worker logged {output['worker_errors_logged']} error line(s):\n{worker.log_tail()}")
