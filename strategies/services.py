@@ -186,7 +186,7 @@ def strategy_fail(*, strategy_id: int, error: str, now: datetime | None = None) 
     """Put a strategy in ERROR with the error text (audited): it is not evaluated again until started."""
     now = now or timezone.now()
     with transaction.atomic():
-        strategy = Strategy.objects.select_for_update().get(pk=strategy_id)
+        strategy = Strategy.objects.select_for_update(no_key=True).get(pk=strategy_id)
         previous = strategy.status
         strategy.status, strategy.last_error = Strategy.Status.ERROR, error[:2000]
         strategy.save(update_fields=["status", "last_error", "updated_at"])

@@ -16,7 +16,8 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Case, F, Q, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from exchanges.base import Connector, OrderRequest, OrderType, Side, VenueOrder, VenueOrderStatus
@@ -198,20 +199,22 @@ def _intent(signal: Signal) -> SignalIntent:
 def signal_process(*, signal_id: int, now: datetime | None = None) -> Signal:
     """Decide a received signal under the account lock, create its orders, and submit them."""
     with log_context(signal_id=signal_id):
-        signal, order_ids = _signal_decide(signal_id=signal_id, now=now or timezone.now())
-        for order_id in order_ids:
-            order_submit(order_id=order_id)
-        if order_ids:
+        signal, orders = _signal_decide(signal_id=signal_id, now=now or timezone.now())
+        for order in orders:  # committed as SUBMITTING, in the decision's transaction
+            _order_send(order, now=order.submitted_at or timezone.now())
+        if orders:
             signal.refresh_from_db()
         return signal
 
 
-def _signal_decide(*, signal_id: int, now: datetime) -> tuple[Signal, list[int]]:
+def _signal_decide(*, signal_id: int, now: datetime) -> tuple[Signal, list[Order]]:
     account_id = Signal.objects.values_list("account_id", flat=True).get(pk=signal_id)
     with transaction.atomic():
         # The account row is the parent lock: every risk decision on an account runs one at a time.
-        account = VenueAccount.objects.select_for_update().get(pk=account_id)
-        signal = Signal.objects.select_for_update().select_related("strategy").get(pk=signal_id)
+        # FOR NO KEY UPDATE: concurrent inserts that reference these rows (their foreign-key checks) never wait.
+        account = VenueAccount.objects.select_for_update(no_key=True).get(pk=account_id)
+        signal = Signal.objects.select_for_update(no_key=True, of=("self",)).select_related("strategy").get(
+            pk=signal_id)
         if signal.status != Signal.Status.RECEIVED:
             return signal, []
         signal.attempts += 1
@@ -250,16 +253,20 @@ def _signal_decide(*, signal_id: int, now: datetime) -> tuple[Signal, list[int]]
         if not decision.accepted:
             status = Signal.Status.IGNORED if decision.rule == Rule.NOTHING_TO_DO else Signal.Status.REJECTED
             return _signal_reject(signal, rule=decision.rule, detail=decision.detail, now=now, status=status), []
+        # The orders are committed as SUBMITTING with the decision and sent right after the commit: a crash in
+        # between leaves them for recovery, which asks the venue by client id before anything is resent.
         orders = _orders_create(signal, decision, reference_price=ticker.price, now=now)
+        for order in orders:
+            order.account = account  # the sender needs it: no second read
         signal.status = Signal.Status.ACCEPTED
         signal.decision_rule, signal.decision_detail = decision.rule, decision.detail
-        signal.accepted_at = now
+        signal.accepted_at = signal.submitted_at = now
         if decision.stop_loss is not None or decision.take_profit is not None:
             signal.stop_loss, signal.take_profit = decision.stop_loss, decision.take_profit
         signal.save()
         audit(actor="engine", action="signal.accepted", entity="signal", entity_id=signal.pk, now=now,
               orders=[o.client_order_id for o in orders], rule=decision.rule)
-        return signal, [o.pk for o in orders]
+        return signal, orders
 
 
 def _signal_reject(signal: Signal, *, rule: str, detail: str, now: datetime,
@@ -289,8 +296,10 @@ def _orders_create(signal: Signal, decision: Decision, *, reference_price: Decim
             price=intent.price if intent.order_type is OrderType.LIMIT else None,
             reference_price=reference_price,
             leverage=decision.leverage,
-            status=Order.Status.NEW,
+            status=Order.Status.SUBMITTING,
+            attempts=1,
             created_at=now,
+            submitted_at=now,
             updated_at=now,
         )
         for intent in decision.orders
@@ -371,7 +380,7 @@ def _order_send(order: Order, *, now: datetime) -> Order:
             )
             order.refresh_from_db()
             return order
-        return order_apply_venue_state(order_id=order.pk, venue_order=venue_order)
+        return order_apply_venue_state(order_id=order.pk, venue_order=venue_order, account_id=order.account_id)
 
 
 def _order_finish(order: Order, status: str, reason: str, now: datetime) -> Order:
@@ -384,20 +393,24 @@ def _order_finish(order: Order, status: str, reason: str, now: datetime) -> Orde
     return order
 
 
-def order_apply_venue_state(*, order_id: int, venue_order: VenueOrder, now: datetime | None = None) -> Order:
+def order_apply_venue_state(*, order_id: int, venue_order: VenueOrder, now: datetime | None = None,
+                            account_id: int | None = None) -> Order:
     """Record what the venue says of an order: new fills (once each), position, P&L and status."""
     now = now or timezone.now()
-    account_id = Order.objects.values_list("account_id", flat=True).get(pk=order_id)
+    if account_id is None:
+        account_id = Order.objects.values_list("account_id", flat=True).get(pk=order_id)
     with transaction.atomic():
-        account = VenueAccount.objects.select_for_update().get(pk=account_id)
-        order = Order.objects.select_for_update().get(pk=order_id)
-        known = set(order.fills.values_list("venue_fill_id", flat=True))
+        # The account row first, as everywhere: every write to an account's book runs one at a time.
+        account = VenueAccount.objects.select_for_update(no_key=True).only("cash").get(pk=account_id)
+        order = Order.objects.select_for_update(no_key=True, of=("self",)).select_related("signal").get(pk=order_id)
+        recorded = list(order.fills.values_list("venue_fill_id", "quantity", "price"))
+        known = {row[0] for row in recorded}
         fresh = [f for f in venue_order.fills if f.fill_id not in known]
         status = _VENUE_STATUS[venue_order.status]
         if not fresh and order.status == status and order.venue_order_id == venue_order.venue_order_id:
             return order
         if fresh:
-            _fills_record(account, order, fresh, now)
+            _fills_record(account, order, fresh, recorded, now)
         previous = order.status
         order.venue_order_id = venue_order.venue_order_id
         order.status = status
@@ -405,21 +418,33 @@ def order_apply_venue_state(*, order_id: int, venue_order: VenueOrder, now: date
             order.reason = venue_order.reason
         order.acknowledged_at = order.acknowledged_at or now
         order.updated_at = now
-        order.save()
+        order.save(update_fields=["venue_order_id", "status", "reason", "acknowledged_at", "updated_at",
+                                  "filled_quantity", "fees", "average_fill_price"])
         if order.signal_id:
-            Signal.objects.filter(pk=order.signal_id, acknowledged_at__isnull=True).update(acknowledged_at=now)
-            if order.is_final:
-                _signal_settle(order.signal_id, now)
+            _signal_stages(order, filled=bool(fresh), now=now)
         if previous != status:
             audit(actor="engine", action=f"order.{status}", entity="order", entity_id=order.pk, now=now,
                   venue_order_id=venue_order.venue_order_id, filled=order.filled_quantity)
         return order
 
 
-def _fills_record(account: VenueAccount, order: Order, fills: Sequence, now: datetime) -> None:
-    position, _ = Position.objects.select_for_update().get_or_create(
-        account=account, strategy_id=order.strategy_id, symbol=order.symbol, defaults={"updated_at": now}
-    )
+def _signal_stages(order: Order, *, filled: bool, now: datetime) -> None:
+    """Stamp the signal's acknowledged and filled stages, and settle it once all its orders are final."""
+    changes: dict[str, object] = {"acknowledged_at": Coalesce("acknowledged_at", Value(now))}
+    if filled:
+        changes["filled_at"] = Value(now)
+    if order.is_final and not Order.objects.filter(signal_id=order.signal_id).exclude(pk=order.pk).exclude(
+            status__in=Order.FINAL).exists():
+        changes["status"] = Case(When(status=Signal.Status.ACCEPTED, then=Value(Signal.Status.EXECUTED)),
+                                 default=F("status"))
+    Signal.objects.filter(pk=order.signal_id).update(**changes)
+
+
+def _fills_record(account: VenueAccount, order: Order, fills: Sequence, recorded: list, now: datetime) -> None:
+    # Every writer of this account's positions holds the account lock, so a plain read is enough here.
+    position = Position.objects.filter(account=account, strategy_id=order.strategy_id, symbol=order.symbol).first()
+    if position is None:
+        position = Position(account=account, strategy_id=order.strategy_id, symbol=order.symbol, updated_at=now)
     state = pnl.PositionState(position.quantity, position.cost_basis, position.realized_pnl, position.fees_paid)
     was_flat = position.quantity == 0
     side = Side(order.side)
@@ -434,30 +459,29 @@ def _fills_record(account: VenueAccount, order: Order, fills: Sequence, now: dat
     Fill.objects.bulk_create(rows)
     order.filled_quantity += sum((f.quantity for f in fills), Decimal(0))
     order.fees += sum((f.fee for f in fills), Decimal(0))
-    notional = sum((f.quantity * f.price for f in order.fills.all()), Decimal(0))
+    notional = sum((q * p for _, q, p in recorded), Decimal(0)) + sum((f.quantity * f.price for f in fills),
+                                                                      Decimal(0))
     order.average_fill_price = notional / order.filled_quantity if order.filled_quantity else None
 
     flipped = not was_flat and state.quantity != 0 and (position.quantity > 0) != (state.quantity > 0)
     position.quantity, position.cost_basis = state.quantity, state.cost
     position.realized_pnl, position.fees_paid = state.realized, state.fees
     position.average_entry = state.avg_entry
+    signal = order.signal if order.purpose == Order.Purpose.ENTRY else None
     if state.quantity == 0:
         position.stop_loss = position.take_profit = position.opened_at = None
     elif was_flat or flipped:
         position.opened_at = now
-        signal = order.signal if order.purpose == Order.Purpose.ENTRY else None
         position.stop_loss = signal.stop_loss if signal else None
         position.take_profit = signal.take_profit if signal else None
-    elif order.purpose == Order.Purpose.ENTRY and order.signal is not None:
+    elif signal is not None:
         # Adding to a position: the newest entry's exits apply to the whole position.
-        position.stop_loss = order.signal.stop_loss or position.stop_loss
-        position.take_profit = order.signal.take_profit or position.take_profit
+        position.stop_loss = signal.stop_loss or position.stop_loss
+        position.take_profit = signal.take_profit or position.take_profit
     position.updated_at = now
     position.save()
     VenueAccount.objects.filter(pk=account.pk).update(cash=account.cash + cash_delta)
     account.cash += cash_delta
-    if order.signal_id:
-        Signal.objects.filter(pk=order.signal_id).update(filled_at=now)
 
 
 def _signal_settle(signal_id: int, now: datetime) -> None:

@@ -265,7 +265,7 @@ def account_update(*, account: VenueAccount, data: Mapping[str, Any], by: str,
 def _changes_save(model: Any, pk: int, clean: dict[str, Any], *, entity: str, by: str, now: datetime) -> Any:
     """Save validated changes to a locked row and audit which fields changed."""
     with transaction.atomic():
-        locked = model.objects.select_for_update().get(pk=pk)
+        locked = model.objects.select_for_update(no_key=True).get(pk=pk)
         changed = {k: v for k, v in clean.items() if getattr(locked, k) != v}
         for k, v in changed.items():
             setattr(locked, k, v)
@@ -301,7 +301,7 @@ def strategy_update(*, strategy: Strategy, data: Mapping[str, Any], by: str,
 def _strategy_set_status(strategy: Strategy, status: str, by: str, now: datetime | None) -> Strategy:
     now = now or timezone.now()
     with transaction.atomic():
-        locked = Strategy.objects.select_for_update().get(pk=strategy.pk)
+        locked = Strategy.objects.select_for_update(no_key=True).get(pk=strategy.pk)
         if locked.status != status:
             previous, locked.status = locked.status, status
             if status == Strategy.Status.ACTIVE:
@@ -340,7 +340,7 @@ def kill_switch_engage(*, by: str, reason: str = "", now: datetime | None = None
             switch.save()
             audit(actor=by, action="kill_switch.engaged", entity="kill_switch", entity_id=1, now=now, reason=reason)
         # Wait for every in-flight risk decision: each holds its account lock, and none can pass once we commit.
-        list(VenueAccount.objects.select_for_update().values_list("pk", flat=True))
+        list(VenueAccount.objects.select_for_update(no_key=True).values_list("pk", flat=True))
         from trading.tasks import kill_switch_enforce_task
 
         transaction.on_commit(kill_switch_enforce_task.delay)

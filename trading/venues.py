@@ -164,43 +164,109 @@ def order_from_json(data: dict[str, Any]) -> VenueOrder:
     )
 
 
+class _Unit:
+    """What one paper-venue unit of work has read and changed; written back once, at commit."""
+
+    def __init__(self, cash: Decimal, sequence: int, positions: dict[str, list[Any]]) -> None:
+        self.cash, self.sequence, self.positions = cash, sequence, positions
+        self.orders: dict[str, VenueOrder | None] = {}  # client id -> order (None: known absent)
+        self.account_dirty = False
+        self.dirty_positions: set[str] = set()
+        self.new_positions: set[str] = set()
+
+    def snapshot(self) -> tuple[Any, ...]:
+        return (self.cash, self.sequence, {k: list(v) for k, v in self.positions.items()}, dict(self.orders),
+                self.account_dirty, set(self.dirty_positions), set(self.new_positions))
+
+    def restore(self, snap: tuple[Any, ...]) -> None:
+        (self.cash, self.sequence, self.positions, self.orders, self.account_dirty, self.dirty_positions,
+         self.new_positions) = snap
+
+
 class DjangoPaperStore:
-    """The paper venue's state in the database, so every worker process sees one simulated exchange."""
+    """The paper venue's state in the database, so every worker process sees one simulated exchange.
+
+    A unit of work (`atomic`) locks the account row, reads the venue's cash, sequence and positions once, and
+    writes each changed row once when it ends: the hot path is a handful of statements, not dozens.
+    """
 
     def __init__(self, account_id: int) -> None:
         self.account_id = account_id
         self._local = threading.local()
 
+    def _unit(self) -> _Unit | None:
+        return getattr(self._local, "unit", None)
+
     @contextmanager
     def atomic(self) -> Iterator[None]:
-        depth = getattr(self._local, "depth", 0)
-        if depth:
-            self._local.depth = depth + 1
+        unit = self._unit()
+        if unit is not None:  # nested: a savepoint, undone alone on error (rows and the cached state alike)
+            snap = unit.snapshot()
             try:
-                yield
-            finally:
-                self._local.depth = depth
+                with transaction.atomic():
+                    yield
+            except BaseException:
+                unit.restore(snap)
+                raise
             return
         with transaction.atomic():
-            # The venue's own lock; the engine's transactions are never open while the venue works.
-            self._local.account = VenueAccount.objects.select_for_update().only(
+            # FOR NO KEY UPDATE: foreign-key checks of concurrent inserts (signals, orders) never wait on it.
+            cash, sequence = VenueAccount.objects.select_for_update(no_key=True).values_list(
                 "paper_cash", "paper_sequence").get(pk=self.account_id)
-            self._local.depth = 1
+            positions = {
+                row[0]: list(row[1:])
+                for row in PaperPosition.objects.filter(account_id=self.account_id).values_list(
+                    "symbol", "quantity", "cost", "volume_candle", "volume_taken")
+            }
+            unit = self._local.unit = _Unit(cash, sequence, positions)
             try:
                 yield
+                self._flush(unit)
             finally:
-                self._local.depth = 0
-                self._local.account = None
+                self._local.unit = None
 
-    def _account(self) -> VenueAccount:
-        account = getattr(self._local, "account", None)
-        return account if account is not None else VenueAccount.objects.only(
-            "paper_cash", "paper_sequence").get(pk=self.account_id)
+    def _flush(self, unit: _Unit) -> None:
+        if unit.account_dirty:
+            VenueAccount.objects.filter(pk=self.account_id).update(paper_cash=unit.cash,
+                                                                   paper_sequence=unit.sequence)
+        for symbol in unit.dirty_positions:
+            qty, cost, candle, taken = unit.positions[symbol]
+            if symbol in unit.new_positions:
+                PaperPosition.objects.create(account_id=self.account_id, symbol=symbol, quantity=qty, cost=cost,
+                                             volume_candle=candle, volume_taken=taken)
+            else:
+                PaperPosition.objects.filter(account_id=self.account_id, symbol=symbol).update(
+                    quantity=qty, cost=cost, volume_candle=candle, volume_taken=taken)
+
+    @contextmanager
+    def _writing(self) -> Iterator[_Unit]:
+        """The current unit of work, or a new one around a lone write."""
+        unit = self._unit()
+        if unit is not None:
+            yield unit
+            return
+        with self.atomic():
+            unit = self._unit()
+            assert unit is not None
+            yield unit
+
+    def _position_row(self, unit: _Unit, symbol: str) -> list[Any]:
+        row = unit.positions.get(symbol)
+        if row is None:
+            row = unit.positions[symbol] = [Decimal(0), Decimal(0), None, Decimal(0)]
+            unit.new_positions.add(symbol)
+        return row
 
     def get_order(self, client_order_id: str) -> VenueOrder | None:
+        unit = self._unit()
+        if unit is not None and client_order_id in unit.orders:
+            return unit.orders[client_order_id]
         row = PaperOrder.objects.filter(account_id=self.account_id, client_order_id=client_order_id).values_list(
             "data", flat=True).first()
-        return None if row is None else order_from_json(row)
+        order = None if row is None else order_from_json(row)
+        if unit is not None:
+            unit.orders[client_order_id] = order
+        return order
 
     def get_order_by_venue_id(self, venue_order_id: str) -> VenueOrder | None:
         row = PaperOrder.objects.filter(account_id=self.account_id, venue_order_id=venue_order_id).values_list(
@@ -208,13 +274,19 @@ class DjangoPaperStore:
         return None if row is None else order_from_json(row)
 
     def save_order(self, order: VenueOrder) -> None:
+        unit = self._unit()
         data = order_to_json(order)
-        updated = PaperOrder.objects.filter(account_id=self.account_id, client_order_id=order.client_order_id).update(
+        known_absent = unit is not None and order.client_order_id in unit.orders and \
+            unit.orders[order.client_order_id] is None
+        updated = 0 if known_absent else PaperOrder.objects.filter(
+            account_id=self.account_id, client_order_id=order.client_order_id).update(
             data=data, is_open=not order.status.is_final, venue_order_id=order.venue_order_id)
         if not updated:
             PaperOrder.objects.create(account_id=self.account_id, client_order_id=order.client_order_id,
                                       venue_order_id=order.venue_order_id, symbol=order.symbol,
                                       is_open=not order.status.is_final, data=data)
+        if unit is not None:
+            unit.orders[order.client_order_id] = order
 
     def open_orders(self, symbol: str | None = None) -> list[VenueOrder]:
         rows = PaperOrder.objects.filter(account_id=self.account_id, is_open=True)
@@ -223,44 +295,58 @@ class DjangoPaperStore:
         return [order_from_json(d) for d in rows.order_by("pk").values_list("data", flat=True)]
 
     def cash(self) -> Decimal:
-        return self._account().paper_cash
+        unit = self._unit()
+        if unit is not None:
+            return unit.cash
+        return VenueAccount.objects.values_list("paper_cash", flat=True).get(pk=self.account_id)
 
     def set_cash(self, value: Decimal) -> None:
-        VenueAccount.objects.filter(pk=self.account_id).update(paper_cash=value)
-        account = getattr(self._local, "account", None)
-        if account is not None:
-            account.paper_cash = value
+        unit = self._unit()
+        if unit is None:
+            VenueAccount.objects.filter(pk=self.account_id).update(paper_cash=value)
+            return
+        unit.cash, unit.account_dirty = value, True
 
     def position(self, symbol: str) -> tuple[Decimal, Decimal]:
-        row = PaperPosition.objects.filter(account_id=self.account_id, symbol=symbol).values_list(
+        unit = self._unit()
+        if unit is not None:
+            row = unit.positions.get(symbol)
+            return (Decimal(0), Decimal(0)) if row is None else (row[0], row[1])
+        found = PaperPosition.objects.filter(account_id=self.account_id, symbol=symbol).values_list(
             "quantity", "cost").first()
-        return (Decimal(0), Decimal(0)) if row is None else (row[0], row[1])
+        return (Decimal(0), Decimal(0)) if found is None else (found[0], found[1])
 
     def set_position(self, symbol: str, quantity: Decimal, cost: Decimal) -> None:
-        updated = PaperPosition.objects.filter(account_id=self.account_id, symbol=symbol).update(
-            quantity=quantity, cost=cost)
-        if not updated:
-            PaperPosition.objects.create(account_id=self.account_id, symbol=symbol, quantity=quantity, cost=cost)
+        with self._writing() as unit:
+            row = self._position_row(unit, symbol)
+            row[0], row[1] = quantity, cost
+            unit.dirty_positions.add(symbol)
 
     def all_positions(self) -> dict[str, tuple[Decimal, Decimal]]:
+        unit = self._unit()
+        if unit is not None:
+            return {s: (r[0], r[1]) for s, r in unit.positions.items()}
         return {s: (q, c) for s, q, c in PaperPosition.objects.filter(account_id=self.account_id).values_list(
             "symbol", "quantity", "cost")}
 
     def volume_taken(self, symbol: str) -> tuple[datetime, Decimal] | None:
-        row = PaperPosition.objects.filter(account_id=self.account_id, symbol=symbol,
-                                           volume_candle__isnull=False).values_list("volume_candle",
-                                                                                    "volume_taken").first()
-        return None if row is None else (row[0], row[1])
+        unit = self._unit()
+        if unit is not None:
+            row = unit.positions.get(symbol)
+            return None if row is None or row[2] is None else (row[2], row[3])
+        found = PaperPosition.objects.filter(account_id=self.account_id, symbol=symbol,
+                                             volume_candle__isnull=False).values_list("volume_candle",
+                                                                                      "volume_taken").first()
+        return None if found is None else (found[0], found[1])
 
     def set_volume_taken(self, symbol: str, candle: datetime, qty: Decimal) -> None:
-        updated = PaperPosition.objects.filter(account_id=self.account_id, symbol=symbol).update(
-            volume_candle=candle, volume_taken=qty)
-        if not updated:
-            PaperPosition.objects.create(account_id=self.account_id, symbol=symbol, volume_candle=candle,
-                                         volume_taken=qty)
+        with self._writing() as unit:
+            row = self._position_row(unit, symbol)
+            row[2], row[3] = candle, qty
+            unit.dirty_positions.add(symbol)
 
     def next_id(self) -> int:
-        account = self._account()
-        account.paper_sequence += 1
-        VenueAccount.objects.filter(pk=self.account_id).update(paper_sequence=account.paper_sequence)
-        return account.paper_sequence
+        with self._writing() as unit:
+            unit.sequence += 1
+            unit.account_dirty = True
+            return unit.sequence

@@ -196,12 +196,12 @@ def test_ambiguous_submit_is_recovered_by_client_id_without_a_second_order(make_
     set_price("BTC/USD", "50000")
     signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="amb", action="open_long",
                                      enqueue=False)
-    decided, order_ids = engine._signal_decide(signal_id=signal.pk, now=timezone.now())
-    order = Order.objects.get(pk=order_ids[0])
+    _, orders = engine._signal_decide(signal_id=signal.pk, now=timezone.now())
+    order = Order.objects.get(pk=orders[0].pk)
+    assert order.status == Order.Status.SUBMITTING  # committed with the decision, before any venue call
     # The venue got the order but the reply was lost: the row says UNKNOWN, the venue has it.
     from trading.venues import connector_for
 
-    engine._order_mark_submitting(order, timezone.now())
     connector_for(order.account).create_order(engine._request(order))
     Order.objects.filter(pk=order.pk).update(status=Order.Status.UNKNOWN)
     engine.orders_sweep(now=timezone.now() + timedelta(seconds=30))
@@ -217,9 +217,10 @@ def test_order_the_venue_never_saw_is_resent_with_the_same_client_id(make_accoun
     set_price("BTC/USD", "50000")
     signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="lost", action="open_long",
                                      enqueue=False)
-    _, order_ids = engine._signal_decide(signal_id=signal.pk, now=timezone.now())
-    order = Order.objects.get(pk=order_ids[0])
-    engine._order_mark_submitting(order, timezone.now() - timedelta(seconds=60))  # crashed before sending
+    _, orders = engine._signal_decide(signal_id=signal.pk, now=timezone.now())
+    order = orders[0]
+    earlier = timezone.now() - timedelta(seconds=60)  # the worker crashed right after the commit, before sending
+    Order.objects.filter(pk=order.pk).update(submitted_at=earlier, updated_at=earlier)
     engine.orders_sweep(now=timezone.now() + timedelta(seconds=60))
     order.refresh_from_db()
     assert order.status == Order.Status.FILLED and order.attempts == 2
