@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -400,6 +400,7 @@ def order_apply_venue_state(*, order_id: int, venue_order: VenueOrder, now: date
     if account_id is None:
         account_id = Order.objects.values_list("account_id", flat=True).get(pk=order_id)
     with transaction.atomic():
+        _commit_without_fsync_wait()
         # The account row first, as everywhere: every write to an account's book runs one at a time.
         account = VenueAccount.objects.select_for_update(no_key=True).only("cash").get(pk=account_id)
         order = Order.objects.select_for_update(no_key=True, of=("self",)).select_related("signal").get(pk=order_id)
@@ -426,6 +427,18 @@ def order_apply_venue_state(*, order_id: int, venue_order: VenueOrder, now: date
             audit(actor="engine", action=f"order.{status}", entity="order", entity_id=order.pk, now=now,
                   venue_order_id=venue_order.venue_order_id, filled=order.filled_quantity)
         return order
+
+
+def _commit_without_fsync_wait() -> None:
+    """Let this transaction's commit skip the WAL flush wait (PostgreSQL).
+
+    Only for writes that recovery can redo: if a crash of the database loses a recorded fill, the order is
+    still SUBMITTING or OPEN in the durable state, and the sweeper or the reconciler asks the venue again.
+    The decision and its orders are never written this way: they must be durable before any venue call.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
 
 
 def _signal_stages(order: Order, *, filled: bool, now: datetime) -> None:
