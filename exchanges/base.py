@@ -151,6 +151,18 @@ class Ticker:
 
 
 @dataclass(frozen=True)
+class VenueCandle:
+    """One OHLCV candle as the venue reports it; open_time is the candle's open (aware UTC), volume in base."""
+
+    open_time: datetime
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """Venue quirks as data, so callers never branch on the venue's name."""
 
@@ -217,6 +229,13 @@ class Connector(abc.ABC):
     @abc.abstractmethod
     def set_leverage(self, symbol: str, leverage: Decimal) -> None:
         """Set the leverage used for new orders on a market."""
+
+    def candles(self, symbol: str, timeframe: str, *, since: datetime | None = None,
+                limit: int = 300) -> Sequence[VenueCandle]:
+        """Return recent candles (oldest first, the current unfinished one included) from the venue's public data."""
+        from exchanges.errors import VenueError
+
+        raise VenueError(f"{self.capabilities.venue} serves no candles", venue=self.capabilities.venue)
 
     def quantize(self, request: OrderRequest) -> OrderRequest:
         """Round a request to the market's lot and tick as the last step before the wire."""

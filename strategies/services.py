@@ -32,7 +32,7 @@ from strategies.base import last_bar_action
 from strategies.marketdata import CandleRow, RowError, atr_value, datetime_to_ms
 from strategies.models import BacktestRun, Candle, StrategyEvaluation
 from trading.engine import audit, signal_create
-from trading.models import Order, Position, Strategy
+from trading.models import Order, Position, Strategy, VenueAccount
 
 if TYPE_CHECKING:
     from strategies.backtest import BacktestConfig
@@ -205,10 +205,16 @@ def strategies_evaluate_due(*, now: datetime | None = None) -> dict[str, int]:
     from strategies.selectors import candles_closed_after, strategy_last_evaluated_candle
 
     now = now or timezone.now()
-    counts = {"strategies": 0, "evaluated": 0, "signals": 0}
+    counts = {"strategies": 0, "evaluated": 0, "signals": 0, "candles_fetched": 0}
+    refreshed: set[tuple[int, str, str]] = set()
     for strategy in Strategy.objects.filter(status=Strategy.Status.ACTIVE, kind__in=list(RULES)).select_related(
             "account").order_by("pk"):
         counts["strategies"] += 1
+        market = (strategy.account_id, strategy.symbol, strategy.timeframe)
+        if strategy.account.venue != "paper" and market not in refreshed:
+            refreshed.add(market)
+            counts["candles_fetched"] += candles_refresh(account=strategy.account, symbol=strategy.symbol,
+                                                         timeframe=strategy.timeframe, now=now)
         last = strategy_last_evaluated_candle(strategy.pk)
         due = candles_closed_after(strategy.account.venue, strategy.symbol, strategy.timeframe, after=last, now=now,
                                    limit=1 if last is None else MAX_EVALUATIONS_PER_TICK)
@@ -218,6 +224,42 @@ def strategies_evaluate_due(*, now: datetime | None = None) -> dict[str, int]:
                 counts["evaluated"] += 1
                 counts["signals"] += evaluation.signal_id is not None
     return counts
+
+
+def candles_refresh(*, account: VenueAccount, symbol: str, timeframe: str, now: datetime | None = None) -> int:
+    """Fetch the venue's recent closed candles into the store (the live feed); return how many were new.
+
+    Only closed candles are stored (the current one still changes); a venue error is logged and retried on the
+    next tick, never fatal to the strategies that read the store.
+    """
+    from exchanges.errors import VenueError
+    from strategies.marketdata import timeframe_delta
+    from trading.venues import connector_for
+
+    now = now or timezone.now()
+    latest = Candle.objects.filter(venue=account.venue, symbol=symbol, timeframe=timeframe).order_by(
+        "-open_time").values_list("open_time", flat=True).first()
+    try:
+        fetched = connector_for(account).candles(symbol, timeframe, since=latest, limit=300)
+    except VenueError as exc:
+        log.warning("candles of %s %s from %s unavailable: %s", symbol, timeframe, account.venue, exc)
+        return 0
+    span = timeframe_delta(timeframe)
+    rows = []
+    for c in fetched:
+        if c.open_time + span > now or (latest is not None and c.open_time <= latest):
+            continue  # still forming, or already stored
+        prices = (c.open, c.high, c.low, c.close)
+        if not all(p.is_finite() and p > 0 for p in prices) or not c.volume.is_finite() or c.volume < 0 or \
+                c.high < max(c.open, c.close) or c.low > min(c.open, c.close):
+            log.warning("venue %s sent an impossible %s candle at %s: skipped", account.venue, symbol, c.open_time)
+            continue
+        rows.append(CandleRow(open_time=c.open_time, open=c.open, high=c.high, low=c.low, close=c.close,
+                              volume=c.volume))
+    if not rows:
+        return 0
+    return candles_import(venue=account.venue, symbol=symbol, timeframe=timeframe, rows=rows, by="candles_refresh",
+                          now=now).inserted
 
 
 # --------------------------------------------------------------------------------------------- backtest runs
