@@ -142,7 +142,8 @@ def test_beat_tick_evaluates_each_closed_candle_once(rsi_strategy: Strategy) -> 
     assert evaluated() == [*opens[20:24], *opens[25:30]]
 
     # The Celery task runs the same tick (now = the wall clock: every stored candle has long closed).
-    assert strategies_evaluate_due_task.apply().get() == {"strategies": 1, "evaluated": 0, "signals": 0}
+    assert strategies_evaluate_due_task.apply().get() == {"strategies": 1, "evaluated": 0, "signals": 0,
+                                                          "candles_fetched": 0}
 
 
 @pytest.mark.django_db
