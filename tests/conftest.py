@@ -160,3 +160,25 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 30, every: float 
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def run_threads(target: Callable[[], None], count: int) -> list[BaseException]:
+    """Run target in `count` threads at once (each closes its own DB connection); return what they raised."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            target()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=guarded) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors

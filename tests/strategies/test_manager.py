@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from strategies import services
 from strategies.base import Candles, Signals
@@ -19,6 +18,7 @@ from strategies.marketdata import CandleRow, candles_parse_csv, datetime_to_ms
 from strategies.models import StrategyEvaluation
 from strategies.schedules import schedules_ensure
 from strategies.tasks import strategies_evaluate_due_task
+from tests.conftest import run_threads
 from trading import services as trading_services
 from trading.models import AuditEvent, Signal, Strategy
 
@@ -96,23 +96,13 @@ def test_two_workers_evaluating_one_candle_at_once_record_it_once(rsi_strategy: 
     for candle in candles[FIRST_ENTRY - 3:]:
         barrier = threading.Barrier(2)
         results: list[object] = []
-        errors: list[BaseException] = []
 
         def evaluate(when: datetime = candle.open_time) -> None:
-            try:
-                barrier.wait(timeout=10)
-                results.append(services.strategy_evaluate(strategy_id=rsi_strategy.pk, candle_open_time=when,
-                                                          enqueue=False))
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-            finally:
-                connection.close()
+            barrier.wait(timeout=10)
+            results.append(services.strategy_evaluate(strategy_id=rsi_strategy.pk, candle_open_time=when,
+                                                      enqueue=False))
 
-        threads = [threading.Thread(target=evaluate) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = run_threads(evaluate, 2)
         assert not errors, errors
         assert sum(r is not None for r in results) == 1, candle.open_time
     assert StrategyEvaluation.objects.filter(strategy=rsi_strategy).count() == 4

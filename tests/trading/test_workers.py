@@ -6,9 +6,8 @@ import threading
 from decimal import ROUND_DOWN, ROUND_HALF_UP, ROUND_UP, Decimal
 
 import pytest
-from django.db import connection
 
-from tests.conftest import wait_for
+from tests.conftest import run_threads, wait_for
 from trading import engine, services
 from trading.models import Order, PaperOrder, Position, Signal, VenueAccount
 
@@ -101,26 +100,16 @@ def test_concurrent_strategies_on_one_account_never_exceed_its_limits(make_accou
     ]
     queue = list(reversed(signals))
     lock = threading.Lock()
-    errors: list[BaseException] = []
 
     def run() -> None:
-        try:
-            while True:
-                with lock:
-                    if not queue:
-                        return
-                    signal = queue.pop()
-                engine.signal_process(signal_id=signal.pk)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connection.close()
+        while True:
+            with lock:
+                if not queue:
+                    return
+                signal = queue.pop()
+            engine.signal_process(signal_id=signal.pk)
 
-    threads = [threading.Thread(target=run) for _ in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_threads(run, 12)
     assert not errors, errors
     open_positions = Position.objects.filter(account=account).exclude(quantity=0)
     exposure = sum((abs(p.quantity) * 50000 for p in open_positions), Decimal(0))
