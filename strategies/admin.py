@@ -1,0 +1,42 @@
+"""Admin for market data, evaluations and backtest runs: all read-only (they change only through services)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from strategies.models import BacktestRun, Candle, StrategyEvaluation
+
+
+class _ReadOnly(admin.ModelAdmin):  # type: ignore[type-arg]
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Candle)
+class CandleAdmin(_ReadOnly):
+    list_display = ("venue", "symbol", "timeframe", "open_time", "open", "high", "low", "close", "volume")
+    list_filter = ("venue", "symbol", "timeframe")
+    date_hierarchy = "open_time"
+    show_full_result_count = False  # millions of rows: no COUNT(*) per page
+
+
+@admin.register(StrategyEvaluation)
+class StrategyEvaluationAdmin(_ReadOnly):
+    list_display = ("strategy", "candle_open_time", "action", "signal", "created_at")
+    list_select_related = ("strategy", "signal")
+
+
+@admin.register(BacktestRun)
+class BacktestRunAdmin(_ReadOnly):
+    list_display = ("id", "kind", "symbol", "timeframe", "status", "progress", "created_by", "created_at",
+                    "finished_at")
+    list_filter = ("status", "kind")
