@@ -62,6 +62,12 @@ _VENUE_STATUS = {
 _ALWAYS_ALLOWED = (Signal.Source.MONITOR, Signal.Source.KILL_SWITCH)
 
 
+def _allowed_when_inactive(signal: Signal) -> bool:
+    """Exits a human asks for (a manual close), and the monitor's and kill switch's, run whatever the status."""
+    return signal.source in _ALWAYS_ALLOWED or (
+        signal.source == Signal.Source.MANUAL and signal.action == Signal.Action.CLOSE)
+
+
 def _cfg(name: str) -> int:
     return int(settings.TRADING[name])
 
@@ -218,7 +224,7 @@ def _signal_decide(*, signal_id: int, now: datetime) -> tuple[Signal, list[Order
         if signal.status != Signal.Status.RECEIVED:
             return signal, []
         signal.attempts += 1
-        if signal.strategy.status != Strategy.Status.ACTIVE and signal.source not in _ALWAYS_ALLOWED:
+        if signal.strategy.status != Strategy.Status.ACTIVE and not _allowed_when_inactive(signal):
             return _signal_reject(signal, rule="strategy_inactive",
                                   detail=f"strategy {signal.strategy.slug} is {signal.strategy.status}", now=now), []
         connector = connector_for(account)

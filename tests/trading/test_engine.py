@@ -287,3 +287,13 @@ def test_stored_payload_never_holds_secrets(make_account, make_strategy) -> None
                                      enqueue=False)
     signal.refresh_from_db()
     assert signal.payload == {"passphrase": "[REDACTED]", "nested": {"api_key": "[REDACTED]"}, "x": 1}
+
+
+def test_a_manual_close_runs_even_when_the_strategy_is_paused(make_account, make_strategy, set_price) -> None:
+    strategy = make_strategy(make_account())
+    set_price("BTC/USD", "50000")
+    _signal(strategy, "open_long", "pc1")
+    services.strategy_pause(strategy=strategy, by="test")
+    assert _signal(strategy, "open_long", "pc2").decision_rule == "strategy_inactive"
+    assert _signal(strategy, "close", "pc3").status == Signal.Status.EXECUTED
+    assert Position.objects.get(strategy=strategy).quantity == 0
