@@ -50,6 +50,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "trading.apps.TradingConfig",
     "strategies.apps.StrategiesConfig",
@@ -169,6 +171,29 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Services raise django's ValidationError(dict): answered as 400 with errors per field.
+    "EXCEPTION_HANDLER": "trading.apis.exception_handler",
+}
+
+# OpenAPI schema at /api/schema/, Swagger UI at /api/docs/ served from local static files (works offline).
+SPECTACULAR_SETTINGS = {
+    "TITLE": "tradesite control API",
+    "DESCRIPTION": "Strategies, accounts, orders, positions, signals, P&L, kill switch and backtests.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "StrategyStatusEnum": "trading.models.Strategy.Status",
+        "SignalStatusEnum": "trading.models.Signal.Status",
+        "OrderStatusEnum": "trading.models.Order.Status",
+        "BacktestStatusEnum": "strategies.models.BacktestRun.Status",
+        "ExitModeEnum": "trading.models.Strategy.ExitMode",
+    },
 }
 
 LANGUAGE_CODE = "en-us"
@@ -177,6 +202,8 @@ USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# Django serves /static/ itself (the API docs' Swagger UI files) unless a proxy serves STATIC_ROOT after collectstatic.
+SERVE_STATIC = env_bool("TRADESITE_SERVE_STATIC", True)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 
 # --- Trading ---

@@ -1,12 +1,78 @@
-"""URL map: admin, health probes, and each app's routes."""
+"""URL map: admin, health probes, the control API (with its OpenAPI schema and docs), and each app's routes."""
 
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
 from django.contrib import admin
-from django.urls import path
+from django.contrib.staticfiles.views import serve as static_serve
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.urls import include, path, re_path
+from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from strategies import apis as backtest_apis
 from tradesite import health
+from trading import apis
+from webhooks.apis import SignalCreateApi
+
+
+def by_method(default: Any, **views: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """One URL, a view per HTTP method (GET /api/signals/ lists, POST submits through the webhooks app).
+
+    Each DRF view does its own authentication and CSRF checks; the schema documents `default`'s class.
+    """
+    views = {"get": default, "head": default, "options": default, **views}
+
+    @csrf_exempt
+    def dispatch(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        view = views.get(request.method.lower() if request.method else "")
+        if view is None:
+            return HttpResponseNotAllowed(sorted(m.upper() for m in views))
+        return view(request, *args, **kwargs)
+
+    dispatch.cls = default.cls  # type: ignore[attr-defined]
+    dispatch.initkwargs = default.initkwargs  # type: ignore[attr-defined]
+    return dispatch
+
+
+
+api_patterns = [
+    path("strategies/", apis.StrategyListApi.as_view(), name="strategy-list"),
+    path("strategies/validate/", apis.StrategyValidateApi.as_view(), name="strategy-validate"),
+    path("strategies/<int:strategy_id>/", apis.StrategyDetailApi.as_view(), name="strategy-detail"),
+    path("strategies/<int:strategy_id>/start/", apis.StrategyStartApi.as_view(), name="strategy-start"),
+    path("strategies/<int:strategy_id>/pause/", apis.StrategyPauseApi.as_view(), name="strategy-pause"),
+    path("strategies/<int:strategy_id>/stop/", apis.StrategyStopApi.as_view(), name="strategy-stop"),
+    path("strategies/<int:strategy_id>/rotate-secret/", apis.StrategySecretRotateApi.as_view(),
+         name="strategy-rotate-secret"),
+    path("accounts/", apis.AccountListApi.as_view(), name="account-list"),
+    path("accounts/<int:account_id>/", apis.AccountDetailApi.as_view(), name="account-detail"),
+    path("orders/", apis.OrderListApi.as_view(), name="order-list"),
+    path("orders/<int:order_id>/", apis.OrderDetailApi.as_view(), name="order-detail"),
+    path("orders/<int:order_id>/cancel/", apis.OrderCancelApi.as_view(), name="order-cancel"),
+    path("positions/", apis.PositionListApi.as_view(), name="position-list"),
+    path("positions/<int:position_id>/close/", apis.PositionCloseApi.as_view(), name="position-close"),
+    path("signals/", by_method(apis.SignalListApi.as_view(), post=SignalCreateApi.as_view()), name="signal-list"),
+    path("signals/<int:signal_id>/", apis.SignalDetailApi.as_view(), name="signal-detail"),
+    path("pnl/", apis.PnlSummaryApi.as_view(), name="pnl"),
+    path("pnl/equity/", apis.EquitySeriesApi.as_view(), name="pnl-equity"),
+    path("kill-switch/", apis.KillSwitchApi.as_view(), name="kill-switch"),
+    path("kill-switch/engage/", apis.KillSwitchEngageApi.as_view(), name="kill-switch-engage"),
+    path("kill-switch/release/", apis.KillSwitchReleaseApi.as_view(), name="kill-switch-release"),
+    path("backtests/", backtest_apis.BacktestListApi.as_view(), name="backtest-list"),
+    path("backtests/<int:run_id>/", backtest_apis.BacktestDetailApi.as_view(), name="backtest-detail"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+]
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("api/", include(api_patterns)),
 ]
+if settings.SERVE_STATIC:
+    # Without a proxy (make run, DEBUG off) the docs page still loads its local Swagger UI files.
+    urlpatterns.append(re_path(r"^static/(?P<path>.*)$", static_serve, {"insecure": True}))
+urlpatterns.append(path("api/", include("webhooks.urls")))  # the TradingView webhook

@@ -113,6 +113,10 @@ class Strategy(models.Model):
     take_profit_value = money_or_none()
     leverage = money(default=Decimal("1"))
 
+    # SHA-256 hex of the TradingView webhook secret; the secret itself is shown once and never stored.
+    webhook_secret_hash = models.CharField(max_length=64, blank=True, default="")
+    webhook_secret_set_at = models.DateTimeField(null=True, blank=True)
+
     last_error = models.TextField(blank=True, default="")
     last_evaluated_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -396,3 +396,46 @@ def equity_snapshot_take(*, now: datetime | None = None) -> int:
         )
     EquitySnapshot.objects.bulk_create(rows)
     return len(rows)
+
+
+# --------------------------------------------------------------------------------------------- manual close
+
+
+def position_close(*, position: Position, by: str, now: datetime | None = None) -> Any:
+    """Ask to close an open position: store a manual `close` signal (fresh idempotency key) and audit who asked."""
+    import uuid
+
+    from trading.engine import signal_create
+
+    now = now or timezone.now()
+    if position.quantity == 0:
+        raise ValidationError({"position": ["the position is already flat"]})
+    with transaction.atomic():
+        key = f"manual-close:{position.pk}:{uuid.uuid4().hex}"
+        signal, _ = signal_create(strategy=position.strategy, source="manual", action="close", symbol=position.symbol,
+                                  idempotency_key=key, payload={"requested_by": by, "position": position.pk}, now=now)
+        audit(actor=by, action="position.close_requested", entity="position", entity_id=position.pk, now=now,
+              signal=signal.pk)
+    return signal
+
+
+# --------------------------------------------------------------------------------------------- webhook secret
+
+
+def strategy_webhook_secret_rotate(*, strategy: Strategy, by: str, now: datetime | None = None) -> str:
+    """Issue a new webhook secret (32 random bytes, URL-safe); only its SHA-256 is stored. Return it once."""
+    import hashlib
+    import secrets
+
+    now = now or timezone.now()
+    secret = secrets.token_urlsafe(32)
+    with transaction.atomic():
+        locked = Strategy.objects.select_for_update(no_key=True).get(pk=strategy.pk)
+        rotated = bool(locked.webhook_secret_hash)
+        locked.webhook_secret_hash = hashlib.sha256(secret.encode()).hexdigest()
+        locked.webhook_secret_set_at = now
+        locked.save(update_fields=["webhook_secret_hash", "webhook_secret_set_at", "updated_at"])
+        audit(actor=by, action="strategy.webhook_secret_rotated" if rotated else "strategy.webhook_secret_set",
+              entity="strategy", entity_id=locked.pk, now=now)
+    strategy.webhook_secret_hash, strategy.webhook_secret_set_at = locked.webhook_secret_hash, now
+    return secret

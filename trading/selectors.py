@@ -1,0 +1,161 @@
+"""Reads for the control API: filtered querysets with a fixed number of queries, P&L views, masked credentials."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Prefetch, QuerySet
+
+from trading import pnl
+from trading.models import EquitySnapshot, KillSwitch, MarketPrice, Order, Position, Signal, Strategy, VenueAccount
+
+_ZERO = Decimal("0")
+
+
+def strategy_list() -> QuerySet[Strategy]:
+    """Strategies with their account, newest first."""
+    return Strategy.objects.select_related("account").order_by("-id")
+
+
+def account_list() -> QuerySet[VenueAccount]:
+    """Venue accounts by name."""
+    return VenueAccount.objects.order_by("name")
+
+
+def account_credentials_masked(account: VenueAccount) -> dict[str, str]:
+    """Which `<credentials_env>_*` variables are set, each shown as `****` plus at most its last 4 characters."""
+    prefix = account.credentials_env
+    if not prefix:
+        return {}
+    masked: dict[str, str] = {}
+    for name, value in sorted(os.environ.items()):
+        if name.startswith(prefix + "_") and value:
+            # Short values would be mostly revealed by their last 4 characters: show nothing of them.
+            masked[name[len(prefix) + 1:]] = "****" + (value[-4:] if len(value) >= 12 else "")
+    return masked
+
+
+def order_list(*, strategy: int | None = None, account: int | None = None, status: str | None = None,
+               symbol: str | None = None, created_after: datetime | None = None,
+               created_before: datetime | None = None) -> QuerySet[Order]:
+    """Orders, newest first, filtered by strategy, account, status, symbol and creation time."""
+    qs = Order.objects.select_related("strategy", "account").order_by("-created_at", "-id")
+    if strategy is not None:
+        qs = qs.filter(strategy_id=strategy)
+    if account is not None:
+        qs = qs.filter(account_id=account)
+    if status:
+        qs = qs.filter(status=status)
+    if symbol:
+        qs = qs.filter(symbol=symbol)
+    if created_after is not None:
+        qs = qs.filter(created_at__gte=created_after)
+    if created_before is not None:
+        qs = qs.filter(created_at__lt=created_before)
+    return qs
+
+
+def position_list(*, include_flat: bool = False) -> QuerySet[Position]:
+    """Positions (open ones unless include_flat), with their strategy and account."""
+    qs = Position.objects.select_related("strategy", "account").order_by("id")
+    return qs if include_flat else qs.exclude(quantity=0)
+
+
+def signal_list(*, strategy: int | None = None, source: str | None = None, status: str | None = None,
+                decision_rule: str | None = None, received_after: datetime | None = None,
+                received_before: datetime | None = None) -> QuerySet[Signal]:
+    """Signals, newest first, with their orders: the decision trail and stage times."""
+    qs = (Signal.objects.select_related("strategy")
+          .prefetch_related(Prefetch("orders", queryset=Order.objects.order_by("id")))
+          .order_by("-received_at", "-id"))
+    if strategy is not None:
+        qs = qs.filter(strategy_id=strategy)
+    if source:
+        qs = qs.filter(source=source)
+    if status:
+        qs = qs.filter(status=status)
+    if decision_rule:
+        qs = qs.filter(decision_rule=decision_rule)
+    if received_after is not None:
+        qs = qs.filter(received_at__gte=received_after)
+    if received_before is not None:
+        qs = qs.filter(received_at__lt=received_before)
+    return qs
+
+
+def equity_series(*, account: int | None = None, strategy: int | None = None,
+                  since: datetime | None = None) -> QuerySet[EquitySnapshot]:
+    """Equity snapshots oldest first: a strategy's when given, else accounts' own (strategy-less) rows."""
+    qs = EquitySnapshot.objects.order_by("time", "id")
+    if strategy is not None:
+        qs = qs.filter(strategy_id=strategy)
+    else:
+        qs = qs.filter(strategy__isnull=True)
+    if account is not None:
+        qs = qs.filter(account_id=account)
+    if since is not None:
+        qs = qs.filter(time__gte=since)
+    return qs
+
+
+def kill_switch_get() -> KillSwitch:
+    """The kill switch row (an unsaved released one when it was never engaged)."""
+    return KillSwitch.objects.filter(pk=1).first() or KillSwitch(pk=1)
+
+
+@dataclass(frozen=True)
+class PnlLine:
+    """P&L of a strategy or an account, in the account's quote currency."""
+
+    id: int
+    name: str
+    account_id: int
+    realized_pnl: Decimal  # net of fees
+    fees: Decimal
+    unrealized_pnl: Decimal
+    equity: Decimal
+    open_positions: int
+
+
+def pnl_summary() -> dict[str, list[PnlLine]]:
+    """Realized (net of fees), unrealized at the latest marks, fees and equity per strategy and per account.
+
+    Marks come from the MarketPrice feed (no venue call per request); a market without a price is marked at
+    its average entry (unrealized 0). Strategy equity is its net realized plus unrealized P&L; account equity
+    is its cash book plus unrealized P&L.
+    """
+    accounts = list(VenueAccount.objects.order_by("id"))
+    strategies = list(Strategy.objects.order_by("id"))
+    positions = list(Position.objects.all())
+    symbols = {p.symbol for p in positions if p.quantity != 0}
+    marks = dict(MarketPrice.objects.filter(symbol__in=symbols).values_list("symbol", "price")) if symbols else {}
+    per_strategy: dict[int, list[Any]] = {s.pk: [_ZERO, _ZERO, _ZERO, 0] for s in strategies}
+    per_account: dict[int, list[Any]] = {a.pk: [_ZERO, _ZERO, _ZERO, 0] for a in accounts}
+    for p in positions:
+        state = pnl.PositionState(p.quantity, p.cost_basis, p.realized_pnl, p.fees_paid)
+        upnl = _ZERO
+        if p.quantity != 0:
+            mark = marks.get(p.symbol, p.average_entry)
+            upnl = pnl.unrealized(state, mark) if mark is not None else _ZERO
+        for acc in (per_strategy.setdefault(p.strategy_id, [_ZERO, _ZERO, _ZERO, 0]),
+                    per_account.setdefault(p.account_id, [_ZERO, _ZERO, _ZERO, 0])):
+            acc[0] += state.realized - state.fees
+            acc[1] += state.fees
+            acc[2] += upnl
+            acc[3] += 1 if p.quantity != 0 else 0
+    return {
+        "strategies": [
+            PnlLine(s.pk, s.slug, s.account_id, per_strategy[s.pk][0], per_strategy[s.pk][1], per_strategy[s.pk][2],
+                    per_strategy[s.pk][0] + per_strategy[s.pk][2], per_strategy[s.pk][3])
+            for s in strategies
+        ],
+        "accounts": [
+            PnlLine(a.pk, a.name, a.pk, per_account[a.pk][0], per_account[a.pk][1], per_account[a.pk][2],
+                    a.cash + per_account[a.pk][2], per_account[a.pk][3])
+            for a in accounts
+        ],
+    }

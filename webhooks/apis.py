@@ -1,0 +1,71 @@
+"""Entry points: the TradingView webhook (plain Django view, own auth) and the token-authenticated signal API."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework.authentication import TokenAuthentication
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from webhooks import parsers, services
+from webhooks.parsers import Rejection
+
+log = logging.getLogger(__name__)
+
+
+def _respond(result: services.Accepted | Rejection) -> HttpResponse:
+    response = HttpResponse(services.dumps(result.body()), status=result.status, content_type="application/json")
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _guarded(call: Any) -> HttpResponse:
+    try:
+        return _respond(call())
+    except DatabaseError:
+        log.exception("webhook intake: database unavailable")
+        return _respond(Rejection(503, "unavailable", "storage is unavailable; retry"))
+    except Exception:  # noqa: BLE001 - never a 500 for what a client sends
+        log.exception("webhook intake failed")
+        return _respond(Rejection(503, "unavailable", "the alert could not be stored; retry"))
+
+
+@csrf_exempt
+def tradingview_webhook(request: HttpRequest) -> HttpResponse:
+    """Receive one TradingView alert: 202 stored and queued, 200 duplicate, 4xx refused (see README)."""
+    if request.method != "POST":
+        response = _respond(Rejection(405, "method_not_allowed", "use POST"))
+        response["Allow"] = "POST"
+        return response
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length > parsers.MAX_BODY_BYTES:
+        return _respond(Rejection(413, "too_large", f"the body is over {parsers.MAX_BODY_BYTES} bytes"))
+    body = request.read(parsers.MAX_BODY_BYTES + 1)
+    return _guarded(lambda: services.body_intake(body=body, content_type=request.META.get("CONTENT_TYPE"),
+                                                 meta=request.META))
+
+
+class SignalCreateApi(APIView):
+    """Submit a signal from a script: the webhook's fields without passphrase, DRF token auth."""
+
+    authentication_classes = [TokenAuthentication]
+    permission_classes = [IsAuthenticated]
+    parser_classes: list[Any] = []  # the body is decoded by webhooks.parsers, like the webhook's
+
+    def post(self, request: Request) -> HttpResponse:
+        raw = request._request  # noqa: SLF001 - the untouched Django request and its body
+        body = raw.read(parsers.MAX_BODY_BYTES + 1)
+        data = parsers.body_decode(body, raw.META.get("CONTENT_TYPE"))
+        if isinstance(data, Rejection):
+            return _respond(data)
+        decoded = data
+        return _guarded(lambda: services.alert_intake(data=decoded, authenticated=True))

@@ -1,0 +1,279 @@
+"""Alert intake: source checks, rate limits, authentication, validation, and one durable INSERT per alert."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connection, transaction
+from django.db.models import Exists
+from django.utils import timezone
+
+from trading.engine import payload_redact
+from trading.models import KillSwitch, MarketPrice, Signal, Strategy
+from webhooks import parsers
+from webhooks.parsers import Alert, Rejection
+
+log = logging.getLogger(__name__)
+
+TRADINGVIEW_IPS = ("52.89.214.238", "34.212.75.30", "54.218.53.128", "52.32.178.7")
+DEFAULTS: dict[str, Any] = {
+    "WEBHOOK_ALLOWED_IPS": "",  # "" = any source; "tradingview" = TradingView's four addresses; or a list / CSV
+    "WEBHOOK_TRUSTED_PROXY_HEADER": "",  # e.g. "X-Forwarded-For"; ignored unless the peer is a trusted proxy
+    "WEBHOOK_TRUSTED_PROXIES": "",  # addresses or networks of the proxies allowed to set that header
+    "WEBHOOK_MAX_ALERT_AGE_SECONDS": 120,
+    "WEBHOOK_MAX_FUTURE_SECONDS": 60,
+    "WEBHOOK_MAX_PRICE_DEVIATION_PCT": "5",
+    "WEBHOOK_RATE_LIMIT_PER_IP": 600,  # requests per window from one source address
+    "WEBHOOK_RATE_LIMIT_PER_STRATEGY": 120,  # authenticated alerts per window for one strategy
+    "WEBHOOK_RATE_LIMIT_WINDOW_SECONDS": 60,
+}
+# Compared when the strategy is unknown or has no secret, so that path costs the same as a wrong secret.
+_DUMMY_HASH = hashlib.sha256(b"tradesite-no-such-strategy").hexdigest()
+
+
+def setting(name: str) -> Any:
+    """A webhook setting: Django settings, else the environment, else the default (read at call time)."""
+    value = getattr(settings, name, None)
+    if value is None:
+        value = os.environ.get(name)
+    return DEFAULTS[name] if value is None else value
+
+
+def _as_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v).strip() for v in value or ()]
+
+
+def _networks(value: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    out = []
+    for item in _as_list(value):
+        if item.lower() == "tradingview":
+            out.extend(ipaddress.ip_network(ip) for ip in TRADINGVIEW_IPS)
+        else:
+            out.append(ipaddress.ip_network(item, strict=False))
+    return out
+
+
+def _in(ip: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in net for net in networks)
+
+
+def client_ip(meta: dict[str, Any]) -> str:
+    """The client address: the peer, or the proxy header's last untrusted hop when the peer is a trusted proxy."""
+    peer = str(meta.get("REMOTE_ADDR") or "")
+    header = str(setting("WEBHOOK_TRUSTED_PROXY_HEADER") or "")
+    if not header:
+        return peer
+    proxies = _networks(setting("WEBHOOK_TRUSTED_PROXIES"))
+    if not _in(peer, proxies):
+        return peer
+    raw = str(meta.get("HTTP_" + header.upper().replace("-", "_")) or "")
+    hops = [h.strip() for h in raw.split(",") if h.strip()]
+    for hop in reversed(hops):  # the right-most address a trusted proxy did not add
+        if not _in(hop, proxies):
+            return hop
+    return hops[0] if hops else peer
+
+
+def source_allowed(ip: str) -> bool:
+    """Whether the allowlist (if any) admits this address."""
+    allowed = setting("WEBHOOK_ALLOWED_IPS")
+    return not _as_list(allowed) or _in(ip, _networks(allowed))
+
+
+_clients: dict[int, Any] = {}
+
+
+def _redis_client() -> Any:
+    """One redis-py client per cache backend (Django's RedisCache builds a new client object on every call)."""
+    backend = getattr(cache, "_cache", None)
+    if backend is None or not hasattr(backend, "get_client"):
+        return None
+    key = id(backend)
+    if key not in _clients:
+        _clients[key] = backend.get_client(None, write=True)
+    return _clients[key]
+
+
+def rate_limited(scope: str, key: str, *, limit: int, now: float | None = None) -> bool:
+    """Count one request in a fixed window (atomic INCR with expiry in the cache); True when over the limit."""
+    window = int(setting("WEBHOOK_RATE_LIMIT_WINDOW_SECONDS"))
+    bucket = int((now or time.time()) // window)
+    name = f"wh:rl:{scope}:{key}:{bucket}"
+    client = _redis_client()
+    if client is not None:  # django RedisCache: one round trip
+        full = cache.make_and_validate_key(name)
+        pipe = client.pipeline(transaction=False)
+        pipe.incr(full)
+        pipe.expire(full, window + 1, nx=True)
+        count = int(pipe.execute()[0])
+    else:
+        cache.add(name, 0, window + 1)
+        try:
+            count = cache.incr(name)
+        except ValueError:
+            cache.set(name, 1, window + 1)
+            count = 1
+    return count > int(limit)
+
+
+def secret_matches(strategy_hash: str, passphrase: str) -> bool:
+    """Constant-time comparison of SHA-256 hashes (hex)."""
+    given = hashlib.sha256(passphrase.encode("utf-8", "surrogatepass")).hexdigest()
+    return hmac.compare_digest(given.encode(), (strategy_hash or _DUMMY_HASH).encode()) and bool(strategy_hash)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A stored alert: 202 when new, 200 with duplicate=True when it repeats an earlier delivery."""
+
+    signal_id: int
+    duplicate: bool
+    status: int = 202
+
+    def body(self) -> dict[str, Any]:
+        if self.duplicate:
+            return {"signal_id": self.signal_id, "duplicate": True}
+        return {"signal_id": self.signal_id, "status": "accepted"}
+
+
+_UNAUTHORIZED = Rejection(401, "unauthorized", "unknown strategy or wrong passphrase")
+_FIELDS = [f for f in Signal._meta.concrete_fields if not f.primary_key]
+
+
+def _insert(signal: Signal) -> int | None:
+    """INSERT ... ON CONFLICT (idempotency_key) DO NOTHING RETURNING id: the new id, or None for a repeat."""
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in _FIELDS)
+    marks = ", ".join(["%s"] * len(_FIELDS))
+    params = [f.get_db_prep_save(f.pre_save(signal, add=True), connection) for f in _FIELDS]
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {quote(Signal._meta.db_table)} ({columns}) VALUES ({marks}) "
+                       "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id", params)
+        row = cursor.fetchone()
+    return None if row is None else int(row[0])
+
+
+def _price_guard(alert: Alert, symbol: str) -> Rejection | None:
+    if alert.price is None:
+        return None
+    market = MarketPrice.objects.filter(symbol=symbol).values_list("price", flat=True).first()
+    if market is None or market <= 0:
+        return None  # no local price: the engine's own checks decide
+    limit = Decimal(str(setting("WEBHOOK_MAX_PRICE_DEVIATION_PCT")))
+    deviation = abs(alert.price - market) / market * 100
+    if deviation > limit:
+        return Rejection(400, "price_out_of_range", f"price {alert.price} is {deviation:.2f}% from the market "
+                         f"price {market} (limit {limit}%)", {"price": "too far from the market price"})
+    return None
+
+
+def _strategy_query() -> Any:
+    """Strategies annotated with the kill switch state: one round trip for both."""
+    return Strategy.objects.annotate(kill_switch_engaged=Exists(KillSwitch.objects.filter(pk=1, engaged=True)))
+
+
+def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip: str = "",
+                 now: datetime | None = None, enqueue: bool = True) -> Accepted | Rejection:
+    """Authenticate (unless `authenticated`), validate and store one decoded alert; queue it after commit."""
+    now = now or timezone.now()
+    if authenticated:
+        slug = data.get("strategy") if isinstance(data.get("strategy"), str) else ""
+        strategy = _strategy_query().filter(slug=slug).only(
+            "id", "slug", "symbol", "status", "account_id").first() if slug else None
+        if strategy is None:
+            return Rejection(400, "invalid_fields", "unknown strategy", {"strategy": "no such strategy"})
+    else:
+        creds = parsers.credentials(data)
+        if creds is None:
+            secret_matches("", "")  # same work as a wrong passphrase
+            return _UNAUTHORIZED
+        slug, passphrase = creds
+        strategy = _strategy_query().filter(slug=slug).only(
+            "id", "slug", "symbol", "status", "account_id", "webhook_secret_hash").first()
+        if not secret_matches(strategy.webhook_secret_hash if strategy else "", passphrase) or strategy is None:
+            return _UNAUTHORIZED
+    alert = parsers.alert_validate(
+        data, now=now, max_age_seconds=int(setting("WEBHOOK_MAX_ALERT_AGE_SECONDS")),
+        max_future_seconds=int(setting("WEBHOOK_MAX_FUTURE_SECONDS")))
+    if isinstance(alert, Rejection):
+        return alert
+    if not parsers.ticker_matches(alert.ticker, strategy.symbol):
+        return Rejection(400, "ticker_mismatch", f"ticker {alert.ticker} is not {strategy.symbol}",
+                         {"ticker": f"must name {strategy.symbol}"})
+    if rate_limited("strategy", str(strategy.pk), limit=int(setting("WEBHOOK_RATE_LIMIT_PER_STRATEGY"))):
+        return Rejection(429, "rate_limited", "too many alerts for this strategy")
+    guard = _price_guard(alert, strategy.symbol)
+    if guard is not None:
+        return guard
+
+    refusal: tuple[str, str] | None = None
+    if strategy.status != Strategy.Status.ACTIVE:
+        refusal = ("strategy_inactive", f"strategy {strategy.slug} is {strategy.status}")
+    elif strategy.kill_switch_engaged:  # type: ignore[attr-defined]
+        refusal = ("kill_switch", "the kill switch is engaged")
+    key = parsers.idempotency_key(alert)
+    signal = Signal(
+        strategy_id=strategy.pk, account_id=strategy.account_id,
+        source=Signal.Source.WEBHOOK if not authenticated else Signal.Source.MANUAL, idempotency_key=key,
+        action=alert.action, symbol=strategy.symbol, quantity=alert.quantity, target=alert.target,
+        order_type=alert.order_type, price=alert.price, stop_loss=alert.stop_loss, take_profit=alert.take_profit,
+        leverage=alert.leverage, atr=alert.atr, payload=payload_redact(parsers.payload_from(data)), received_at=now,
+        status=Signal.Status.REJECTED if refusal else Signal.Status.RECEIVED,
+        decision_rule=refusal[0] if refusal else "", decision_detail=refusal[1] if refusal else "",
+    )
+    with transaction.atomic():
+        signal_id = _insert(signal)
+        if signal_id is not None and not refusal and enqueue:
+            transaction.on_commit(lambda: _enqueue(signal_id))  # the 202 goes out after this commit
+    if signal_id is None:
+        first = Signal.objects.filter(idempotency_key=key).values_list("id", flat=True).first()
+        return Accepted(signal_id=int(first or 0), duplicate=True, status=200)
+    if refusal:
+        return Rejection(409, refusal[0], refusal[1], {"signal_id": str(signal_id)})
+    return Accepted(signal_id=signal_id, duplicate=False)
+
+
+def _enqueue(signal_id: int) -> None:
+    from trading.tasks import signal_process_task
+
+    try:
+        signal_process_task.delay(signal_id)
+    except Exception:  # noqa: BLE001 - the row is committed; the sweeper re-drives RECEIVED signals
+        log.exception("enqueue of signal %s failed; the sweeper will pick it up", signal_id)
+
+
+def body_intake(*, body: bytes, content_type: str | None, meta: dict[str, Any],
+                now: datetime | None = None) -> Accepted | Rejection:
+    """The TradingView webhook: source allowlist, per-IP rate limit, decode, then `alert_intake`."""
+    ip = client_ip(meta)
+    if not source_allowed(ip):
+        return Rejection(403, "forbidden_source", "this source address is not allowed")
+    if rate_limited("ip", ip, limit=int(setting("WEBHOOK_RATE_LIMIT_PER_IP"))):
+        return Rejection(429, "rate_limited", "too many requests from this address")
+    data = parsers.body_decode(body, content_type)
+    if isinstance(data, Rejection):
+        return data
+    return alert_intake(data=data, source_ip=ip, now=now)
+
+
+def dumps(body: dict[str, Any]) -> bytes:
+    """Compact JSON for responses."""
+    return json.dumps(body, separators=(",", ":")).encode()
