@@ -36,7 +36,7 @@ from strategies.models import Candle
 from strategies.selectors import candles_from_rows
 from strategies.services import CandleImportError, candles_import
 from trading import services as trading_services
-from trading.engine import _strategy_risk, account_limits
+from trading.engine import account_limits, strategy_risk
 from trading.fields import tidy
 from trading.models import Fill, Signal, Strategy, VenueAccount
 from trading.venues import connector_for
@@ -268,7 +268,7 @@ def backtest_config(strategy: Strategy) -> backtest.BacktestConfig:
         cash=account.paper_initial_cash,
         slippage_bps=account.paper_slippage_bps,
         sizing="risk",
-        risk=_strategy_risk(strategy),
+        risk=strategy_risk(strategy),
         limits=account_limits(account),
         market=connector_for(account).market(strategy.symbol),
     )

@@ -96,7 +96,8 @@ def kill_switch_engaged() -> bool:
 # --------------------------------------------------------------------------------------------- risk inputs
 
 
-def _strategy_risk(strategy: Strategy) -> StrategyRisk:
+def strategy_risk(strategy: Strategy) -> StrategyRisk:
+    """The strategy's sizing and exit rules as a pure value (the engine and the backtester share it)."""
     return StrategyRisk(
         sizing=SizingRule(SizingMode(strategy.sizing_mode), strategy.sizing_value),
         stop_loss=ExitRule(ExitMode(strategy.stop_loss_mode), strategy.stop_loss_value),
@@ -252,7 +253,7 @@ def _signal_decide(*, signal_id: int, now: datetime) -> tuple[Signal, list[Order
             ),
             quote=Quote(ticker.price, ticker.time),
             atr=_atr(signal, now),
-            risk=_strategy_risk(signal.strategy),
+            risk=strategy_risk(signal.strategy),
             limits=account_limits(account),
             now=now,
         )
