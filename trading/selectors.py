@@ -44,19 +44,14 @@ def order_list(*, strategy: int | None = None, account: int | None = None, statu
                created_before: datetime | None = None) -> QuerySet[Order]:
     """Orders, newest first, filtered by strategy, account, status, symbol and creation time."""
     qs = Order.objects.select_related("strategy", "account").order_by("-created_at", "-id")
-    if strategy is not None:
-        qs = qs.filter(strategy_id=strategy)
-    if account is not None:
-        qs = qs.filter(account_id=account)
-    if status:
-        qs = qs.filter(status=status)
-    if symbol:
-        qs = qs.filter(symbol=symbol)
-    if created_after is not None:
-        qs = qs.filter(created_at__gte=created_after)
-    if created_before is not None:
-        qs = qs.filter(created_at__lt=created_before)
-    return qs
+    return _where(qs, strategy_id=strategy, account_id=account, status=status, symbol=symbol,
+                  created_at__gte=created_after, created_at__lt=created_before)
+
+
+def _where(qs: QuerySet[Any], **lookups: object) -> QuerySet[Any]:
+    """Apply each lookup that has a value (None or an empty string means: no filter)."""
+    given = {k: v for k, v in lookups.items() if v is not None and v != ""}
+    return qs.filter(**given) if given else qs
 
 
 def position_list(*, include_flat: bool = False) -> QuerySet[Position]:
@@ -72,19 +67,8 @@ def signal_list(*, strategy: int | None = None, source: str | None = None, statu
     qs = (Signal.objects.select_related("strategy")
           .prefetch_related(Prefetch("orders", queryset=Order.objects.order_by("id")))
           .order_by("-received_at", "-id"))
-    if strategy is not None:
-        qs = qs.filter(strategy_id=strategy)
-    if source:
-        qs = qs.filter(source=source)
-    if status:
-        qs = qs.filter(status=status)
-    if decision_rule:
-        qs = qs.filter(decision_rule=decision_rule)
-    if received_after is not None:
-        qs = qs.filter(received_at__gte=received_after)
-    if received_before is not None:
-        qs = qs.filter(received_at__lt=received_before)
-    return qs
+    return _where(qs, strategy_id=strategy, source=source, status=status, decision_rule=decision_rule,
+                  received_at__gte=received_after, received_at__lt=received_before)
 
 
 def equity_series(*, account: int | None = None, strategy: int | None = None,
