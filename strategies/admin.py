@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
 
 from strategies.models import BacktestRun, Candle, StrategyEvaluation
-
-
-class _ReadOnly(admin.ModelAdmin):  # type: ignore[type-arg]
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+from trading.admin import ReadOnlyAdmin
 
 
 @admin.register(Candle)
-class CandleAdmin(_ReadOnly):
+class CandleAdmin(ReadOnlyAdmin):
     list_display = ("venue", "symbol", "timeframe", "open_time", "open", "high", "low", "close", "volume")
     list_filter = ("venue", "symbol", "timeframe")
     date_hierarchy = "open_time"
@@ -30,13 +17,13 @@ class CandleAdmin(_ReadOnly):
 
 
 @admin.register(StrategyEvaluation)
-class StrategyEvaluationAdmin(_ReadOnly):
+class StrategyEvaluationAdmin(ReadOnlyAdmin):
     list_display = ("strategy", "candle_open_time", "action", "signal", "created_at")
     list_select_related = ("strategy", "signal")
 
 
 @admin.register(BacktestRun)
-class BacktestRunAdmin(_ReadOnly):
+class BacktestRunAdmin(ReadOnlyAdmin):
     list_display = ("id", "kind", "symbol", "timeframe", "status", "progress", "created_by", "created_at",
                     "finished_at")
     list_filter = ("status", "kind")

@@ -64,7 +64,9 @@ class StrategyForm(_ServiceForm):
         ]
 
 
-class _ReadOnly(admin.ModelAdmin):  # type: ignore[type-arg]
+class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Rows that change only through services: viewable, never added, edited or deleted here."""
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -126,7 +128,7 @@ class StrategyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 @admin.register(Signal)
-class SignalAdmin(_ReadOnly):
+class SignalAdmin(ReadOnlyAdmin):
     list_display = ("id", "strategy", "source", "action", "symbol", "status", "decision_rule", "received_at",
                     "filled_at")
     list_filter = ("status", "source", "decision_rule")
@@ -134,7 +136,7 @@ class SignalAdmin(_ReadOnly):
 
 
 @admin.register(Order)
-class OrderAdmin(_ReadOnly):
+class OrderAdmin(ReadOnlyAdmin):
     list_display = ("id", "client_order_id", "strategy", "symbol", "side", "type", "quantity", "status",
                     "filled_quantity", "average_fill_price", "created_at")
     list_filter = ("status", "side", "type", "purpose")
@@ -151,37 +153,37 @@ class OrderAdmin(_ReadOnly):
 
 
 @admin.register(Fill)
-class FillAdmin(_ReadOnly):
+class FillAdmin(ReadOnlyAdmin):
     list_display = ("id", "order", "symbol", "side", "quantity", "price", "fee", "realized_pnl", "time")
     list_select_related = ("order",)
 
 
 @admin.register(Position)
-class PositionAdmin(_ReadOnly):
+class PositionAdmin(ReadOnlyAdmin):
     list_display = ("strategy", "account", "symbol", "quantity", "average_entry", "realized_pnl", "fees_paid",
                     "stop_loss", "take_profit", "updated_at")
     list_select_related = ("strategy", "account")
 
 
 @admin.register(EquitySnapshot)
-class EquitySnapshotAdmin(_ReadOnly):
+class EquitySnapshotAdmin(ReadOnlyAdmin):
     list_display = ("time", "account", "strategy", "equity", "realized_pnl", "unrealized_pnl")
     list_select_related = ("strategy", "account")
 
 
 @admin.register(MarketPrice)
-class MarketPriceAdmin(_ReadOnly):
+class MarketPriceAdmin(ReadOnlyAdmin):
     list_display = ("symbol", "price", "volume", "time")
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(_ReadOnly):
+class AuditEventAdmin(ReadOnlyAdmin):
     list_display = ("time", "actor", "action", "entity", "entity_id")
     list_filter = ("action", "entity")
 
 
 @admin.register(KillSwitch)
-class KillSwitchAdmin(_ReadOnly):
+class KillSwitchAdmin(ReadOnlyAdmin):
     list_display = ("__str__", "reason", "changed_at", "changed_by")
     actions = ["engage", "release"]
 
