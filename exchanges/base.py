@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, Protocol
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
 
@@ -248,3 +250,56 @@ class Connector(abc.ABC):
             price=None if request.price is None else m.round_price(request.price, request.side),
             trigger_price=None if request.trigger_price is None else m.round_price(request.trigger_price),
         )
+
+
+class VenueJournal(Protocol):
+    """Durable key/value state a connector keeps outside the venue (e.g. a signed transaction before broadcast).
+
+    `put` returns only once the value is durable; values are JSON-shaped mappings.
+    """
+
+    def put(self, key: str, value: Mapping[str, Any]) -> None: ...
+
+    def get(self, key: str) -> Mapping[str, Any] | None: ...
+
+    def items(self, prefix: str = "") -> list[tuple[str, Mapping[str, Any]]]: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+class InMemoryVenueJournal:
+    """A VenueJournal for tests and tools that need no durability."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def put(self, key: str, value: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._data[key] = dict(value)
+
+    def get(self, key: str) -> Mapping[str, Any] | None:
+        with self._lock:
+            value = self._data.get(key)
+            return None if value is None else dict(value)
+
+    def items(self, prefix: str = "") -> list[tuple[str, Mapping[str, Any]]]:
+        with self._lock:
+            return sorted((k, dict(v)) for k, v in self._data.items() if k.startswith(prefix))
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+
+@dataclass(frozen=True)
+class VenueConfig:
+    """Everything a live venue module's `build(config)` needs to construct its connector."""
+
+    venue: str
+    network: str  # "testnet" or "mainnet"
+    credentials: Mapping[str, str] = field(repr=False, default_factory=dict)
+    # Base URL (or RPC URL) override; None means the venue's published URL for `network`. Tests point it at a fake.
+    endpoint: str | None = None
+    journal: VenueJournal | None = None
+    account: str = ""  # a stable name of the account, for per-account rate limits, breakers and logs

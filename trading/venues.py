@@ -47,7 +47,12 @@ def _build(account: VenueAccount) -> Connector:
         return LatentConnector(venue, account.paper_latency_ms) if account.paper_latency_ms else venue
     prefix = f"{account.credentials_env}_"
     credentials = {k[len(prefix):].lower(): v for k, v in os.environ.items() if k.startswith(prefix)}
-    return registry.build(venue=account.venue, network=account.network, credentials=credentials)
+    # <PREFIX>_ENDPOINT is not a secret: it points the account at another base URL (a testnet mirror, a loopback fake).
+    endpoint = credentials.pop("endpoint", None) or None
+    return registry.build(
+        venue=account.venue, network=account.network, credentials=credentials, endpoint=endpoint,
+        account=account.name,
+    )
 
 
 def price_set(symbol: str, price: Decimal, *, time: datetime, volume: Decimal | None = None) -> None:

@@ -27,7 +27,7 @@ def _candles(n: int) -> list[VenueCandle]:
 def venue(monkeypatch: pytest.MonkeyPatch) -> CandleVenue:
     fake = CandleVenue(_candles(6) + [VenueCandle(T0 + timedelta(minutes=6), Decimal("1"), Decimal("0.5"),
                                                   Decimal("1"), Decimal("1"), Decimal("1"))])
-    monkeypatch.setattr(registry, "_LIVE", {"coinbase": lambda network, credentials: fake})
+    monkeypatch.setattr(registry, "_LIVE", {"coinbase": lambda config: fake})
     return fake
 
 
