@@ -1,0 +1,204 @@
+"""Fault injection and a journal shared by the loopback fake venues.
+
+A fake venue is a `FakeHTTPServer` (127.0.0.1, a free port, one thread per connection) with a venue-specific
+`route(request) -> Reply`. Before routing, the server consults its `FaultPlan`; the plan can delay, refuse
+(429 with Retry-After, 5xx), drop the connection without an answer, or let the request through and then drop the
+reply (accept-then-drop: the venue took the order, the client never hears). Every request is journalled.
+
+    plan.fail_for(20, status=503)              # every request answers 503 for 20 s
+    plan.next(3, Fault.RATE_LIMIT, retry_after=1)
+    plan.next(1, Fault.ACCEPT_THEN_DROP, match=lambda r: r.path.endswith("/orders"))
+    plan.latency = 0.05
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class Fault(enum.Enum):
+    RATE_LIMIT = "429"
+    SERVER_ERROR = "5xx"
+    DROP = "drop"  # close the connection before the request is processed
+    ACCEPT_THEN_DROP = "accept-then-drop"  # process the request, then close without replying
+    TIMEOUT = "timeout"  # hold the request for `hold` seconds before processing it (longer than the client waits)
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str  # with the query string
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"null")
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: Any = None  # JSON-serialisable, or bytes sent as they are
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Matcher = Callable[[Request], bool]
+
+
+@dataclass
+class _Planned:
+    fault: Fault
+    remaining: int
+    match: Matcher | None
+    status: int
+    retry_after: float | None
+    hold: float
+
+
+class FaultPlan:
+    """What the fake does wrong, consumed request by request; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._planned: list[_Planned] = []
+        self._fail_until = 0.0
+        self._fail_status = 503
+        self._fail_match: Matcher | None = None
+        self.latency = 0.0  # seconds added to every request
+
+    def next(self, count: int, fault: Fault, *, match: Matcher | None = None, status: int = 503,
+             retry_after: float | None = None, hold: float = 30.0) -> None:
+        """Apply `fault` to the next `count` requests that `match` (all requests when None)."""
+        with self._lock:
+            self._planned.append(_Planned(fault, count, match, status, retry_after, hold))
+
+    def fail_for(self, seconds: float, *, status: int = 503, match: Matcher | None = None) -> None:
+        """Answer `status` to every matching request for `seconds`."""
+        with self._lock:
+            self._fail_until, self._fail_status, self._fail_match = time.monotonic() + seconds, status, match
+
+    def clear(self) -> None:
+        with self._lock:
+            self._planned.clear()
+            self._fail_until = 0.0
+            self.latency = 0.0
+
+    def take(self, request: Request) -> _Planned | None:
+        """Return the fault for this request, if any (consuming one planned occurrence)."""
+        with self._lock:
+            if time.monotonic() < self._fail_until and (self._fail_match is None or self._fail_match(request)):
+                return _Planned(Fault.SERVER_ERROR, 1, None, self._fail_status, None, 0.0)
+            for planned in self._planned:
+                if planned.remaining > 0 and (planned.match is None or planned.match(request)):
+                    planned.remaining -= 1
+                    return planned
+        return None
+
+
+class FakeHTTPServer(ThreadingHTTPServer):
+    """A loopback HTTP server; subclasses implement `route`."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.plan = FaultPlan()
+        self.journal: list[Request] = []
+        self.journal_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def route(self, request: Request) -> Reply:
+        raise NotImplementedError
+
+    def start(self) -> FakeHTTPServer:
+        self._thread = threading.Thread(target=self.serve_forever, name=type(self).__name__, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+    def requests(self, predicate: Matcher | None = None) -> list[Request]:
+        """The journal, optionally filtered."""
+        with self.journal_lock:
+            return [r for r in self.journal if predicate is None or predicate(r)]
+
+    def __enter__(self) -> FakeHTTPServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FakeHTTPServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+        return
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        request = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body,
+                          time.monotonic())
+        with self.server.journal_lock:
+            self.server.journal.append(request)
+        plan = self.server.plan
+        if plan.latency:
+            time.sleep(plan.latency)
+        fault = plan.take(request)
+        if fault is not None:
+            if fault.fault is Fault.DROP:
+                self._drop()
+                return
+            if fault.fault is Fault.RATE_LIMIT:
+                headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
+                self._send(Reply(429, {"error": "rate limited", "message": "Too many requests"}, headers))
+                return
+            if fault.fault is Fault.SERVER_ERROR:
+                self._send(Reply(fault.status, {"error": "unavailable", "message": "Service Unavailable"}))
+                return
+            if fault.fault is Fault.TIMEOUT:
+                time.sleep(fault.hold)
+        reply = self.server.route(request)
+        if fault is not None and fault.fault is Fault.ACCEPT_THEN_DROP:
+            self._drop()
+            return
+        self._send(reply)
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _send(self, reply: Reply) -> None:
+        payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.headers.get("Content-Type", "application/json"))
+        self.send_header("Content-Length", str(len(payload)))
+        for key, value in reply.headers.items():
+            if key != "Content-Type":
+                self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_DELETE = do_PUT = _serve
