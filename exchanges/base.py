@@ -178,6 +178,15 @@ class Capabilities:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class CheckItem:
+    """One line of `check_venues`: what was checked, whether it passed, and why (never a secret)."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+
 class Connector(abc.ABC):
     """What every venue must implement. Quantities in base asset, prices in quote, all Decimal."""
 
@@ -238,6 +247,16 @@ class Connector(abc.ABC):
         from exchanges.errors import VenueError
 
         raise VenueError(f"{self.capabilities.venue} serves no candles", venue=self.capabilities.venue)
+
+    def verify(self) -> Sequence[CheckItem]:
+        """Check credentials, signature, permissions and connectivity; venues add their own checks."""
+        from exchanges.errors import VenueError
+
+        try:
+            self.balances()
+        except VenueError as exc:
+            return [CheckItem("credentials accepted", False, f"{type(exc).__name__}: {exc}")]
+        return [CheckItem("credentials accepted", True, "balances read")]
 
     def quantize(self, request: OrderRequest) -> OrderRequest:
         """Round a request to the market's lot and tick as the last step before the wire."""
