@@ -27,6 +27,17 @@ class RateLimitError(TemporaryError):
         self.retry_after = retry_after
 
 
+class VenueUnavailableError(TemporaryError):
+    """Our circuit breaker (or rate budget) refused the call before anything was sent: nothing reached the venue.
+
+    `retry_after` is in seconds, when known (the breaker's remaining cool-down).
+    """
+
+    def __init__(self, message: str, *, venue: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message, venue=venue)
+        self.retry_after = retry_after
+
+
 class OrderStatusUnknownError(VenueError):
     """A create or cancel may or may not have reached the venue: ask by client id before resending."""
 

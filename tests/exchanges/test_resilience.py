@@ -1,0 +1,461 @@
+"""The resilience layer: retries for safe calls only, Retry-After, rate budgets per venue, the circuit breaker."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from exchanges.base import (
+    Balance,
+    Capabilities,
+    Connector,
+    Market,
+    OrderRequest,
+    OrderType,
+    Side,
+    Ticker,
+    VenueOrder,
+    VenueOrderStatus,
+    VenuePosition,
+)
+from exchanges.errors import (
+    AuthError,
+    InsufficientFundsError,
+    InvalidOrderError,
+    OrderStatusUnknownError,
+    RateLimitError,
+    TemporaryError,
+    VenueUnavailableError,
+)
+from exchanges.resilience import (
+    VENUE_RATES,
+    BreakerEvent,
+    BreakerState,
+    CallKind,
+    CircuitBreaker,
+    RateLimiter,
+    RateSpec,
+    ResilientConnector,
+    RetryPolicy,
+    error_text,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+BTC = Market(symbol="BTC-USD", base="BTC", quote="USD", tick_size=Decimal("0.01"), lot_size=Decimal("0.0001"),
+             min_qty=Decimal("0.0001"))
+
+
+class FakeClock:
+    """Monotonic seconds that only move when the code under test sleeps (or the test says so)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def wall(self) -> datetime:
+        return T0 + timedelta(seconds=self.now - 1000.0)
+
+
+class ScriptedConnector(Connector):
+    """A hand-written venue: each method pops its next scripted outcome (an exception to raise) or succeeds."""
+
+    capabilities = Capabilities(venue="fakevenue", live=True)
+
+    def __init__(self) -> None:
+        self.script: dict[str, deque[BaseException | None]] = {}
+        self.calls: list[str] = []
+
+    def fail(self, method: str, *errors: BaseException | None) -> None:
+        self.script.setdefault(method, deque()).extend(errors)
+
+    def _step(self, method: str) -> None:
+        self.calls.append(method)
+        queue = self.script.get(method)
+        if queue:
+            outcome = queue.popleft()
+            if outcome is not None:
+                raise outcome
+
+    def count(self, method: str) -> int:
+        return self.calls.count(method)
+
+    def _order(self, client_order_id: str = "c1", status: VenueOrderStatus = VenueOrderStatus.OPEN) -> VenueOrder:
+        return VenueOrder(client_order_id=client_order_id, venue_order_id="v1", symbol="BTC-USD", side=Side.BUY,
+                          type=OrderType.LIMIT, status=status, quantity=Decimal("1"), price=Decimal("100"))
+
+    def markets(self) -> Sequence[Market]:
+        self._step("markets")
+        return [BTC]
+
+    def balances(self) -> Sequence[Balance]:
+        self._step("balances")
+        return [Balance(asset="USD", free=Decimal("10"), total=Decimal("10"))]
+
+    def ticker(self, symbol: str) -> Ticker:
+        self._step("ticker")
+        return Ticker(symbol=symbol, price=Decimal("100"), time=T0)
+
+    def create_order(self, request: OrderRequest) -> VenueOrder:
+        self._step("create_order")
+        return self._order(request.client_order_id)
+
+    def cancel_order(self, symbol: str, venue_order_id: str) -> VenueOrder:
+        self._step("cancel_order")
+        return self._order(status=VenueOrderStatus.CANCELED)
+
+    def fetch_order(self, symbol: str, venue_order_id: str) -> VenueOrder:
+        self._step("fetch_order")
+        return self._order()
+
+    def fetch_order_by_client_id(self, symbol: str, client_order_id: str) -> VenueOrder | None:
+        self._step("fetch_order_by_client_id")
+        return None
+
+    def open_orders(self, symbol: str | None = None) -> Sequence[VenueOrder]:
+        self._step("open_orders")
+        return []
+
+    def positions(self) -> Sequence[VenuePosition]:
+        self._step("positions")
+        return []
+
+    def set_leverage(self, symbol: str, leverage: Decimal) -> None:
+        self._step("set_leverage")
+
+
+REQUEST = OrderRequest(client_order_id="c1", symbol="BTC-USD", side=Side.BUY, type=OrderType.LIMIT,
+                       quantity=Decimal("1"), price=Decimal("100"))
+UNLIMITED = RateSpec(rate=1e9, burst=1e9)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def events() -> list[BreakerEvent]:
+    return []
+
+
+@pytest.fixture
+def build(clock: FakeClock, events: list[BreakerEvent]) -> Callable[..., tuple[ResilientConnector, ScriptedConnector]]:
+    def make(*, policy: RetryPolicy | None = None, spec: RateSpec = UNLIMITED, threshold: int = 3,
+             cool_down: float = 30.0, seed: int = 7) -> tuple[ResilientConnector, ScriptedConnector]:
+        inner = ScriptedConnector()
+        breaker = CircuitBreaker(venue="fakevenue", account="acct", failure_threshold=threshold,
+                                 cool_down=cool_down, clock=clock, wall=clock.wall, on_transition=events.append)
+        wrapped = ResilientConnector(inner, policy or RetryPolicy(), RateLimiter(spec, clock=clock), breaker,
+                                     clock, clock.sleep, rng=random.Random(seed))
+        return wrapped, inner
+    return make
+
+
+def temporary(n: int = 1) -> list[BaseException | None]:
+    return [TemporaryError("HTTP 503", venue="fakevenue") for _ in range(n)]
+
+
+# --------------------------------------------------------------------------------------------- back-off
+
+
+def test_backoff_draws_stay_within_the_capped_exponential_bound_and_are_jittered() -> None:
+    policy = RetryPolicy(base_delay=0.5, max_delay=4.0)
+    rng = random.Random(42)
+    for retry, bound in [(0, 0.5), (1, 1.0), (2, 2.0), (3, 4.0), (4, 4.0), (10, 4.0)]:
+        draws = [policy.backoff(retry, rng) for _ in range(400)]
+        assert all(0.0 <= d <= bound for d in draws)
+        assert max(draws) > 0.9 * bound and min(draws) < 0.1 * bound  # full jitter spreads over [0, bound]
+        assert len(set(draws)) > 390
+    # Seeded: the same draws again.
+    assert [policy.backoff(2, random.Random(1)) for _ in range(3)] == [policy.backoff(2, random.Random(1))] * 3
+
+
+def test_a_read_is_retried_with_bounded_jittered_waits_until_it_succeeds(build: Any, clock: FakeClock) -> None:
+    wrapped, inner = build(policy=RetryPolicy(max_attempts=4, base_delay=0.25, max_delay=4.0), threshold=10)
+    inner.fail("ticker", *temporary(3))
+    assert wrapped.ticker("BTC-USD").price == Decimal("100")
+    assert inner.count("ticker") == 4
+    assert len(clock.sleeps) == 3
+    assert all(0 <= s <= b for s, b in zip(clock.sleeps, [0.25, 0.5, 1.0]))
+
+
+def test_a_read_gives_up_after_max_attempts_with_the_venue_error(build: Any) -> None:
+    wrapped, inner = build(policy=RetryPolicy(max_attempts=3), threshold=10)
+    inner.fail("positions", *temporary(5))
+    with pytest.raises(TemporaryError, match="503"):
+        wrapped.positions()
+    assert inner.count("positions") == 3
+
+
+def test_retry_after_is_honoured(build: Any, clock: FakeClock) -> None:
+    wrapped, inner = build(policy=RetryPolicy(base_delay=0.01, max_delay=0.02), threshold=10)
+    inner.fail("open_orders", RateLimitError("429", venue="fakevenue", retry_after=3.0))
+    assert list(wrapped.open_orders()) == []
+    assert inner.count("open_orders") == 2
+    assert clock.sleeps and clock.sleeps[0] >= 3.0
+
+
+def test_a_retry_after_longer_than_the_policy_allows_surfaces_at_once(build: Any, clock: FakeClock) -> None:
+    wrapped, inner = build(policy=RetryPolicy(max_retry_after=10.0), threshold=10)
+    inner.fail("balances", RateLimitError("429", venue="fakevenue", retry_after=60.0))
+    with pytest.raises(RateLimitError) as caught:
+        wrapped.balances()
+    assert caught.value.retry_after == 60.0
+    assert inner.count("balances") == 1 and clock.sleeps == []
+
+
+def test_retries_stop_once_the_call_has_used_its_time_budget(build: Any, clock: FakeClock) -> None:
+    wrapped, inner = build(policy=RetryPolicy(max_attempts=50, base_delay=1.0, max_delay=1.0, max_elapsed=5.0),
+                           threshold=100)
+    inner.fail("fetch_order", *temporary(50))
+    with pytest.raises(TemporaryError):
+        wrapped.fetch_order("BTC-USD", "v1")
+    assert sum(clock.sleeps) <= 5.0
+    assert inner.count("fetch_order") < 50
+
+
+@pytest.mark.parametrize("error", [
+    TemporaryError("HTTP 503", venue="fakevenue"),
+    RateLimitError("429", venue="fakevenue", retry_after=0.1),
+    OrderStatusUnknownError("timed out after sending", venue="fakevenue"),
+])
+def test_create_order_is_never_retried(build: Any, clock: FakeClock, error: Exception) -> None:
+    wrapped, inner = build(threshold=10)
+    inner.fail("create_order", error, *temporary(3))
+    with pytest.raises(type(error)):
+        wrapped.create_order(REQUEST)
+    assert inner.count("create_order") == 1
+    assert clock.sleeps == []
+
+
+@pytest.mark.parametrize("error", [
+    InvalidOrderError("size below minimum", venue="fakevenue"),
+    InsufficientFundsError("not enough USD", venue="fakevenue"),
+    AuthError("bad signature", venue="fakevenue"),
+])
+def test_refusals_are_not_retried(build: Any, error: Exception) -> None:
+    wrapped, inner = build(threshold=10)
+    inner.fail("balances", error)
+    with pytest.raises(type(error)):
+        wrapped.balances()
+    assert inner.count("balances") == 1
+
+
+def test_cancel_is_retried_even_after_an_ambiguous_outcome(build: Any) -> None:
+    wrapped, inner = build(threshold=10)
+    inner.fail("cancel_order", OrderStatusUnknownError("reset after send", venue="fakevenue"), *temporary(1))
+    assert wrapped.cancel_order("BTC-USD", "v1").status is VenueOrderStatus.CANCELED
+    assert inner.count("cancel_order") == 3
+
+
+def test_set_leverage_and_client_id_lookups_are_retried(build: Any) -> None:
+    wrapped, inner = build(threshold=10)
+    inner.fail("set_leverage", *temporary(1))
+    inner.fail("fetch_order_by_client_id", *temporary(2))
+    wrapped.set_leverage("BTC-USD", Decimal("2"))
+    assert wrapped.fetch_order_by_client_id("BTC-USD", "c1") is None
+    assert inner.count("set_leverage") == 2 and inner.count("fetch_order_by_client_id") == 3
+
+
+# --------------------------------------------------------------------------------------------- breaker
+
+
+def test_the_breaker_opens_after_consecutive_failures_and_then_refuses_orders_without_sending(
+        build: Any, clock: FakeClock, events: list[BreakerEvent]) -> None:
+    wrapped, inner = build(policy=RetryPolicy(max_attempts=1), threshold=3)
+    inner.fail("ticker", *temporary(3))
+    for _ in range(3):
+        with pytest.raises(TemporaryError):
+            wrapped.ticker("BTC-USD")
+    assert wrapped.breaker.state is BreakerState.OPEN
+    assert [(e.previous, e.state, e.consecutive_failures) for e in events] == [
+        (BreakerState.CLOSED, BreakerState.OPEN, 3)]
+    assert events[0].venue == "fakevenue" and events[0].account == "acct" and "503" in events[0].last_error
+    assert events[0].since == clock.wall()
+
+    with pytest.raises(VenueUnavailableError, match="no order was sent") as caught:
+        wrapped.create_order(REQUEST)
+    assert caught.value.retryable and isinstance(caught.value, TemporaryError)
+    assert caught.value.retry_after == pytest.approx(30.0)
+    with pytest.raises(VenueUnavailableError):
+        wrapped.balances()
+    assert inner.count("create_order") == 0 and inner.count("balances") == 0
+
+
+def test_cancels_go_through_an_open_breaker(build: Any) -> None:
+    wrapped, inner = build(policy=RetryPolicy(max_attempts=1), threshold=2)
+    inner.fail("ticker", *temporary(2))
+    for _ in range(2):
+        with pytest.raises(TemporaryError):
+            wrapped.ticker("BTC-USD")
+    assert wrapped.breaker.state is BreakerState.OPEN
+    assert wrapped.cancel_order("BTC-USD", "v1").status is VenueOrderStatus.CANCELED
+    assert inner.count("cancel_order") == 1
+
+
+def test_after_the_cool_down_a_read_probes_and_its_success_closes_the_breaker(
+        build: Any, clock: FakeClock, events: list[BreakerEvent]) -> None:
+    wrapped, inner = build(policy=RetryPolicy(max_attempts=1), threshold=2, cool_down=30.0)
+    inner.fail("ticker", *temporary(2))
+    for _ in range(2):
+        with pytest.raises(TemporaryError):
+            wrapped.ticker("BTC-USD")
+    clock.now += 29.0
+    assert wrapped.breaker.state is BreakerState.OPEN
+    clock.now += 1.0
+    assert wrapped.breaker.state is BreakerState.HALF_OPEN
+    # Only one probe at a time: a second read while the first is out is refused.
+    assert wrapped.breaker.admit(CallKind.READ) is True
+    with pytest.raises(VenueUnavailableError):
+        wrapped.breaker.admit(CallKind.READ)
+    wrapped.breaker.record(None, probe=True)
+    assert wrapped.breaker.state is BreakerState.CLOSED
+    assert [e.state for e in events] == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
+    assert wrapped.breaker.consecutive_failures == 0
+
+
+def test_a_failed_probe_reopens_the_breaker_for_another_cool_down(build: Any, clock: FakeClock,
+                                                                   events: list[BreakerEvent]) -> None:
+    wrapped, inner = build(policy=RetryPolicy(max_attempts=3), threshold=2, cool_down=10.0)
+    inner.fail("ticker", *temporary(2))
+    with pytest.raises(VenueUnavailableError):
+        wrapped.ticker("BTC-USD")  # two failed tries open the breaker; the third is refused without sending
+    assert inner.count("ticker") == 2
+    clock.now += 10.0
+    inner.fail("positions", *temporary(5))
+    with pytest.raises(VenueUnavailableError):
+        wrapped.positions()  # the probe fails; its retry is refused by the reopened breaker
+    assert inner.count("positions") == 1
+    assert wrapped.breaker.state is BreakerState.OPEN
+    assert [e.state for e in events] == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.OPEN]
+    clock.now += 10.0
+    inner.script["positions"].clear()
+    assert list(wrapped.positions()) == []
+    assert wrapped.breaker.state is BreakerState.CLOSED
+
+
+def test_a_new_order_in_half_open_probes_with_a_read_first(build: Any, clock: FakeClock) -> None:
+    wrapped, inner = build(policy=RetryPolicy(max_attempts=1), threshold=1, cool_down=5.0)
+    inner.fail("markets", *temporary(1))
+    with pytest.raises(TemporaryError):
+        wrapped.markets()
+    clock.now += 5.0
+    inner.fail("balances", *temporary(1))
+    with pytest.raises(VenueUnavailableError, match="no order was sent"):
+        wrapped.create_order(REQUEST)
+    assert inner.count("create_order") == 0 and inner.count("balances") == 1
+    clock.now += 5.0
+    assert wrapped.create_order(REQUEST).client_order_id == "c1"
+    assert inner.calls[-2:] == ["balances", "create_order"]
+    assert wrapped.breaker.state is BreakerState.CLOSED
+
+
+def test_refusals_and_auth_errors_do_not_open_the_breaker_and_reset_the_count(build: Any) -> None:
+    wrapped, inner = build(policy=RetryPolicy(max_attempts=1), threshold=2)
+    inner.fail("create_order", TemporaryError("503"), InvalidOrderError("bad size"), TemporaryError("503"),
+               AuthError("expired key"), AuthError("expired key"), AuthError("expired key"))
+    for _ in range(6):
+        with pytest.raises(Exception):
+            wrapped.create_order(REQUEST)
+    assert wrapped.breaker.state is BreakerState.CLOSED
+    assert inner.count("create_order") == 6
+
+
+def test_ambiguous_creates_count_towards_opening(build: Any) -> None:
+    wrapped, inner = build(threshold=2)
+    inner.fail("create_order", OrderStatusUnknownError("timeout"), OrderStatusUnknownError("timeout"))
+    for _ in range(2):
+        with pytest.raises(OrderStatusUnknownError):
+            wrapped.create_order(REQUEST)
+    assert wrapped.breaker.state is BreakerState.OPEN
+
+
+def test_a_failing_transition_callback_never_breaks_the_call(clock: FakeClock) -> None:
+    def explode(event: BreakerEvent) -> None:
+        raise RuntimeError("database down")
+
+    breaker = CircuitBreaker(venue="v", failure_threshold=1, clock=clock, on_transition=explode)
+    breaker.record(TemporaryError("503"))
+    assert breaker.state is BreakerState.OPEN
+
+
+def test_error_text_keeps_the_reason_and_drops_secret_looking_values() -> None:
+    jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJrZXkifQ.c2lnbmF0dXJl"
+    key = "0x" + "ab" * 32
+    text = error_text(AuthError(f"401 for token {jwt} signed by {key}; api_key=organizations/abc"))
+    assert text.startswith("AuthError: 401 for token")
+    assert jwt not in text and key not in text and "organizations/abc" not in text
+    assert len(error_text(TemporaryError("x" * 1000))) == 300
+
+
+# --------------------------------------------------------------------------------------------- rate limits
+
+
+def test_the_bucket_lets_a_burst_through_then_paces_at_the_rate(clock: FakeClock) -> None:
+    limiter = RateLimiter(RateSpec(rate=10.0, burst=5.0), clock=clock)
+    waits = [limiter.reserve(1.0) for _ in range(7)]
+    assert waits[:5] == [0.0] * 5
+    assert waits[5] == pytest.approx(0.1) and waits[6] == pytest.approx(0.2)
+    clock.now += 10.0
+    assert limiter.reserve(1.0) == 0.0
+    assert limiter.reserve(100.0, max_wait=1.0) is None  # refused, and nothing taken:
+    assert limiter.reserve(4.0) == 0.0
+
+
+@pytest.mark.parametrize("venue, method, published_per_minute", [
+    ("coinbase", "balances", 30 * 60),  # private endpoints: 30 req/s
+    ("coinbase", "ticker", 10 * 60),  # public endpoints: 10 req/s (ticker costs 3 of the 20)
+    ("hyperliquid", "create_order", 1200),  # weight 1
+    ("hyperliquid", "open_orders", 1200 / 20),  # weight 20
+    ("hyperliquid", "ticker", 1200 / 2),  # weight 2
+])
+def test_each_venue_stays_below_its_published_limit(build: Any, clock: FakeClock, venue: str, method: str,
+                                                    published_per_minute: float) -> None:
+    wrapped, inner = build(spec=VENUE_RATES[venue], threshold=10**6)
+    call = {"balances": wrapped.balances, "ticker": lambda: wrapped.ticker("BTC-USD"),
+            "create_order": lambda: wrapped.create_order(REQUEST), "open_orders": wrapped.open_orders}[method]
+    start = clock.now
+    done_at: list[float] = []
+    for _ in range(int(published_per_minute * 2)):
+        call()
+        done_at.append(clock.now - start)
+    # No 60-second window holds more calls than the venue allows.
+    worst = max(sum(1 for t in done_at if s <= t < s + 60.0) for s in done_at)
+    assert worst < published_per_minute
+    assert worst > 0.5 * published_per_minute  # and the budget is actually used
+    assert inner.count(method) == int(published_per_minute * 2)
+
+
+def test_a_call_that_would_queue_too_long_is_refused_before_sending(clock: FakeClock) -> None:
+    inner = ScriptedConnector()
+    breaker = CircuitBreaker(venue="fakevenue", clock=clock)
+    limiter = RateLimiter(RateSpec(rate=1.0, burst=1.0), clock=clock)
+    wrapped = ResilientConnector(inner, RetryPolicy(), limiter, breaker, clock, clock.sleep, max_queue_wait=2.0)
+    wrapped.create_order(REQUEST)
+    assert limiter.reserve(3.0) == pytest.approx(3.0)  # someone else queued 3 s of calls
+    with pytest.raises(VenueUnavailableError, match="nothing was sent"):
+        wrapped.create_order(REQUEST)
+    assert inner.count("create_order") == 1
+    assert breaker.state is BreakerState.CLOSED and breaker.consecutive_failures == 0
+
+
+def test_venue_extras_pass_through_the_wrapper(build: Any) -> None:
+    wrapped, inner = build()
+    inner.special = lambda: "venue specific"  # type: ignore[attr-defined]
+    assert wrapped.special() == "venue specific"
+    assert wrapped.capabilities is inner.capabilities
+    assert wrapped.market("BTC-USD") == BTC
