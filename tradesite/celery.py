@@ -13,3 +13,5 @@ app = Celery("tradesite")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = (Queue("execution"), Queue("strategies"), Queue("monitoring"))
 app.autodiscover_tasks()
+
+import tradesite.taskmetrics  # noqa: E402,F401  (task latency histogram: connects Celery signals)

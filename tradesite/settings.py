@@ -41,6 +41,34 @@ SECRET_KEY = _secret_key()
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 
+# --- Production hardening (`manage.py check --deploy` is clean with TRADESITE_HTTPS on; see README "Operations") ---
+# TRADESITE_HTTPS: the site is served over HTTPS (usually by a TLS proxy in front of gunicorn). Off by default so that
+# `make run` and the tests work over plain HTTP on 127.0.0.1; each flag below can also be set on its own.
+HTTPS = env_bool("TRADESITE_HTTPS", False)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", HTTPS)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", HTTPS)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", HTTPS)
+SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "31536000" if HTTPS else "0"))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", HTTPS)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", HTTPS)
+# The health probes answer over plain HTTP (the container HEALTHCHECK and load balancers call them directly).
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+# Trust the proxy's scheme header only when told (and only set it behind our own proxy), e.g. X-Forwarded-Proto.
+if os.environ.get("SECURE_PROXY_SSL_HEADER"):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + os.environ["SECURE_PROXY_SSL_HEADER"].strip().upper().replace("-", "_"),
+                               "https")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+# The admin lives at a path of the operator's choosing (e.g. "ops-7f3a/"), not at the well-known /admin/.
+ADMIN_URL = os.environ.get("ADMIN_URL", "admin/").strip("/") + "/"
+# Error reports (technical 500 page, mail_admins) hide settings and variables whose values hold secrets.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "tradesite.errors.SafeExceptionReporterFilter"
+DEFAULT_EXCEPTION_REPORTER = "tradesite.errors.ExceptionReporter"
+# /metrics: a bearer token, else only these client addresses (the scraper on an internal network).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", "127.0.0.1,::1")
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -53,6 +81,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_beat",
+    "axes",
+    "django_prometheus",
     "trading.apps.TradingConfig",
     "strategies.apps.StrategiesConfig",
     "webhooks.apps.WebhooksConfig",
@@ -66,7 +96,12 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it answers a locked-out login attempt.
+    "axes.middleware.AxesMiddleware",
 ]
+# Request counts and latencies per view (django-prometheus); its middlewares wrap everything else.
+MIDDLEWARE = ["django_prometheus.middleware.PrometheusBeforeMiddleware", *MIDDLEWARE,
+              "django_prometheus.middleware.PrometheusAfterMiddleware"]
 
 ROOT_URLCONF = "tradesite.urls"
 WSGI_APPLICATION = "tradesite.wsgi.application"
@@ -162,7 +197,15 @@ else:
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = f"/{ADMIN_URL}login/"
+# Admin login attempts are limited (django-axes): 5 failures per username and address, then a cool-off.
+AUTHENTICATION_BACKENDS = ["tradesite.auth.AxesBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = int(os.environ.get("AXES_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = float(os.environ.get("AXES_COOLOFF_HOURS", "1"))  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The real client address behind our proxy (the same trusted-proxy rule as the webhook).
+AXES_CLIENT_IP_CALLABLE = "tradesite.auth.client_ip"
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",

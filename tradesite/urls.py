@@ -12,7 +12,7 @@ from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from strategies import apis as backtest_apis
-from tradesite import health
+from tradesite import health, metrics
 from trading import apis
 from webhooks.apis import SignalCreateApi
 
@@ -67,7 +67,8 @@ api_patterns = [
 ]
 
 urlpatterns = [
-    path("admin/", admin.site.urls),
+    path(settings.ADMIN_URL, admin.site.urls),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("api/", include(api_patterns)),

@@ -1,0 +1,106 @@
+"""Production settings: check --deploy is clean, admin path and login throttling, error reports hide URL passwords."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client, RequestFactory
+
+from tests.conftest import ROOT
+
+
+def production_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A clean production environment (DEBUG off), as a deployment would set it."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+        "TRADESITE_VAR_DIR": str(tmp_path / "var"), "DEBUG": "0",
+        "SECRET_KEY": secrets.token_urlsafe(50), "ALLOWED_HOSTS": "trade.example.com",
+        "TRADESITE_HTTPS": "1", "SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto",
+        "CSRF_TRUSTED_ORIGINS": "https://trade.example.com", "ADMIN_URL": "ops-7f3a/",
+    }
+    env.update(extra)
+    return env
+
+
+def _check_deploy(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_check_deploy_passes_without_any_warning_in_production(tmp_path: Path) -> None:
+    result = _check_deploy(production_env(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "System check identified no issues (0 silenced)." in result.stdout
+
+
+def test_check_deploy_fails_when_served_without_https(tmp_path: Path) -> None:
+    result = _check_deploy(production_env(tmp_path, TRADESITE_HTTPS="0"))
+    assert result.returncode != 0
+    for warning in ("security.W004", "security.W008", "security.W012", "security.W016"):
+        assert warning in result.stderr, warning
+
+
+def test_admin_path_comes_from_the_environment(tmp_path: Path) -> None:
+    code = "from django.urls import reverse; from django.conf import settings; print(reverse('admin:index'), " \
+           "settings.LOGIN_URL, settings.SECURE_PROXY_SSL_HEADER, settings.SESSION_COOKIE_SECURE)"
+    out = subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT,
+                         env=production_env(tmp_path), capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split("\n")[-2] == "/ops-7f3a/ /ops-7f3a/login/ ('HTTP_X_FORWARDED_PROTO', 'https') True"
+
+
+def test_admin_logins_are_locked_out_after_five_failures(db) -> None:
+    User.objects.create_superuser("boss", "boss@example.com", "right-password-123")
+    client = Client(REMOTE_ADDR="203.0.113.9")
+    for _ in range(4):
+        response = client.post("/admin/login/", {"username": "boss", "password": "wrong"})
+        assert response.status_code == 200  # the login form again, with an error
+    # The fifth failure locks the username on this address: refused from then on, even with the right password.
+    assert client.post("/admin/login/", {"username": "boss", "password": "wrong"}).status_code == 429
+    response = client.post("/admin/login/", {"username": "boss", "password": "right-password-123"})
+    assert response.status_code == 429
+    assert "_auth_user_id" not in client.session
+    # Another address is not locked out, and a good login still works there.
+    other = Client(REMOTE_ADDR="198.51.100.7")
+    response = other.post("/admin/login/?next=/admin/", {"username": "boss", "password": "right-password-123"})
+    assert response.status_code == 302 and other.session.get("_auth_user_id")
+
+
+def test_logins_without_a_request_still_work(db) -> None:
+    """The test client's login() and shell authenticate() pass no request: axes must not refuse them."""
+    User.objects.create_user("alice", password="alice-password-123")
+    assert Client().login(username="alice", password="alice-password-123")
+
+
+def test_error_reports_hide_passwords_in_urls_and_known_secrets(settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tradesite.errors import SafeExceptionReporterFilter
+
+    settings.DATABASE_URL = "postgres://app:db-canary-pw-4471@db:5432/tradesite"
+    settings.CELERY_BROKER_URL = "redis://:broker-canary-pw-9913@redis:6379/0"
+    settings.CACHES = {"default": {"BACKEND": "x", "LOCATION": "redis://:cache-canary-pw-5521@redis:6379/0"}}
+    settings.SOME_ENDPOINT = "https://user:url-canary-pw-7781@host.example/path"
+    monkeypatch.setenv("COINBASE_MAIN_API_SECRET", "venue-canary-secret-0042")
+    settings.VENUE_NOTE = "key is venue-canary-secret-0042"
+    safe = SafeExceptionReporterFilter().get_safe_settings()
+    text = repr(safe)
+    for canary in ("db-canary-pw-4471", "broker-canary-pw-9913", "cache-canary-pw-5521", "url-canary-pw-7781",
+                   "venue-canary-secret-0042"):
+        assert canary not in text, canary
+    assert safe["STATIC_URL"] == settings.STATIC_URL  # ordinary settings stay readable
+    assert "host.example/path" in safe["SOME_ENDPOINT"]
+    request = RequestFactory().get("/", HTTP_X_UPSTREAM="redis://:meta-canary-pw-1234@r:6379/0")
+    meta = SafeExceptionReporterFilter().get_safe_request_meta(request)
+    assert "meta-canary-pw-1234" not in repr(meta)
+
+
+def test_default_django_filter_would_leak_url_passwords(settings) -> None:
+    """Why the custom filter exists: Django's own masks by name only."""
+    from django.views.debug import SafeExceptionReporterFilter as DjangoFilter
+
+    settings.DATABASE_URL = "postgres://app:db-canary-pw-4471@db:5432/tradesite"
+    assert "db-canary-pw-4471" in repr(DjangoFilter().get_safe_settings()["DATABASE_URL"])
