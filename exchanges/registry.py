@@ -2,21 +2,38 @@
 
 Each live venue is a module `exchanges.<venue>` with a `build(config: VenueConfig) -> Connector` function; it is
 imported on first use, so a missing optional library only breaks the venue that needs it.
+
+Every live connector is returned wrapped in a ResilientConnector (retries for safe calls, a rate budget and a
+circuit breaker); the limiter and breaker are shared by every connector of one (venue, account) in this process.
 """
 
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable, Mapping
 
 from exchanges.base import Connector, VenueConfig, VenueJournal
 from exchanges.errors import LiveVenueForbiddenError, VenueError
+from exchanges.resilience import (
+    DEFAULT_RATE,
+    VENUE_RATES,
+    BreakerEvent,
+    CircuitBreaker,
+    RateLimiter,
+    ResilientConnector,
+    RetryPolicy,
+)
 
 Builder = Callable[[VenueConfig], Connector]
 
 _MODULES = {"coinbase": "exchanges.coinbase", "hyperliquid": "exchanges.hyperliquid", "synthetix": "exchanges.synthetix"}
 # Explicit registrations (tests, plug-ins) win over the module convention.
 _LIVE: dict[str, Builder] = {}
+# One limiter and one breaker per (venue, account) in this process, whichever connector instance is in use.
+_GUARDS: dict[tuple[str, str], tuple[RateLimiter, CircuitBreaker]] = {}
+_guards_lock = threading.Lock()
+RETRY_POLICY = RetryPolicy()
 
 
 def register(venue: str, builder: Builder) -> None:
@@ -47,8 +64,14 @@ def build(
     endpoint: str | None = None,
     journal: VenueJournal | None = None,
     account: str = "",
+    on_breaker: Callable[[BreakerEvent], None] | None = None,
+    resilient: bool = True,
 ) -> Connector:
-    """Build a live venue's connector; a paper network can never reach one."""
+    """Build a live venue's connector behind retries, its rate budget and its breaker; paper can never reach one.
+
+    `on_breaker` receives this (venue, account)'s breaker transitions (the latest one given wins);
+    `resilient=False` returns the bare connector (for tools and tests that need the venue's raw answers).
+    """
     if network == "paper" or venue == "paper":
         raise LiveVenueForbiddenError("paper accounts use the paper connector, never a live venue", venue=venue)
     if network not in ("testnet", "mainnet"):
@@ -57,4 +80,26 @@ def build(
         venue=venue, network=network, credentials=dict(credentials), endpoint=endpoint, journal=journal,
         account=account,
     )
-    return _builder(venue)(config)
+    inner = _builder(venue)(config)
+    if not resilient:
+        return inner
+    limiter, breaker = guards(venue, account)
+    if on_breaker is not None:
+        breaker.on_transition = on_breaker
+    return ResilientConnector(inner, RETRY_POLICY, limiter, breaker)
+
+
+def guards(venue: str, account: str) -> tuple[RateLimiter, CircuitBreaker]:
+    """This process's rate limiter and circuit breaker of a (venue, account), created on first use."""
+    with _guards_lock:
+        found = _GUARDS.get((venue, account))
+        if found is None:
+            limiter = RateLimiter(VENUE_RATES.get(venue, DEFAULT_RATE))
+            found = _GUARDS[(venue, account)] = (limiter, CircuitBreaker(venue=venue, account=account))
+        return found
+
+
+def guards_reset() -> None:
+    """Forget every limiter and breaker (tests: each starts with closed breakers and full buckets)."""
+    with _guards_lock:
+        _GUARDS.clear()

@@ -21,6 +21,15 @@ from django.utils import timezone
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _venue_guards_reset() -> Iterator[None]:
+    """Every test starts with closed circuit breakers and full rate buckets (they are per process)."""
+    from exchanges import registry
+
+    registry.guards_reset()
+    yield
+
+
 @pytest.fixture
 def make_account(db: Any) -> Callable[..., Any]:
     """Create a paper account through the service (validated, audited)."""

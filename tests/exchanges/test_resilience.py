@@ -459,3 +459,41 @@ def test_venue_extras_pass_through_the_wrapper(build: Any) -> None:
     assert wrapped.special() == "venue specific"
     assert wrapped.capabilities is inner.capabilities
     assert wrapped.market("BTC-USD") == BTC
+
+
+# --------------------------------------------------------------------------------------------- registry
+
+
+def test_the_registry_wraps_live_connectors_and_shares_guards_per_venue_and_account(monkeypatch: Any) -> None:
+    from exchanges import registry
+    from exchanges.base import VenueConfig
+    from exchanges.errors import LiveVenueForbiddenError
+
+    built: list[ScriptedConnector] = []
+
+    def builder(config: VenueConfig) -> Connector:
+        built.append(ScriptedConnector())
+        return built[-1]
+
+    monkeypatch.setitem(registry._LIVE, "fakevenue", builder)
+    registry.guards_reset()
+    seen: list[BreakerEvent] = []
+    a1 = registry.build(venue="fakevenue", network="testnet", credentials={}, account="a", on_breaker=seen.append)
+    a2 = registry.build(venue="fakevenue", network="testnet", credentials={}, account="a")
+    b = registry.build(venue="fakevenue", network="testnet", credentials={}, account="b")
+    assert isinstance(a1, ResilientConnector) and isinstance(b, ResilientConnector)
+    assert isinstance(a2, ResilientConnector)
+    assert a1.breaker is a2.breaker and a1.limiter is a2.limiter
+    assert a1.breaker is not b.breaker
+    assert a1.limiter.spec == registry.DEFAULT_RATE
+    bare = registry.build(venue="fakevenue", network="testnet", credentials={}, account="a", resilient=False)
+    assert bare is built[-1]
+    with pytest.raises(LiveVenueForbiddenError):
+        registry.build(venue="paper", network="paper", credentials={})
+    # The callback given at build time hears the shared breaker's transitions.
+    for _ in range(a1.breaker.failure_threshold):
+        a1.breaker.record(TemporaryError("503"))
+    assert [e.state for e in seen] == [BreakerState.OPEN] and seen[0].account == "a"
+    assert b.breaker.state is BreakerState.CLOSED
+    registry.guards_reset()
+    assert registry.guards("fakevenue", "a")[1] is not a1.breaker
