@@ -693,14 +693,23 @@ def positions_monitor(*, now: datetime | None = None) -> dict[str, int]:
         Q(orders__status__in=(Order.Status.OPEN, Order.Status.PARTIALLY_FILLED))
         | Q(positions__stop_loss__isnull=False) | Q(positions__take_profit__isnull=False)
     ).distinct():
-        connector = connector_for(account)
-        match = getattr(connector, "match", None)
-        changed = match() if callable(match) else []
-        by_client_id = {o.client_order_id: o for o in changed}
-        for order in Order.objects.filter(client_order_id__in=list(by_client_id)):
-            counts["matched"] += 1
-            order_apply_venue_state(order_id=order.pk, venue_order=by_client_id[order.client_order_id], now=now)
-        counts["exits"] += _exits_fire(account, connector, now=now)
+        try:
+            connector = connector_for(account)
+            match = getattr(connector, "match", None)
+            if callable(match):
+                changed = match()
+            else:  # a live venue works its orders itself: ask it which of ours changed (trading.reconcile)
+                from trading.reconcile import live_orders_changed
+
+                changed = live_orders_changed(account=account, connector=connector)
+            by_client_id = {o.client_order_id: o for o in changed}
+            for order in Order.objects.filter(client_order_id__in=list(by_client_id)):
+                counts["matched"] += 1
+                order_apply_venue_state(order_id=order.pk, venue_order=by_client_id[order.client_order_id], now=now)
+            counts["exits"] += _exits_fire(account, connector, now=now)
+        except VenueError as exc:
+            # One venue down must not stop the other accounts' stop-losses; the next tick tries again.
+            log.warning("monitor of account %s stopped by a venue error: %s", account.pk, exc)
     return counts
 
 

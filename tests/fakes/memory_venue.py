@@ -60,6 +60,7 @@ class MemoryVenue(Connector):
         self.calls: list[str] = []
         self.configs: list[VenueConfig] = []
         self._failures: list[tuple[str | None, BaseException]] = []
+        self._dropped: list[tuple[str, BaseException]] = []
         self._lock = threading.Lock()
 
     # -- test controls ------------------------------------------------------------------------------------
@@ -73,6 +74,18 @@ class MemoryVenue(Connector):
         """Raise `exc` from the next `times` calls (of `call` only, when given)."""
         with self._lock:
             self._failures.extend([(call, exc)] * times)
+
+    def drop_reply_next(self, exc: BaseException, *, call: str = "create_order", times: int = 1) -> None:
+        """Let the next `times` calls of `call` take effect on the venue, then raise `exc` (the reply was lost)."""
+        with self._lock:
+            self._dropped.extend([(call, exc)] * times)
+
+    def _lost(self, call: str) -> None:
+        with self._lock:
+            for i, (name, exc) in enumerate(self._dropped):
+                if name == call:
+                    del self._dropped[i]
+                    raise exc
 
     def _enter(self, call: str) -> None:
         with self._lock:
@@ -98,11 +111,15 @@ class MemoryVenue(Connector):
 
     def create_order(self, request: OrderRequest) -> VenueOrder:
         self._enter("create_order")
-        return self.paper.create_order(request)
+        order = self.paper.create_order(request)
+        self._lost("create_order")
+        return order
 
     def cancel_order(self, symbol: str, venue_order_id: str) -> VenueOrder:
         self._enter("cancel_order")
-        return self.paper.cancel_order(symbol, venue_order_id)
+        order = self.paper.cancel_order(symbol, venue_order_id)
+        self._lost("cancel_order")
+        return order
 
     def fetch_order(self, symbol: str, venue_order_id: str) -> VenueOrder:
         self._enter("fetch_order")

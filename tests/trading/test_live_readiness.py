@@ -1,0 +1,209 @@
+"""The engine on live venues: exits priced by the venue's own ticker, resting orders followed, reconciliation
+recording what happened while we were down and flagging (never adopting) orders we did not place."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from exchanges.base import OrderRequest, OrderType, Side
+from exchanges.errors import AuthError, OrderStatusUnknownError, TemporaryError
+from tests.conftest import wait_for
+from tests.fakes.memory_venue import MemoryVenue, failing_builder, install
+from trading import engine, reconcile, services
+from trading.models import AuditEvent, Fill, MarketPrice, Order, Position, Signal, VenueAccount
+from trading.venues import connector_for
+
+SYMBOL = "BTC/USD"
+
+
+def _live_account(monkeypatch, venue: MemoryVenue, *, name: str = "live", env: str = "LIVE_T"):  # type: ignore[no-untyped-def]
+    install(monkeypatch, venue)
+    monkeypatch.setenv(f"{env}_API_KEY", "key")
+    account = services.account_create(data={"name": name, "venue": venue.capabilities.venue, "network": "testnet",
+                                            "credentials_env": env, "max_leverage": "5"}, by="test")
+    reconcile.account_reconcile(account=account)  # opens the cash book at the venue's balance
+    account.refresh_from_db()
+    return account
+
+
+def _send(strategy, action: str, key: str, **fields) -> Signal:  # type: ignore[no-untyped-def]
+    signal, created = engine.signal_create(strategy=strategy, source="manual", idempotency_key=key, action=action,
+                                           enqueue=False, **fields)
+    assert created
+    return engine.signal_process(signal_id=signal.pk)
+
+
+@pytest.fixture
+def venue() -> MemoryVenue:
+    memory = MemoryVenue(venue="coinbase", fee_bps="10")
+    memory.set_price(SYMBOL, "50000")
+    return memory
+
+
+def test_a_live_cash_book_opens_once_at_the_venue_balance(db, monkeypatch, venue) -> None:
+    account = _live_account(monkeypatch, venue)
+    assert account.cash == Decimal("100000")
+    assert account.last_reconcile_report["cash"] == {"ours": "100000", "venue": "100000", "asset": "USD"}
+    venue.paper._store.set_cash(Decimal("250000"))  # a later deposit is reported, never booked silently
+    report = reconcile.account_reconcile(account=VenueAccount.objects.get(pk=account.pk))
+    assert report["cash"] == {"ours": "100000", "venue": "250000", "asset": "USD"}
+    assert VenueAccount.objects.get(pk=account.pk).cash == Decimal("100000")
+    assert AuditEvent.objects.filter(action="account.cash_from_venue", entity_id=str(account.pk)).count() == 1
+
+
+def test_stop_loss_on_a_live_account_fires_from_the_venue_ticker(db, monkeypatch, venue, make_strategy) -> None:
+    account = _live_account(monkeypatch, venue)
+    strategy = make_strategy(account, mode="live", sizing_value="0.1", stop_loss_mode="percent",
+                             stop_loss_value="2")
+    opened = _send(strategy, "open_long", "live-open")
+    assert opened.status == Signal.Status.EXECUTED
+    assert Position.objects.get(strategy=strategy).stop_loss == Decimal("49000")
+
+    venue.set_price(SYMBOL, "49100")
+    assert engine.positions_monitor() == {"matched": 0, "exits": 0}
+    venue.set_price(SYMBOL, "48900")
+    assert engine.positions_monitor() == {"matched": 0, "exits": 1}
+
+    assert not MarketPrice.objects.exists()  # no shared price table was needed: the venue's own ticker
+    position = Position.objects.get(strategy=strategy)
+    assert position.quantity == 0
+    assert position.realized_pnl == (Decimal("48900") - Decimal("50000")) * Decimal("0.1")
+    assert position.fees_paid == Decimal("5") + Decimal("4.89")  # 10 bps of 5000 and of 4890
+    assert VenueAccount.objects.get(pk=account.pk).cash == Decimal("100000") - Decimal("110") - Decimal("9.89")
+    exit_order = Order.objects.get(strategy=strategy, purpose=Order.Purpose.STOP_LOSS)
+    assert exit_order.status == Order.Status.FILLED and exit_order.reduce_only
+    assert venue.paper.positions() == []
+
+
+def test_a_resting_live_limit_that_fills_between_ticks_is_followed_by_the_monitor(db, monkeypatch, venue,
+                                                                                   make_strategy) -> None:
+    account = _live_account(monkeypatch, venue)
+    strategy = make_strategy(account, mode="live", sizing_value="0.1", take_profit_mode="percent",
+                             take_profit_value="4")
+    signal = _send(strategy, "open_long", "live-limit", order_type="limit", price=Decimal("49000"))
+    order = Order.objects.get(signal=signal)
+    assert order.status == Order.Status.OPEN
+    assert engine.positions_monitor() == {"matched": 0, "exits": 0}  # nothing changed on the venue
+
+    venue.set_price(SYMBOL, "48950")  # the venue fills our resting buy at its limit, by itself
+    assert engine.positions_monitor()["matched"] == 1
+    order.refresh_from_db()
+    assert order.status == Order.Status.FILLED and order.average_fill_price == Decimal("49000")
+    position = Position.objects.get(strategy=strategy)
+    assert position.quantity == Decimal("0.1") and position.take_profit is not None
+
+    venue.set_price(SYMBOL, str(position.take_profit))
+    assert engine.positions_monitor()["exits"] == 1
+    assert Position.objects.get(strategy=strategy).quantity == 0
+
+
+def test_a_venue_that_is_down_does_not_stop_the_other_accounts_exits(db, monkeypatch, venue, make_strategy) -> None:
+    down = MemoryVenue(venue="hyperliquid")
+    down.set_price(SYMBOL, "50000")
+    account_down = _live_account(monkeypatch, down, name="down", env="LIVE_DOWN")
+    account_up = _live_account(monkeypatch, venue, name="up", env="LIVE_UP")
+    for account, key in ((account_down, "d"), (account_up, "u")):
+        strategy = make_strategy(account, mode="live", sizing_value="0.1", stop_loss_mode="percent",
+                                 stop_loss_value="2")
+        _send(strategy, "open_long", f"open-{key}")
+    down.set_price(SYMBOL, "40000")
+    venue.set_price(SYMBOL, "40000")
+    down.fail_next(TemporaryError("503 Service Unavailable", venue="hyperliquid"), times=50)
+    assert engine.positions_monitor()["exits"] == 1
+    assert Position.objects.get(account=account_up).quantity == 0
+    assert Position.objects.get(account=account_down).quantity == Decimal("0.1")
+    down.fail_next(TemporaryError("reset", venue="hyperliquid"), times=0)
+    down._failures.clear()  # the venue is back: the next tick closes it
+    assert engine.positions_monitor()["exits"] == 1
+    assert Position.objects.get(account=account_down).quantity == 0
+
+
+def test_reconcile_records_fills_made_while_we_were_down_once(db, monkeypatch, venue, make_strategy) -> None:
+    account = _live_account(monkeypatch, venue)
+    strategy = make_strategy(account, mode="live", sizing_value="0.2")
+    signal = _send(strategy, "open_long", "down-limit", order_type="limit", price=Decimal("49500"))
+    order = Order.objects.get(signal=signal)
+    assert order.status == Order.Status.OPEN
+
+    venue.set_price(SYMBOL, "49400")  # fills on the venue while nothing of ours runs
+    report = reconcile.account_reconcile(account=account)
+    assert report["updated_orders"] == 1 and report["unknown_venue_orders"] == []
+    assert report["position_differences"] == {}
+    order.refresh_from_db()
+    assert order.status == Order.Status.FILLED and order.filled_quantity == Decimal("0.2")
+    assert Position.objects.get(strategy=strategy).quantity == Decimal("0.2")
+    assert Signal.objects.get(pk=signal.pk).status == Signal.Status.EXECUTED
+
+    again = reconcile.account_reconcile(account=account)
+    assert again["updated_orders"] == 0
+    assert Fill.objects.filter(order=order).count() == 1
+
+
+def test_reconcile_finds_an_order_whose_reply_was_lost_without_resending_it(db, monkeypatch, venue,
+                                                                           make_strategy) -> None:
+    account = _live_account(monkeypatch, venue)
+    strategy = make_strategy(account, mode="live", sizing_value="0.1")
+    venue.drop_reply_next(OrderStatusUnknownError("read timed out", venue="coinbase"))
+    signal = _send(strategy, "open_long", "lost-reply")
+    order = Order.objects.get(signal=signal)
+    assert order.status == Order.Status.UNKNOWN and not Fill.objects.exists()
+
+    report = reconcile.account_reconcile(account=account)
+    assert report["recovered_orders"] == 1
+    order.refresh_from_db()
+    assert order.status == Order.Status.FILLED and order.venue_order_id
+    assert Position.objects.get(strategy=strategy).quantity == Decimal("0.1")
+    assert venue.calls.count("create_order") == 1  # looked up by client id, never resent
+    assert len(venue.paper._store._orders) == 1
+
+
+def test_venue_orders_we_did_not_place_are_flagged_never_adopted(db, monkeypatch, venue, make_strategy) -> None:
+    account = _live_account(monkeypatch, venue)
+    make_strategy(account, mode="live")
+    foreign = venue.create_order(OrderRequest(client_order_id="placed-by-hand", symbol=SYMBOL, side=Side.BUY,
+                                              type=OrderType.LIMIT, quantity=Decimal("0.01"),
+                                              price=Decimal("30000")))
+    for _ in range(2):
+        report = reconcile.account_reconcile(account=account)
+        assert report["unknown_venue_orders"] == ["placed-by-hand"]
+    assert not Order.objects.exists()
+    assert venue.fetch_order(SYMBOL, foreign.venue_order_id).status.value == "open"  # not canceled either
+    flagged = AuditEvent.objects.filter(action="reconcile.unknown_venue_order", entity_id=str(account.pk))
+    assert [e.data["order"] for e in flagged] == ["placed-by-hand"]  # one row, not one per run
+    assert VenueAccount.objects.get(pk=account.pk).last_reconcile_report["unknown_venue_orders"] == ["placed-by-hand"]
+
+
+def test_one_broken_account_does_not_stop_the_others_reconciling(db, monkeypatch, venue, make_account) -> None:
+    good = _live_account(monkeypatch, venue)
+    install(monkeypatch, failing_builder(AuthError("bad key", venue="synthetix")), name="synthetix")
+    monkeypatch.setenv("SNX_T_PRIVATE_KEY", "x")
+    services.account_create(data={"name": "broken", "venue": "synthetix", "network": "testnet",
+                                  "credentials_env": "SNX_T"}, by="test")
+    paper = make_account(name="paper")
+    reports = reconcile.accounts_reconcile()
+    assert reports["broken"]["error"] == "AuthError: bad key"  # type: ignore[index]
+    assert "error" not in reports["live"] and "error" not in reports["paper"]  # type: ignore[operator]
+    assert VenueAccount.objects.get(pk=good.pk).last_reconciled_at is not None
+    assert VenueAccount.objects.get(pk=paper.pk).last_reconciled_at is not None
+
+
+@pytest.mark.integration
+def test_a_worker_start_records_venue_fills_made_while_no_worker_ran(workers, make_account, make_strategy,
+                                                                     set_price) -> None:
+    account = make_account()
+    strategy = make_strategy(account, sizing_value="0.05")
+    set_price(SYMBOL, "50000")
+    signal = _send(strategy, "open_long", "while-down", order_type="limit", price=Decimal("49000"))
+    order = Order.objects.get(signal=signal)
+    assert order.status == Order.Status.OPEN
+    set_price(SYMBOL, "48800")
+    connector_for(account).match()  # the venue side works the order; nothing of ours records it
+    assert Order.objects.get(pk=order.pk).status == Order.Status.OPEN
+
+    workers.start()  # start-up reconciliation asks the venue
+    wait_for(lambda: Order.objects.get(pk=order.pk).status == Order.Status.FILLED, timeout=30,
+             what="the fill recorded at worker start")
+    assert Position.objects.get(strategy=strategy).quantity == Decimal("0.05")
+    assert Fill.objects.filter(order=order).count() == 1
