@@ -75,6 +75,12 @@ class MemoryVenue(Connector):
         with self._lock:
             self._failures.extend([(call, exc)] * times)
 
+    def recover(self) -> None:
+        """Forget every planned failure: the venue answers normally again."""
+        with self._lock:
+            self._failures.clear()
+            self._dropped.clear()
+
     def drop_reply_next(self, exc: BaseException, *, call: str = "create_order", times: int = 1) -> None:
         """Let the next `times` calls of `call` take effect on the venue, then raise `exc` (the reply was lost)."""
         with self._lock:

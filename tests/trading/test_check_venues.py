@@ -114,7 +114,7 @@ def test_malformed_credentials_are_reported_with_the_secret_scrubbed(db, monkeyp
 def test_no_connectivity_fails_and_names_only_the_endpoint_origin(db, memory, monkeypatch) -> None:
     monkeypatch.setenv("CB_TEST_ENDPOINT", "http://127.0.0.1:9/v2/rpc-api-key-in-path")
     _account("cb-test")
-    memory.fail_next(TemporaryError("connection refused", venue="coinbase"), call="markets")
+    memory.fail_next(TemporaryError("connection refused", venue="coinbase"), call="markets", times=10)
     output, error = _run()
     assert error is not None and error.returncode == 1
     row = _row(output, "cb-test", "connectivity")
