@@ -28,6 +28,9 @@ def _venue_guards_reset() -> Iterator[None]:
 
     registry.guards_reset()
     yield
+    from trading.venues import side_connections_close
+
+    side_connections_close()  # the venue journal's own connections, before the test database is dropped
 
 
 @pytest.fixture

@@ -48,6 +48,7 @@ api_patterns = [
          name="strategy-rotate-secret"),
     path("accounts/", apis.AccountListApi.as_view(), name="account-list"),
     path("accounts/<int:account_id>/", apis.AccountDetailApi.as_view(), name="account-detail"),
+    path("venues/", apis.VenueHealthListApi.as_view(), name="venue-health-list"),
     path("orders/", apis.OrderListApi.as_view(), name="order-list"),
     path("orders/<int:order_id>/", apis.OrderDetailApi.as_view(), name="order-detail"),
     path("orders/<int:order_id>/cancel/", apis.OrderCancelApi.as_view(), name="order-cancel"),

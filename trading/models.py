@@ -403,3 +403,46 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.time:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.entity}:{self.entity_id}"
+
+
+class VenueJournalEntry(models.Model):
+    """Durable key/value state a live connector keeps outside the venue (e.g. a signed transaction before broadcast).
+
+    Written on its own connection, so no foreign-key constraint: the write never waits on, or depends on, a
+    transaction that holds the account row.
+    """
+
+    account = models.ForeignKey(VenueAccount, on_delete=models.DO_NOTHING, db_constraint=False,
+                                related_name="journal_entries")
+    key = models.CharField(max_length=200)
+    value = models.JSONField()
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["account", "key"], name="venue_journal_key_unique")]
+        verbose_name_plural = "venue journal entries"
+
+
+class VenueHealth(models.Model):
+    """The latest circuit-breaker state of an account's venue, as reported by the process that saw it change."""
+
+    class State(models.TextChoices):
+        CLOSED = "closed", "Closed"
+        OPEN = "open", "Open"
+        HALF_OPEN = "half_open", "Half-open"
+
+    account = models.OneToOneField(VenueAccount, on_delete=models.DO_NOTHING, db_constraint=False,
+                                   related_name="venue_health")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.CLOSED)
+    since = models.DateTimeField()
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")  # error class and message, secret-looking values removed
+    reporter = models.CharField(max_length=100, blank=True, default="")  # host:pid of the reporting process
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name_plural = "venue health"
+
+    def __str__(self) -> str:
+        return f"{self.account_id}: {self.state}"

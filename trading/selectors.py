@@ -143,3 +143,65 @@ def pnl_summary() -> dict[str, list[PnlLine]]:
             for a in accounts
         ],
     }
+
+
+@dataclass(frozen=True)
+class VenueHealthLine:
+    """One account's venue health: its circuit breaker (as last reported by a worker) and its last reconciliation."""
+
+    account_id: int
+    account_name: str
+    venue: str
+    network: str
+    breaker_state: str  # closed | open | half_open; "none" for paper accounts (no breaker)
+    breaker_since: datetime | None
+    consecutive_failures: int
+    last_error: str  # error class and message, secret-looking values removed
+    reported_by: str  # host:pid of the process that saw the last transition
+    last_reconciled_at: datetime | None
+    reconcile_summary: dict[str, Any]
+
+
+def venue_health_list() -> list[VenueHealthLine]:
+    """Every account's breaker state and reconciliation summary, by account name, in one query."""
+    lines = []
+    for account in VenueAccount.objects.select_related("venue_health").order_by("name"):
+        health = getattr(account, "venue_health", None)  # no row: no breaker transition was ever reported
+        paper = account.venue == VenueAccount.Venue.PAPER
+        lines.append(VenueHealthLine(
+            account_id=account.pk, account_name=account.name, venue=account.venue, network=account.network,
+            breaker_state="none" if paper else (health.state if health else "closed"),
+            breaker_since=health.since if health else None,
+            consecutive_failures=health.consecutive_failures if health else 0,
+            last_error=health.last_error if health else "",
+            reported_by=health.reporter if health else "",
+            last_reconciled_at=account.last_reconciled_at,
+            reconcile_summary=reconcile_summary(account.last_reconcile_report),
+        ))
+    return lines
+
+
+_RECONCILE_PROBLEMS = ("unknown_venue_orders", "position_differences", "final_here_open_on_venue")
+
+
+def reconcile_summary(report: dict[str, Any] | None) -> dict[str, Any]:
+    """Counts of a reconciliation report (lists and mappings by their length), its error, and whether all agreed."""
+    if not report:
+        return {}
+    summary: dict[str, Any] = {"ok": True}
+    for key, value in report.items():
+        if key == "time":
+            continue
+        if key == "error":
+            summary["error"] = str(value)
+            summary["ok"] = False
+        elif isinstance(value, dict) and key not in _RECONCILE_PROBLEMS and all(
+                isinstance(v, (str, int, bool)) or v is None for v in value.values()):
+            summary[key] = value  # a small record, e.g. the cash comparison
+        elif isinstance(value, (list, tuple, dict)):
+            summary[key] = len(value)
+            if value and key in _RECONCILE_PROBLEMS:
+                summary["ok"] = False
+        elif isinstance(value, (int, str, bool)) or value is None:
+            summary[key] = value
+    return summary

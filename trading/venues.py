@@ -1,23 +1,32 @@
-"""Connectors for accounts: the Django-backed paper store and price feed, and a per-process connector cache."""
+"""Connectors for accounts: the Django-backed paper store and price feed, the durable venue journal, venue health,
+and a per-process connector cache."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connection, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.utils import timezone
 
 from exchanges import registry
 from exchanges.base import Connector, OrderRequest, OrderType, Side, Ticker, VenueFill, VenueOrder, VenueOrderStatus
 from exchanges.errors import TemporaryError
 from exchanges.paper import DEFAULT_MARKETS, PaperConfig, PaperVenue
-from trading.models import MarketPrice, PaperOrder, PaperPosition, VenueAccount
+from exchanges.resilience import BreakerEvent
+from trading.models import MarketPrice, PaperOrder, PaperPosition, VenueAccount, VenueHealth, VenueJournalEntry
+
+log = logging.getLogger("venues")
 
 _cache: dict[int, tuple[datetime, Connector]] = {}
 _PAPER_LOCK_SPACE = 7411  # advisory-lock namespace of the paper venue (key 2 = account id)
@@ -51,8 +60,141 @@ def _build(account: VenueAccount) -> Connector:
     endpoint = credentials.pop("endpoint", None) or None
     return registry.build(
         venue=account.venue, network=account.network, credentials=credentials, endpoint=endpoint,
-        account=account.name,
+        journal=DjangoVenueJournal(account.pk), account=account.name,
+        on_breaker=_health_reporter(account.pk, secrets=[v for k, v in credentials.items() if len(v) >= 6]),
     )
+
+
+# --------------------------------------------------------------------------------------------- durable writes
+
+_side = threading.local()
+_SIDE_STATEMENT_TIMEOUT_MS = 5000
+_side_all: list[BaseDatabaseWrapper] = []  # every thread's side connection, so they can all be closed
+_side_all_lock = threading.Lock()
+
+
+def _side_connection() -> BaseDatabaseWrapper:
+    """This thread's own autocommit connection to the default database (recreated after a fork)."""
+    conn: BaseDatabaseWrapper | None = getattr(_side, "conn", None)
+    if conn is None or conn.connection is None or getattr(_side, "pid", None) != os.getpid():
+        conn = connections.create_connection(DEFAULT_DB_ALIAS)
+        conn.inc_thread_sharing()  # side_connections_close() may close it from another thread
+        conn.ensure_connection()
+        with conn.cursor() as cursor:
+            # Never hang the caller: a journal write that cannot finish in 5 s fails loudly.
+            cursor.execute(f"SET statement_timeout = {_SIDE_STATEMENT_TIMEOUT_MS}")
+        _side.conn, _side.pid = conn, os.getpid()
+        with _side_all_lock:
+            _side_all.append(conn)
+    return conn
+
+
+def side_connections_close() -> None:
+    """Close every thread's side connection (tests, before their database is dropped)."""
+    with _side_all_lock:
+        conns = list(_side_all)
+        _side_all.clear()
+    for conn in conns:
+        conn.close()
+    _side.conn = None
+
+
+def _durable_sql(sql: str, params: list[Any]) -> None:
+    """Run one write on this thread's side connection: committed when it returns, whatever transaction is open."""
+    for attempt in (1, 2):
+        conn = _side_connection()
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(sql, params)
+            return
+        except (OperationalError, InterfaceError):
+            # A dropped connection (server restart, idle timeout): reconnect once, then give up loudly.
+            conn.close()
+            _side.conn = None
+            if attempt == 2:
+                raise
+
+
+def _needs_side_connection() -> bool:
+    """Inside an atomic block a write on the default connection would commit (or roll back) with it."""
+    # SQLite allows one writer at a time: a second connection would wait on the outer transaction, so there the
+    # journal commits with it (SQLite is for development; live venues run on Postgres).
+    return connection.in_atomic_block and connection.vendor == "postgresql"
+
+
+class DjangoVenueJournal:
+    """A VenueJournal in the database: `put` and `delete` are committed when they return, even when the caller
+    holds a transaction (which may still roll back) — e.g. a raw transaction is stored before its broadcast."""
+
+    def __init__(self, account_id: int) -> None:
+        self.account_id = account_id
+
+    def put(self, key: str, value: Mapping[str, Any]) -> None:
+        data = dict(value)
+        now = timezone.now()
+        if _needs_side_connection():
+            table = VenueJournalEntry._meta.db_table
+            _durable_sql(
+                f"INSERT INTO {table} (account_id, key, value, created_at, updated_at) "
+                f"VALUES (%s, %s, %s::jsonb, %s, %s) ON CONFLICT (account_id, key) "
+                f"DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at",
+                [self.account_id, key, json.dumps(data), now, now],
+            )
+            return
+        VenueJournalEntry.objects.update_or_create(account_id=self.account_id, key=key,
+                                                   defaults={"value": data, "updated_at": now},
+                                                   create_defaults={"value": data, "created_at": now,
+                                                                    "updated_at": now})
+
+    def get(self, key: str) -> Mapping[str, Any] | None:
+        value: dict[str, Any] | None = VenueJournalEntry.objects.filter(
+            account_id=self.account_id, key=key).values_list("value", flat=True).first()
+        return value
+
+    def items(self, prefix: str = "") -> list[tuple[str, Mapping[str, Any]]]:
+        rows = VenueJournalEntry.objects.filter(account_id=self.account_id, key__startswith=prefix)
+        return list(rows.order_by("key").values_list("key", "value"))
+
+    def delete(self, key: str) -> None:
+        if _needs_side_connection():
+            _durable_sql(f"DELETE FROM {VenueJournalEntry._meta.db_table} WHERE account_id = %s AND key = %s",
+                         [self.account_id, key])
+            return
+        VenueJournalEntry.objects.filter(account_id=self.account_id, key=key).delete()
+
+
+# --------------------------------------------------------------------------------------------- venue health
+
+
+def venue_health_record(*, account_id: int, event: BreakerEvent, secrets: Sequence[str] = ()) -> None:
+    """Persist a breaker transition of an account's venue (durable even if the caller's transaction rolls back).
+
+    `secrets` (the account's credential values) are blanked out of the error text should a venue echo one.
+    """
+    now = timezone.now()
+    reporter = f"{socket.gethostname()}:{os.getpid()}"[:100]
+    last_error = event.last_error
+    for secret in secrets:
+        last_error = last_error.replace(secret, "[redacted]")
+    values = [event.state.value, event.since, event.consecutive_failures, last_error, reporter, now]
+    if _needs_side_connection():
+        _durable_sql(
+            f"INSERT INTO {VenueHealth._meta.db_table} "
+            f"(account_id, state, since, consecutive_failures, last_error, reporter, updated_at) "
+            f"VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (account_id) DO UPDATE SET state = EXCLUDED.state, "
+            f"since = EXCLUDED.since, consecutive_failures = EXCLUDED.consecutive_failures, "
+            f"last_error = EXCLUDED.last_error, reporter = EXCLUDED.reporter, updated_at = EXCLUDED.updated_at",
+            [account_id, *values],
+        )
+        return
+    fields = dict(zip(("state", "since", "consecutive_failures", "last_error", "reporter", "updated_at"), values))
+    VenueHealth.objects.update_or_create(account_id=account_id, defaults=fields)
+
+
+def _health_reporter(account_id: int, *, secrets: Sequence[str]) -> Callable[[BreakerEvent], None]:
+    def report(event: BreakerEvent) -> None:
+        venue_health_record(account_id=account_id, event=event, secrets=secrets)
+    return report
 
 
 def price_set(symbol: str, price: Decimal, *, time: datetime, volume: Decimal | None = None) -> None:
