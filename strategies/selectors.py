@@ -12,12 +12,12 @@ from datetime import datetime
 
 import numpy as np
 from django.db import connection
-from django.db.models import BigIntegerField, F, FloatField, Func, TextField
+from django.db.models import BigIntegerField, F, FloatField, Func, QuerySet, TextField
 from django.db.models.functions import Cast
 
 from strategies.base import Candles
 from strategies.marketdata import CandleRow, datetime_to_ms, timeframe_delta
-from strategies.models import Candle, StrategyEvaluation
+from strategies.models import BacktestRun, Candle, StrategyEvaluation
 from trading.models import Strategy
 
 _COLUMNS = ("open_time", "open", "high", "low", "close", "volume")
@@ -120,3 +120,43 @@ def strategy_last_evaluated_candle(strategy_id: int) -> datetime | None:
     """Open time of the newest candle a strategy has evaluated, or None."""
     return (StrategyEvaluation.objects.filter(strategy_id=strategy_id).order_by("-candle_open_time")
             .values_list("candle_open_time", flat=True).first())
+
+
+# --------------------------------------------------------------------------------------------- dashboard pages
+
+
+def backtest_run_list() -> QuerySet[BacktestRun]:
+    """Backtest runs newest first, without their trade lists."""
+    return BacktestRun.objects.defer("trades").order_by("-created_at", "-id")
+
+
+def backtest_equity(run: BacktestRun) -> dict[str, list]:  # type: ignore[type-arg]
+    """A run's equity after each closed trade and its drawdown (%), from its stored trades (Decimal as strings)."""
+    from decimal import Decimal
+
+    cash = Decimal(str((run.config or {}).get("cash", "10000")))
+    start_ms = run.trades[0]["entry_time"] if run.trades else (datetime_to_ms(run.start) if run.start else 0)
+    times, equity, drawdown = [start_ms // 1000], [str(cash)], ["0"]
+    peak = cash
+    for trade in run.trades:
+        cash += Decimal(trade["pnl"])
+        peak = max(peak, cash)
+        times.append(int(trade["exit_time"]) // 1000)
+        equity.append(str(cash))
+        drawdown.append(str(((cash / peak) - 1) * 100 if peak > 0 else Decimal(0)))
+    return {"x": times, "equity": equity, "drawdown": drawdown}
+
+
+def candle_markets() -> list[dict[str, object]]:
+    """Stored candle markets (venue, symbol, timeframe) with their first and last candle and count."""
+    from django.db.models import Count, Max, Min
+
+    return list(Candle.objects.values("venue", "symbol", "timeframe")
+                .annotate(first=Min("open_time"), last=Max("open_time"), count=Count("id"))
+                .order_by("venue", "symbol", "timeframe"))
+
+
+def strategy_price_chart(strategy: Strategy, *, limit: int = 500) -> dict[str, list]:  # type: ignore[type-arg]
+    """The last `limit` stored closes of a strategy's market (epoch seconds, floats for drawing only)."""
+    candles = candles_read(strategy.account.venue, strategy.symbol, strategy.timeframe, limit=limit)
+    return {"x": (candles.time // 1000).tolist(), "close": candles.close.tolist()}

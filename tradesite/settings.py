@@ -249,6 +249,7 @@ STATIC_ROOT = VAR_DIR / "static"
 SERVE_STATIC = env_bool("TRADESITE_SERVE_STATIC", True)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 
+STATICFILES_DIRS = [BASE_DIR / "static"]  # the dashboard's CSS/JS and vendored htmx + uPlot (no CDN)
 # --- Trading ---
 TRADING = {
     # Prices older than this are stale: entries are refused (seconds).

@@ -15,6 +15,37 @@ from strategies import apis as backtest_apis
 from tradesite import health, metrics
 from trading import apis
 from webhooks.apis import SignalCreateApi
+from django.contrib.auth import views as auth_views
+from strategies import views as strategy_views
+from trading import views as pages
+from webhooks import views as webhook_views
+
+# The dashboard: server-rendered pages (login required on each).
+page_patterns = [
+    path("", pages.overview, name="dashboard-overview"),
+    path("login/", auth_views.LoginView.as_view(template_name="dashboard/login.html",
+                                                redirect_authenticated_user=True), name="dashboard-login"),
+    path("logout/", auth_views.LogoutView.as_view(next_page="dashboard-login"), name="dashboard-logout"),
+    path("kill-switch/engage/", pages.kill_switch_engage, name="dashboard-kill-engage"),
+    path("kill-switch/release/", pages.kill_switch_release, name="dashboard-kill-release"),
+    path("strategies/", pages.strategy_list, name="dashboard-strategies"),
+    path("strategies/new/", pages.strategy_create, name="dashboard-strategy-create"),
+    path("strategies/<int:strategy_id>/", strategy_views.strategy_detail, name="dashboard-strategy"),
+    path("strategies/<int:strategy_id>/edit/", pages.strategy_edit, name="dashboard-strategy-edit"),
+    path("strategies/<int:strategy_id>/webhook/", pages.strategy_webhook, name="dashboard-strategy-webhook"),
+    path("strategies/<int:strategy_id>/rotate-secret/", pages.strategy_secret_rotate,
+         name="dashboard-strategy-rotate"),
+    path("strategies/<int:strategy_id>/<str:action>/", pages.strategy_transition, name="dashboard-strategy-action"),
+    path("orders/", pages.order_list, name="dashboard-orders"),
+    path("orders/<int:order_id>/cancel/", pages.order_cancel, name="dashboard-order-cancel"),
+    path("positions/", pages.position_list, name="dashboard-positions"),
+    path("positions/<int:position_id>/close/", pages.position_close, name="dashboard-position-close"),
+    path("signals/", pages.signal_list, name="dashboard-signals"),
+    path("backtests/", strategy_views.backtest_list, name="dashboard-backtests"),
+    path("backtests/compare/", strategy_views.backtest_compare, name="dashboard-backtest-compare"),
+    path("backtests/<int:run_id>/", strategy_views.backtest_detail, name="dashboard-backtest"),
+    path("webhook-tester/", webhook_views.webhook_tester, name="dashboard-webhook-tester"),
+]
 
 
 def by_method(default: Any, **views: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -78,3 +109,4 @@ if settings.SERVE_STATIC:
     # Without a proxy (make run, DEBUG off) the docs page still loads its local Swagger UI files.
     urlpatterns.append(re_path(r"^static/(?P<path>.*)$", static_serve, {"insecure": True}))
 urlpatterns.append(path("api/", include("webhooks.urls")))  # the TradingView webhook
+urlpatterns += page_patterns

@@ -11,7 +11,8 @@ from typing import Any
 from django.db.models import Prefetch, QuerySet
 
 from trading import pnl
-from trading.models import EquitySnapshot, KillSwitch, MarketPrice, Order, Position, Signal, Strategy, VenueAccount
+from trading.models import (EquitySnapshot, Fill, KillSwitch, MarketPrice, Order, Position, Signal, Strategy,
+                            VenueAccount)
 
 _ZERO = Decimal("0")
 
@@ -143,6 +144,139 @@ def pnl_summary() -> dict[str, list[PnlLine]]:
             for a in accounts
         ],
     }
+
+
+# --------------------------------------------------------------------------------------------- dashboard pages
+
+
+@dataclass(frozen=True)
+class PositionMark:
+    """An open position with its mark and unrealized P&L (quote)."""
+
+    position: Position
+    mark: Decimal | None
+    unrealized_pnl: Decimal
+
+
+@dataclass(frozen=True)
+class AccountToday:
+    """An account's equity now and its change since UTC midnight (None when no baseline is known)."""
+
+    account: VenueAccount
+    equity: Decimal
+    unrealized_pnl: Decimal
+    pnl_today: Decimal | None
+    realized_today: Decimal  # net of fees, from today's fills
+
+
+def positions_marked(*, strategy: int | None = None) -> list[PositionMark]:
+    """Open positions with the latest feed price and unrealized P&L (2 queries)."""
+    positions = list(_where(position_list(), strategy_id=strategy))
+    symbols = {p.symbol for p in positions}
+    marks = dict(MarketPrice.objects.filter(symbol__in=symbols).values_list("symbol", "price")) if symbols else {}
+    out = []
+    for p in positions:
+        mark = marks.get(p.symbol)
+        state = pnl.PositionState(p.quantity, p.cost_basis, p.realized_pnl, p.fees_paid)
+        out.append(PositionMark(p, mark, pnl.unrealized(state, mark) if mark is not None else _ZERO))
+    return out
+
+
+def accounts_today(*, now: datetime) -> list[AccountToday]:
+    """Each account's equity at the latest marks and its P&L since UTC midnight (a fixed number of queries)."""
+    from django.db.models import F, Min, Sum
+
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    lines = {line.id: line for line in pnl_summary()["accounts"]}
+    realized = dict(
+        Fill.objects.filter(time__gte=midnight).values("account_id")
+        .annotate(net=Sum(F("realized_pnl") - F("fee"))).values_list("account_id", "net")
+    )
+    first_today = dict(
+        EquitySnapshot.objects.filter(strategy__isnull=True, time__gte=midnight).values("account_id")
+        .annotate(first=Min("time")).values_list("account_id", "first")
+    )
+    baseline_rows = EquitySnapshot.objects.filter(strategy__isnull=True, time__in=list(first_today.values()))
+    baselines = {r.account_id: r.equity for r in baseline_rows if first_today.get(r.account_id) == r.time}
+    out = []
+    for account in VenueAccount.objects.order_by("name"):
+        line = lines.get(account.pk)
+        equity = line.equity if line else account.cash
+        base = account.day_start_equity if account.day_start == midnight.date() else baselines.get(account.pk)
+        out.append(AccountToday(account, equity, line.unrealized_pnl if line else _ZERO,
+                                None if base is None else equity - base, realized.get(account.pk) or _ZERO))
+    return out
+
+
+def equity_points(*, strategy: int | None = None, since: datetime | None = None,
+                  limit: int = 2000) -> list[tuple[datetime, int, Decimal]]:
+    """(time, account id, equity) of the newest `limit` snapshots, oldest first: a strategy's, else accounts'."""
+    rows = list(equity_series(strategy=strategy, since=since).order_by("-time", "-id")
+                .values_list("time", "account_id", "equity")[:limit])
+    rows.reverse()
+    return rows
+
+
+def strategy_list_with_activity() -> QuerySet[Strategy]:
+    """Strategies with their account and their newest signal's time, action and status (one query)."""
+    from django.db.models import OuterRef, Subquery
+
+    newest = Signal.objects.filter(strategy=OuterRef("pk")).order_by("-received_at", "-id")
+    return strategy_list().annotate(
+        last_signal_at=Subquery(newest.values("received_at")[:1]),
+        last_signal_action=Subquery(newest.values("action")[:1]),
+        last_signal_status=Subquery(newest.values("status")[:1]),
+    )
+
+
+def fill_list(*, strategy: int | None = None, since: datetime | None = None) -> QuerySet[Fill]:
+    """Fills newest first, with their order's purpose and strategy."""
+    qs = Fill.objects.select_related("order", "strategy").order_by("-time", "-id")
+    return _where(qs, strategy_id=strategy, time__gte=since)
+
+
+def venue_health() -> list[dict[str, Any]]:
+    """Each account's venue health for the dashboard: its breaker line and last reconciliation's findings."""
+    breakers = {line.account_id: line for line in venue_health_list()}
+    out = []
+    for account in account_list():
+        report = account.last_reconcile_report or {}
+        problems = [k for k in ("error", "unknown_venue_orders", "position_differences") if report.get(k)]
+        out.append({"account": account, "reconciled_at": account.last_reconciled_at, "report": report,
+                    "problems": problems, "breaker": breakers.get(account.pk)})
+    return out
+
+
+def signal_decision_preview(*, strategy: Strategy, intent: Any, atr: Decimal | None = None,
+                            now: datetime) -> Any:
+    """What risk would decide for `intent` (a domain SignalIntent) on this strategy now, writing nothing.
+
+    Runs the engine's own book read and `risk.decide` inside a transaction that is always rolled back, so the
+    preview sees what a real signal would and leaves no row behind. Raises VenueError when the venue is down.
+    """
+    from django.db import transaction
+
+    from trading import engine, risk
+    from trading.domain import MarketRules, Quote
+    from trading.venues import connector_for
+
+    with transaction.atomic():
+        try:
+            account = VenueAccount.objects.get(pk=strategy.account_id)
+            connector = connector_for(account)
+            market = connector.market(intent.symbol)
+            ticker = connector.ticker(intent.symbol)
+            book = engine._account_view(account, connector, now=now, marks={intent.symbol: ticker.price})  # noqa: SLF001
+            return risk.decide(
+                intent=intent, strategy_id=strategy.pk, account=book.view,
+                market=MarketRules(symbol=market.symbol, lot_size=market.lot_size, min_qty=market.min_qty,
+                                   tick_size=market.tick_size, min_notional=market.min_notional,
+                                   max_leverage=market.max_leverage),
+                quote=Quote(ticker.price, ticker.time), atr=atr, risk=engine.strategy_risk(strategy),
+                limits=engine.account_limits(account), now=now,
+            )
+        finally:
+            transaction.set_rollback(True)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,154 @@
+"""Dashboard pages of the strategies app: strategy detail (with its market's candles) and backtests."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone as dt_timezone
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.views.decorators.http import require_http_methods
+
+from strategies import selectors, services
+from strategies.library import RULES
+from strategies.marketdata import datetime_to_ms
+from strategies.models import BacktestRun
+from trading import selectors as trading_selectors
+from trading.models import Order
+from trading.services import TIMEFRAMES
+from trading.views import actor, errors_of, is_partial, page, paginate
+
+_EXIT_PURPOSES = {Order.Purpose.EXIT, Order.Purpose.STOP_LOSS, Order.Purpose.TAKE_PROFIT, Order.Purpose.KILL_SWITCH}
+
+
+@page
+def strategy_detail(request: HttpRequest, strategy_id: int) -> HttpResponse:
+    """Price chart with entries and exits, equity curve, position, trades, and signals with their decision trail."""
+    strategy = get_object_or_404(trading_selectors.strategy_list(), pk=strategy_id)
+    pnl = next((line for line in trading_selectors.pnl_summary()["strategies"] if line.id == strategy.pk), None)
+    fills = list(trading_selectors.fill_list(strategy=strategy.pk)[:200])
+    context: dict[str, Any] = {
+        "strategy": strategy, "pnl": pnl, "fills": fills,
+        "positions": trading_selectors.positions_marked(strategy=strategy.pk),
+        "signals": list(trading_selectors.signal_list(strategy=strategy.pk)[:50]),
+    }
+    if is_partial(request):
+        return render(request, "dashboard/_strategy_live.html", context)
+    price = selectors.strategy_price_chart(strategy)
+    markers = [{"t": int(f.time.timestamp()), "price": str(f.price), "side": f.side,
+                "exit": f.order.purpose in _EXIT_PURPOSES} for f in reversed(fills)]
+    equity = trading_selectors.equity_points(strategy=strategy.pk)
+    context["price_chart"] = {**price, "markers": markers, "symbol": strategy.symbol}
+    context["equity_chart"] = {"x": [int(t.timestamp()) for t, _, _ in equity],
+                               "series": [{"label": "equity", "values": [str(e) for _, _, e in equity]}]}
+    return render(request, "dashboard/strategy_detail.html", context)
+
+
+# --------------------------------------------------------------------------------------------- backtests
+
+BACKTEST_DEFAULTS = {"kind": "rsi", "params": "{}", "symbol": "ETH/BTC", "timeframe": "1m", "venue": "paper",
+                     "start": "", "end": "", "cash": "10000", "fee": "0.001", "slippage_bps": "0",
+                     "allow_short": ""}
+
+
+def _backtest_form(request: HttpRequest) -> tuple[dict[str, str], dict[str, Any], dict[str, list[str]]]:
+    """Posted launch fields: (raw values, arguments for backtest_run_create, errors found before it)."""
+    raw = {k: request.POST.get(k, "").strip() for k in BACKTEST_DEFAULTS}
+    errors: dict[str, list[str]] = {}
+    args: dict[str, Any] = {k: raw[k] for k in ("kind", "symbol", "timeframe", "venue")}
+    try:
+        args["params"] = json.loads(raw["params"] or "{}")
+        if not isinstance(args["params"], dict):
+            raise ValueError("must be a JSON object")
+    except ValueError as exc:
+        errors["params"] = [f"not a JSON object: {exc}"]
+    if raw["timeframe"] not in TIMEFRAMES:
+        errors["timeframe"] = [f"must be one of {', '.join(TIMEFRAMES)}"]
+    if not raw["symbol"]:
+        errors["symbol"] = ["this field is required"]
+    for name in ("start", "end"):
+        value: datetime | None = None
+        if raw[name]:
+            value = parse_datetime(raw[name])
+            if value is None:
+                errors[name] = ["a date and time such as 2024-01-31T12:00"]
+            elif timezone.is_naive(value):
+                value = timezone.make_aware(value, dt_timezone.utc)
+        args[name] = value
+    config: dict[str, Any] = {k: raw[k] for k in ("cash", "fee", "slippage_bps") if raw[k]}
+    if raw["allow_short"]:
+        config["allow_short"] = True
+    args["config"] = config
+    return raw, args, errors
+
+
+@page
+@require_http_methods(["GET", "POST"])
+def backtest_list(request: HttpRequest) -> HttpResponse:
+    """Backtest runs (pick two to compare) and the launch form (errors per field from the launch service)."""
+    values, errors = dict(BACKTEST_DEFAULTS), {}
+    if request.method == "POST":
+        values, args, errors = _backtest_form(request)
+        if not errors:
+            try:
+                run = services.backtest_run_create(**args, by=actor(request))
+            except ValidationError as exc:
+                errors = errors_of(exc)
+            else:
+                return HttpResponseRedirect(reverse("dashboard-backtest", args=[run.pk]))
+    runs = paginate(request, selectors.backtest_run_list())
+    response = render(request, "dashboard/backtest_list.html", {
+        "page": runs, "values": values, "errors": errors, "kinds": sorted(RULES), "timeframes": TIMEFRAMES,
+        "markets": selectors.candle_markets(),
+        "param_help": {k: [(p.name, p.default, p.help) for p in rule.params] for k, rule in sorted(RULES.items())},
+    })
+    if errors:
+        response.status_code = 400
+    return response
+
+
+@page
+def backtest_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+    """A run: progress while it runs, then metrics, equity and drawdown charts, and trades."""
+    run = get_object_or_404(BacktestRun, pk=run_id)
+    running = run.status in (BacktestRun.Status.QUEUED, BacktestRun.Status.RUNNING)
+    if is_partial(request):
+        response = render(request, "dashboard/_backtest_progress.html", {"run": run, "running": running})
+        if not running:
+            response["HX-Refresh"] = "true"  # finished: reload the page with the charts
+        return response
+    return render(request, "dashboard/backtest_detail.html", {
+        "run": run, "running": running, "chart": selectors.backtest_equity(run), "trades": run.trades[:1000],
+        "metrics": _metrics_rows(run.metrics),
+    })
+
+
+@page
+def backtest_compare(request: HttpRequest) -> HttpResponse:
+    """Two runs side by side: metrics and equity curves."""
+    ids = [v for v in request.GET.getlist("run") if v.isdigit()][:2]
+    runs = list(BacktestRun.objects.filter(pk__in=ids).order_by("id"))
+    if len(runs) != 2:
+        return render(request, "dashboard/backtest_compare.html", {"runs": runs, "error": "pick two runs"},
+                      status=400)
+    keys = sorted(set(runs[0].metrics) | set(runs[1].metrics))
+    rows = [{"name": k, "a": runs[0].metrics.get(k), "b": runs[1].metrics.get(k)} for k in keys]
+    charts = [{"label": f"#{r.pk} {r.kind}", **selectors.backtest_equity(r)} for r in runs]
+    return render(request, "dashboard/backtest_compare.html", {"runs": runs, "rows": rows, "charts": charts})
+
+
+def _metrics_rows(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [(k.replace("_", " "), v) for k, v in sorted(metrics.items())]
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    """Epoch ms as an aware UTC datetime (for templates)."""
+    return datetime.fromtimestamp(ms / 1000, tz=dt_timezone.utc)
+
+
+__all__ = ["strategy_detail", "backtest_list", "backtest_detail", "backtest_compare", "datetime_to_ms"]
