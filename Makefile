@@ -18,7 +18,14 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python manage.py run --port $(PORT)
 
-test: $(STAMP)
+# anvil (a local EVM node) for the Synthetix connector tests, pinned in the fake's package-lock.json
+SYNTHETIX_FAKE := tests/fakes/synthetix
+ANVIL := $(SYNTHETIX_FAKE)/node_modules/.package-lock.json
+
+$(ANVIL): $(SYNTHETIX_FAKE)/package-lock.json
+	npm ci --prefix $(SYNTHETIX_FAKE) --no-audit --no-fund --ignore-scripts
+
+test: $(STAMP) $(ANVIL)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

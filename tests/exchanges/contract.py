@@ -94,6 +94,17 @@ def decimals_of(value: Any) -> list[object]:
     return found
 
 
+def rests_limit_orders(venue: ContractVenue) -> bool:
+    """Whether the venue keeps limit orders working (an on-chain perp with only async market orders does not)."""
+    return venue.connector.capabilities.extra.get("limit_orders", "true") != "false"
+
+
+def skip_without_limit_orders(venue: ContractVenue) -> None:
+    """Skip a test that needs resting limit orders on a venue whose capabilities say it has none."""
+    if not rests_limit_orders(venue):
+        pytest.skip(f"{venue.connector.capabilities.venue} has no resting limit orders (capabilities.extra)")
+
+
 def open_position(venue: ContractVenue, quantity: Decimal) -> VenueOrder:
     """Buy at market and return the filled order."""
     order = venue.connector.create_order(request(venue, Side.BUY, quantity))
@@ -144,6 +155,7 @@ class ConnectorContract:
             assert position.quantity == first.filled_quantity
 
     def test_same_client_order_id_twice_rests_one_limit_order(self, venue: ContractVenue) -> None:
+        skip_without_limit_orders(venue)
         limit = far_price(venue, Side.BUY)
         for _ in range(2):
             venue.connector.create_order(
@@ -165,6 +177,7 @@ class ConnectorContract:
 
     @pytest.mark.parametrize("side", [Side.BUY, Side.SELL])
     def test_limit_order_rests_open_and_cancel_removes_it(self, venue: ContractVenue, side: Side) -> None:
+        skip_without_limit_orders(venue)
         quantity = small_quantity(venue.market, venue.price)
         if side is Side.SELL:
             open_position(venue, quantity)
@@ -182,6 +195,7 @@ class ConnectorContract:
         assert venue.connector.fetch_order(venue.symbol, placed.venue_order_id).status is VenueOrderStatus.CANCELED
 
     def test_resting_limit_fills_when_the_price_crosses_it(self, venue: ContractVenue) -> None:
+        skip_without_limit_orders(venue)
         limit = venue.market.round_price(venue.price * Decimal("0.9"), Side.BUY)
         placed = venue.connector.create_order(request(venue, Side.BUY, type_=OrderType.LIMIT, price=limit))
 
@@ -220,7 +234,8 @@ class ConnectorContract:
         limit = far_price(venue, Side.BUY)
         values: list[Any] = [
             open_position(venue, small_quantity(venue.market, venue.price)),
-            venue.connector.create_order(request(venue, Side.BUY, type_=OrderType.LIMIT, price=limit)),
+            *([venue.connector.create_order(request(venue, Side.BUY, type_=OrderType.LIMIT, price=limit))]
+              if rests_limit_orders(venue) else []),
             venue.connector.ticker(venue.symbol),
             *venue.connector.balances(),
             *venue.connector.positions(),

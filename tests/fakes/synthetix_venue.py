@@ -1,0 +1,232 @@
+"""A loopback Synthetix perps v3: anvil (a real JSON-RPC node) running the Vyper MockPerpsMarket, behind a
+FakeHTTPServer JSON-RPC front so the fault plan (429, 5xx, drops, accept-then-drop, timeouts) applies to the
+connector's traffic, and a keeper thread that settles committed orders at the oracle price (or lags, when paused).
+
+    with harness() as h:            # h.endpoint is the faulty front; h.extra["chain"] talks to anvil directly
+        connector = registry.build(venue="synthetix", network=h.network, credentials=h.credentials,
+                                   endpoint=h.endpoint)
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from eth_account import Account
+from web3 import Web3
+
+from tests.fakes.faults import FakeHTTPServer, Reply, Request
+from tests.fakes.synthetix import Anvil, anvil_path, load_artifact
+from tests.fakes.venues import VenueHarness
+
+UNIT = 10**18
+ETH_MARKET_ID = 100
+BTC_MARKET_ID = 200
+START_PRICE = Decimal("3000")
+DEPOSIT = Decimal("100000")
+CHAIN_IDS = {"testnet": 84532, "mainnet": 8453}
+# a fixed test key (never used anywhere real)
+TRADER_KEY = "0x" + "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
+OTHER_KEY = "0x" + "8da4ef21b864d2cc526dbdb2a120bd2874c36c9d0a1fb7f8c63d7f7a8b41de8f"
+
+
+def units(value: Decimal | str) -> int:
+    """A Decimal as the contracts' 18-decimal integer."""
+    return int(Decimal(value).scaleb(18))
+
+
+class RpcFront(FakeHTTPServer):
+    """Forwards JSON-RPC bodies to anvil; the fault plan and the journal apply on the way."""
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__()
+        self.upstream_port = upstream_port
+
+    def route(self, request: Request) -> Reply:
+        conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=30)
+        try:
+            conn.request("POST", "/", body=request.body, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            return Reply(response.status, response.read())
+        finally:
+            conn.close()
+
+    def rpc_methods(self) -> list[str]:
+        """JSON-RPC methods received, in order."""
+        out = []
+        for r in self.requests():
+            body = r.json()
+            for call in body if isinstance(body, list) else [body]:
+                out.append(str(call.get("method")))
+        return out
+
+
+@dataclass
+class Chain:
+    """Direct (fault-free) access to the fake chain: deploys, the oracle, the keeper and test helpers."""
+
+    anvil: Anvil
+    w3: Web3
+    market: Any  # MockPerpsMarket with the mock's own ABI (fake_ knobs included)
+    usd: Any
+    deployer: str
+    keeper_address: str
+    keeper_paused: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send(self, call: Any, sender: str | None = None) -> dict[str, Any]:
+        """Send a transaction from an unlocked anvil account and return its receipt."""
+        with self.lock:
+            tx_hash = call.transact({"from": sender or self.deployer})
+            return dict(self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=10, poll_latency=0.01))
+
+    def set_price(self, market_id: int, price: Decimal) -> None:
+        self.send(self.market.functions.fake_set_price(market_id, units(price)))
+
+    def settle_pending(self) -> int:
+        """Act as the keeper once: settle every pending order, or cancel one that cannot settle; return count."""
+        done = 0
+        for account_id in self.market.functions.fake_pending().call():
+            try:
+                self.market.functions.settleOrder(account_id).call({"from": self.keeper_address})
+                self.send(self.market.functions.settleOrder(account_id), self.keeper_address)
+                done += 1
+            except Exception:  # noqa: BLE001 - cannot settle now (price beyond acceptable, window): try cancel
+                try:
+                    self.market.functions.cancelOrder(account_id).call({"from": self.keeper_address})
+                    self.send(self.market.functions.cancelOrder(account_id), self.keeper_address)
+                    done += 1
+                except Exception:  # noqa: BLE001 - neither: leave it to expire
+                    pass
+        return done
+
+    def mine(self, seconds: int = 0) -> None:
+        """Move chain time on by `seconds` and mine a block."""
+        if seconds:
+            self.w3.provider.make_request("evm_increaseTime", [seconds])  # type: ignore[arg-type]
+        self.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
+    def automine(self, on: bool) -> None:
+        self.w3.provider.make_request("evm_setAutomine", [on])  # type: ignore[arg-type]
+
+    def committed(self) -> list[dict[str, Any]]:
+        """Every OrderCommitted event on the chain, oldest first."""
+        return [dict(e["args"]) | {"tx": "0x" + bytes(e["transactionHash"]).hex()}
+                for e in self.market.events.OrderCommitted().get_logs(from_block=0)]
+
+    def created_client_ids(self) -> list[str]:
+        return [bytes(e["trackingCode"]).rstrip(b"\x00").decode("ascii", "replace") for e in self.committed()]
+
+    def fund(self, address: str, usd: Decimal) -> None:
+        """Give an address gas money and `usd` of the collateral token."""
+        self.w3.provider.make_request("anvil_setBalance", [address, hex(10 * UNIT)])  # type: ignore[arg-type]
+        self.send(self.usd.functions.fake_mint(address, units(usd)))
+
+    def open_account(self, key: str, deposit: Decimal) -> int:
+        """Create a perps account for `key` and deposit collateral, signing locally; return the account id."""
+        trader = Account.from_key(key)
+        self.fund(trader.address, deposit)
+        receipt = self._signed(key, self.market.functions.createAccount())
+        account_id = int.from_bytes(bytes(receipt["logs"][0]["topics"][1]), "big")
+        self._signed(key, self.usd.functions.approve(self.market.address, units(deposit)))
+        self._signed(key, self.market.functions.modifyCollateral(account_id, 0, units(deposit)))
+        return account_id
+
+    def _signed(self, key: str, call: Any) -> dict[str, Any]:
+        trader = Account.from_key(key)
+        with self.lock:
+            tx = call.build_transaction({"from": trader.address,
+                                         "nonce": self.w3.eth.get_transaction_count(trader.address)})
+            signed = trader.sign_transaction(tx)
+            tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+            receipt = dict(self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=10, poll_latency=0.01))
+        assert receipt["status"] == 1
+        return receipt
+
+
+def _deploy(w3: Web3, deployer: str, name: str, *args: Any) -> Any:
+    contract = load_artifact()["contracts"][name]
+    factory = w3.eth.contract(abi=contract["abi"], bytecode=contract["bytecode"])
+    receipt = w3.eth.wait_for_transaction_receipt(factory.constructor(*args).transact({"from": deployer}),
+                                                  timeout=10, poll_latency=0.01)
+    return w3.eth.contract(address=receipt["contractAddress"], abi=contract["abi"])
+
+
+def _keeper(chain: Chain, stop: threading.Event) -> None:
+    while not stop.wait(0.01):
+        if chain.keeper_paused.is_set():
+            continue
+        try:
+            chain.settle_pending()
+        except Exception:  # noqa: BLE001 - the node is going away at teardown
+            if stop.is_set():
+                return
+
+
+@contextmanager
+def chain(network: str = "testnet") -> Iterator[Chain]:
+    """Start anvil with the mocks deployed, ETH-PERP and BTC-PERP listed, and the keeper running."""
+    if anvil_path() is None:
+        pytest.skip("anvil is not installed: run `npm ci --prefix tests/fakes/synthetix` (make test does)")
+    node = Anvil(chain_id=CHAIN_IDS[network])
+    stop = threading.Event()
+    keeper: threading.Thread | None = None
+    try:
+        w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 10}), middleware=[])
+        deployer, keeper_address = w3.eth.accounts[0], w3.eth.accounts[1]
+        usd = _deploy(w3, deployer, "MockUSD")
+        market = _deploy(w3, deployer, "MockPerpsMarket", usd.address)
+        c = Chain(anvil=node, w3=w3, market=market, usd=usd, deployer=deployer, keeper_address=keeper_address)
+        # fees 2 and 5 bps, 50x max leverage (2% minimum initial margin), 50 USD minimum position margin
+        c.send(market.functions.fake_create_market(ETH_MARKET_ID, "Ethereum", "ETH", units(START_PRICE),
+                                                   units("0.0002"), units("0.0005"), units("0.02"), units("50")))
+        c.send(market.functions.fake_create_market(BTC_MARKET_ID, "Bitcoin", "BTC", units("60000"),
+                                                   units("0.0002"), units("0.0005"), units("0.02"), units("50")))
+        keeper = threading.Thread(target=_keeper, args=(c, stop), name="synthetix-keeper", daemon=True)
+        keeper.start()
+        yield c
+    finally:
+        stop.set()
+        if keeper is not None:
+            keeper.join(timeout=5)
+        node.stop()
+
+
+@contextmanager
+def harness(network: str = "testnet", **options: str) -> Iterator[VenueHarness]:
+    """A funded Synthetix account on ETH-PERP behind the faulty JSON-RPC front; `options` go to credentials."""
+    with chain(network) as c:
+        account_id = c.open_account(TRADER_KEY, DEPOSIT)
+        front = RpcFront(c.anvil.port).start()
+        try:
+            def set_price(symbol: str, price: Decimal) -> None:
+                market_id = {"ETH-PERP": ETH_MARKET_ID, "BTC-PERP": BTC_MARKET_ID}[symbol]
+                c.set_price(market_id, price)
+                c.settle_pending()
+
+            credentials = {"private_key": TRADER_KEY, "account_id": str(account_id),
+                           "proxy_address": c.market.address, "poll_interval": "0.01", "settle_timeout": "5",
+                           "receipt_timeout": "5", "rpc_timeout": "2", **options}
+            yield VenueHarness(
+                venue="synthetix", network=network, endpoint=front.url, credentials=credentials, symbol="ETH-PERP",
+                price=START_PRICE, set_price=set_price, plan=front.plan, created_client_ids=c.created_client_ids,
+                extra={"chain": c, "front": front, "account_id": account_id},
+            )
+        finally:
+            front.stop()
+
+
+def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    """Poll `predicate` until true (for the keeper thread); fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
