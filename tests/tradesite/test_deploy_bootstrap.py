@@ -1,0 +1,196 @@
+"""The bootstrap entry point, run as a container runs it: a minimal environment, a fresh database, each role."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import ROOT, wait_for
+from tradesite.bootstrap import problems
+
+pytestmark = pytest.mark.integration
+SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+GOOD_TOKEN = "t" * 32
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def fresh_db() -> Iterator[str]:
+    """An empty Postgres database of its own (the bootstrap migrates it)."""
+    name = f"tradesite_boot_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(SERVER, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgres://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(SERVER, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def var_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bootvar")
+
+
+def clean_env(database_url: str, var_dir: Path, **extra: str) -> dict[str, str]:
+    """What a container gets: nothing of this shell, only the deployment's variables (production: DEBUG off)."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(var_dir), "DATABASE_URL": database_url,
+           "REDIS_URL": os.environ["REDIS_URL"], "REDIS_KEY_PREFIX": os.environ["REDIS_KEY_PREFIX"] + "boot:",
+           "TRADESITE_VAR_DIR": str(var_dir), "SECRET_KEY": "generate", "ALLOWED_HOSTS": "127.0.0.1,localhost",
+           "ADMIN_USERNAME": "operator", "ADMIN_PASSWORD": "operator-password-123", "GUNICORN_WORKERS": "1",
+           "CELERY_CONCURRENCY": "1"}
+    env.update(extra)
+    return {k: v for k, v in env.items() if v != ""}
+
+
+def bootstrap(role: str, env: dict[str, str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tradesite.bootstrap", role], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180, **kwargs)  # type: ignore[call-overload]
+
+
+# --------------------------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ({"SECRET_KEY": ""}, "SECRET_KEY is not set"),
+    ({"SECRET_KEY": "change-me-to-50-random-characters"}, "SECRET_KEY is weak"),
+    ({"SECRET_KEY": "short-but-random-Zq81"}, "SECRET_KEY is weak"),
+    ({"ALLOWED_HOSTS": ""}, "ALLOWED_HOSTS is not set"),
+    ({"ALLOWED_HOSTS": "*"}, "ALLOWED_HOSTS contains '*'"),
+    ({"TRADINGVIEW_WEBHOOK_SECRET": "x" * 31}, "TRADINGVIEW_WEBHOOK_SECRET is shorter than 32 bytes"),
+    ({"METRICS_TOKEN": "abc"}, "METRICS_TOKEN is shorter than 32 bytes"),
+    ({"ADMIN_PASSWORD": "short"}, "ADMIN_PASSWORD is shorter than 12 characters"),
+])
+def test_production_refuses_to_start_with_a_clear_message(tmp_path: Path, change: dict[str, str],
+                                                          needle: str) -> None:
+    env = clean_env("postgres://postgres@127.0.0.1:5432/never_used", tmp_path, **change)
+    result = bootstrap("web", env)
+    assert result.returncode == 2
+    assert f"bootstrap: refusing to start: {needle}" in result.stderr
+    assert not (tmp_path / "secret_key").exists()  # refused before touching anything
+
+
+def test_debug_mode_needs_no_key_or_hosts() -> None:
+    assert problems({"DEBUG": "1"}) == []
+    assert problems({"DEBUG": "0", "SECRET_KEY": "generate", "ALLOWED_HOSTS": "a.example",
+                     "TRADINGVIEW_WEBHOOK_SECRET": GOOD_TOKEN, "METRICS_TOKEN": GOOD_TOKEN}) == []
+
+
+def test_an_unknown_role_is_refused(tmp_path: Path) -> None:
+    result = bootstrap("shell", clean_env("postgres://x/y", tmp_path))
+    assert result.returncode == 2 and "usage: python -m tradesite.bootstrap" in result.stderr
+
+
+def test_a_failing_venue_check_refuses_the_start(fresh_db: str, var_dir: Path) -> None:
+    """A live account whose credentials are set: check_venues runs first (when this build has it)."""
+    bootstrap("migrate", clean_env(fresh_db, var_dir), check=True)
+    with psycopg.connect(fresh_db.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+        conn.execute("INSERT INTO trading_venueaccount (name, venue, network, credentials_env, quote_asset, cash, "
+                     "max_leverage, market_leverage_caps, paper_initial_cash, paper_slippage_bps, paper_cash, "
+                     "paper_sequence, paper_latency_ms, last_reconcile_report, created_at, updated_at) VALUES "
+                     "('cb-boot', 'coinbase', 'testnet', 'CBBOOT', 'USD', 0, 1, '{}', 0, 0, 0, 0, 0, '{}', now(), "
+                     "now())")
+    try:
+        env = clean_env(fresh_db, var_dir, CBBOOT_API_KEY="not-a-real-key", CBBOOT_API_SECRET="not-a-real-secret",
+                        CBBOOT_ENDPOINT="http://127.0.0.1:9/")  # nothing listens on port 9
+        result = bootstrap("migrate", env)
+        has_command = (ROOT / "trading" / "management" / "commands" / "check_venues.py").exists()
+        if has_command:
+            assert result.returncode == 2, result.stderr[-2000:]
+            assert "refusing to start: check_venues failed for cb-boot" in result.stderr
+        else:
+            assert result.returncode == 0
+            assert "no check_venues command" in result.stderr
+        skipped = bootstrap("migrate", {**env, "BOOTSTRAP_SKIP_VENUE_CHECK": "1"})
+        assert skipped.returncode == 0, skipped.stderr[-2000:]
+    finally:
+        with psycopg.connect(fresh_db.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+            conn.execute("DELETE FROM trading_venueaccount WHERE name = 'cb-boot'")
+
+
+# --------------------------------------------------------------------------------------------- roles
+
+
+def test_migrate_role_generates_the_key_once_and_creates_the_admin_once(fresh_db: str, var_dir: Path) -> None:
+    first = bootstrap("migrate", clean_env(fresh_db, var_dir))
+    assert first.returncode == 0, first.stderr[-3000:]
+    key_file = var_dir / "secret_key"
+    key = key_file.read_text()
+    assert len(key) >= 50 and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    second = bootstrap("migrate", clean_env(fresh_db, var_dir))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert key_file.read_text() == key  # kept on the volume
+    assert "admin user operator exists" in second.stderr
+    with psycopg.connect(fresh_db.replace("postgres://", "postgresql://")) as conn:
+        rows = conn.execute("SELECT is_superuser FROM auth_user WHERE username = 'operator'").fetchall()
+    assert rows == [(True,)]
+
+
+def _start(role: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "tradesite.bootstrap", role], cwd=ROOT, env=env,
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def test_web_role_serves_healthz_behind_gunicorn(fresh_db: str, var_dir: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    proc = _start("web", clean_env(fresh_db, var_dir, WEB_BIND=f"127.0.0.1:{port}"), tmp_path / "web.log")
+    try:
+        def up() -> bool:
+            assert proc.poll() is None, (tmp_path / "web.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_for(up, timeout=90, every=0.3, what="gunicorn answering /healthz")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        _stop(proc)
+    log = (tmp_path / "web.log").read_text()
+    assert "starting web:" in log and "gunicorn" in log
+
+
+def test_worker_and_beat_roles_start(fresh_db: str, var_dir: Path, tmp_path: Path) -> None:
+    expected = {"worker-execution": "ready.", "worker-monitoring": "ready.", "beat": "beat: Starting..."}
+    procs = {role: _start(role, clean_env(fresh_db, var_dir), tmp_path / f"{role}.log") for role in expected}
+    try:
+        for role, marker in expected.items():
+            def started(role: str = role, marker: str = marker) -> bool:
+                text = (tmp_path / f"{role}.log").read_text(errors="replace")
+                assert procs[role].poll() is None, text[-3000:]
+                return marker in text
+
+            wait_for(started, timeout=90, every=0.3, what=f"{role} started")
+    finally:
+        for proc in procs.values():
+            _stop(proc)
+    assert "-Q execution " in (tmp_path / "worker-execution.log").read_text()
+    assert "-Q strategies,monitoring " in (tmp_path / "worker-monitoring.log").read_text()
+    assert "DatabaseScheduler" in (tmp_path / "beat.log").read_text()
