@@ -34,7 +34,12 @@ from typing import Any
 
 import ccxt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
 
 from exchanges.base import (
     Balance,
@@ -75,6 +80,7 @@ STOP_LIMIT_SLIPPAGE = Decimal("0.01")  # a stop's limit price lies 1% through it
 DEFAULT_FEES = (Decimal("0.006"), Decimal("0.012"))  # (maker, taker) of the lowest tier, when the key cannot say
 PAGE_SIZE = 250
 CLIENT_ID_SEARCH_PAGES = 4  # newest orders of a market searched for a client order id: 4 x 250
+REMEMBERED_ORDERS = 10_000  # client id -> venue id pairs kept in memory (a shortcut, the venue stays the truth)
 MAX_CANDLES = 350
 MAX_CLOCK_SKEW = 30.0  # seconds; a JWT lives 120 s from our clock
 TIMEFRAMES = {
@@ -151,7 +157,9 @@ def parse_key(credentials: Mapping[str, str]) -> CdpKey:
         if not _KEY_NAME.match(name):
             raise AuthError("the Coinbase API key name must look like organizations/{org_id}/apiKeys/{key_id}",
                             venue=VENUE)
-        return CdpKey(name=name, secret=pem, algorithm="ES256")
+        # ccxt signs with a SEC1 PEM: normalise a PKCS#8 one ("BEGIN PRIVATE KEY") to it.
+        sec1 = key.private_bytes(Encoding.PEM, PrivateFormat.TraditionalOpenSSL, NoEncryption()).decode()
+        return CdpKey(name=name, secret=sec1, algorithm="ES256")
     try:
         raw = base64.b64decode(secret, validate=True)
     except (binascii.Error, ValueError):
@@ -201,7 +209,7 @@ def _retry_after(value: Any) -> float | None:
         return None
     try:
         return max(0.0, int(Decimal(str(value).strip()) * 1000) / 1000)  # delta-seconds
-    except (InvalidOperation, ValueError):
+    except (InvalidOperation, ValueError, OverflowError):
         pass
     try:
         return max(0.0, (parsedate_to_datetime(str(value)) - datetime.now(timezone.utc)).total_seconds())
@@ -568,7 +576,7 @@ class CoinbaseConnector(Connector):
             raise OrderStatusUnknownError(f"coinbase create order {request.client_order_id}: accepted without an "
                                           "order id; ask by client order id", venue=VENUE)
         with self._lock:
-            self._venue_ids[request.client_order_id] = order_id
+            self._remember(request.client_order_id, order_id)
             if "quote_size" in body["order_configuration"].get("market_market_ioc", {}):
                 self._requested[order_id] = request.quantity
         try:
@@ -582,6 +590,13 @@ class CoinbaseConnector(Connector):
                 price=request.price if request.type is OrderType.LIMIT else None,
                 trigger_price=request.trigger_price, reduce_only=request.reduce_only,
             )
+
+    def _remember(self, client_order_id: str, venue_order_id: str) -> None:
+        """Keep a client id's venue id (caller holds the lock); the oldest are forgotten past the cap."""
+        self._venue_ids.pop(client_order_id, None)
+        self._venue_ids[client_order_id] = venue_order_id
+        while len(self._venue_ids) > REMEMBERED_ORDERS:
+            del self._venue_ids[next(iter(self._venue_ids))]
 
     @staticmethod
     def _refusal(reply: Mapping[str, Any], client_order_id: str) -> VenueError:
@@ -636,7 +651,7 @@ class CoinbaseConnector(Connector):
             for raw in reply.get("orders") or []:
                 if isinstance(raw, dict) and raw.get("client_order_id") == client_order_id:
                     with self._lock:
-                        self._venue_ids[client_order_id] = str(raw["order_id"])
+                        self._remember(client_order_id, str(raw["order_id"]))
                     return self._parse_order(raw)
             cursor = reply.get("cursor") or ""
             if not reply.get("has_next") or not cursor:
@@ -724,6 +739,8 @@ class CoinbaseConnector(Connector):
             quantity = _dec(config["base_size"])
         elif status.is_final:
             quantity = filled
+            with self._lock:
+                self._requested.pop(order_id, None)
         else:
             with self._lock:
                 quantity = self._requested.get(order_id, filled)

@@ -439,3 +439,32 @@ def test_registry_build_reaches_the_fake(venue_harness: VenueHarness) -> None:
                                endpoint=venue_harness.endpoint, account="registry-test")
     assert connector.ticker("BTC/USD").price == Decimal("50000")
     assert connector.capabilities.venue == "coinbase"
+
+
+def test_fills_lagging_the_order_keep_it_working(coinbase: CoinbaseConnector, fake: CoinbaseFake,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fakes.faults import Reply
+
+    placed = coinbase.create_order(buy("0.001", OrderType.LIMIT, "40000"))
+    fake.set_price("BTC/USD", Decimal("39000"))
+    monkeypatch.setattr(fake, "_fills", lambda query: Reply(200, {"fills": [], "cursor": ""}))
+    lagging = coinbase.fetch_order("BTC/USD", placed.venue_order_id)
+    assert (lagging.status, lagging.filled_quantity, lagging.reason) == (
+        VenueOrderStatus.PARTIALLY_FILLED, Decimal("0"), "fills still arriving")
+    monkeypatch.undo()
+    done = coinbase.fetch_order("BTC/USD", placed.venue_order_id)
+    assert (done.status, done.filled_quantity) == (VenueOrderStatus.FILLED, Decimal("0.001"))
+
+
+def test_pkcs8_pem_is_accepted(venue_harness: VenueHarness) -> None:
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+        load_pem_private_key,
+    )
+
+    key = load_pem_private_key(venue_harness.credentials["api_secret"].encode(), password=None)
+    pkcs8 = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
+    assert pkcs8.startswith("-----BEGIN PRIVATE KEY-----")
+    assert connect(venue_harness, api_secret=pkcs8).balances()

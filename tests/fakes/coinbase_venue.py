@@ -650,9 +650,13 @@ class CoinbaseFake(FakeHTTPServer):
 
 @contextmanager
 def harness(*, algorithm: str = "ES256") -> Iterator[VenueHarness]:
-    """Start a funded CoinbaseFake (100,000 USD) trading BTC/USD at 50,000 and yield its harness."""
+    """Start a funded CoinbaseFake (100,000 USD) trading BTC/USD at 50,000 and yield its harness.
+
+    The credentials carry `timeout` (seconds per request, env `<PREFIX>_TIMEOUT`) of 2 s, so a held request
+    (Fault.TIMEOUT) times out quickly instead of after the production default of 10 s.
+    """
     fake = CoinbaseFake()
-    credentials = fake.add_key(algorithm)
+    credentials = {**fake.add_key(algorithm), "timeout": "2"}
     fake.fund("USD", "100000")
     fake.fund("BTC", "0")
     with fake:
