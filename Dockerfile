@@ -1,10 +1,45 @@
-# One image for web, worker and beat (the deployment issue hardens it: multi-stage, non-root, healthcheck).
-FROM python:3.11-slim
-WORKDIR /app
+# syntax=docker/dockerfile:1
+# One image for every role: `docker run IMAGE web|worker-execution|worker-monitoring|worker|beat|migrate`.
+# The entry point is tradesite/bootstrap.py: it checks the environment, prepares the volume, migrates, then execs.
+
+# ---- build: every dependency as a wheel (compilers stay in this stage) ----
+FROM python:3.11-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /build
 COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
+# TA-Lib's manylinux wheel bundles the TA-Lib C library (ta_lib.libs/): take the wheel, never a source build,
+# which would need the C library's headers and fail late.
+RUN pip wheel --wheel-dir /wheels --only-binary TA-Lib -r requirements.txt
+
+# ---- runtime: slim Python, the wheels, the code; runs as an unprivileged user ----
+FROM python:3.11-slim-bookworm AS runtime
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TRADESITE_VAR_DIR=/var/lib/tradesite \
+    LOG_DIR=/var/log/tradesite \
+    WEB_BIND=0.0.0.0:8000
+RUN groupadd --system --gid 10001 tradesite \
+ && useradd --system --uid 10001 --gid tradesite --home-dir /var/lib/tradesite --shell /usr/sbin/nologin tradesite
+COPY --from=build /wheels /wheels
+COPY requirements.txt /tmp/requirements.txt
+RUN pip install --no-index --find-links /wheels -r /tmp/requirements.txt \
+ && rm -rf /wheels /tmp/requirements.txt \
+ && python -c "import talib, numpy; talib.SMA(numpy.arange(20, dtype=float), 5)"
+WORKDIR /app
+# The code belongs to root and is read-only for the app user; only the volumes are writable.
 COPY . .
-RUN useradd --create-home tradesite && mkdir -p /var/lib/tradesite && chown tradesite /var/lib/tradesite
-USER tradesite
+RUN python -m compileall -q -x '(\.venv|tests)/' /app \
+ && mkdir -p /var/lib/tradesite /var/log/tradesite /etc/tradesite \
+ && chown tradesite:tradesite /var/lib/tradesite /var/log/tradesite
+USER tradesite:tradesite
+VOLUME ["/var/lib/tradesite", "/var/log/tradesite"]
 EXPOSE 8000
-CMD ["gunicorn", "tradesite.wsgi", "--bind", "0.0.0.0:8000", "--workers", "3"]
+# web: GET /healthz; workers and beat: the broker answers (tradesite/healthcheck.py reads TRADESITE_COMPONENT).
+HEALTHCHECK --interval=15s --timeout=6s --start-period=90s --retries=3 CMD ["python", "-m", "tradesite.healthcheck"]
+ENTRYPOINT ["python", "-m", "tradesite.bootstrap"]
+CMD ["web"]

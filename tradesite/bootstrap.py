@@ -76,6 +76,26 @@ def problems(env: Mapping[str, str]) -> list[str]:
     return found
 
 
+def env_files_load(env: dict[str, str]) -> list[str]:
+    """Fill NAME from the file named by NAME_FILE (Docker secrets, the mounted config volume); return the names.
+
+    A value set directly wins over a file. Trailing newlines are dropped.
+    """
+    loaded = []
+    for name, path in sorted(env.items()):
+        if not name.endswith("_FILE") or name == "_FILE" or not path:
+            continue
+        target = name[: -len("_FILE")]
+        if env.get(target):
+            continue
+        try:
+            env[target] = Path(path).read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise Refused(f"{name} points at {path}, which cannot be read ({exc.strerror})") from None
+        loaded.append(target)
+    return loaded
+
+
 def var_dir(env: Mapping[str, str]) -> Path:
     return Path(env.get("TRADESITE_VAR_DIR") or ROOT / "var")
 
@@ -108,7 +128,9 @@ def role_command(role: str, env: Mapping[str, str]) -> list[str]:
                 # A webhook must be answered well inside TradingView's 3 s; a stuck request is cut at 30 s.
                 "--timeout", env.get("GUNICORN_TIMEOUT", "30"), "--graceful-timeout", "30",
                 "--keep-alive", "5", "--max-requests", "5000", "--max-requests-jitter", "500",
-                "--access-logfile", "-", "--forwarded-allow-ips", env.get("FORWARDED_ALLOW_IPS", "127.0.0.1")]
+                "--access-logfile", "-", "--forwarded-allow-ips", env.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+                # Worker heartbeats on tmpfs: a container's overlay filesystem can stall them.
+                *(["--worker-tmp-dir", "/dev/shm"] if os.path.isdir("/dev/shm") else [])]
     if role == "worker-execution":
         return celery + ["worker", "-Q", "execution", "-n", "execution@%h", *worker]
     if role == "worker-monitoring":
@@ -196,6 +218,13 @@ def main(argv: list[str]) -> int:
         _say(f"usage: python -m tradesite.bootstrap {{{'|'.join(ROLES)}}}")
         return 2
     role, env = argv[0], dict(os.environ)
+    try:
+        loaded = env_files_load(env)
+    except Refused as exc:
+        _say(f"refusing to start: {exc}")
+        return 2
+    if loaded:
+        _say(f"read {', '.join(loaded)} from files")
     found = problems(env)
     if found:
         for line in found:

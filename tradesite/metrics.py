@@ -48,7 +48,7 @@ BREAKER_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
 
 
 def _window() -> int:
-    return int(os.environ.get("METRICS_WINDOW_SECONDS", "300"))
+    return int(settings.METRICS_WINDOW_SECONDS)
 
 
 def _histogram(values: Iterable[float]) -> tuple[list[tuple[str, float]], float, int]:

@@ -68,6 +68,8 @@ DEFAULT_EXCEPTION_REPORTER = "tradesite.errors.ExceptionReporter"
 # /metrics: a bearer token, else only these client addresses (the scraper on an internal network).
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", "127.0.0.1,::1")
+# The windowed trading metrics (stage latencies, signal/order/reject counts) cover this many recent seconds.
+METRICS_WINDOW_SECONDS = int(os.environ.get("METRICS_WINDOW_SECONDS", "300"))
 
 INSTALLED_APPS = [
     "django.contrib.admin",

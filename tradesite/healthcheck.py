@@ -1,0 +1,33 @@
+"""Container health probe (`python -m tradesite.healthcheck`): web answers /healthz; workers and beat reach Redis.
+
+Stdlib and redis-py only, no Django start-up: it runs every few seconds in every container.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.request
+
+
+def main() -> int:
+    """0 when healthy, 1 otherwise (one line on stderr says why)."""
+    role = os.environ.get("TRADESITE_COMPONENT", "web")
+    try:
+        if role == "web":
+            port = os.environ.get("WEB_BIND", "0.0.0.0:8000").rsplit(":", 1)[1]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=4) as response:
+                return 0 if response.status == 200 else 1
+        url = os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL", "")
+        if not url.startswith(("redis://", "rediss://")):
+            return 0  # the embedded filesystem broker: nothing to reach
+        import redis
+
+        return 0 if redis.Redis.from_url(url, socket_timeout=4, socket_connect_timeout=4).ping() else 1
+    except Exception as exc:  # noqa: BLE001 - any failure is unhealthy
+        print(f"unhealthy ({role}): {type(exc).__name__}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
