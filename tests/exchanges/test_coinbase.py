@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from decimal import Decimal
 
 import pytest
@@ -468,3 +469,15 @@ def test_pkcs8_pem_is_accepted(venue_harness: VenueHarness) -> None:
     pkcs8 = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
     assert pkcs8.startswith("-----BEGIN PRIVATE KEY-----")
     assert connect(venue_harness, api_secret=pkcs8).balances()
+
+
+def test_an_account_reaches_the_fake_through_its_environment(venue_harness: VenueHarness, make_account: Any,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from trading.venues import connector_for
+
+    for name, value in venue_harness.env("CB_TEST").items():
+        monkeypatch.setenv(name, value)
+    account = make_account(name="coinbase-env", venue="coinbase", network="mainnet", credentials_env="CB_TEST")
+    connector = connector_for(account)
+    assert {b.asset: b.free for b in connector.balances()}["USD"] == Decimal("100000")
+    assert [item.name for item in connector.verify() if not item.ok] == []
