@@ -568,13 +568,13 @@ class CoinbaseConnector(Connector):
         reply = self._dict(self._call("v3PrivatePostBrokerageOrders", body, action="create",
                                       context=f"create order {request.client_order_id}"),
                            f"create order {request.client_order_id}", action="create")
-        if reply.get("success") is not True:
+        if reply.get("success") is False:
             raise self._refusal(reply, request.client_order_id)
         accepted = reply.get("success_response") or {}
         order_id = str(accepted.get("order_id") or reply.get("order_id") or "")
-        if not order_id:
-            raise OrderStatusUnknownError(f"coinbase create order {request.client_order_id}: accepted without an "
-                                          "order id; ask by client order id", venue=VENUE)
+        if reply.get("success") is not True or not order_id:
+            raise OrderStatusUnknownError(f"coinbase create order {request.client_order_id}: a reply that neither "
+                                          "refuses nor names the order; ask by client order id", venue=VENUE)
         with self._lock:
             self._remember(request.client_order_id, order_id)
             if "quote_size" in body["order_configuration"].get("market_market_ioc", {}):

@@ -481,3 +481,14 @@ def test_an_account_reaches_the_fake_through_its_environment(venue_harness: Venu
     connector = connector_for(account)
     assert {b.asset: b.free for b in connector.balances()}["USD"] == Decimal("100000")
     assert [item.name for item in connector.verify() if not item.ok] == []
+
+
+def test_a_create_reply_that_neither_refuses_nor_names_the_order_is_unknown(coinbase: CoinbaseConnector,
+                                                                           fake: CoinbaseFake,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fakes.faults import Reply
+
+    coinbase.markets()
+    monkeypatch.setattr(fake, "_create", lambda request: Reply(200, {"order_configuration": None}))
+    with pytest.raises(OrderStatusUnknownError, match="ask by client order id"):
+        coinbase.create_order(buy())
