@@ -128,7 +128,9 @@ def role_command(role: str, env: Mapping[str, str]) -> list[str]:
                 # A webhook must be answered well inside TradingView's 3 s; a stuck request is cut at 30 s.
                 "--timeout", env.get("GUNICORN_TIMEOUT", "30"), "--graceful-timeout", "30",
                 "--keep-alive", "5", "--max-requests", "5000", "--max-requests-jitter", "500",
-                "--access-logfile", "-", "--forwarded-allow-ips", env.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+                # No gunicorn access log: it would print query strings past the redaction filter (requests are
+                # counted by django-prometheus and errors logged by Django, both through it).
+                "--forwarded-allow-ips", env.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
                 # Worker heartbeats on tmpfs: a container's overlay filesystem can stall them.
                 *(["--worker-tmp-dir", "/dev/shm"] if os.path.isdir("/dev/shm") else [])]
     if role == "worker-execution":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
 from datetime import datetime, timezone
-from urllib.parse import urlsplit
+from logging.handlers import RotatingFileHandler
+from urllib.parse import unquote, urlsplit
 
 from trading.logcontext import current
 
@@ -31,7 +33,8 @@ def secret_values() -> set[str]:
         if name in _URL_NAMES:
             password = urlsplit(value).password
             if password and len(password) >= 4:
-                values.add(password)
+                values.add(password)  # as written in the URL (percent-encoded)
+                values.add(unquote(password))  # as the client library sends it
         elif _SECRET_NAME.search(name) and len(value) >= 6:
             values.add(value)
     return values
@@ -67,6 +70,7 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "component": os.environ.get("TRADESITE_COMPONENT", "web"),
+            "stream": stream_of(record.name),
             "logger": record.name,
             "message": record.getMessage(),
             **current(),
@@ -79,3 +83,75 @@ class JsonFormatter(logging.Formatter):
         elif record.exc_info:
             payload["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(payload, default=str)
+
+
+# Which stream (log file) a logger writes to: the longest matching prefix wins; everything else is "web".
+STREAMS: dict[str, tuple[str, ...]] = {
+    "webhooks": ("webhooks",),
+    "venues": ("exchanges", "trading.venues", "trading.reconcile", "ccxt", "urllib3", "requests", "web3",
+               "hyperliquid", "websocket"),
+    "engine": ("trading", "strategies", "celery", "kombu"),
+}
+_PREFIXES = sorted(((p, stream) for stream, ps in STREAMS.items() for p in ps), key=lambda i: -len(i[0]))
+
+
+def stream_of(logger_name: str) -> str:
+    """The stream of a logger: webhooks, venues, engine or web."""
+    for prefix, stream in _PREFIXES:
+        if logger_name == prefix or logger_name.startswith(prefix + "."):
+            return stream
+    return "web"
+
+
+class StreamFilter(logging.Filter):
+    """Pass only the records of one stream (each stream has its own handler and file)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return stream_of(record.name) == self.stream
+
+
+class SharedRotatingFileHandler(RotatingFileHandler):
+    """A size-rotated file that several processes append to (gunicorn and Celery pool children, containers on one
+    volume): each write holds an flock on `<file>.lock`, and a file rotated by another process is reopened."""
+
+    def __init__(self, filename: str, maxBytes: int = 0, backupCount: int = 0, **kwargs: object) -> None:  # noqa: N803
+        super().__init__(filename, maxBytes=maxBytes, backupCount=backupCount, delay=True, **kwargs)  # type: ignore[arg-type]
+        self._lock_path = self.baseFilename + ".lock"
+        self._lock_fd: int | None = None
+        self._lock_pid = 0
+
+    def _lock_file(self) -> int:
+        # flock belongs to the open file: a forked child must open its own, or parent and child would share it.
+        if self._lock_fd is None or self._lock_pid != os.getpid():
+            self._lock_fd = os.open(self._lock_path, os.O_CREAT | os.O_RDWR, 0o640)
+            self._lock_pid = os.getpid()
+        return self._lock_fd
+
+    def _reopen_if_rotated(self) -> None:
+        if self.stream is None:
+            return
+        try:
+            rotated = os.stat(self.baseFilename).st_ino != os.fstat(self.stream.fileno()).st_ino
+        except FileNotFoundError:
+            rotated = True
+        if rotated:
+            self.stream.close()
+            self.stream = None  # type: ignore[assignment]
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fd = self._lock_file()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                self._reopen_if_rotated()
+                super().emit(record)
+                if self.stream is not None:
+                    self.stream.flush()
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        except Exception:  # noqa: BLE001 - logging must never break the caller
+            self.handleError(record)

@@ -272,25 +272,31 @@ LOG_DIR = Path(os.environ.get("LOG_DIR", VAR_DIR / "logs"))
 LOG_DIR.mkdir(parents=True, exist_ok=True)
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOG_COMPONENT = os.environ.get("TRADESITE_COMPONENT", "web")
+LOG_MAX_BYTES = int(os.environ.get("LOG_MAX_BYTES", str(20 * 1024 * 1024)))
+LOG_BACKUPS = int(os.environ.get("LOG_BACKUPS", "5"))
+# The redaction filter is the last filter of every handler: whatever reaches an output has passed it.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"redact": {"()": "tradesite.logging.RedactSecretsFilter"}},
+    "filters": {
+        "redact": {"()": "tradesite.logging.RedactSecretsFilter"},
+        **{f"stream_{s}": {"()": "tradesite.logging.StreamFilter", "stream": s}
+           for s in ("web", "engine", "venues", "webhooks")},
+    },
     "formatters": {"json": {"()": "tradesite.logging.JsonFormatter"}},
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["redact"]},
-        # One file per component (web, worker, beat, feed, ...), rotated by size.
-        "file": {
-            "class": "logging.handlers.RotatingFileHandler",
-            "filename": str(LOG_DIR / f"{LOG_COMPONENT}.log"),
-            "maxBytes": 20 * 1024 * 1024,
-            "backupCount": 5,
+        # One file per stream (web, engine, venues, webhooks), shared by every process, rotated by size.
+        **{f"file_{s}": {
+            "class": "tradesite.logging.SharedRotatingFileHandler",
+            "filename": str(LOG_DIR / f"{s}.log"),
+            "maxBytes": LOG_MAX_BYTES,
+            "backupCount": LOG_BACKUPS,
             "formatter": "json",
-            "filters": ["redact"],
-            "delay": True,
-        },
+            "filters": [f"stream_{s}", "redact"],
+        } for s in ("web", "engine", "venues", "webhooks")},
     },
-    "root": {"handlers": ["console", "file"], "level": LOG_LEVEL},
+    "root": {"handlers": ["console", "file_web", "file_engine", "file_venues", "file_webhooks"], "level": LOG_LEVEL},
     "loggers": {
         # ccxt and urllib3 log request headers (API keys) at DEBUG: never below INFO.
         "ccxt": {"level": "INFO"},
