@@ -9,6 +9,10 @@ from pathlib import Path
 import dj_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+if os.environ.get("TRADESITE_NETWORK_GUARD") == "loopback":  # set by the test suite: reach loopback only
+    from tradesite.netguard import install as _network_guard_install
+
+    _network_guard_install()
 VAR_DIR = Path(os.environ.get("TRADESITE_VAR_DIR", BASE_DIR / "var"))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
