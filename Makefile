@@ -25,7 +25,14 @@ ANVIL := $(SYNTHETIX_FAKE)/node_modules/.package-lock.json
 $(ANVIL): $(SYNTHETIX_FAKE)/package-lock.json
 	npm ci --prefix $(SYNTHETIX_FAKE) --no-audit --no-fund --ignore-scripts
 
-test: $(STAMP) $(ANVIL)
+# Debian's Chromium for the dashboard's browser tests (Playwright drives it; Playwright's own download is not used).
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+test: $(STAMP) $(ANVIL) $(CHROMIUM)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -158,5 +158,12 @@ def candle_markets() -> list[dict[str, object]]:
 
 def strategy_price_chart(strategy: Strategy, *, limit: int = 500) -> dict[str, list]:  # type: ignore[type-arg]
     """The last `limit` stored closes of a strategy's market (epoch seconds, floats for drawing only)."""
+    from trading.models import MarketPrice
+
     candles = candles_read(strategy.account.venue, strategy.symbol, strategy.timeframe, limit=limit)
-    return {"x": (candles.time // 1000).tolist(), "close": candles.close.tolist()}
+    chart: dict[str, object] = {"x": (candles.time // 1000).tolist(), "close": candles.close.tolist(), "mark": None}
+    if not len(candles):  # no stored candles (e.g. a webhook strategy): its fills and the latest feed price
+        latest = MarketPrice.objects.filter(symbol=strategy.symbol).first()
+        if latest is not None:
+            chart["mark"] = {"t": int(latest.time.timestamp()), "price": str(latest.price)}
+    return chart  # type: ignore[return-value]

@@ -143,7 +143,7 @@ def backtest_compare(request: HttpRequest) -> HttpResponse:
 
 
 def _metrics_rows(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
-    return [(k.replace("_", " "), v) for k, v in sorted(metrics.items())]
+    return [(k, v) for k, v in sorted(metrics.items())]
 
 
 def ms_to_datetime(ms: int) -> datetime:

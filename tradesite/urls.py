@@ -23,7 +23,7 @@ from webhooks import views as webhook_views
 # The dashboard: server-rendered pages (login required on each).
 page_patterns = [
     path("", pages.overview, name="dashboard-overview"),
-    path("login/", auth_views.LoginView.as_view(template_name="dashboard/login.html",
+    path("login/", auth_views.LoginView.as_view(template_name="dashboard/login.html", next_page="dashboard-overview",
                                                 redirect_authenticated_user=True), name="dashboard-login"),
     path("logout/", auth_views.LogoutView.as_view(next_page="dashboard-login"), name="dashboard-logout"),
     path("kill-switch/engage/", pages.kill_switch_engage, name="dashboard-kill-engage"),

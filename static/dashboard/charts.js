@@ -10,9 +10,19 @@
     if (lo > 0 && Math.abs(xs[lo - 1] - t) < Math.abs(xs[lo] - t)) lo -= 1;
     return lo;
   }
+  function yValues(u, splits) {  // as many decimals as the tick step needs (prices like 0.0534 or 51000)
+    var step = splits.length > 1 ? Math.abs(splits[1] - splits[0]) : Math.abs(splits[0] || 1);
+    var d = step > 0 ? Math.min(10, Math.max(0, Math.ceil(-Math.log10(step)))) : 0;
+    return splits.map(function (v) { return v === null ? "" : v.toFixed(d); });
+  }
+  function ySize(u, values) {  // wide enough for the longest label
+    if (!values) return 50;
+    return 18 + 7 * Math.max.apply(null, values.map(function (v) { return String(v).length; }));
+  }
   function opts(el, series, extra) {
     var o = { width: Math.max(el.clientWidth, 200), height: el.clientWidth < 500 ? 200 : 260,
-              series: [{}].concat(series), scales: { x: { time: true } }, legend: { live: true } };
+              series: [{}].concat(series), scales: { x: { time: true } }, legend: { live: true },
+              axes: [{}, { values: yValues, size: ySize }] };
     for (var k in (extra || {})) o[k] = extra[k];
     return o;
   }
@@ -32,8 +42,9 @@
       var xs = d.x.slice(), close = d.close.slice();
       if (!xs.length) {  // no stored candles of this market: draw the fills themselves
         d.markers.forEach(function (m) { xs.push(m.t); close.push(num(m.price)); });
+        if (d.mark && (!xs.length || d.mark.t > xs[xs.length - 1])) { xs.push(d.mark.t); close.push(num(d.mark.price)); }
       }
-      if (!xs.length) return empty(el, "No candles or fills yet.");
+      if (xs.length < 2) return empty(el, "No candles of this market are stored, and too few fills to draw.");
       var entries = xs.map(function () { return null; }), exits = entries.slice();
       d.markers.forEach(function (m) {
         var i = nearest(xs, m.t); if (i < 0) return;

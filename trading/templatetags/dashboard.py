@@ -70,3 +70,36 @@ def get(mapping: Any, key: Any) -> Any:
         return mapping.get(key)
     except AttributeError:
         return None
+
+
+_PERCENT_METRICS = {"total_return", "cagr", "max_drawdown", "win_rate", "exposure_time", "average_trade_return"}
+
+
+@register.filter
+def metric(value: Any, name: str) -> str:
+    """A backtest metric for reading: fractions as percentages, money to 8 places, ratios to 4, mappings listed."""
+    if value is None:
+        return "–"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items() if v) or "–"
+    if name in _PERCENT_METRICS:
+        return percent(value)
+    if isinstance(value, bool) or isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return money(value, 8)
+    return f"{Decimal(str(value)):.4f}"
+
+
+@register.filter
+def label(value: Any) -> str:
+    """A snake_case name as words."""
+    return str(value).replace("_", " ")
+
+
+@register.filter
+def as_json(value: Any) -> str:
+    """A JSON value written compactly (params, configs)."""
+    import json
+
+    return json.dumps(value, separators=(", ", ": "), default=str)
