@@ -242,7 +242,7 @@ class HyperliquidConnector(Connector):
         self._markets: dict[str, Market] = {}
         self._coins: dict[str, tuple[int, int, bool]] = {}  # coin -> (asset id, szDecimals, isolated only)
         self._markets_at = 0.0
-        self._leverage: dict[str, int] = {}
+        self._leverage: dict[str, dict[str, Any]] = {}  # symbol -> the leverage setting this account has
 
     def __repr__(self) -> str:
         return f"HyperliquidConnector(network={self.network!r}, base_url={self.base_url!r}, account={self.account_name!r})"
@@ -550,14 +550,33 @@ class HyperliquidConnector(Connector):
             raise InvalidOrderError(
                 f"leverage {leverage} must be a whole number from 1 to {market.max_leverage} on {symbol}", venue=VENUE
             )
-        isolated = self.margin_mode == "isolated" or self._coins[market.base][2]
-        action = {"type": "updateLeverage", "asset": asset, "isCross": not isolated, "leverage": int(leverage)}
+        setting = self._leverage_setting(symbol, leverage)
+        action = {"type": "updateLeverage", "asset": asset, "isCross": setting["cross"],
+                  "leverage": setting["leverage"]}
         # Setting leverage is idempotent: a lost reply is safe to retry, so it fails like a read.
         with self._boundary("read", "updateLeverage"):
             reply, _ = self._post_action(action)
             if reply.get("status") != "ok":
                 raise self._refused(reply.get("response"), "create")
-        self._leverage[symbol] = int(leverage)
+        self._leverage[symbol] = setting
+        if self.journal is not None:
+            self.journal.put(f"{VENUE}/leverage/{market.base}", setting)
+
+    def _leverage_setting(self, symbol: str, leverage: Decimal) -> dict[str, Any]:
+        isolated = self.margin_mode == "isolated" or self._coins[self.market(symbol).base][2]
+        return {"leverage": int(leverage), "cross": not isolated}
+
+    def _apply_leverage(self, symbol: str, leverage: Decimal) -> None:
+        """Set an order's leverage unless this account already has it (remembered here and in the journal)."""
+        if leverage != leverage.to_integral_value():
+            raise InvalidOrderError(f"leverage {leverage} must be a whole number on {symbol}", venue=VENUE)
+        setting = self._leverage_setting(symbol, leverage)
+        if self._leverage.get(symbol) == setting:
+            return
+        if self.journal is not None and self.journal.get(f"{VENUE}/leverage/{self.market(symbol).base}") == setting:
+            self._leverage[symbol] = setting
+            return
+        self.set_leverage(symbol, leverage)
 
     def create_order(self, request: OrderRequest) -> VenueOrder:
         if not request.quantity.is_finite() or request.quantity <= 0:
@@ -570,8 +589,9 @@ class HyperliquidConnector(Connector):
             raise InvalidOrderError(f"quantity {request.quantity} is below the lot size {market.lot_size}", venue=VENUE)
         if request.post_only and request.type is not OrderType.LIMIT:
             raise InvalidOrderError("post-only needs a limit order", venue=VENUE)
-        if request.leverage is not None and self._leverage.get(request.symbol) != request.leverage:
-            self.set_leverage(request.symbol, request.leverage)
+        if request.leverage is not None and not request.reduce_only:
+            # Closing needs no margin, and a venue that refuses a leverage change must not block an exit.
+            self._apply_leverage(request.symbol, request.leverage)
 
         buy = request.side is Side.BUY
         trigger: Decimal | None = None

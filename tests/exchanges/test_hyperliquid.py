@@ -369,6 +369,21 @@ def test_leverage_updates(hl: VenueHarness) -> None:
     assert fake.user(owner).leverage["BTC"] == ("cross", 7)
 
 
+def test_an_orders_leverage_is_set_once_per_account_and_never_for_an_exit(hl: VenueHarness) -> None:
+    from exchanges.base import InMemoryVenueJournal
+
+    journal = InMemoryVenueJournal()
+    build = lambda: registry.build(venue="hyperliquid", network="testnet", credentials=hl.credentials,  # noqa: E731
+                                   endpoint=hl.endpoint, journal=journal, resilient=False)
+    first = build()
+    first.create_order(order(leverage=Decimal("3"), cid="1" * 32))
+    first.create_order(order(leverage=Decimal("3"), cid="2" * 32))
+    build().create_order(order(leverage=Decimal("3"), cid="3" * 32))  # another process: the journal remembers
+    build().create_order(order(side=Side.SELL, qty="0.003", reduce_only=True, leverage=Decimal("9")))
+    assert [a["leverage"] for a in fake_of(hl).exchange_actions("updateLeverage")] == [3]
+    assert not list(build().positions())
+
+
 def test_balances_positions_ticker_and_candles_are_decimal(hl: VenueHarness) -> None:
     fake = fake_of(hl)
     c = connect(hl)

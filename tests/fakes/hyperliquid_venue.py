@@ -539,5 +539,5 @@ def harness(*, network: str = "testnet") -> Iterator[VenueHarness]:
             plan=fake.plan,
             created_client_ids=lambda: [client_id_for(c) for c in fake.created_cloids()],
             partial_fills=fake.partial_fills,
-            extra={"fake": fake, "owner": owner, "agent": agent},
+            extra={"fake": fake, "owner": owner, "agent": agent, "client_timeout": 5},
         )
