@@ -323,6 +323,17 @@ def _configuration(raw: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 # --------------------------------------------------------------------------------------------- connector
 
 
+@dataclass
+class _Tables:
+    """The spot products as markets, read at monotonic time `at`."""
+
+    at: float
+    markets: dict[str, Market] = field(default_factory=dict)  # symbol -> market
+    ids: dict[str, str] = field(default_factory=dict)  # symbol -> product id
+    symbols: dict[str, str] = field(default_factory=dict)  # product id -> symbol
+    quote_steps: dict[str, Decimal] = field(default_factory=dict)  # symbol -> quote increment (market buy size)
+
+
 class CoinbaseConnector(Connector):
     """The Connector interface on Coinbase Advanced Trade spot markets."""
 
@@ -341,7 +352,7 @@ class CoinbaseConnector(Connector):
         self.client.urls["api"] = {"rest": self.base_url}
         self.client.logger = _WIRE_LOG
         self._lock = threading.Lock()
-        self._markets: tuple[float, dict[str, Market], dict[str, str], dict[str, Decimal]] | None = None
+        self._markets: _Tables | None = None
         self._venue_ids: dict[str, str] = {}  # client order id -> venue order id, for orders this process sent
         self._requested: dict[str, Decimal] = {}  # venue order id -> base quantity asked, for quote-sized buys
 
@@ -368,39 +379,46 @@ class CoinbaseConnector(Connector):
 
     # ------------------------------------------------------------------ markets
 
-    def _market_tables(self) -> tuple[dict[str, Market], dict[str, str], dict[str, Decimal]]:
+    def _market_tables(self) -> _Tables:
         with self._lock:
             cached = self._markets
-            if cached is not None and time.monotonic() - cached[0] < MARKETS_TTL:
-                return cached[1], cached[2], cached[3]
+            if cached is not None and time.monotonic() - cached.at < MARKETS_TTL:
+                return cached
         reply = self._dict(self._call("v3PublicGetBrokerageMarketProducts", {"product_type": "SPOT"},
                                       context="products"), "products")
+        products = reply.get("products")
+        if not isinstance(products, list):
+            raise TemporaryError("coinbase products: malformed reply (no product list)", venue=VENUE)
         maker, taker = self._fees()
-        markets: dict[str, Market] = {}
-        ids: dict[str, str] = {}
-        quote_steps: dict[str, Decimal] = {}
-        try:
-            for p in reply.get("products") or []:
-                if (p.get("product_type") or "SPOT") != "SPOT" or p.get("trading_disabled") or p.get("is_disabled"):
-                    continue
-                base, quote = p["base_currency_id"], p["quote_currency_id"]
-                symbol = f"{base}/{quote}"
-                quote_step = _dec(p.get("quote_increment"))
-                markets[symbol] = Market(
-                    symbol=symbol, base=base, quote=quote,
+        tables = _Tables(at=time.monotonic())
+        for p in products:
+            if not isinstance(p, dict) or (p.get("product_type") or "SPOT") != "SPOT" or p.get("trading_disabled") \
+                    or p.get("is_disabled"):
+                continue
+            try:
+                base, quote, product_id = str(p["base_currency_id"]), str(p["quote_currency_id"]), str(p["product_id"])
+                market = Market(
+                    symbol=f"{base}/{quote}", base=base, quote=quote,
                     tick_size=_dec(p.get("price_increment") or p.get("quote_increment")),
                     lot_size=_dec(p.get("base_increment")),
                     min_qty=_dec(p.get("base_min_size"), ZERO),
                     min_notional=_dec(p.get("quote_min_size"), ZERO),
                     maker_fee=maker, taker_fee=taker,
                 )
-                ids[symbol] = p["product_id"]
-                quote_steps[symbol] = quote_step
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TemporaryError(f"coinbase products: malformed reply ({exc})", venue=VENUE) from None
+                quote_step = _dec(p.get("quote_increment"))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("coinbase product %s skipped: malformed (%s)", p.get("product_id"), exc)
+                continue
+            if min(market.tick_size, market.lot_size, quote_step) <= 0:
+                log.warning("coinbase product %s skipped: non-positive increments", product_id)
+                continue
+            tables.markets[market.symbol] = market
+            tables.ids[market.symbol] = product_id
+            tables.symbols[product_id] = market.symbol
+            tables.quote_steps[market.symbol] = quote_step
         with self._lock:
-            self._markets = (time.monotonic(), markets, ids, quote_steps)
-        return markets, ids, quote_steps
+            self._markets = tables
+        return tables
 
     def _fees(self) -> tuple[Decimal, Decimal]:
         try:
@@ -417,23 +435,22 @@ class CoinbaseConnector(Connector):
             return DEFAULT_FEES
 
     def markets(self) -> Sequence[Market]:
-        return list(self._market_tables()[0].values())
+        return list(self._market_tables().markets.values())
 
     def market(self, symbol: str) -> Market:
-        found = self._market_tables()[0].get(symbol)
+        found = self._market_tables().markets.get(symbol)
         if found is None:
             raise MarketNotFoundError(f"coinbase has no spot market {symbol!r}", venue=VENUE)
         return found
 
     def _product_id(self, symbol: str) -> str:
-        self.market(symbol)
-        return self._market_tables()[1][symbol]
+        product_id = self._market_tables().ids.get(symbol)
+        if product_id is None:
+            raise MarketNotFoundError(f"coinbase has no spot market {symbol!r}", venue=VENUE)
+        return product_id
 
     def _symbol(self, product_id: str) -> str:
-        for symbol, pid in self._market_tables()[1].items():
-            if pid == product_id:
-                return symbol
-        return product_id.replace("-", "/")
+        return self._market_tables().symbols.get(product_id) or product_id.replace("-", "/")
 
     # ------------------------------------------------------------------ account and prices
 
@@ -530,7 +547,7 @@ class CoinbaseConnector(Connector):
                 configuration = {"market_market_ioc": {"base_size": _wire(qty)}}
             else:
                 price = request.price if request.price is not None else self.ticker(request.symbol).price
-                quote_step = self._market_tables()[2][request.symbol]
+                quote_step = self._market_tables().quote_steps[request.symbol]
                 quote_size = round_down(qty * price, quote_step)
                 if quote_size <= 0 or quote_size < market.min_notional:
                     raise InvalidOrderError(f"order value {quote_size} {market.quote} is below the minimum "
@@ -714,7 +731,7 @@ class CoinbaseConnector(Connector):
         filled_size = _dec(raw.get("filled_size"), ZERO)
         fills: list[VenueFill] = []
         if filled_size > 0:
-            market = self._market_tables()[0].get(symbol)
+            market = self._market_tables().markets.get(symbol)
             fee_currency = market.quote if market else symbol.split("/")[-1]
             for f in self._fills(order_id):
                 price = _dec(f["price"])

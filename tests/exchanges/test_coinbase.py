@@ -492,3 +492,18 @@ def test_a_create_reply_that_neither_refuses_nor_names_the_order_is_unknown(coin
     monkeypatch.setattr(fake, "_create", lambda request: Reply(200, {"order_configuration": None}))
     with pytest.raises(OrderStatusUnknownError, match="ask by client order id"):
         coinbase.create_order(buy())
+
+
+def test_a_malformed_or_disabled_product_is_skipped_not_fatal(coinbase: CoinbaseConnector, fake: CoinbaseFake) -> None:
+    from tests.fakes.coinbase_venue import product
+
+    fake.products["BAD-USD"] = dict(product("BAD-USD", base_increment="", price_increment="0.01",
+                                            quote_increment="0.01", base_min_size="1", quote_min_size="1"))
+    fake.products["ZERO-USD"] = product("ZERO-USD", base_increment="0", price_increment="0.01",
+                                        quote_increment="0.01", base_min_size="1", quote_min_size="1")
+    fake.products["OFF-USD"] = dict(product("OFF-USD", base_increment="1", price_increment="0.01",
+                                            quote_increment="0.01", base_min_size="1", quote_min_size="1"),
+                                    trading_disabled=True)
+    for product_id in ("BAD-USD", "ZERO-USD", "OFF-USD"):
+        fake.prices[product_id] = Decimal("1")
+    assert {m.symbol for m in coinbase.markets()} == {"BTC/USD", "ETH/USD", "XLM/BTC"}
