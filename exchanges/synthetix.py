@@ -732,6 +732,10 @@ class SynthetixConnector(Connector):
         else:
             acceptable = round_down(reference * (1 - self._slippage), market.tick_size)
         size_delta = to_units(quantity, what="quantity") * request.side.sign
+        with self._tx_lock:
+            self._check_chain()
+            self._settle_outstanding()
+        self._await_no_pending(account_id)
         call = self.proxy.functions.commitOrder((
             info.market_id, account_id, size_delta, self._strategy_id, to_units(acceptable, what="price"),
             tracking_code(request.client_order_id), ZERO_ADDRESS))
@@ -740,6 +744,22 @@ class SynthetixConnector(Connector):
                 "market_id": info.market_id, "account_id": str(account_id)}
         entry = self._transact(key, call, meta)
         return self._order_after_send(key, entry)
+
+    def _await_no_pending(self, account_id: int) -> None:
+        """Wait (up to settle_timeout) while the account's one pending order can still settle."""
+        deadline = time.monotonic() + self._settle_timeout
+        while True:
+            pending = self._rpc(lambda: self.proxy.functions.getOrder(account_id).call())
+            commitment_time = int(pending[0])
+            if commitment_time == 0:
+                return
+            market_id, strategy_id = int(pending[1][0]), int(pending[1][3])
+            strategy = self._rpc(lambda: self.proxy.functions.getSettlementStrategy(market_id, strategy_id).call())
+            expires = commitment_time + int(strategy[1]) + int(strategy[2])
+            now = int(self._rpc(lambda: self.w3.eth.get_block("latest"))["timestamp"])
+            if now > expires or time.monotonic() >= deadline:
+                return  # expired: the commit replaces it; still valid: the pre-flight says PendingOrderExists
+            time.sleep(self._poll)
 
     def _order_after_send(self, key: str, entry: dict[str, Any]) -> VenueOrder:
         entry = self._wait_receipt(key, entry, self._receipt_timeout)
@@ -812,9 +832,22 @@ class SynthetixConnector(Connector):
             quantity=from_units(abs(size_delta)), price=from_units(int(committed["acceptablePrice"])),
         )
         commit_block = int(receipt["blockNumber"])
-        topics = [_topic_uint(market_id), _topic_uint(account_id), _hex(code)]
-        for event_log in self._logs("OrderSettled", topics, commit_block):
-            if self._after(event_log, receipt):
+        # One snapshot: the pending order and the events read at the same block, so a keeper settling between
+        # two reads cannot make a filled order look replaced.
+        snapshot = self._rpc(lambda: self.w3.eth.get_block("latest"))
+        at = int(snapshot["number"])
+        pending = self._rpc(lambda: self.proxy.functions.getOrder(account_id).call(block_identifier=at))
+        # Settlement happens within the settlement window after the commit, so the window of blocks after the
+        # commit block holds its event however old the order is.
+        params = {"address": self.proxy.address, "fromBlock": commit_block,
+                  "toBlock": min(at, commit_block + self._log_blocks),
+                  "topics": [[self._topics["OrderSettled"], self._topics["OrderCancelled"]],
+                             _topic_uint(market_id), _topic_uint(account_id), _hex(code)]}
+        events = [dict(x) for x in self._rpc(lambda: self.w3.eth.get_logs(params))]  # type: ignore[arg-type]
+        for event_log in events:
+            if not self._after(event_log, receipt):
+                continue
+            if _hex(event_log["topics"][0]) == self._topics["OrderSettled"]:
                 settled = self.proxy.events.OrderSettled().process_log(event_log)["args"]
                 quantity = from_units(abs(int(settled["sizeDelta"])))
                 fill = VenueFill(
@@ -824,21 +857,19 @@ class SynthetixConnector(Connector):
                     time=self._block_time(int(event_log["blockNumber"])), liquidity="taker",
                 )
                 return VenueOrder(status=VenueOrderStatus.FILLED, filled_quantity=quantity, fills=(fill,), **base)
-        for event_log in self._logs("OrderCancelled", topics, commit_block):
-            if self._after(event_log, receipt):
-                canceled = self.proxy.events.OrderCancelled().process_log(event_log)["args"]
-                return VenueOrder(status=VenueOrderStatus.CANCELED, reason=(
-                    f"canceled by a keeper: fill price {from_units(int(canceled['fillPrice']))} beyond the "
-                    f"acceptable price {from_units(int(canceled['desiredPrice']))}"), **base)
-        pending = self._rpc(lambda: self.proxy.functions.getOrder(account_id).call())
+            canceled = self.proxy.events.OrderCancelled().process_log(event_log)["args"]
+            return VenueOrder(status=VenueOrderStatus.CANCELED, reason=(
+                f"canceled unsettled: fill price {from_units(int(canceled['fillPrice'])).normalize():f} beyond the "
+                f"acceptable price {from_units(int(canceled['desiredPrice'])).normalize():f}"), **base)
         commitment_time, pending_request = int(pending[0]), pending[1]
         expiration = int(committed["expirationTime"])
         if commitment_time == int(committed["commitmentTime"]) and bytes(pending_request[5]) == code:
-            now = int(self._rpc(lambda: self.w3.eth.get_block("latest"))["timestamp"])
-            if now > expiration:
+            if int(snapshot["timestamp"]) > expiration:
                 return VenueOrder(status=VenueOrderStatus.CANCELED, reason=(
                     f"expired unsettled: no keeper settled it before "
                     f"{datetime.fromtimestamp(expiration, tz=timezone.utc).isoformat()}"), **base)
+            return VenueOrder(status=VenueOrderStatus.OPEN, reason="committed, waiting for a keeper to settle", **base)
+        if at < commit_block:  # a lagging node behind the receipt's block: nothing to conclude yet
             return VenueOrder(status=VenueOrderStatus.OPEN, reason="committed, waiting for a keeper to settle", **base)
         return VenueOrder(status=VenueOrderStatus.CANCELED,
                           reason="expired unsettled: replaced by a later commit", **base)
@@ -849,12 +880,6 @@ class SynthetixConnector(Connector):
         if block != commit_block:
             return block > commit_block
         return int(event_log["transactionIndex"]) > int(receipt["transactionIndex"])
-
-    def _logs(self, event: str, topics: list[str], from_block: int) -> list[dict[str, Any]]:
-        latest = int(self._rpc(lambda: self.w3.eth.block_number))
-        params = {"address": self.proxy.address, "fromBlock": from_block,
-                  "toBlock": min(latest, from_block + self._log_blocks), "topics": [self._topics[event], *topics]}
-        return [dict(x) for x in self._rpc(lambda: self.w3.eth.get_logs(params))]  # type: ignore[arg-type]
 
     def fetch_order(self, symbol: str, venue_order_id: str) -> VenueOrder:
         """Return an order by its commit transaction hash."""

@@ -10,6 +10,7 @@ connector's traffic, and a keeper thread that settles committed orders at the or
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -45,18 +46,37 @@ def units(value: Decimal | str) -> int:
 class RpcFront(FakeHTTPServer):
     """Forwards JSON-RPC bodies to anvil; the fault plan and the journal apply on the way."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, on_broadcast: threading.Event | None = None) -> None:
         super().__init__()
         self.upstream_port = upstream_port
+        self.on_broadcast = on_broadcast or threading.Event()
+        self._local = threading.local()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        # The base handler writes headers and body separately: without TCP_NODELAY, Nagle's algorithm and the
+        # client's delayed ACK add ~40 ms to every JSON-RPC call.
+        sock, address = super().get_request()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, address
 
     def route(self, request: Request) -> Reply:
-        conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=30)
-        try:
-            conn.request("POST", "/", body=request.body, headers={"Content-Type": "application/json"})
-            response = conn.getresponse()
-            return Reply(response.status, response.read())
-        finally:
-            conn.close()
+        for attempt in (1, 2):  # one keep-alive connection to anvil per handler thread; reopen once if stale
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=30)
+            try:
+                conn.request("POST", "/", body=request.body, headers={"Content-Type": "application/json"})
+                response = conn.getresponse()
+                reply = Reply(response.status, response.read())
+                break
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self._local.conn = None
+                if attempt == 2:
+                    raise
+        if b"eth_sendRawTransaction" in request.body:
+            self.on_broadcast.set()  # wake the keeper
+        return reply
 
     def rpc_methods(self) -> list[str]:
         """JSON-RPC methods received, in order."""
@@ -79,6 +99,7 @@ class Chain:
     deployer: str
     keeper_address: str
     keeper_paused: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send(self, call: Any, sender: str | None = None) -> dict[str, Any]:
@@ -160,8 +181,10 @@ def _deploy(w3: Web3, deployer: str, name: str, *args: Any) -> Any:
 
 
 def _keeper(chain: Chain, stop: threading.Event) -> None:
-    while not stop.wait(0.01):
-        if chain.keeper_paused.is_set():
+    while not stop.is_set():
+        chain.wake.wait(0.1)  # a broadcast through the front wakes the keeper at once
+        chain.wake.clear()
+        if chain.keeper_paused.is_set() or stop.is_set():
             continue
         try:
             chain.settle_pending()
@@ -195,6 +218,7 @@ def chain(network: str = "testnet") -> Iterator[Chain]:
     finally:
         stop.set()
         if keeper is not None:
+            c.wake.set()
             keeper.join(timeout=5)
         node.stop()
 
@@ -204,7 +228,7 @@ def harness(network: str = "testnet", **options: str) -> Iterator[VenueHarness]:
     """A funded Synthetix account on ETH-PERP behind the faulty JSON-RPC front; `options` go to credentials."""
     with chain(network) as c:
         account_id = c.open_account(TRADER_KEY, DEPOSIT)
-        front = RpcFront(c.anvil.port).start()
+        front = RpcFront(c.anvil.port, on_broadcast=c.wake).start()
         try:
             def set_price(symbol: str, price: Decimal) -> None:
                 market_id = {"ETH-PERP": ETH_MARKET_ID, "BTC-PERP": BTC_MARKET_ID}[symbol]
