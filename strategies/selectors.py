@@ -162,8 +162,7 @@ def strategy_price_chart(strategy: Strategy, *, limit: int = 500) -> dict[str, l
 
     candles = candles_read(strategy.account.venue, strategy.symbol, strategy.timeframe, limit=limit)
     chart: dict[str, object] = {"x": (candles.time // 1000).tolist(), "close": candles.close.tolist(), "mark": None}
-    if not len(candles):  # no stored candles (e.g. a webhook strategy): its fills and the latest feed price
-        latest = MarketPrice.objects.filter(symbol=strategy.symbol).first()
-        if latest is not None:
-            chart["mark"] = {"t": int(latest.time.timestamp()), "price": str(latest.price)}
+    latest = MarketPrice.objects.filter(symbol=strategy.symbol).first()  # drawn after the fills when no candles
+    if latest is not None:
+        chart["mark"] = {"t": int(latest.time.timestamp()), "price": str(latest.price)}
     return chart  # type: ignore[return-value]

@@ -39,14 +39,18 @@
       return new uPlot(opts(el, d.series.map(function (s, i) { return line(s.label, i); })), data, el);
     },
     price: function (el, d) {
-      var xs = d.x.slice(), close = d.close.slice();
-      if (!xs.length) {  // no stored candles of this market: draw the fills themselves
-        d.markers.forEach(function (m) { xs.push(m.t); close.push(num(m.price)); });
+      var xs = d.x.slice(), close = d.close.slice(), markers = d.markers;
+      var pad = xs.length > 1 ? 2 * (xs[1] - xs[0]) : 0;
+      var inside = markers.filter(function (m) { return xs.length && m.t >= xs[0] - pad && m.t <= xs[xs.length - 1] + pad; });
+      if (!xs.length || (markers.length && !inside.length)) {
+        // No stored candles around the fills (e.g. a webhook strategy, or a replayed feed): draw the fills' prices.
+        xs = []; close = [];
+        markers.forEach(function (m) { xs.push(m.t); close.push(num(m.price)); });
         if (d.mark && (!xs.length || d.mark.t > xs[xs.length - 1])) { xs.push(d.mark.t); close.push(num(d.mark.price)); }
-      }
+      } else { markers = inside; }
       if (xs.length < 2) return empty(el, "No candles of this market are stored, and too few fills to draw.");
       var entries = xs.map(function () { return null; }), exits = entries.slice();
-      d.markers.forEach(function (m) {
+      markers.forEach(function (m) {
         var i = nearest(xs, m.t); if (i < 0) return;
         (m.exit ? exits : entries)[i] = num(m.price);
       });

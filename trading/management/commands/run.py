@@ -26,6 +26,7 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         if not options["no_demo"]:
             call_command("seed_demo")
+            call_command("seed_demo_backtests")  # the strategies app's command (by name: no import upward)
         python, root = sys.executable, str(settings.BASE_DIR)
         roles = {
             "web": [python, "manage.py", "runserver", "--noreload", f"127.0.0.1:{options['port']}"],
@@ -41,7 +42,8 @@ class Command(BaseCommand):
             for name, cmd in roles.items()
         }
         self.stdout.write(self.style.SUCCESS(
-            f"tradesite is running: http://127.0.0.1:{options['port']}/admin/  (Ctrl-C stops everything)"))
+            f"tradesite is running: http://127.0.0.1:{options['port']}/ (dashboard; admin under /{settings.ADMIN_URL})  "
+            "(Ctrl-C stops everything)"))
         try:
             while all(p.poll() is None for p in procs.values()):
                 time.sleep(0.5)
