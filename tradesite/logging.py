@@ -155,3 +155,25 @@ class SharedRotatingFileHandler(RotatingFileHandler):
                 fcntl.flock(fd, fcntl.LOCK_UN)
         except Exception:  # noqa: BLE001 - logging must never break the caller
             self.handleError(record)
+
+
+def configure(config: dict[str, object]) -> None:
+    """LOGGING_CONFIG: apply settings.LOGGING, then put the redaction filter on every handler any logger has
+    (Django's own defaults, gunicorn's, a library's) so no output escapes it."""
+    import logging.config
+
+    logging.config.dictConfig(config)
+    redact_every_handler()
+
+
+def redact_every_handler() -> int:
+    """Add the redaction filter to each handler of every logger that lacks it; return how many were added."""
+    added = 0
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, RedactSecretsFilter) for f in handler.filters):
+                handler.addFilter(RedactSecretsFilter())
+                added += 1
+    return added

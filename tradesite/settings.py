@@ -306,5 +306,10 @@ LOGGING = {
         "ccxt": {"level": "INFO"},
         "urllib3": {"level": "INFO"},
         "django.db.backends": {"level": "INFO"},
+        # Django's default handlers print raw text (the console in DEBUG, runserver's request lines): ours instead.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
     },
 }
+# Applies LOGGING, then adds the redaction filter to any handler that lacks it (library defaults included).
+LOGGING_CONFIG = "tradesite.logging.configure"

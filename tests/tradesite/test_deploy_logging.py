@@ -118,3 +118,29 @@ def test_a_secret_logged_anywhere_is_redacted_in_every_stream(tmp_path: Path,
     text = "".join(p.read_text() for p in tmp_path.glob("*.log"))
     assert text.count("[REDACTED]") == 16  # per logger: two in the message, the source line and the error
     assert "canary" not in text
+
+
+def test_no_handler_of_any_logger_lacks_the_redaction_filter() -> None:
+    """Django's default console/server handlers are replaced, and any other handler got the filter at start-up."""
+    assert logging.getLogger("django").handlers == [] and logging.getLogger("django.server").handlers == []
+    loggers = [logging.getLogger()] + [lg for name, lg in logging.Logger.manager.loggerDict.items()
+                                       if isinstance(lg, logging.Logger) and name.split(".")[0] in
+                                       ("django", "tradesite", "trading", "webhooks", "strategies", "axes")]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if type(handler).__module__.startswith("_pytest") or isinstance(handler, logging.NullHandler):
+                continue  # pytest's capture handlers (added after start-up); a NullHandler writes nothing
+            assert any(isinstance(f, RedactSecretsFilter) for f in handler.filters), (logger.name, handler)
+
+
+def test_redact_every_handler_covers_a_library_handler_added_outside_our_config() -> None:
+    from tradesite.logging import redact_every_handler
+
+    library = logging.getLogger("some.library")
+    handler = logging.StreamHandler()
+    library.addHandler(handler)
+    try:
+        assert redact_every_handler() >= 1
+        assert any(isinstance(f, RedactSecretsFilter) for f in handler.filters)
+    finally:
+        library.removeHandler(handler)

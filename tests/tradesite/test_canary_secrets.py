@@ -1,0 +1,288 @@
+"""Canary secrets: a full cycle on real processes at DEBUG log level, forced errors and 500s, then a search of the
+logs, Redis keys and values, error pages and every API response for the canaries, raw and encoded.
+
+The canaries are real credentials wherever the local services allow it: the Postgres password is in DATABASE_URL
+(trust authentication accepts any), Redis is a private redis-server started with the canary as its password, the
+Coinbase key is a real Ed25519 CDP key registered with the loopback Coinbase fake, the webhook passphrases are a
+strategy's real secret and a wrong one, and SECRET_KEY and METRICS_TOKEN are the processes' real ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+import pytest
+import redis
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test import Client
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+
+from tests.conftest import WorkerGroup, wait_for
+from tests.fakes.coinbase_venue import harness as coinbase_harness
+from tests.webhooks.server import gunicorn
+from trading import reconcile, services
+from trading.models import Order, Signal
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+WEBHOOK = "/api/webhooks/tradingview/"
+
+
+def encodings(secret: str) -> set[str]:
+    """The ways a secret can show up: raw, base64 (standard and URL-safe, any alignment), URL-encoded, hex, JSON."""
+    raw = secret.encode()
+    forms = {secret, quote(secret, safe=""), quote_plus(secret), raw.hex(), raw.hex().upper(),
+             json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=True)[1:-1].replace("/", "\\/")}
+    for pad in range(3):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            text = encode(b"\0" * pad + raw).decode().rstrip("=")
+            # Drop the characters that mix padding bits or neighbours into the secret's own.
+            start = (pad * 8 + 5) // 6 + 1
+            forms.add(text[start:-2])
+    return {f for f in forms if len(f) >= 8}
+
+
+def hits(haystack: str, canaries: dict[str, str]) -> list[str]:
+    """Which canaries (by name and form) occur in the text."""
+    found = []
+    for name, secret in canaries.items():
+        for form in encodings(secret):
+            if form in haystack:
+                found.append(f"{name} as {form!r}")
+    return found
+
+
+def test_encodings_find_a_base64_wrapped_secret() -> None:
+    """The search itself works: a secret inside a base64 blob, a URL or JSON is found."""
+    canaries = {"x": "cnry/+=secret-0123456789"}
+    blob = base64.b64encode(b"prefix " + canaries["x"].encode() + b" suffix").decode()
+    assert hits(blob, canaries)
+    assert hits("redis://:" + quote(canaries["x"], safe="") + "@h/0", canaries)
+    assert hits(json.dumps({"k": canaries["x"]}), canaries)
+    assert hits(canaries["x"].encode().hex(), canaries)
+    assert not hits("nothing to see", canaries)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[int, str]]:
+    """A redis-server of our own whose password is a canary (set in a 0600 config file, not on a command line)."""
+    password = "cnry-redis+" + secrets.token_urlsafe(12) + "/="
+    port = _free_port()
+    conf = tmp_path / "redis.conf"
+    conf.write_text(f'port {port}\nbind 127.0.0.1\nsave ""\nappendonly no\nrequirepass "{password}"\n'
+                    f"dir {tmp_path}\n")
+    conf.chmod(0o600)
+    proc = subprocess.Popen(["redis-server", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    client = redis.Redis(host="127.0.0.1", port=port, password=password)
+    wait_for(lambda: _pings(client), timeout=20, what="private redis up")
+    try:
+        yield port, password
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def _http(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+          ) -> tuple[int, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def _alert(slug: str, passphrase: str, **fields: str) -> bytes:
+    return json.dumps({"passphrase": passphrase, "strategy": slug, "ticker": "BTCUSD",
+                       "time": timezone.now().strftime("%Y-%m-%dT%H:%M:%SZ"), **fields}).encode()
+
+
+def _redis_dump(client: redis.Redis) -> str:
+    """Every key and value in the Redis (strings, lists, hashes, sets, sorted sets)."""
+    parts = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        value: Any
+        if kind == "string":
+            value = client.get(key)
+        elif kind == "list":
+            value = client.lrange(key, 0, -1)
+        elif kind == "hash":
+            value = client.hgetall(key)
+        elif kind == "set":
+            value = client.smembers(key)
+        elif kind == "zset":
+            value = client.zrange(key, 0, -1, withscores=True)
+        else:
+            value = kind
+        parts.append(f"{key!r} {value!r}")
+    return "\n".join(parts)
+
+
+def test_no_canary_leaks_anywhere(private_redis, make_account, make_strategy, set_price, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    redis_port, redis_password = private_redis
+    db = connection.settings_dict
+    db_password = "cnry-db+" + secrets.token_urlsafe(12) + "/="
+    wrong_key = ed25519.Ed25519PrivateKey.generate()
+    raw_wrong = wrong_key.private_bytes_raw() + wrong_key.public_key().public_bytes_raw()
+    with coinbase_harness(algorithm="EdDSA") as venue:
+        canaries = {
+            "venue api secret": venue.credentials["api_secret"],
+            "venue api key": venue.credentials["api_key"],
+            "unregistered venue secret": base64.b64encode(raw_wrong).decode(),
+            "database password": db_password,
+            "redis password": redis_password,
+            "secret key": "cnry-sk-" + secrets.token_urlsafe(40),
+            "metrics token": "cnry-mt-" + secrets.token_urlsafe(32),
+            "wrong passphrase": "cnry-wp-" + secrets.token_urlsafe(24),
+        }
+        log_dir = tmp_path / "logs"
+        env = {
+            **{k: v for k, v in os.environ.items() if k not in ("CELERY_BROKER_URL",)},
+            "DATABASE_URL": f"postgres://{db['USER']}:{quote(db_password, safe='')}@{db['HOST'] or '127.0.0.1'}:"
+                            f"{db['PORT'] or 5432}/{db['NAME']}",
+            "REDIS_URL": f"redis://:{quote(redis_password, safe='')}@127.0.0.1:{redis_port}/0",
+            "REDIS_KEY_PREFIX": "canary:", "LOG_DIR": str(log_dir), "LOG_LEVEL": "DEBUG", "DEBUG": "0",
+            "SECRET_KEY": canaries["secret key"], "METRICS_TOKEN": canaries["metrics token"],
+            "WEBHOOK_RATE_LIMIT_PER_IP": "100000", "WEBHOOK_RATE_LIMIT_PER_STRATEGY": "100000",
+            **venue.env("CANARYCB"),
+            # A second live account whose key the venue does not know: every call it makes is a 401.
+            "CANARYBAD_API_KEY": "organizations/0000/apiKeys/1111", "CANARYBAD_API_SECRET":
+                canaries["unregistered venue secret"], "CANARYBAD_ENDPOINT": venue.endpoint, "CANARYBAD_TIMEOUT": "2",
+        }
+        for name in ("CANARYCB_API_KEY", "CANARYCB_API_SECRET", "CANARYCB_ENDPOINT", "CANARYCB_TIMEOUT",
+                     "CANARYBAD_API_KEY", "CANARYBAD_API_SECRET", "CANARYBAD_ENDPOINT", "CANARYBAD_TIMEOUT"):
+            monkeypatch.setenv(name, env[name])
+
+        live = services.account_create(data={"name": "canary-cb", "venue": "coinbase", "network": "mainnet",
+                                             "credentials_env": "CANARYCB", "max_leverage": "1"}, by="test")
+        bad = services.account_create(data={"name": "canary-bad", "venue": "coinbase", "network": "mainnet",
+                                            "credentials_env": "CANARYBAD", "max_leverage": "1"}, by="test")
+        reconcile.account_reconcile(account=live)  # opens the cash book at the venue's balance
+        reconcile.account_reconcile(account=bad)  # a 401, recorded in the report
+        strategy = make_strategy(live, mode="live", sizing_value="0.01")
+        doomed = make_strategy(bad, mode="live", sizing_value="0.01")
+        passphrase = services.strategy_webhook_secret_rotate(strategy=strategy, by="test")
+        doomed_passphrase = services.strategy_webhook_secret_rotate(strategy=doomed, by="test")
+        canaries["webhook passphrase"] = passphrase
+        canaries["doomed webhook passphrase"] = doomed_passphrase
+        staff = User.objects.create_user("canary-staff", password="canary-staff-pass-123", is_staff=True)
+        api_token = Token.objects.create(user=staff).key
+
+        group = WorkerGroup(env={**env, "TRADESITE_COMPONENT": "worker"}, log_dir=tmp_path)
+        bodies: list[str] = []
+        try:
+            group.start()
+            with gunicorn({**env, "TRADESITE_COMPONENT": "web"}, workers=1, log_path=tmp_path / "gunicorn.out",
+                          app="tests.tradesite.canary_wsgi:application") as port:
+                def call(method: str, path: str, body: bytes | None = None, **headers: str) -> tuple[int, str]:
+                    status, text = _http(port, method, path, body, headers)
+                    bodies.append(f"{method} {path.split('?')[0]} {status}\n{text}")  # our own query is no leak
+                    return status, text
+
+                # The cycle: entry and exit on the Coinbase fake through the webhook, the worker and the venue.
+                status, text = call("POST", WEBHOOK, _alert(strategy.slug, passphrase, action="buy",
+                                                             contracts="0.01", id="canary-open"))
+                assert status == 202, text
+                opened = json.loads(text)["signal_id"]
+                wait_for(lambda: Signal.objects.get(pk=opened).status == "executed", timeout=60,
+                         what="entry filled on the venue")
+                status, text = call("POST", WEBHOOK, _alert(strategy.slug, passphrase, action="close",
+                                                             id="canary-close"))
+                assert status == 202, text
+                closed = json.loads(text)["signal_id"]
+                wait_for(lambda: Signal.objects.get(pk=closed).status == "executed", timeout=60,
+                         what="exit filled on the venue")
+                # Forced failures: wrong passphrases (body and query string), a venue that answers 401, a 500.
+                assert call("POST", WEBHOOK, _alert(strategy.slug, canaries["wrong passphrase"], action="buy",
+                                                    id="canary-wrong"))[0] == 401
+                assert call("POST", WEBHOOK + "?passphrase=" + quote(canaries["wrong passphrase"]),
+                            _alert(strategy.slug, "", action="buy", id="canary-query"))[0] in (400, 401)
+                status, text = call("POST", WEBHOOK, _alert(doomed.slug, doomed_passphrase, action="buy",
+                                                            contracts="0.01", id="canary-doomed"))
+                assert status == 202, text
+                doomed_signal = json.loads(text)["signal_id"]
+                wait_for(lambda: Signal.objects.get(pk=doomed_signal).status in ("rejected", "failed") or
+                         Order.objects.filter(signal_id=doomed_signal, status__in=("rejected", "unknown")).exists(),
+                         timeout=60, what="the venue's 401 handled")
+                status, text = call("GET", "/__canary/boom")
+                assert status == 500 and "Traceback" not in text
+                # Every API response a user or a scraper can get.
+                auth = {"Authorization": f"Token {api_token}"}
+                for path in ("/api/strategies/", f"/api/strategies/{strategy.pk}/", "/api/accounts/",
+                             f"/api/accounts/{live.pk}/", f"/api/accounts/{bad.pk}/", "/api/orders/",
+                             "/api/positions/", "/api/signals/", f"/api/signals/{opened}/",
+                             f"/api/signals/{doomed_signal}/", "/api/pnl/", "/api/pnl/equity/", "/api/kill-switch/",
+                             "/api/backtests/", "/api/schema/", "/healthz", "/readyz"):
+                    status, _ = call("GET", path, **auth)
+                    assert status == 200, path
+                assert call("GET", "/metrics", Authorization=f"Bearer {canaries['metrics token']}")[0] == 200
+                assert call("GET", "/api/orders/")[0] in (401, 403)
+        finally:
+            group.stop_all()
+
+    assert Order.objects.filter(strategy=strategy, status="filled").count() == 2  # the cycle really happened
+
+    # The technical 500 page (DEBUG on) and the plain one (DEBUG off), in this process, with the secrets in the
+    # environment and in settings the way a deployment holds them.
+    for name in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "METRICS_TOKEN"):
+        monkeypatch.setenv(name, env[name])
+    from django.test import override_settings
+
+    with override_settings(ROOT_URLCONF="tests.tradesite.canary_urls", DATABASE_URL=env["DATABASE_URL"],
+                           REDIS_URL=env["REDIS_URL"], CELERY_BROKER_URL=env["REDIS_URL"],
+                           METRICS_TOKEN=canaries["metrics token"], SECRET_KEY=canaries["secret key"]):
+        for debug in (True, False):
+            with override_settings(DEBUG=debug):
+                response = Client(raise_request_exception=False).get("/__canary/boom")
+                assert response.status_code == 500
+                page = response.content.decode()
+                assert ("Traceback" in page) is debug
+                bodies.append(f"DEBUG={debug} 500 page\n{page}")
+
+    logs = "\n".join(p.read_text(errors="replace") for p in sorted(log_dir.glob("*.log*")) if p.suffix != ".lock")
+    outputs = "\n".join(p.read_text(errors="replace") for p in [tmp_path / "gunicorn.out",
+                                                                *tmp_path.glob("worker-*.log")])
+    assert '"level": "DEBUG"' in logs and "engine" in logs  # debug logging really was on
+    assert "[REDACTED]" in logs  # the boom's message was caught by the filter
+    client = redis.Redis(host="127.0.0.1", port=redis_port, password=redis_password)
+    stored = _redis_dump(client)
+    assert "canary:" in stored  # the broker and cache really used this Redis
+    report = {
+        "log files": hits(logs, canaries),
+        "process output": hits(outputs, canaries),
+        "redis": hits(stored, canaries),
+        "pages and API responses": hits("\n".join(bodies), canaries),
+    }
+    assert report == {k: [] for k in report}
