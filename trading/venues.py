@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -75,7 +76,8 @@ class LatentConnector(Connector):
 
     def __init__(self, inner: PaperVenue, latency_ms: int) -> None:
         self.inner, self.half = inner, latency_ms / 2000
-        self.capabilities = inner.capabilities
+        # A venue with latency is remote as far as the engine is concerned: decide, send and record apart.
+        self.capabilities = replace(inner.capabilities, in_database=False)
 
     def create_order(self, request: OrderRequest) -> VenueOrder:
         time.sleep(self.half)
@@ -195,6 +197,8 @@ class DjangoPaperStore:
     A unit of work (`atomic`) locks the account row, reads the venue's cash, sequence and positions once, and
     writes each changed row once when it ends: the hot path is a handful of statements, not dozens.
     """
+
+    in_database = True  # every unit of work joins the caller's transaction
 
     def __init__(self, account_id: int) -> None:
         self.account_id = account_id
