@@ -155,12 +155,13 @@ def _account_view(account: VenueAccount, connector: Connector, *, now: datetime,
     if account.day_start != today or account.day_start_equity is None:
         account.day_start, account.day_start_equity = today, equity
         VenueAccount.objects.filter(pk=account.pk).update(day_start=today, day_start_equity=equity)
+    kill_on: bool | None = getattr(account, "kill_switch_on", None)  # read with the account lock when it was taken
     view = AccountView(
         equity=equity,
         positions=views,
         pending=pending,
         pnl_today=equity - account.day_start_equity,
-        kill_switch=getattr(account, "kill_switch_on", None) or kill_switch_engaged(),
+        kill_switch=kill_switch_engaged() if kill_on is None else kill_on,
     )
     return _Book(view, {(p.strategy_id, p.symbol): p for p in positions})
 
