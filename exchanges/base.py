@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import enum
 import threading
+from contextlib import AbstractContextManager, nullcontext
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -175,6 +176,9 @@ class Capabilities:
     stop_orders: bool = True
     leverage: bool = True
     positions: bool = True
+    # The venue keeps its state in our own database and its calls join the caller's transaction (the paper venue
+    # on the Django store): the engine may decide, send and record in one transaction, since nothing leaves it.
+    in_database: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -247,6 +251,10 @@ class Connector(abc.ABC):
         from exchanges.errors import VenueError
 
         raise VenueError(f"{self.capabilities.venue} serves no candles", venue=self.capabilities.venue)
+
+    def unit_of_work(self) -> AbstractContextManager[None]:
+        """Group calls into one unit; an `in_database` venue opens its transaction and takes its locks here."""
+        return nullcontext()
 
     def verify(self) -> Sequence[CheckItem]:
         """Check credentials, signature, permissions and connectivity; venues add their own checks."""

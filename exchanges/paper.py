@@ -350,10 +350,16 @@ class PaperVenue(Connector):
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._store = store
+        if getattr(store, "in_database", False):
+            self.capabilities = replace(self.capabilities, in_database=True)
         self._prices = prices
         self._config = config
         self._clock = clock or _utc_now
         self._leverage: dict[str, Decimal] = {}
+
+    def unit_of_work(self) -> AbstractContextManager[None]:
+        """One unit of work of the store: the calls inside it read the venue's state once and write it once."""
+        return self._store.atomic()
 
     # -- reads ---------------------------------------------------------------------------------------------
 

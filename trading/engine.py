@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import Case, Exists, F, Q, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -155,12 +155,13 @@ def _account_view(account: VenueAccount, connector: Connector, *, now: datetime,
     if account.day_start != today or account.day_start_equity is None:
         account.day_start, account.day_start_equity = today, equity
         VenueAccount.objects.filter(pk=account.pk).update(day_start=today, day_start_equity=equity)
+    kill_on: bool | None = getattr(account, "kill_switch_on", None)  # read with the account lock when it was taken
     view = AccountView(
         equity=equity,
         positions=views,
         pending=pending,
         pnl_today=equity - account.day_start_equity,
-        kill_switch=kill_switch_engaged(),
+        kill_switch=kill_switch_engaged() if kill_on is None else kill_on,
     )
     return _Book(view, {(p.strategy_id, p.symbol): p for p in positions})
 
@@ -206,74 +207,90 @@ def _intent(signal: Signal) -> SignalIntent:
 def signal_process(*, signal_id: int, now: datetime | None = None) -> Signal:
     """Decide a received signal under the account lock, create its orders, and submit them."""
     with log_context(signal_id=signal_id):
-        signal, orders = _signal_decide(signal_id=signal_id, now=now or timezone.now())
+        now = now or timezone.now()
+        account = VenueAccount.objects.get(signals__pk=signal_id)
+        connector = connector_for(account)
+        if connector.capabilities.in_database:
+            # Nothing leaves the database: decide, send and record in one transaction (the venue's lock first,
+            # as its own writers take it, then the account row). A crash before COMMIT leaves the signal RECEIVED.
+            with connector.unit_of_work():
+                signal, orders, book = _signal_decide(signal_id=signal_id, account_id=account.pk, now=now)
+                for order in orders:
+                    _order_send(order, connector=connector, now=timezone.now(),
+                                positions=book.positions if book else None, siblings=orders)
+            return signal
+        with transaction.atomic():
+            signal, orders, _ = _signal_decide(signal_id=signal_id, account_id=account.pk, now=now)
         for order in orders:  # committed as SUBMITTING, in the decision's transaction
-            _order_send(order, now=order.submitted_at or timezone.now())
+            _order_send(order, connector=connector, now=order.submitted_at or timezone.now())
         if orders:
             signal.refresh_from_db()
         return signal
 
 
-def _signal_decide(*, signal_id: int, now: datetime) -> tuple[Signal, list[Order]]:
-    account_id = Signal.objects.values_list("account_id", flat=True).get(pk=signal_id)
-    with transaction.atomic():
-        # The account row is the parent lock: every risk decision on an account runs one at a time.
-        # FOR NO KEY UPDATE: concurrent inserts that reference these rows (their foreign-key checks) never wait.
-        account = VenueAccount.objects.select_for_update(no_key=True).get(pk=account_id)
-        signal = Signal.objects.select_for_update(no_key=True, of=("self",)).select_related("strategy").get(
-            pk=signal_id)
-        if signal.status != Signal.Status.RECEIVED:
-            return signal, []
-        signal.attempts += 1
-        if signal.strategy.status != Strategy.Status.ACTIVE and not _allowed_when_inactive(signal):
-            return _signal_reject(signal, rule="strategy_inactive",
-                                  detail=f"strategy {signal.strategy.slug} is {signal.strategy.status}", now=now), []
-        connector = connector_for(account)
-        try:
-            market = connector.market(signal.symbol)
-            ticker = connector.ticker(signal.symbol)
-            marks = {signal.symbol: ticker.price}
-            book = _account_view(account, connector, now=now, marks=marks)
-        except VenueError as exc:
-            if signal.attempts >= _cfg("MAX_SUBMIT_ATTEMPTS") or not exc.retryable:
-                return _signal_reject(signal, rule="venue_unavailable", detail=str(exc), now=now), []
-            signal.save(update_fields=["attempts"])
-            raise
-        decision = risk.decide(
-            intent=_intent(signal),
-            strategy_id=signal.strategy_id,
-            account=book.view,
-            market=MarketRules(
-                symbol=market.symbol,
-                lot_size=market.lot_size,
-                min_qty=market.min_qty,
-                tick_size=market.tick_size,
-                min_notional=market.min_notional,
-                max_leverage=market.max_leverage,
-            ),
-            quote=Quote(ticker.price, ticker.time),
-            atr=_atr(signal, now),
-            risk=strategy_risk(signal.strategy),
-            limits=account_limits(account),
-            now=now,
-        )
-        if not decision.accepted:
-            status = Signal.Status.IGNORED if decision.rule == Rule.NOTHING_TO_DO else Signal.Status.REJECTED
-            return _signal_reject(signal, rule=decision.rule, detail=decision.detail, now=now, status=status), []
-        # The orders are committed as SUBMITTING with the decision and sent right after the commit: a crash in
-        # between leaves them for recovery, which asks the venue by client id before anything is resent.
-        orders = _orders_create(signal, decision, reference_price=ticker.price, now=now)
-        for order in orders:
-            order.account = account  # the sender needs it: no second read
-        signal.status = Signal.Status.ACCEPTED
-        signal.decision_rule, signal.decision_detail = decision.rule, decision.detail
-        signal.accepted_at = signal.submitted_at = now
-        if decision.stop_loss is not None or decision.take_profit is not None:
-            signal.stop_loss, signal.take_profit = decision.stop_loss, decision.take_profit
-        signal.save()
-        audit(actor="engine", action="signal.accepted", entity="signal", entity_id=signal.pk, now=now,
-              orders=[o.client_order_id for o in orders], rule=decision.rule)
-        return signal, orders
+def _signal_decide(*, signal_id: int, account_id: int, now: datetime
+                   ) -> tuple[Signal, list[Order], _Book | None]:
+    """Lock the account, decide the signal and create its orders as SUBMITTING (inside the caller's transaction)."""
+    # The account row is the parent lock: every risk decision on an account runs one at a time.
+    # FOR NO KEY UPDATE: concurrent inserts that reference these rows (their foreign-key checks) never wait.
+    account = VenueAccount.objects.select_for_update(no_key=True).annotate(
+        kill_switch_on=Exists(KillSwitch.objects.filter(pk=1, engaged=True))).get(pk=account_id)
+    signal = Signal.objects.select_for_update(no_key=True, of=("self",)).select_related("strategy").get(
+        pk=signal_id)
+    if signal.status != Signal.Status.RECEIVED:
+        return signal, [], None
+    signal.attempts += 1
+    if signal.strategy.status != Strategy.Status.ACTIVE and not _allowed_when_inactive(signal):
+        return _signal_reject(signal, rule="strategy_inactive",
+                              detail=f"strategy {signal.strategy.slug} is {signal.strategy.status}", now=now), [], None
+    connector = connector_for(account)
+    try:
+        market = connector.market(signal.symbol)
+        ticker = connector.ticker(signal.symbol)
+        marks = {signal.symbol: ticker.price}
+        book = _account_view(account, connector, now=now, marks=marks)
+    except VenueError as exc:
+        if signal.attempts >= _cfg("MAX_SUBMIT_ATTEMPTS") or not exc.retryable:
+            return _signal_reject(signal, rule="venue_unavailable", detail=str(exc), now=now), [], None
+        signal.save(update_fields=["attempts"])
+        raise
+    decision = risk.decide(
+        intent=_intent(signal),
+        strategy_id=signal.strategy_id,
+        account=book.view,
+        market=MarketRules(
+            symbol=market.symbol,
+            lot_size=market.lot_size,
+            min_qty=market.min_qty,
+            tick_size=market.tick_size,
+            min_notional=market.min_notional,
+            max_leverage=market.max_leverage,
+        ),
+        quote=Quote(ticker.price, ticker.time),
+        atr=_atr(signal, now),
+        risk=strategy_risk(signal.strategy),
+        limits=account_limits(account),
+        now=now,
+    )
+    if not decision.accepted:
+        status = Signal.Status.IGNORED if decision.rule == Rule.NOTHING_TO_DO else Signal.Status.REJECTED
+        return _signal_reject(signal, rule=decision.rule, detail=decision.detail, now=now, status=status), [], None
+    # The orders are committed as SUBMITTING with the decision and sent right after the commit: a crash in
+    # between leaves them for recovery, which asks the venue by client id before anything is resent.
+    orders = _orders_create(signal, decision, reference_price=ticker.price, now=now)
+    for order in orders:
+        order.account = account  # the sender needs it: no second read
+        order.signal = signal
+    signal.status = Signal.Status.ACCEPTED
+    signal.decision_rule, signal.decision_detail = decision.rule, decision.detail
+    signal.accepted_at = signal.submitted_at = now
+    if decision.stop_loss is not None or decision.take_profit is not None:
+        signal.stop_loss, signal.take_profit = decision.stop_loss, decision.take_profit
+    signal.save(update_fields=["attempts", "status", "decision_rule", "decision_detail", "accepted_at",
+                               "submitted_at", "stop_loss", "take_profit"])
+    audit(actor="engine", action="signal.accepted", entity="signal", entity_id=signal.pk, now=now,
+          orders=[o.client_order_id for o in orders], rule=decision.rule)
+    return signal, orders, book
 
 
 def _signal_reject(signal: Signal, *, rule: str, detail: str, now: datetime,
@@ -369,15 +386,22 @@ def _order_mark_submitting(order: Order, now: datetime) -> None:
         Signal.objects.filter(pk=order.signal_id, submitted_at__isnull=True).update(submitted_at=now)
 
 
-def _order_send(order: Order, *, now: datetime) -> Order:
-    """Call the venue for an order already committed as SUBMITTING, and record what it said."""
-    connector = connector_for(order.account)
+def _order_send(order: Order, *, now: datetime, connector: Connector | None = None,
+                positions: dict[tuple[int, str], Position] | None = None,
+                siblings: Sequence[Order] = ()) -> Order:
+    """Call the venue for an order already committed as SUBMITTING, and record what it said.
+
+    Inside an `in_database` venue's unit of work (`positions` given: the book read under the account lock), the
+    reply is recorded in the same transaction; otherwise each step takes its own.
+    """
+    connector = connector or connector_for(order.account)
+    joined = positions is not None
     with log_context(order_id=order.pk, client_order_id=order.client_order_id):
         try:
             venue_order = connector.create_order(_request(order))
         except InvalidOrderError as exc:
             with transaction.atomic():
-                locked = Order.objects.select_for_update().get(pk=order.pk)
+                locked = order if joined else Order.objects.select_for_update().get(pk=order.pk)
                 return _order_finish(locked, Order.Status.REJECTED, f"venue refused: {exc}", timezone.now())
         except VenueError as exc:
             # Timeouts, 5xx, dropped connections: the venue may or may not have the order. Never "failed".
@@ -387,6 +411,10 @@ def _order_send(order: Order, *, now: datetime) -> Order:
             )
             order.refresh_from_db()
             return order
+        if joined:
+            others_final = all(o.is_final for o in siblings if o is not order)
+            return _venue_state_record(order.account, order, venue_order, recorded=[], now=now, positions=positions,
+                                       others_final=others_final)
         return order_apply_venue_state(order_id=order.pk, venue_order=venue_order, account_id=order.account_id)
 
 
@@ -412,28 +440,35 @@ def order_apply_venue_state(*, order_id: int, venue_order: VenueOrder, now: date
         account = VenueAccount.objects.select_for_update(no_key=True).only("cash").get(pk=account_id)
         order = Order.objects.select_for_update(no_key=True, of=("self",)).select_related("signal").get(pk=order_id)
         recorded = list(order.fills.values_list("venue_fill_id", "quantity", "price"))
-        known = {row[0] for row in recorded}
-        fresh = [f for f in venue_order.fills if f.fill_id not in known]
-        status = _VENUE_STATUS[venue_order.status]
-        if not fresh and order.status == status and order.venue_order_id == venue_order.venue_order_id:
-            return order
-        if fresh:
-            _fills_record(account, order, fresh, recorded, now)
-        previous = order.status
-        order.venue_order_id = venue_order.venue_order_id
-        order.status = status
-        if venue_order.reason and status in (Order.Status.REJECTED, Order.Status.CANCELED):
-            order.reason = venue_order.reason
-        order.acknowledged_at = order.acknowledged_at or now
-        order.updated_at = now
-        order.save(update_fields=["venue_order_id", "status", "reason", "acknowledged_at", "updated_at",
-                                  "filled_quantity", "fees", "average_fill_price"])
-        if order.signal_id:
-            _signal_stages(order, filled=bool(fresh), now=now)
-        if previous != status:
-            audit(actor="engine", action=f"order.{status}", entity="order", entity_id=order.pk, now=now,
-                  venue_order_id=venue_order.venue_order_id, filled=order.filled_quantity)
+        return _venue_state_record(account, order, venue_order, recorded=recorded, now=now)
+
+
+def _venue_state_record(account: VenueAccount, order: Order, venue_order: VenueOrder, *, recorded: list,
+                        now: datetime, positions: dict[tuple[int, str], Position] | None = None,
+                        others_final: bool | None = None) -> Order:
+    """Record new fills, status and stages of a locked order (fills already `recorded` are skipped)."""
+    known = {row[0] for row in recorded}
+    fresh = [f for f in venue_order.fills if f.fill_id not in known]
+    status = _VENUE_STATUS[venue_order.status]
+    if not fresh and order.status == status and order.venue_order_id == venue_order.venue_order_id:
         return order
+    if fresh:
+        _fills_record(account, order, fresh, recorded, now, positions)
+    previous = order.status
+    order.venue_order_id = venue_order.venue_order_id
+    order.status = status
+    if venue_order.reason and status in (Order.Status.REJECTED, Order.Status.CANCELED):
+        order.reason = venue_order.reason
+    order.acknowledged_at = order.acknowledged_at or now
+    order.updated_at = now
+    order.save(update_fields=["venue_order_id", "status", "reason", "acknowledged_at", "updated_at",
+                              "filled_quantity", "fees", "average_fill_price"])
+    if order.signal_id:
+        _signal_stages(order, filled=bool(fresh), now=now, others_final=others_final)
+    if previous != status:
+        audit(actor="engine", action=f"order.{status}", entity="order", entity_id=order.pk, now=now,
+              venue_order_id=venue_order.venue_order_id, filled=order.filled_quantity)
+    return order
 
 
 def _commit_without_fsync_wait() -> None:
@@ -448,23 +483,42 @@ def _commit_without_fsync_wait() -> None:
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
 
 
-def _signal_stages(order: Order, *, filled: bool, now: datetime) -> None:
+def _signal_stages(order: Order, *, filled: bool, now: datetime, others_final: bool | None = None) -> None:
     """Stamp the signal's acknowledged and filled stages, and settle it once all its orders are final."""
     changes: dict[str, object] = {"acknowledged_at": Coalesce("acknowledged_at", Value(now))}
     if filled:
         changes["filled_at"] = Value(now)
-    if order.is_final and not Order.objects.filter(signal_id=order.signal_id).exclude(pk=order.pk).exclude(
-            status__in=Order.FINAL).exists():
+    if others_final is None:
+        others_final = not Order.objects.filter(signal_id=order.signal_id).exclude(pk=order.pk).exclude(
+            status__in=Order.FINAL).exists()
+    settle = order.is_final and others_final
+    if settle:
         changes["status"] = Case(When(status=Signal.Status.ACCEPTED, then=Value(Signal.Status.EXECUTED)),
                                  default=F("status"))
     Signal.objects.filter(pk=order.signal_id).update(**changes)
+    signal = order._state.fields_cache.get("signal")
+    if signal is not None:  # the caller's copy (read under the account lock) says what the row now says
+        signal.acknowledged_at = signal.acknowledged_at or now
+        if filled:
+            signal.filled_at = now
+        if settle and signal.status == Signal.Status.ACCEPTED:
+            signal.status = Signal.Status.EXECUTED
 
 
-def _fills_record(account: VenueAccount, order: Order, fills: Sequence, recorded: list, now: datetime) -> None:
-    # Every writer of this account's positions holds the account lock, so a plain read is enough here.
-    position = Position.objects.filter(account=account, strategy_id=order.strategy_id, symbol=order.symbol).first()
+def _fills_record(account: VenueAccount, order: Order, fills: Sequence, recorded: list, now: datetime,
+                  positions: dict[tuple[int, str], Position] | None = None) -> None:
+    # Every writer of this account's positions holds the account lock, so a plain read is enough here; the
+    # in-database path passes the open positions it read under that lock (a flat one is absent from them).
+    key = (order.strategy_id, order.symbol)
+    if positions is not None and key in positions:
+        position = positions[key]
+    else:
+        position = Position.objects.filter(account=account, strategy_id=order.strategy_id,
+                                           symbol=order.symbol).first()
     if position is None:
         position = Position(account=account, strategy_id=order.strategy_id, symbol=order.symbol, updated_at=now)
+    if positions is not None:
+        positions[key] = position
     state = pnl.PositionState(position.quantity, position.cost_basis, position.realized_pnl, position.fees_paid)
     was_flat = position.quantity == 0
     side = Side(order.side)
@@ -499,7 +553,11 @@ def _fills_record(account: VenueAccount, order: Order, fills: Sequence, recorded
         position.stop_loss = signal.stop_loss or position.stop_loss
         position.take_profit = signal.take_profit or position.take_profit
     position.updated_at = now
-    position.save()
+    if position.pk is None:
+        position.save()
+    else:
+        position.save(update_fields=["quantity", "cost_basis", "realized_pnl", "fees_paid", "average_entry",
+                                     "stop_loss", "take_profit", "opened_at", "updated_at"])
     VenueAccount.objects.filter(pk=account.pk).update(cash=account.cash + cash_delta)
     account.cash += cash_delta
 

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -52,7 +53,8 @@ def _build(account: VenueAccount) -> Connector:
             slippage_bps=account.paper_slippage_bps,
             max_volume_share=account.paper_max_volume_share,
         )
-        venue = PaperVenue(store=DjangoPaperStore(account.pk), prices=DbPriceSource(), config=config)
+        store = DjangoPaperStore(account.pk)
+        venue = PaperVenue(store=store, prices=DbPriceSource(store), config=config)
         return LatentConnector(venue, account.paper_latency_ms) if account.paper_latency_ms else venue
     prefix = f"{account.credentials_env}_"
     credentials = {k[len(prefix):].lower(): v for k, v in os.environ.items() if k.startswith(prefix)}
@@ -203,13 +205,25 @@ def price_set(symbol: str, price: Decimal, *, time: datetime, volume: Decimal | 
 
 
 class DbPriceSource:
-    """Prices from the MarketPrice table (written by the replay feed, a venue's public prices, or tests)."""
+    """Prices from the MarketPrice table (written by the replay feed, a venue's public prices, or tests).
+
+    Inside one unit of work of `store` a market's price is read once: one transaction sees one price.
+    """
+
+    def __init__(self, store: DjangoPaperStore | None = None) -> None:
+        self.store = store
 
     def ticker(self, symbol: str) -> Ticker:
+        unit = self.store._unit() if self.store is not None else None
+        if unit is not None and symbol in unit.prices:
+            return unit.prices[symbol]
         row = MarketPrice.objects.filter(symbol=symbol).values_list("price", "time", "volume").first()
         if row is None:
             raise TemporaryError(f"no price for {symbol}", venue="paper")
-        return Ticker(symbol=symbol, price=row[0], time=row[1], volume=row[2])
+        tick = Ticker(symbol=symbol, price=row[0], time=row[1], volume=row[2])
+        if unit is not None:
+            unit.prices[symbol] = tick
+        return tick
 
 
 class LatentConnector(Connector):
@@ -217,7 +231,8 @@ class LatentConnector(Connector):
 
     def __init__(self, inner: PaperVenue, latency_ms: int) -> None:
         self.inner, self.half = inner, latency_ms / 2000
-        self.capabilities = inner.capabilities
+        # A venue with latency is remote as far as the engine is concerned: decide, send and record apart.
+        self.capabilities = replace(inner.capabilities, in_database=False)
 
     def create_order(self, request: OrderRequest) -> VenueOrder:
         time.sleep(self.half)
@@ -321,6 +336,7 @@ class _Unit:
         self.account_dirty = False
         self.dirty_positions: set[str] = set()
         self.new_positions: set[str] = set()
+        self.prices: dict[str, Ticker] = {}
 
     def snapshot(self) -> tuple[Any, ...]:
         return (self.cash, self.sequence, {k: list(v) for k, v in self.positions.items()}, dict(self.orders),
@@ -337,6 +353,8 @@ class DjangoPaperStore:
     A unit of work (`atomic`) locks the account row, reads the venue's cash, sequence and positions once, and
     writes each changed row once when it ends: the hot path is a handful of statements, not dozens.
     """
+
+    in_database = True  # every unit of work joins the caller's transaction
 
     def __init__(self, account_id: int) -> None:
         self.account_id = account_id

@@ -7,6 +7,7 @@ from decimal import ROUND_DOWN, ROUND_HALF_UP, ROUND_UP, Decimal
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.utils import timezone
 
 from trading import engine, services
@@ -190,13 +191,20 @@ def test_kill_switch_blocks_entries_cancels_orders_and_closes_positions(make_acc
     assert actions == ["kill_switch.engaged", "kill_switch.released"]
 
 
+def _decide_only(signal: Signal) -> list[Order]:
+    """Commit the decision and its SUBMITTING orders, and stop there (a worker that died before sending)."""
+    with transaction.atomic():
+        _, orders, _ = engine._signal_decide(signal_id=signal.pk, account_id=signal.account_id, now=timezone.now())
+    return orders
+
+
 def test_ambiguous_submit_is_recovered_by_client_id_without_a_second_order(make_account, make_strategy,
                                                                             set_price) -> None:
     strategy = make_strategy(make_account())
     set_price("BTC/USD", "50000")
     signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="amb", action="open_long",
                                      enqueue=False)
-    _, orders = engine._signal_decide(signal_id=signal.pk, now=timezone.now())
+    orders = _decide_only(signal)
     order = Order.objects.get(pk=orders[0].pk)
     assert order.status == Order.Status.SUBMITTING  # committed with the decision, before any venue call
     # The venue got the order but the reply was lost: the row says UNKNOWN, the venue has it.
@@ -217,7 +225,7 @@ def test_order_the_venue_never_saw_is_resent_with_the_same_client_id(make_accoun
     set_price("BTC/USD", "50000")
     signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="lost", action="open_long",
                                      enqueue=False)
-    _, orders = engine._signal_decide(signal_id=signal.pk, now=timezone.now())
+    orders = _decide_only(signal)
     order = orders[0]
     earlier = timezone.now() - timedelta(seconds=60)  # the worker crashed right after the commit, before sending
     Order.objects.filter(pk=order.pk).update(submitted_at=earlier, updated_at=earlier)
