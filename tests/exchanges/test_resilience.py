@@ -107,7 +107,7 @@ class ScriptedConnector(Connector):
 
     def ticker(self, symbol: str) -> Ticker:
         self._step("ticker")
-        return Ticker(symbol=symbol, price=Decimal("100"), time=T0)
+        return Ticker(symbol=symbol, price=Decimal("100"), time=datetime.now(timezone.utc))
 
     def create_order(self, request: OrderRequest) -> VenueOrder:
         self._step("create_order")
