@@ -780,8 +780,12 @@ class SynthetixConnector(Connector):
         cls = InsufficientFundsError if reason.startswith("insufficient") else InvalidOrderError
         return cls(f"commit reverted on chain: {reason}", venue=VENUE)
 
-    def _order_from_entry(self, key: str, entry: dict[str, Any], *, rebroadcast: bool = False) -> VenueOrder | None:
-        """The venue's view of a journalled commit; None when the node has never seen it."""
+    def _order_from_entry(self, key: str, entry: dict[str, Any], *, rebroadcast: bool = True) -> VenueOrder | None:
+        """The venue's view of a journalled commit.
+
+        A commit we signed but the node has never seen is broadcast now (its stored bytes, while its nonce is
+        free): once signed, an order goes out exactly once, so a later resend can never revive a forgotten one.
+        """
         if entry.get("kind") != "commit":
             return None
         with self._tx_lock:
@@ -899,7 +903,11 @@ class SynthetixConnector(Connector):
         return order
 
     def fetch_order_by_client_id(self, symbol: str, client_order_id: str) -> VenueOrder | None:
-        """Return an order by client id (journal first, then OrderCommitted events by trackingCode); None if unseen."""
+        """Return an order by client id (journal first, then OrderCommitted events by trackingCode); None if unseen.
+
+        A journalled commit the node never received is re-broadcast byte for byte and reported (see
+        _order_from_entry); a commit whose nonce went to another transaction is REJECTED.
+        """
         key = f"tx:{client_order_id}"
         entry = self._journal.get(key)
         if entry is not None:

@@ -271,14 +271,16 @@ def test_raw_transaction_is_journalled_before_broadcast_and_resent_byte_for_byte
     assert "0x" + keccak(hexstr=stored["raw"]).hex() == stored["hash"]
     with pytest.raises(TransactionNotFound):
         chain_of(h).w3.eth.get_transaction(stored["hash"])
-    assert before.fetch_order_by_client_id("ETH-PERP", "crash-1") is None  # the venue never saw it
+    assert broadcasts(h) == [] and trader_nonce(h) == nonce
 
-    after = connect(h, journal)  # the restarted process
-    order = after.create_order(market_order("crash-1"))
+    after = connect(h, journal)  # the restarted process asks by client id before anything else
+    found = after.fetch_order_by_client_id("ETH-PERP", "crash-1")
+    resent = after.create_order(market_order("crash-1"))
 
-    assert order.status is VenueOrderStatus.FILLED and order.venue_order_id == stored["hash"]
+    assert found is not None and found.venue_order_id == resent.venue_order_id == stored["hash"]
+    assert resent.status is VenueOrderStatus.FILLED
     assert h.created_client_ids() == ["crash-1"] and trader_nonce(h) == nonce + 1
-    assert [r.json()["params"][0] for r in broadcasts(h)] == [stored["raw"]]
+    assert [r.json()["params"][0] for r in broadcasts(h)] == [stored["raw"]]  # the stored bytes, once
 
 
 def test_a_stored_unsent_transaction_goes_out_before_any_new_nonce(
@@ -372,11 +374,13 @@ def test_a_dropped_broadcast_is_resent_as_the_same_bytes(h: VenueHarness) -> Non
     h.plan.next(1, Fault.DROP, match=is_broadcast)
     with pytest.raises(OrderStatusUnknownError):
         connector.create_order(market_order("dropped"))
-    assert connector.fetch_order_by_client_id("ETH-PERP", "dropped") is None
+    assert h.created_client_ids() == []  # the node never got it
 
+    found = connector.fetch_order_by_client_id("ETH-PERP", "dropped")  # re-sends the stored bytes
     order = connector.create_order(market_order("dropped"))
 
     sent = [r.json()["params"][0] for r in broadcasts(h)]
+    assert found is not None and found.venue_order_id == order.venue_order_id
     assert order.status is VenueOrderStatus.FILLED and len(sent) == 2 and sent[0] == sent[1]
     assert h.created_client_ids() == ["dropped"]
 
