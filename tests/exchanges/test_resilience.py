@@ -45,6 +45,7 @@ from exchanges.resilience import (
     RetryPolicy,
     error_text,
 )
+from tests.exchanges.contract import ConnectorContract, ContractVenue
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 BTC = Market(symbol="BTC-USD", base="BTC", quote="USD", tick_size=Decimal("0.01"), lot_size=Decimal("0.0001"),
@@ -497,3 +498,29 @@ def test_the_registry_wraps_live_connectors_and_shares_guards_per_venue_and_acco
     assert b.breaker.state is BreakerState.CLOSED
     registry.guards_reset()
     assert registry.guards("fakevenue", "a")[1] is not a1.breaker
+
+
+# --------------------------------------------------------------------------------------------- contract
+
+
+class TestResilientConnectorContract(ConnectorContract):
+    """The wrapper is a faithful Connector: the whole contract passes through it (paper inside)."""
+
+    @pytest.fixture
+    def venue(self) -> ContractVenue:
+        from exchanges.paper import DEFAULT_MARKETS, InMemoryPaperStore, PaperConfig, PaperVenue
+        from tests.exchanges.fakes import FakePrices
+
+        prices = FakePrices()
+        prices.set("BTC/USD", "43210.55")
+        paper = PaperVenue(store=InMemoryPaperStore(Decimal("1000000")), prices=prices,
+                           config=PaperConfig(markets=DEFAULT_MARKETS, slippage_bps=Decimal("5")), clock=prices.clock)
+        clock = FakeClock()
+        wrapped = ResilientConnector(paper, RetryPolicy(), RateLimiter(VENUE_RATES["coinbase"], clock=clock),
+                                     CircuitBreaker(venue="paper", clock=clock), clock, clock.sleep)
+
+        def set_price(symbol: str, price: Decimal) -> None:
+            prices.set(symbol, price)
+            paper.match(symbol)
+
+        return ContractVenue(connector=wrapped, symbol="BTC/USD", price=Decimal("43210.55"), set_price=set_price)
