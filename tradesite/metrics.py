@@ -45,6 +45,8 @@ STAGES = (  # (stage label, from field, to field): the signal-to-order pipeline,
 LATENCY_BUCKETS = taskmetrics.BUCKETS
 MAX_ROWS = 20000  # the most signals one scrape reads for the latency histogram
 BREAKER_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
+# Lists/mappings of a reconciliation report that are differences with the venue (trading/reconcile.py).
+RECONCILE_KINDS = ("position_differences", "unknown_venue_orders", "final_here_open_on_venue")
 
 
 def _window() -> int:
@@ -140,8 +142,9 @@ class TradingCollector:
         from trading import selectors
 
         breaker = GaugeMetricFamily("tradesite_venue_breaker_state", "Circuit breaker per venue account: 0 closed, "
-                                    "1 half-open, 2 open (absent when the venue layer reports none).",
-                                    labels=["account", "venue"])
+                                    "1 half-open, 2 open (paper accounts have none).", labels=["account", "venue"])
+        failures = GaugeMetricFamily("tradesite_venue_consecutive_failures", "Consecutive venue failures the "
+                                     "breaker has counted per account.", labels=["account", "venue"])
         diffs = GaugeMetricFamily("tradesite_reconcile_differences", "Differences found by the last reconciliation "
                                   "per account and kind.", labels=["account", "venue", "kind"])
         errors = GaugeMetricFamily("tradesite_reconcile_error", "1 when the last reconciliation of an account "
@@ -149,23 +152,22 @@ class TradingCollector:
         age = GaugeMetricFamily("tradesite_reconcile_age_seconds", "Seconds since an account was last reconciled.",
                                 labels=["account", "venue"])
         now = timezone.now()
-        health = getattr(selectors, "venue_health", None)
-        items = health() if health is not None else [
-            {"account": a, "reconciled_at": a.last_reconciled_at, "report": a.last_reconcile_report or {},
-             "breaker": None} for a in selectors.account_list()]
-        for item in items:
-            account = item["account"]
+        health_list = getattr(selectors, "venue_health_list", None)  # venues-core's breaker persistence
+        if health_list is not None:
+            for line in health_list():
+                state = _breaker_state({"state": line.breaker_state})
+                if state in BREAKER_STATES:
+                    breaker.add_metric([line.account_name, line.venue], BREAKER_STATES[state])
+                    failures.add_metric([line.account_name, line.venue], line.consecutive_failures)
+        for account in selectors.account_list():
             labels = [account.name, account.venue]
-            state = _breaker_state(item.get("breaker"))
-            if state is not None and state in BREAKER_STATES:
-                breaker.add_metric(labels, BREAKER_STATES[state])
-            report = item.get("report") or {}
-            diffs.add_metric(labels + ["position"], len(report.get("position_differences") or {}))
-            diffs.add_metric(labels + ["unknown_venue_order"], len(report.get("unknown_venue_orders") or []))
+            report = account.last_reconcile_report or {}
+            for kind in RECONCILE_KINDS:
+                diffs.add_metric(labels + [kind], len(report.get(kind) or ()))
             errors.add_metric(labels, 1 if report.get("error") else 0)
-            if item.get("reconciled_at") is not None:
-                age.add_metric(labels, (now - item["reconciled_at"]).total_seconds())
-        yield from (breaker, diffs, errors, age)
+            if account.last_reconciled_at is not None:
+                age.add_metric(labels, (now - account.last_reconciled_at).total_seconds())
+        yield from (breaker, failures, diffs, errors, age)
 
     def _pnl(self) -> Iterator[Metric]:
         from trading.selectors import pnl_summary

@@ -86,7 +86,9 @@ def test_exposition_after_a_real_cycle(workers, make_account, make_strategy, set
     realized = _value(samples, "tradesite_strategy_realized_pnl", strategy=strategy.slug)
     position = strategy.positions.get()
     assert Decimal(str(realized)).quantize(Decimal("0.01")) == position.net_realized_pnl.quantize(Decimal("0.01"))
-    assert _value(samples, "tradesite_reconcile_differences", account=account.name, kind="position") == 0
+    assert _value(samples, "tradesite_reconcile_differences", account=account.name,
+                  kind="position_differences") == 0
+    assert "tradesite_venue_breaker_state" in text
     # django-prometheus' own request metrics are there too.
     assert "django_http_requests_total_by_method" in samples or "django_http_requests_total_by_method_total" in \
         samples
@@ -105,3 +107,31 @@ def test_queue_depth_counts_waiting_messages_under_the_key_prefix(db) -> None:
         assert _value(samples, "tradesite_queue_depth", queue="execution") == 0
     finally:
         flush_broker()
+
+
+def test_breaker_state_and_reconcile_differences_per_account(db, make_account) -> None:
+    from django.utils import timezone
+
+    from trading import selectors
+    from trading.models import VenueAccount
+
+    paper = make_account(name="paper-metrics")
+    live = VenueAccount.objects.create(name="cb-metrics", venue="coinbase", network="testnet", credentials_env="CBM")
+    VenueAccount.objects.filter(pk=live.pk).update(last_reconciled_at=timezone.now(), last_reconcile_report={
+        "position_differences": {"BTC/USD": {"ours": "1", "venue": "0"}}, "unknown_venue_orders": ["x", "y"]})
+    samples = _samples(_scrape()[1])
+    assert _value(samples, "tradesite_reconcile_differences", account="cb-metrics",
+                  kind="position_differences") == 1
+    assert _value(samples, "tradesite_reconcile_differences", account="cb-metrics", kind="unknown_venue_orders") == 2
+    assert _value(samples, "tradesite_reconcile_differences", account=paper.name, kind="unknown_venue_orders") == 0
+    if hasattr(selectors, "venue_health_list"):
+        assert _value(samples, "tradesite_venue_breaker_state", account="cb-metrics") == 0  # closed
+        assert not [labels for labels, _ in samples.get("tradesite_venue_breaker_state", [])
+                    if labels["account"] == paper.name]  # paper has no breaker
+        from trading.models import VenueHealth
+
+        now = timezone.now()
+        VenueHealth.objects.create(account=live, state="open", since=now, consecutive_failures=5, updated_at=now)
+        samples = _samples(_scrape()[1])
+        assert _value(samples, "tradesite_venue_breaker_state", account="cb-metrics", venue="coinbase") == 2
+        assert _value(samples, "tradesite_venue_consecutive_failures", account="cb-metrics") == 5
