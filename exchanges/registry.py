@@ -32,6 +32,7 @@ _MODULES = {"coinbase": "exchanges.coinbase", "hyperliquid": "exchanges.hyperliq
 _LIVE: dict[str, Builder] = {}
 # One limiter and one breaker per (venue, account) in this process, whichever connector instance is in use.
 _GUARDS: dict[tuple[str, str], tuple[RateLimiter, CircuitBreaker]] = {}
+_LIMITERS: dict[tuple[str, str], RateLimiter] = {}  # by (venue, account), or (venue, "") for per-IP limits
 _guards_lock = threading.Lock()
 RETRY_POLICY = RetryPolicy()
 
@@ -90,11 +91,17 @@ def build(
 
 
 def guards(venue: str, account: str) -> tuple[RateLimiter, CircuitBreaker]:
-    """This process's rate limiter and circuit breaker of a (venue, account), created on first use."""
+    """This process's rate limiter and circuit breaker of a (venue, account), created on first use.
+
+    The limiter is shared by all of a venue's accounts when the venue's limit is per IP (Hyperliquid).
+    """
     with _guards_lock:
         found = _GUARDS.get((venue, account))
         if found is None:
-            limiter = RateLimiter(VENUE_RATES.get(venue, DEFAULT_RATE))
+            spec = VENUE_RATES.get(venue, DEFAULT_RATE)
+            limiter = _LIMITERS.get((venue, "" if spec.per_ip else account))
+            if limiter is None:
+                limiter = _LIMITERS[(venue, "" if spec.per_ip else account)] = RateLimiter(spec)
             found = _GUARDS[(venue, account)] = (limiter, CircuitBreaker(venue=venue, account=account))
         return found
 
@@ -103,3 +110,4 @@ def guards_reset() -> None:
     """Forget every limiter and breaker (tests: each starts with closed breakers and full buckets)."""
     with _guards_lock:
         _GUARDS.clear()
+        _LIMITERS.clear()

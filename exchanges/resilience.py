@@ -113,14 +113,15 @@ class RateSpec:
     costs: Mapping[str, float] = field(default_factory=dict)
     default_cost: float = 1.0
     source: str = ""  # where the published limit comes from
+    per_ip: bool = False  # the venue counts per IP: every account of this process shares one bucket
 
     def cost(self, method: str) -> float:
         """Units one call of `method` spends."""
         return self.costs.get(method, self.default_cost)
 
 
-# Budgets sit below each venue's published limit and apply per process and per (venue, account): with several
-# worker processes on one IP, their sum must stay below the venue's per-IP limit (Hyperliquid).
+# Budgets sit below each venue's published limit and apply per process and per (venue, account), or per venue when
+# the venue counts per IP: with several worker processes on one IP, their sum must stay below that limit.
 VENUE_RATES: dict[str, RateSpec] = {
     "coinbase": RateSpec(
         rate=20.0, burst=20.0,
@@ -137,6 +138,7 @@ VENUE_RATES: dict[str, RateSpec] = {
                "positions": 2.0, "fetch_order": 2.0, "fetch_order_by_client_id": 2.0, "open_orders": 20.0,
                "markets": 20.0, "candles": 20.0},
         default_cost=20.0,
+        per_ip=True,
     ),
     "synthetix": RateSpec(
         rate=10.0, burst=20.0,  # JSON-RPC calls a second

@@ -524,3 +524,14 @@ class TestResilientConnectorContract(ConnectorContract):
             paper.match(symbol)
 
         return ContractVenue(connector=wrapped, symbol="BTC/USD", price=Decimal("43210.55"), set_price=set_price)
+
+
+def test_a_per_ip_budget_is_shared_by_every_account_of_the_venue() -> None:
+    from exchanges import registry
+
+    registry.guards_reset()
+    hl_a, hl_b = registry.guards("hyperliquid", "a"), registry.guards("hyperliquid", "b")
+    cb_a, cb_b = registry.guards("coinbase", "a"), registry.guards("coinbase", "b")
+    assert VENUE_RATES["hyperliquid"].per_ip and not VENUE_RATES["coinbase"].per_ip
+    assert hl_a[0] is hl_b[0] and hl_a[1] is not hl_b[1]  # one bucket per IP, one breaker per account
+    assert cb_a[0] is not cb_b[0]
