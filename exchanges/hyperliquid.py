@@ -683,7 +683,13 @@ class HyperliquidConnector(Connector):
             if reply.get("status") != "ok":
                 raise self._refused(reply.get("response"), "cancel")
             (status,) = reply["response"]["data"]["statuses"]
-        order = self.fetch_order(symbol, venue_order_id)
+        try:
+            order = self.fetch_order(symbol, venue_order_id)
+        except (OrderNotFoundError, TemporaryError) as exc:
+            if status != "success":
+                raise
+            raise OrderStatusUnknownError(f"{what}: canceled, but its final state is not readable yet "
+                                          f"({type(exc).__name__}); ask again", venue=VENUE) from None
         if status == "success":
             if not order.status.is_final:
                 order = replace(order, status=VenueOrderStatus.CANCELED)

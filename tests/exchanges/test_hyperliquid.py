@@ -314,6 +314,15 @@ def test_status_lag_answers_none_then_the_order(hl: VenueHarness) -> None:
     assert c.fetch_order_by_client_id(BTC, "b" * 32) == placed
 
 
+def test_a_cancel_whose_final_state_lags_is_unknown_then_canceled(hl: VenueHarness) -> None:
+    c = connect(hl)
+    placed = c.create_order(order(type_=OrderType.LIMIT, price="20000"))
+    fake_of(hl).lag_status(1)
+    with pytest.raises(OrderStatusUnknownError):
+        c.cancel_order(BTC, placed.venue_order_id)
+    assert c.cancel_order(BTC, placed.venue_order_id).status is VenueOrderStatus.CANCELED
+
+
 def test_a_cancel_that_lost_to_a_fill_returns_the_fill(hl: VenueHarness) -> None:
     c = connect(hl)
     placed = c.create_order(order(type_=OrderType.LIMIT, price="40000"))
