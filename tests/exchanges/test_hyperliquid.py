@@ -116,6 +116,20 @@ def test_a_key_that_is_not_an_approved_api_wallet_raises_auth_error(hl: VenueHar
     assert checks["API wallet approved for the account"].ok is False
 
 
+def test_an_api_wallet_approved_by_a_user_signed_action_can_trade(hl: VenueHarness) -> None:
+    from hyperliquid.exchange import Exchange
+
+    owner = hl.extra["owner"]
+    empty_meta = {"meta": {"universe": []}, "spot_meta": {"universe": [], "tokens": []}}
+    reply, agent_key = Exchange(owner, hl.endpoint, **empty_meta).approve_agent("tradesite")  # type: ignore[arg-type]
+    assert reply == {"status": "ok", "response": {"type": "default"}}
+    assert connect(hl, secret_key=agent_key).create_order(order()).status is VenueOrderStatus.FILLED
+
+    stranger = Account.create()
+    refused, _ = Exchange(stranger, hl.endpoint, **empty_meta).approve_agent()  # type: ignore[arg-type]
+    assert refused["status"] == "err" and "does not exist" in refused["response"]
+
+
 def test_testnet_signature_is_refused_by_a_mainnet_venue_and_mainnet_signs_for_mainnet() -> None:
     with harness(network="mainnet") as h:
         testnet_signer = registry.build(venue="hyperliquid", network="testnet", credentials=h.credentials,

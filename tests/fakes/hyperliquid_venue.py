@@ -25,7 +25,7 @@ from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from eth_account import Account
-from hyperliquid.utils.signing import recover_agent_or_user_from_l1_action
+from hyperliquid.utils.signing import recover_agent_or_user_from_l1_action, recover_user_from_user_signed_action
 
 from tests.fakes.faults import FakeHTTPServer, Reply, Request
 from tests.fakes.venues import VenueHarness
@@ -41,6 +41,12 @@ TAKER_FEE = Decimal("0.00045")
 MAKER_FEE = Decimal("0.00015")
 FEE_QUANTUM = Decimal("0.000001")
 NEVER_PLACED = "Order was never placed, already canceled, or filled."
+APPROVE_AGENT_TYPES = [  # the EIP-712 fields of a user-signed approveAgent (as the SDK's sign_agent)
+    {"name": "hyperliquidChain", "type": "string"},
+    {"name": "agentAddress", "type": "address"},
+    {"name": "agentName", "type": "string"},
+    {"name": "nonce", "type": "uint64"},
+]
 
 
 def wire(value: Decimal) -> str:
@@ -331,6 +337,8 @@ class HyperliquidFake(FakeHTTPServer):
         action, nonce, signature = body.get("action"), body.get("nonce"), body.get("signature")
         if not isinstance(action, dict) or not isinstance(nonce, int) or not isinstance(signature, dict):
             return Reply(422, b"Failed to deserialize the JSON body into the target type", {"Content-Type": "text/plain"})
+        if action.get("type") == "approveAgent":
+            return self._approve_agent(action, nonce, signature)
         try:
             signer = recover_agent_or_user_from_l1_action(
                 action, signature, body.get("vaultAddress"), nonce, body.get("expiresAfter"), self.mainnet
@@ -363,6 +371,22 @@ class HyperliquidFake(FakeHTTPServer):
             self.users[user].leverage[meta["name"]] = ("cross" if action["isCross"] else "isolated", leverage)
             return Reply(200, {"status": "ok", "response": {"type": "default"}})
         return Reply(422, b"Failed to deserialize the JSON body into the target type", {"Content-Type": "text/plain"})
+
+    def _approve_agent(self, action: dict[str, Any], nonce: int, signature: dict[str, Any]) -> Reply:
+        """A user-signed action: the main wallet itself signs (EIP-712 domain HyperliquidSignTransaction)."""
+        signed = dict(action, agentName=action.get("agentName", ""))
+        try:
+            signer = recover_user_from_user_signed_action(
+                signed, signature, APPROVE_AGENT_TYPES, "HyperliquidTransaction:ApproveAgent", self.mainnet).lower()
+        except Exception:
+            return Reply(200, {"status": "err", "response": "Invalid signature"})
+        if signer not in self.users:
+            return Reply(200, {"status": "err", "response": f"User or API Wallet {signer} does not exist."})
+        if action.get("nonce") != nonce or nonce in self.nonces.setdefault(signer, set()):
+            return Reply(200, {"status": "err", "response": f"Invalid nonce: duplicate nonce {nonce}"})
+        self.nonces[signer].add(nonce)
+        self.agents[str(action["agentAddress"]).lower()] = signer
+        return Reply(200, {"status": "ok", "response": {"type": "default"}})
 
     def _place(self, user: str, w: dict[str, Any]) -> Any:
         asset = int(w["a"])
@@ -442,9 +466,10 @@ class HyperliquidFake(FakeHTTPServer):
         return self._account_value(account) - used
 
     def _trigger_hit(self, order: _Order, price: Decimal) -> bool:
-        trigger_px = Decimal(order.trigger["triggerPx"]) if order.trigger else Decimal(0)
-        above = (order.trigger or {}).get("tpsl") == "tp" and not order.is_buy or (
-            (order.trigger or {}).get("tpsl") == "sl" and order.is_buy)
+        assert order.trigger is not None
+        trigger_px = Decimal(order.trigger["triggerPx"])
+        # A sell take-profit and a buy stop fire on the way up; a sell stop and a buy take-profit on the way down.
+        above = (order.trigger["tpsl"] == "tp") != order.is_buy
         return price >= trigger_px if above else price <= trigger_px
 
     def _take(self, order: _Order, *, reduce_clip: bool) -> None:
