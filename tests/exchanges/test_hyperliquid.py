@@ -65,9 +65,12 @@ def order(side: Side = Side.BUY, qty: str = "0.001", type_: OrderType = OrderTyp
 
 
 class TestHyperliquidConnectorContract(ConnectorContract):
-    @pytest.fixture
-    def venue(self, hl: VenueHarness) -> ContractVenue:
-        return ContractVenue(connector=connect(hl), symbol=hl.symbol, price=hl.price, set_price=hl.set_price)
+    # BTC: 5 size decimals, prices to 5 significant figures; DOGE: whole sizes, 6-decimal prices, isolated only.
+    @pytest.fixture(params=[BTC, "DOGE/USDC:USDC"])
+    def venue(self, hl: VenueHarness, request: pytest.FixtureRequest) -> ContractVenue:
+        symbol: str = request.param
+        price = fake_of(hl).prices[symbol.split("/")[0]]
+        return ContractVenue(connector=connect(hl), symbol=symbol, price=price, set_price=hl.set_price)
 
 
 # ------------------------------------------------------------------------------------------- client order ids
@@ -374,6 +377,23 @@ def test_stop_loss_and_take_profit_are_trigger_orders(hl: VenueHarness) -> None:
     assert stopped.fills[0].price == Decimal("40900")
     assert c.positions() == []
     assert c.cancel_order(BTC, take.venue_order_id).status is VenueOrderStatus.CANCELED
+
+
+@pytest.mark.parametrize("kind, trigger, crossing", [(OrderType.STOP, "44000", "44100"),
+                                                     (OrderType.TAKE_PROFIT, "42000", "41900")])
+def test_a_short_is_closed_by_a_buy_trigger(hl: VenueHarness, kind: OrderType, trigger: str, crossing: str) -> None:
+    c = connect(hl)
+    c.create_order(order(side=Side.SELL, qty="0.002"))
+    placed = c.create_order(OrderRequest("9" * 32, BTC, Side.BUY, kind, Decimal("0.002"),
+                                         trigger_price=Decimal(trigger), reduce_only=True))
+    (wire,) = [o for a in fake_of(hl).exchange_actions("order") for o in a["orders"]][1:]
+    assert wire["t"]["trigger"]["tpsl"] == ("sl" if kind is OrderType.STOP else "tp") and wire["b"] is True
+    assert Decimal(wire["p"]) > Decimal(trigger)  # a buy's bound lies above its trigger
+    hl.set_price(BTC, Decimal(trigger) + (Decimal(crossing) - Decimal(trigger)) * -1)  # the other way: nothing
+    assert c.fetch_order(BTC, placed.venue_order_id).status is VenueOrderStatus.OPEN
+    hl.set_price(BTC, Decimal(crossing))
+    assert c.fetch_order(BTC, placed.venue_order_id).status is VenueOrderStatus.FILLED
+    assert c.positions() == []
 
 
 def test_leverage_updates(hl: VenueHarness) -> None:
