@@ -16,7 +16,12 @@ def main() -> int:
     try:
         if role == "web":
             port = os.environ.get("WEB_BIND", "0.0.0.0:8000").rsplit(":", 1)[1]
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=4) as response:
+            # Django answers only the host names in ALLOWED_HOSTS (400 otherwise): ask as the first of them.
+            hosts = [h.strip().lstrip(".") for h in os.environ.get("ALLOWED_HOSTS", "").split(",")
+                     if h.strip() and h.strip() != "*"]
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/healthz",
+                                             headers={"Host": hosts[0]} if hosts else {})
+            with urllib.request.urlopen(request, timeout=4) as response:
                 return 0 if response.status == 200 else 1
         url = os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL", "")
         if not url.startswith(("redis://", "rediss://")):

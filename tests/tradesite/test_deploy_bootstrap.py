@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -141,6 +142,11 @@ def test_migrate_role_generates_the_key_once_and_creates_the_admin_once(fresh_db
     assert rows == [(True,)]
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
 def _start(role: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "tradesite.bootstrap", role], cwd=ROOT, env=env,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -156,21 +162,35 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
-def test_web_role_serves_healthz_behind_gunicorn(fresh_db: str, var_dir: Path, tmp_path: Path) -> None:
+def test_web_role_serves_healthz_behind_gunicorn(fresh_db: str, var_dir: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Production-like: HTTPS on (the probes are exempt from the redirect) and a public host name only."""
+    from tradesite import healthcheck
+
     port = _free_port()
-    proc = _start("web", clean_env(fresh_db, var_dir, WEB_BIND=f"127.0.0.1:{port}"), tmp_path / "web.log")
+    env = clean_env(fresh_db, var_dir, WEB_BIND=f"127.0.0.1:{port}", ALLOWED_HOSTS="trade.example.com",
+                    TRADESITE_HTTPS="1", SECURE_PROXY_SSL_HEADER="X-Forwarded-Proto")
+    proc = _start("web", env, tmp_path / "web.log")
+    for name in ("WEB_BIND", "ALLOWED_HOSTS"):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.setenv("TRADESITE_COMPONENT", "web")
     try:
         def up() -> bool:
             assert proc.poll() is None, (tmp_path / "web.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                    return r.status == 200
-            except OSError:
-                return False
+            return healthcheck.main() == 0  # the container HEALTHCHECK's own probe
 
         wait_for(up, timeout=90, every=0.3, what="gunicorn answering /healthz")
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/readyz", headers={"Host": "trade.example.com"})
+        with urllib.request.urlopen(request, timeout=5) as r:
             assert r.status == 200
+        # Everything else is redirected to HTTPS.
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/orders/", headers={"Host": "trade.example.com"})
+        opener = urllib.request.build_opener(_NoRedirect)
+        try:
+            opener.open(request, timeout=5)
+            raise AssertionError("no redirect")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 301 and exc.headers["Location"] == "https://trade.example.com/api/orders/"
     finally:
         _stop(proc)
     log = (tmp_path / "web.log").read_text()
