@@ -663,8 +663,8 @@ class HyperliquidConnector(Connector):
                 venue=VENUE,
             ) from None
         filled = sum((f.quantity for f in fills), Decimal(0))
-        if filled < total:
-            state = VenueOrderStatus.PARTIALLY_FILLED  # the venue reported more than its fills show yet: ask again
+        if filled < total:  # the venue reported more than its fills show yet: working until they do
+            state = VenueOrderStatus.PARTIALLY_FILLED if filled > 0 else VenueOrderStatus.OPEN
         elif filled < placed.quantity:
             state = VenueOrderStatus.CANCELED  # an IOC whose rest found no liquidity
         else:

@@ -323,6 +323,15 @@ def test_a_resting_limit_partly_filled_reports_its_fills(hl: VenueHarness) -> No
     assert c.fetch_order(BTC, placed.venue_order_id) == working
 
 
+def test_fills_that_lag_the_fill_keep_the_order_working_until_they_show(hl: VenueHarness) -> None:
+    c = connect(hl)
+    fake_of(hl).lag_fills(1)
+    placed = c.create_order(order())
+    assert (placed.status, placed.fills) == (VenueOrderStatus.OPEN, ())
+    later = c.fetch_order(BTC, placed.venue_order_id)
+    assert (later.status, later.filled_quantity) == (VenueOrderStatus.FILLED, Decimal("0.001"))
+
+
 def test_status_lag_answers_none_then_the_order(hl: VenueHarness) -> None:
     c = connect(hl)
     placed = c.create_order(order(type_=OrderType.LIMIT, price="20000", cid="b" * 32))

@@ -9,6 +9,7 @@ reduce-only; $10 minimum; tick and size rules checked independently of the conne
 cloid answers with the existing order. Per-order failures come back inside a top-level "ok", as on the venue.
 
 Knobs: `set_price`, `partial_fills(n, fraction)`, `lag_status(n)` (orderStatus answers unknownOid n times),
+`lag_fills(n)` (fill queries answer no fill n times),
 `script(match, reply)` (answer one request with a canned reply), and the shared `plan` (tests/fakes/faults.py).
 """
 
@@ -134,6 +135,7 @@ class HyperliquidFake(FakeHTTPServer):
         self._next_tid = 1
         self._partial: list[list[Any]] = []  # [remaining count, fraction]
         self._status_lag = 0
+        self._fills_lag = 0
         self._scripted: list[tuple[Callable[[Request], bool], Reply]] = []
 
     def serve_forever(self, poll_interval: float = 0.05) -> None:
@@ -168,6 +170,11 @@ class HyperliquidFake(FakeHTTPServer):
         """The next `count` orderStatus queries answer unknownOid (the venue has not caught up)."""
         with self.lock:
             self._status_lag = count
+
+    def lag_fills(self, count: int) -> None:
+        """The next `count` fill queries answer without any fill (the fills feed has not caught up)."""
+        with self.lock:
+            self._fills_lag = count
 
     def script(self, match: Callable[[Request], bool], reply: Reply) -> None:
         """Answer the next request that matches with `reply` instead of handling it."""
@@ -258,6 +265,9 @@ class HyperliquidFake(FakeHTTPServer):
         if kind == "orderStatus":
             return Reply(200, self._order_status(user, body.get("oid")))
         if kind in ("userFills", "userFillsByTime"):
+            if self._fills_lag > 0:
+                self._fills_lag -= 1
+                return Reply(200, [])
             start = int(body.get("startTime") or 0)
             end = body.get("endTime")
             rows = [dict(f) for f in self.fills if f["user"] == user and int(f["time"]) >= start
