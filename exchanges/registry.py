@@ -21,6 +21,7 @@ from exchanges.resilience import (
     BreakerEvent,
     CircuitBreaker,
     RateLimiter,
+    RateSpec,
     ResilientConnector,
     RetryPolicy,
 )
@@ -33,6 +34,24 @@ _LIVE: dict[str, Builder] = {}
 # One limiter and one breaker per (venue, account) in this process, whichever connector instance is in use.
 _GUARDS: dict[tuple[str, str], tuple[RateLimiter, CircuitBreaker]] = {}
 _LIMITERS: dict[tuple[str, str], RateLimiter] = {}  # by (venue, account), or (venue, "") for per-IP limits
+LimiterFactory = Callable[[str, RateSpec], RateLimiter]  # (bucket name, budget) -> limiter
+
+
+def _local_limiter(name: str, spec: RateSpec) -> RateLimiter:
+    return RateLimiter(spec)
+
+
+_limiter_factory: LimiterFactory = _local_limiter
+
+
+def limiters_use(factory: LimiterFactory | None) -> None:
+    """Make new limiters with `factory` (e.g. one bucket shared by every process through Redis); None: local ones."""
+    global _limiter_factory
+    with _guards_lock:
+        if factory is not _limiter_factory:
+            _limiter_factory = factory or _local_limiter
+            _GUARDS.clear()
+            _LIMITERS.clear()
 _guards_lock = threading.Lock()
 RETRY_POLICY = RetryPolicy()
 
@@ -99,9 +118,10 @@ def guards(venue: str, account: str) -> tuple[RateLimiter, CircuitBreaker]:
         found = _GUARDS.get((venue, account))
         if found is None:
             spec = VENUE_RATES.get(venue, DEFAULT_RATE)
-            limiter = _LIMITERS.get((venue, "" if spec.per_ip else account))
+            bucket = (venue, "" if spec.per_ip else account)
+            limiter = _LIMITERS.get(bucket)
             if limiter is None:
-                limiter = _LIMITERS[(venue, "" if spec.per_ip else account)] = RateLimiter(spec)
+                limiter = _LIMITERS[bucket] = _limiter_factory(f"{venue}:{bucket[1] or '*'}", spec)
             found = _GUARDS[(venue, account)] = (limiter, CircuitBreaker(venue=venue, account=account))
         return found
 

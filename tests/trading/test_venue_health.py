@@ -338,3 +338,63 @@ def test_an_order_refused_before_sending_is_sent_once_later(live_strategy: Any, 
     assert built[0].calls.count("fetch_order_by_client_id") >= 1
     assert built[0].count("create_order") == 1
     assert Order.objects.filter(signal=signal).count() == 1
+
+
+# --------------------------------------------------------------------------------------------- shared budgets
+
+
+def test_rate_budgets_are_shared_by_every_process_through_redis() -> None:
+    import uuid
+
+    import redis
+    from django.conf import settings
+
+    from exchanges.resilience import RateSpec
+    from trading.venues import SharedRateLimiter
+
+    name = f"coinbase:{uuid.uuid4().hex}"
+    spec = RateSpec(rate=10.0, burst=5.0)
+    # Two processes: each its own client and limiter object, one bucket between them.
+    a = SharedRateLimiter(name, spec, client=redis.Redis.from_url(settings.REDIS_URL), prefix="t:")
+    b = SharedRateLimiter(name, spec, client=redis.Redis.from_url(settings.REDIS_URL), prefix="t:")
+    other = SharedRateLimiter(name + "-other", spec, client=redis.Redis.from_url(settings.REDIS_URL), prefix="t:")
+    assert [a.reserve(1.0) for _ in range(5)] == [0.0] * 5
+    wait = b.reserve(1.0)
+    assert wait is not None and 0.05 < wait <= 0.1 + 1e-6  # the burst was spent by the other process
+    assert b.reserve(50.0, max_wait=1.0) is None  # refused, nothing taken
+    assert other.reserve(5.0) == 0.0  # another account has its own bucket
+    redis.Redis.from_url(settings.REDIS_URL).delete(a.key, other.key)
+
+
+def test_a_shared_budget_falls_back_to_a_local_one_when_redis_is_down() -> None:
+    import redis
+
+    from exchanges.resilience import RateSpec
+    from trading.venues import SharedRateLimiter
+
+    from tests.exchanges.test_resilience import FakeClock
+
+    calls: list[str] = []
+
+    class Down(redis.Redis):
+        def execute_command(self, *args: Any, **options: Any) -> Any:
+            calls.append(str(args[0]))
+            raise redis.ConnectionError("Redis is restarting")
+
+    clock = FakeClock()
+    limiter = SharedRateLimiter("hyperliquid:*", RateSpec(rate=1.0, burst=2.0), client=Down(), clock=clock)
+    assert limiter.reserve(1.0) == 0.0 and limiter.reserve(1.0) == 0.0
+    assert limiter.reserve(1.0) == pytest.approx(1.0)  # this process's own bucket still paces the calls
+    assert len(calls) == 1  # Redis is left alone for a while after failing
+    clock.now += SharedRateLimiter.LOCAL_FOR
+    limiter.reserve(1.0)
+    assert len(calls) == 2
+
+
+def test_live_connectors_use_the_shared_budget(live_account: VenueAccount, scripted: Any) -> None:
+    from trading.venues import SharedRateLimiter
+
+    connector = _build(live_account)
+    assert isinstance(connector, ResilientConnector) and isinstance(connector.limiter, SharedRateLimiter)
+    assert connector.limiter.spec == registry.VENUE_RATES["coinbase"]
+    connector.ticker("BTC-USD")
