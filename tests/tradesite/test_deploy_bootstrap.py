@@ -183,6 +183,13 @@ def test_web_role_serves_healthz_behind_gunicorn(fresh_db: str, var_dir: Path, t
         request = urllib.request.Request(f"http://127.0.0.1:{port}/readyz", headers={"Host": "trade.example.com"})
         with urllib.request.urlopen(request, timeout=5) as r:
             assert r.status == 200
+        # /metrics from loopback (no token set): gunicorn's workers share request metrics (multiprocess mode).
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Host": "trade.example.com",
+                                                                                     "X-Forwarded-Proto": "https"})
+        with urllib.request.urlopen(request, timeout=10) as r:
+            text = r.read().decode()
+        assert "django_http_requests_total_by_method_total" in text and "tradesite_queue_depth" in text
+        assert any(p.name.endswith(".db") for p in (var_dir / "prometheus-web").iterdir())
         # Everything else is redirected to HTTPS.
         request = urllib.request.Request(f"http://127.0.0.1:{port}/api/orders/", headers={"Host": "trade.example.com"})
         opener = urllib.request.build_opener(_NoRedirect)
