@@ -496,7 +496,7 @@ class HyperliquidConnector(Connector):
                 needs_fills = venue_status != "open" or remaining < quantity
                 fills = self._fills(int(wire["timestamp"]) - 1000).get(int(wire["oid"]), []) if needs_fills else []
             filled = sum((f.quantity for f in fills), Decimal(0))
-            status, reason = _status(venue_status, quantity, filled)
+            status, reason = _status(venue_status, quantity, filled, remaining)
             return VenueOrder(
                 client_order_id=client_id_for(wire.get("cloid"), self.journal),
                 venue_order_id=str(wire["oid"]),
@@ -774,16 +774,24 @@ def _order_type(order_type: str, tif: Any) -> OrderType:
     return OrderType.LIMIT
 
 
-def _status(venue_status: str, quantity: Decimal, filled: Decimal) -> tuple[VenueOrderStatus, str]:
-    """Map the venue's order status (open, filled, canceled, triggered, marginCanceled, tickRejected, ...)."""
+def _status(venue_status: str, quantity: Decimal, filled: Decimal,
+            remaining: Decimal) -> tuple[VenueOrderStatus, str]:
+    """Map the venue's order status (open, filled, canceled, triggered, marginCanceled, tickRejected, ...).
+
+    `filled` is what the fills we could read add up to: an order the venue calls filled, or canceled with less left
+    than it started with, stays working (not final) until its fills are readable, so every fill gets recorded.
+    """
     low = venue_status.lower()
     if low.endswith("rejected"):
         return VenueOrderStatus.REJECTED, venue_status
+    working = VenueOrderStatus.PARTIALLY_FILLED if filled > 0 else VenueOrderStatus.OPEN
     if low.endswith("canceled") or low == "scheduledcancel":
+        if 0 < remaining < quantity and filled < quantity - remaining:
+            return working, ""
         return VenueOrderStatus.CANCELED, "" if low == "canceled" else venue_status
     if low == "filled" and filled >= quantity:
         return VenueOrderStatus.FILLED, ""
-    return (VenueOrderStatus.PARTIALLY_FILLED if filled > 0 else VenueOrderStatus.OPEN), ""
+    return working, ""
 
 
 def _order_error(text: str) -> VenueError:

@@ -332,6 +332,17 @@ def test_fills_that_lag_the_fill_keep_the_order_working_until_they_show(hl: Venu
     assert (later.status, later.filled_quantity) == (VenueOrderStatus.FILLED, Decimal("0.001"))
 
 
+def test_a_partial_ioc_whose_fills_lag_is_final_only_once_they_show(hl: VenueHarness) -> None:
+    c = connect(hl)
+    hl.partial_fills(1, Decimal("0.5"))
+    fake_of(hl).lag_fills(2)
+    placed = c.create_order(order(qty="0.002"))
+    assert (placed.status, placed.filled_quantity) == (VenueOrderStatus.OPEN, Decimal("0"))
+    assert c.fetch_order(BTC, placed.venue_order_id).status is VenueOrderStatus.OPEN
+    done = c.fetch_order(BTC, placed.venue_order_id)
+    assert (done.status, done.filled_quantity) == (VenueOrderStatus.CANCELED, Decimal("0.001"))
+
+
 def test_status_lag_answers_none_then_the_order(hl: VenueHarness) -> None:
     c = connect(hl)
     placed = c.create_order(order(type_=OrderType.LIMIT, price="20000", cid="b" * 32))
