@@ -446,7 +446,7 @@ class DjangoPaperStore:
                 # venue and the engine never queue behind each other. Its commit needs no fsync wait: a venue
                 # state lost in a database crash is an order the venue never took, which recovery resends.
                 with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_xact_lock(%s, %s); SET LOCAL synchronous_commit TO OFF",
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s, %s), set_config('synchronous_commit', 'off', true)",
                                    [_PAPER_LOCK_SPACE, self.account_id])
             else:
                 accounts = accounts.select_for_update()
