@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 import pytest
+import requests
 
 from exchanges.base import (
     Balance,
@@ -46,6 +47,7 @@ from exchanges.resilience import (
     error_text,
 )
 from tests.exchanges.contract import ConnectorContract, ContractVenue
+from tests.fakes.faults import Fault, FakeHTTPServer, Reply, Request
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 BTC = Market(symbol="BTC-USD", base="BTC", quote="USD", tick_size=Decimal("0.01"), lot_size=Decimal("0.0001"),
@@ -535,3 +537,103 @@ def test_a_per_ip_budget_is_shared_by_every_account_of_the_venue() -> None:
     assert VENUE_RATES["hyperliquid"].per_ip and not VENUE_RATES["coinbase"].per_ip
     assert hl_a[0] is hl_b[0] and hl_a[1] is not hl_b[1]  # one bucket per IP, one breaker per account
     assert cb_a[0] is not cb_b[0]
+
+
+# --------------------------------------------------------------------------------------------- over HTTP faults
+
+
+class TinyVenue(FakeHTTPServer):
+    """A loopback venue with a price and an order book of client ids."""
+
+    def route(self, request: Request) -> Reply:
+        if request.method == "POST":
+            return Reply(200, {"id": "v1", "client_order_id": request.json()["client_order_id"]})
+        return Reply(200, {"price": "100"})
+
+
+class HttpConnector(ScriptedConnector):
+    """A hand-written HTTP connector that translates errors at the boundary the way the real ones do."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.http = requests.Session()
+
+    def _send(self, method: str, path: str, *, ambiguous: bool, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, self.url + path, timeout=2, **kwargs)
+        except requests.RequestException as exc:
+            if ambiguous:
+                raise OrderStatusUnknownError(f"{type(exc).__name__} after sending", venue="tiny") from exc
+            raise TemporaryError(type(exc).__name__, venue="tiny") from exc
+        if response.status_code == 429:
+            after = response.headers.get("Retry-After")
+            raise RateLimitError("HTTP 429", venue="tiny", retry_after=None if after is None else float(after))
+        if response.status_code >= 500:
+            if ambiguous:
+                raise OrderStatusUnknownError(f"HTTP {response.status_code} after sending", venue="tiny")
+            raise TemporaryError(f"HTTP {response.status_code}", venue="tiny")
+        return response.json()
+
+    def ticker(self, symbol: str) -> Ticker:
+        data = self._send("GET", "/ticker", ambiguous=False)
+        return Ticker(symbol=symbol, price=Decimal(data["price"]), time=datetime.now(timezone.utc))
+
+    def balances(self) -> Sequence[Balance]:
+        self._send("GET", "/balances", ambiguous=False)
+        return []
+
+    def create_order(self, request: OrderRequest) -> VenueOrder:
+        data = self._send("POST", "/orders", ambiguous=True, json={"client_order_id": request.client_order_id})
+        return self._order(data["client_order_id"])
+
+
+@pytest.fixture
+def tiny() -> Iterator[tuple[TinyVenue, ResilientConnector]]:
+    import time as real_time
+
+    with TinyVenue() as server:
+        breaker = CircuitBreaker(venue="tiny", failure_threshold=3, cool_down=0.3)
+        wrapped = ResilientConnector(HttpConnector(server.url), RetryPolicy(base_delay=0.01, max_delay=0.05),
+                                     RateLimiter(UNLIMITED), breaker, real_time.monotonic, real_time.sleep,
+                                     rng=random.Random(3))
+        yield server, wrapped
+
+
+def posts(server: TinyVenue) -> list[Request]:
+    return server.requests(lambda r: r.method == "POST")
+
+
+def test_over_http_a_429_storm_is_waited_out_as_the_venue_asks(tiny: Any) -> None:
+    server, wrapped = tiny
+    server.plan.next(2, Fault.RATE_LIMIT, retry_after=0.2)
+    assert wrapped.ticker("BTC-USD").price == Decimal("100")
+    gets = server.requests()
+    assert len(gets) == 3
+    assert all(b.at - a.at >= 0.2 for a, b in zip(gets, gets[1:]))
+
+
+def test_over_http_an_accept_then_drop_create_is_sent_once_and_reported_unknown(tiny: Any) -> None:
+    server, wrapped = tiny
+    server.plan.next(1, Fault.ACCEPT_THEN_DROP, match=lambda r: r.method == "POST")
+    with pytest.raises(OrderStatusUnknownError):
+        wrapped.create_order(REQUEST)
+    assert len(posts(server)) == 1
+
+
+def test_over_http_an_outage_opens_the_breaker_and_recovery_closes_it(tiny: Any) -> None:
+    import time as real_time
+
+    server, wrapped = tiny
+    server.plan.fail_for(0.5, status=503)
+    with pytest.raises(VenueUnavailableError):
+        wrapped.ticker("BTC-USD")  # three 503s in a row open the breaker; the fourth try is refused unsent
+    assert wrapped.breaker.state is BreakerState.OPEN and len(server.requests()) == 3
+    with pytest.raises(VenueUnavailableError):
+        wrapped.create_order(REQUEST)
+    assert posts(server) == []
+    real_time.sleep(0.6)  # the outage and the cool-down are over
+    order = wrapped.create_order(REQUEST)  # a balances read probes first, then the order goes, once
+    assert order.client_order_id == "c1" and wrapped.breaker.state is BreakerState.CLOSED
+    assert [r.path for r in server.requests()][-2:] == ["/balances", "/orders"]
+    assert len(posts(server)) == 1
