@@ -104,17 +104,17 @@ class LiveSetup:
 
 
 def live_setup(harness: VenueHarness, *, setenv: Callable[[str, str], None], make_strategy: Callable[..., Any],
-               name: str | None = None, **strategy: Any) -> LiveSetup:
+               name: str | None = None, prefix: str = PREFIX, **strategy: Any) -> LiveSetup:
     """Create a funded live account on the harness (credentials set with `setenv`) and a live strategy on it."""
     from trading import reconcile, services
 
-    env = harness.env(PREFIX)
+    env = harness.env(prefix)
     for key, value in env.items():
         setenv(key, value)
     market = bare_connector(harness).market(harness.symbol)
     account = services.account_create(data={
         "name": name or f"{harness.venue}-{uuid.uuid4().hex[:6]}", "venue": harness.venue,
-        "network": harness.network, "credentials_env": PREFIX, "quote_asset": market.quote, "max_leverage": "5",
+        "network": harness.network, "credentials_env": prefix, "quote_asset": market.quote, "max_leverage": "5",
     }, by="test")
     report = reconcile.account_reconcile(account=account)  # opens the cash book at the venue's balance
     account.refresh_from_db()
@@ -143,8 +143,8 @@ def environment(values: dict[str, str]) -> Iterator[None]:
 
 
 def drive(until: Callable[[], Any], *, timeout: float, every: float = 0.2, sweep: bool = True,
-          monitor: bool = False, seen: Callable[[], None] | None = None) -> Any:
-    """Run the engine's periodic work in this process (sweeper, monitor) until `until()` is truthy."""
+          monitor: bool = True, seen: Callable[[], None] | None = None) -> Any:
+    """Run the beat's periodic work in this process (sweeper, monitor) until `until()` is truthy."""
     from trading import engine
 
     deadline = time.monotonic() + timeout
