@@ -341,6 +341,8 @@ class ResilientConnector(Connector):
 
     def __getattr__(self, name: str) -> Any:
         # Venue-specific extras (not part of Connector) go straight to the inner connector.
+        if name == "inner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def _call(self, method: str, kind: CallKind, fn: Callable[[], T]) -> T:
