@@ -236,14 +236,13 @@ def fill_list(*, strategy: int | None = None, since: datetime | None = None) -> 
 
 
 def venue_health() -> list[dict[str, Any]]:
-    """Each account's venue health for the dashboard: its breaker line and last reconciliation's findings."""
-    breakers = {line.account_id: line for line in venue_health_list()}
+    """Each account's venue health for the dashboard: breaker line and the problems its last reconciliation found."""
     out = []
-    for account in account_list():
-        report = account.last_reconcile_report or {}
-        problems = [k for k in ("error", "unknown_venue_orders", "position_differences") if report.get(k)]
-        out.append({"account": account, "reconciled_at": account.last_reconciled_at, "report": report,
-                    "problems": problems, "breaker": breakers.get(account.pk)})
+    for line in venue_health_list():
+        summary = line.reconcile_summary or {}
+        problems = [k for k in ("unknown_venue_orders", "position_differences", "final_here_open_on_venue")
+                    if summary.get(k)]
+        out.append({"line": line, "summary": summary, "problems": problems})
     return out
 
 
@@ -339,3 +338,8 @@ def reconcile_summary(report: dict[str, Any] | None) -> dict[str, Any]:
         elif isinstance(value, (int, str, bool)) or value is None:
             summary[key] = value
     return summary
+
+
+def fills_latest(*, limit: int = 10) -> list[Fill]:
+    """The newest recorded fills (by id: the primary-key index, no sort of the whole table)."""
+    return list(Fill.objects.select_related("order", "strategy").order_by("-id")[:limit])

@@ -27,6 +27,7 @@ from trading.apis import OrderFilter, SignalFilter
 from trading.models import Order, Position, Signal, Strategy
 
 PAGE_SIZE = 50
+EQUITY_POINTS = 1000  # newest account snapshots drawn on the overview (about 16 h at one a minute)
 View = Callable[..., HttpResponse]
 
 
@@ -95,7 +96,7 @@ def overview(request: HttpRequest) -> HttpResponse:
         now = timezone.now()
         return render(request, "dashboard/_overview_live.html", {
             "accounts": selectors.accounts_today(now=now), "positions": selectors.positions_marked(),
-            "fills": list(selectors.fill_list()[:10]), "kill_switch": selectors.kill_switch_get(),
+            "fills": selectors.fills_latest(limit=10), "kill_switch": selectors.kill_switch_get(),
             "strategies_by_status": _status_counts(), "now": now})
     return render(request, "dashboard/overview.html", _overview_context(request))
 
@@ -108,11 +109,12 @@ def _status_counts() -> dict[str, int]:
 
 def _series_by(points: list[tuple[Any, int, Any]], label: Callable[[int], str]) -> dict[str, Any]:
     """Snapshot rows (time, account id, equity) as chart data: one series per account (values as strings)."""
-    times = sorted({int(t.timestamp()) for t, _, _ in points})
+    stamps = [int(t.timestamp()) for t, _, _ in points]
+    times = sorted(set(stamps))
     index = {t: i for i, t in enumerate(times)}
     series: dict[int, list[str | None]] = {}
-    for t, account_id, equity in points:
-        series.setdefault(account_id, [None] * len(times))[index[int(t.timestamp())]] = str(equity)
+    for stamp, (_, account_id, equity) in zip(stamps, points):
+        series.setdefault(account_id, [None] * len(times))[index[stamp]] = str(equity)
     return {"x": times, "series": [{"label": label(k), "values": v} for k, v in series.items()]}
 
 
@@ -155,9 +157,9 @@ def _overview_context(request: HttpRequest) -> dict[str, Any]:
     accounts = selectors.accounts_today(now=now)
     names = {a.account.pk: str(a.account) for a in accounts}
     return {
-        "accounts": accounts, "positions": selectors.positions_marked(), "fills": list(selectors.fill_list()[:10]),
+        "accounts": accounts, "positions": selectors.positions_marked(), "fills": selectors.fills_latest(limit=10),
         "kill_switch": selectors.kill_switch_get(), "strategies_by_status": _status_counts(), "now": now,
-        "equity_chart": _series_by(selectors.equity_points(since=now - timedelta(days=30)),
+        "equity_chart": _series_by(selectors.equity_points(since=now - timedelta(days=30), limit=EQUITY_POINTS),
                                    lambda k: names.get(k, str(k))),
         "venues": selectors.venue_health(),
     }

@@ -284,3 +284,21 @@ def test_list_page_query_count_does_not_grow_with_rows(staff_client: Client, boo
     one, fifty = queries(1), queries(50)
     assert one == fifty, f"{name}: {one} queries with 1 row, {fifty} with 50"
     assert one <= (20 if name == "dashboard-overview" else 12), f"{name}: {one} queries"
+
+
+def test_overview_shows_each_venues_breaker_and_reconciliation(staff_client: Client, make_account: Any) -> None:
+    from trading.models import VenueAccount, VenueHealth
+
+    paper = make_account(name="paper-ok")
+    VenueAccount.objects.filter(pk=paper.pk).update(
+        last_reconciled_at=timezone.now(),
+        last_reconcile_report={"time": "t", "updated_orders": 0, "unknown_venue_orders": ["x1", "x2"],
+                               "position_differences": {}})
+    live = VenueAccount.objects.create(name="cb-live", venue="coinbase", network="testnet", credentials_env="CB_T")
+    VenueHealth.objects.create(account=live, state="open", since=timezone.now(), consecutive_failures=5,
+                               last_error="TemporaryError: 503 from venue", updated_at=timezone.now())
+    html = staff_client.get(reverse("dashboard-overview")).content.decode()
+    venues = html[html.index("Venue health"):]
+    assert "unknown venue orders: 2" in venues and "position differences" not in venues
+    assert ">open<" in venues and "5 failures" in venues and "TemporaryError: 503 from venue" in venues
+    assert "n/a (paper)" in venues and "never" in venues  # the live account was never reconciled
