@@ -19,6 +19,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse, reverse_lazy
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 from rest_framework import serializers
 
@@ -293,7 +294,15 @@ def strategy_transition(request: HttpRequest, strategy_id: int, action: str) -> 
         raise PermissionDenied("unknown action")
     strategy = get_object_or_404(Strategy, pk=strategy_id)
     _TRANSITIONS[action](strategy=strategy, by=actor(request))
-    return HttpResponseRedirect(request.POST.get("next") or reverse("dashboard-strategy", args=[strategy_id]))
+    return HttpResponseRedirect(_next_url(request) or reverse("dashboard-strategy", args=[strategy_id]))
+
+
+def _next_url(request: HttpRequest) -> str:
+    """The posted `next` when it is a path on this site (never an open redirect), else ""."""
+    target = request.POST.get("next", "")
+    ok = url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
+                                         require_https=request.is_secure())
+    return target if target and ok else ""
 
 
 @page

@@ -34,7 +34,7 @@
   function empty(el, text) { el.innerHTML = '<p class="muted">' + text + "</p>"; el.style.minHeight = "0"; }
   var draw = {
     lines: function (el, d) {
-      if (!d.x.length) return empty(el, "No snapshots yet (taken every minute by the worker).");
+      if (!d.x.length) return empty(el, "No equity snapshots yet (the beat schedule takes one a minute).");
       var data = [d.x].concat(d.series.map(function (s) { return s.values.map(num); }));
       return new uPlot(opts(el, d.series.map(function (s, i) { return line(s.label, i); })), data, el);
     },

@@ -302,3 +302,13 @@ def test_overview_shows_each_venues_breaker_and_reconciliation(staff_client: Cli
     assert "unknown venue orders: 2" in venues and "position differences" not in venues
     assert ">open<" in venues and "5 failures" in venues and "TemporaryError: 503 from venue" in venues
     assert "n/a (paper)" in venues and "never" in venues  # the live account was never reconciled
+
+
+def test_actions_never_redirect_off_site(staff_client: Client, make_account: Any, make_strategy: Any) -> None:
+    strategy = make_strategy(make_account())
+    url = reverse("dashboard-strategy-action", args=[strategy.pk, "pause"])
+    response = staff_client.post(url, {"next": "https://evil.example/phish"})
+    assert response.status_code == 302 and response["Location"] == reverse("dashboard-strategy", args=[strategy.pk])
+    response = staff_client.post(reverse("dashboard-strategy-action", args=[strategy.pk, "start"]),
+                                 {"next": reverse("dashboard-strategies")})
+    assert response["Location"] == reverse("dashboard-strategies")
