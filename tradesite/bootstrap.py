@@ -168,11 +168,24 @@ def _setup(role: str, env: Mapping[str, str]) -> None:
         _admin_ensure(env)
         if role != "beat":
             _venues_check(get_commands())
+        if role == "web" and is_production(env):
+            _deploy_check()
     finally:
         if locked:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_unlock(%s)", [_LOCK_ID])
         connection.close()
+
+
+def _deploy_check() -> None:
+    """Say what `manage.py check --deploy` finds (HTTP-only set-ups may be deliberate, so it does not refuse)."""
+    from django.core import checks
+
+    found = [m for m in checks.run_checks(include_deployment_checks=True) if m.level >= checks.WARNING]
+    for message in found:
+        _say(f"deploy check: {message.id}: {message.msg}")
+    if not found:
+        _say("deploy checks clean")
 
 
 def _admin_ensure(env: Mapping[str, str]) -> None:

@@ -202,6 +202,7 @@ def test_web_role_serves_healthz_behind_gunicorn(fresh_db: str, var_dir: Path, t
         _stop(proc)
     log = (tmp_path / "web.log").read_text()
     assert "starting web:" in log and "gunicorn" in log
+    assert "bootstrap: deploy checks clean" in log
 
 
 def test_worker_and_beat_roles_start(fresh_db: str, var_dir: Path, tmp_path: Path) -> None:
