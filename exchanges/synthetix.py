@@ -647,6 +647,7 @@ class SynthetixConnector(Connector):
                 "raw": _hex(signed.raw_transaction), "state": "signed", "signed_at": self._now().isoformat(),
             }
             self._journal.put(key, entry)  # durable before anything leaves this process
+            self._journal.put(f"hash:{entry['hash']}", {"key": key})  # venue order id -> journal key
             log.info("synthetix tx %s signed: %s nonce %s", key, entry["hash"], nonce)
             return self._broadcast(key, entry)
 
@@ -890,11 +891,10 @@ class SynthetixConnector(Connector):
         tx_hash = venue_order_id.lower()
         if not (tx_hash.startswith("0x") and len(tx_hash) == 66 and _is_hex(tx_hash[2:])):
             raise OrderNotFoundError(f"{venue_order_id!r} is not a commit transaction hash", venue=VENUE)
-        for key, entry in self._entries():
-            if entry.get("hash", "").lower() == tx_hash and entry.get("kind") == "commit":
-                order = self._order_from_entry(key, entry)
-                if order is None:
-                    break
+        found = self._journalled(tx_hash)
+        if found is not None and found[1].get("kind") == "commit":
+            order = self._order_from_entry(*found)
+            if order is not None:
                 return order
         receipt = self._receipt(tx_hash)
         order = None if receipt is None else self._order_from_receipt(receipt, client_order_id=None)
@@ -953,12 +953,18 @@ class SynthetixConnector(Connector):
                         orders[order.venue_order_id] = order
         return list(orders.values())
 
+    def _journalled(self, tx_hash: str) -> tuple[str, dict[str, Any]] | None:
+        """The journal key and entry of one of our transactions by hash."""
+        pointer = self._journal.get(f"hash:{tx_hash.lower()}")
+        if pointer is None:
+            return None
+        entry = self._journal.get(str(pointer["key"]))
+        return None if entry is None else (str(pointer["key"]), dict(entry))
+
     def _client_id_for_hash(self, tx_hash: str) -> str | None:
-        for _, entry in self._entries():
-            if entry.get("hash", "").lower() == tx_hash.lower():
-                cid = entry.get("client_order_id")
-                return None if cid is None else str(cid)
-        return None
+        found = self._journalled(tx_hash)
+        cid = None if found is None else found[1].get("client_order_id")
+        return None if cid is None else str(cid)
 
     def cancel_order(self, symbol: str, venue_order_id: str) -> VenueOrder:
         """Cancel a commit that can no longer settle; a settled one is returned FILLED (it lost the race)."""
