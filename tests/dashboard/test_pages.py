@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -312,3 +313,41 @@ def test_actions_never_redirect_off_site(staff_client: Client, make_account: Any
     response = staff_client.post(reverse("dashboard-strategy-action", args=[strategy.pk, "start"]),
                                  {"next": reverse("dashboard-strategies")})
     assert response["Location"] == reverse("dashboard-strategies")
+
+
+def _json_script(html: str, element_id: str) -> Any:
+    start = html.index(f'id="{element_id}"')
+    start = html.index(">", start) + 1
+    return json.loads(html[start:html.index("</script>", start)])
+
+
+def test_strategy_detail_charts_mark_entries_and_exits(staff_client: Client, book: Any) -> None:
+    from trading.models import Fill
+
+    data = book(1)
+    strategy = data["strategies"][0]
+    entry = Fill.objects.get(strategy=strategy)
+    exit_order = Order.objects.create(client_order_id="exit-1", account=data["account"], strategy=strategy,
+                                      symbol="BTC/USD", side="sell", purpose="take_profit", quantity="0.1",
+                                      status="filled", created_at=timezone.now(), updated_at=timezone.now())
+    Fill.objects.create(order=exit_order, account=data["account"], strategy=strategy, symbol="BTC/USD", side="sell",
+                        venue_fill_id="x", quantity="0.1", price="51000", realized_pnl="200",
+                        time=entry.time + timezone.timedelta(minutes=5), recorded_at=timezone.now())
+    html = staff_client.get(reverse("dashboard-strategy", args=[strategy.pk])).content.decode()
+    price = _json_script(html, "price-data")
+    assert [(Decimal(m["price"]), m["side"], m["exit"]) for m in price["markers"]] == [
+        (49000, "buy", False), (51000, "sell", True)]
+    assert Decimal(price["mark"]["price"]) == 50000 and price["x"] == []  # no candles of BTC/USD stored
+    equity = _json_script(html, "strategy-equity-data")
+    assert [Decimal(v) for v in equity["series"][0]["values"]] == [99]
+    assert "take_profit" in html and "total" in html  # the trade and the stage timings
+
+
+def test_backtest_compare_needs_two_runs(staff_client: Client, book: Any) -> None:
+    data = book(2)
+    one = staff_client.get(reverse("dashboard-backtest-compare"), {"run": data["runs"][0].pk})
+    assert one.status_code == 400 and b"pick two runs" in one.content
+    both = staff_client.get(reverse("dashboard-backtest-compare"), {"run": [r.pk for r in data["runs"]]})
+    charts = _json_script(both.content.decode(), "cmp-data")
+    assert [c["equity"] for c in charts] == [["10000", "10000.0009"]] * 2
+    assert "total return" in both.content.decode() and "5.00 %" in both.content.decode()
