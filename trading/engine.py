@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Case, Exists, F, Q, Value, When
+from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -46,6 +46,7 @@ from trading.domain import (
     SizingRule,
     StrategyRisk,
 )
+from trading.rows import Rows, fetch_one, lock_clause
 from trading.models import AuditEvent, Fill, KillSwitch, Order, Position, Signal, Strategy, VenueAccount
 from trading.venues import connector_for
 
@@ -208,7 +209,7 @@ def signal_process(*, signal_id: int, now: datetime | None = None) -> Signal:
     """Decide a received signal under the account lock, create its orders, and submit them."""
     with log_context(signal_id=signal_id):
         now = now or timezone.now()
-        account = VenueAccount.objects.get(signals__pk=signal_id)
+        account = _signal_account(signal_id)
         connector = connector_for(account)
         if connector.capabilities.in_database:
             # Nothing leaves the database: decide, send and record in one transaction (the venue's lock first,
@@ -231,12 +232,7 @@ def signal_process(*, signal_id: int, now: datetime | None = None) -> Signal:
 def _signal_decide(*, signal_id: int, account_id: int, now: datetime
                    ) -> tuple[Signal, list[Order], _Book | None]:
     """Lock the account, decide the signal and create its orders as SUBMITTING (inside the caller's transaction)."""
-    # The account row is the parent lock: every risk decision on an account runs one at a time.
-    # FOR NO KEY UPDATE: concurrent inserts that reference these rows (their foreign-key checks) never wait.
-    account = VenueAccount.objects.select_for_update(no_key=True).annotate(
-        kill_switch_on=Exists(KillSwitch.objects.filter(pk=1, engaged=True))).get(pk=account_id)
-    signal = Signal.objects.select_for_update(no_key=True, of=("self",)).select_related("strategy").get(
-        pk=signal_id)
+    account, signal = _signal_lock(signal_id)
     if signal.status != Signal.Status.RECEIVED:
         return signal, [], None
     signal.attempts += 1
@@ -291,6 +287,51 @@ def _signal_decide(*, signal_id: int, account_id: int, now: datetime
     audit(actor="engine", action="signal.accepted", entity="signal", entity_id=signal.pk, now=now,
           orders=[o.client_order_id for o in orders], rule=decision.rule)
     return signal, orders, book
+
+
+_ACCOUNT_ROWS, _SIGNAL_ROWS, _STRATEGY_ROWS = Rows(VenueAccount), Rows(Signal), Rows(Strategy)
+_sql: dict[str, str] = {}
+
+
+def _signal_account(signal_id: int) -> VenueAccount:
+    """The account a signal trades on (no lock: it picks the connector before the transaction starts)."""
+    sql = _sql.get("account")
+    if sql is None:
+        q = connection.ops.quote_name
+        sql = _sql["account"] = (
+            f"SELECT {_ACCOUNT_ROWS.columns('a')} FROM {q(VenueAccount._meta.db_table)} a "
+            f"JOIN {q(Signal._meta.db_table)} s ON s.{q('account_id')} = a.{q('id')} WHERE s.{q('id')} = %s")
+    row = fetch_one(sql, [signal_id])
+    if row is None:
+        raise Signal.DoesNotExist(f"signal {signal_id} does not exist")
+    return _ACCOUNT_ROWS.load(row)
+
+
+def _signal_lock(signal_id: int) -> tuple[VenueAccount, Signal]:
+    """Lock the signal's account and the signal, and read its strategy and the kill switch: one statement.
+
+    The account row is the parent lock: every risk decision on an account runs one at a time. FOR NO KEY UPDATE:
+    concurrent inserts that reference these rows (their foreign-key checks) never wait.
+    """
+    sql = _sql.get("lock")
+    if sql is None:
+        q = connection.ops.quote_name
+        sql = _sql["lock"] = (
+            f"SELECT {_ACCOUNT_ROWS.columns('a')}, {_SIGNAL_ROWS.columns('s')}, {_STRATEGY_ROWS.columns('st')}, "
+            f"EXISTS(SELECT 1 FROM {q(KillSwitch._meta.db_table)} k WHERE k.{q('id')} = 1 AND k.{q('engaged')}) "
+            f"FROM {q(Signal._meta.db_table)} s "
+            f"JOIN {q(VenueAccount._meta.db_table)} a ON a.{q('id')} = s.{q('account_id')} "
+            f"JOIN {q(Strategy._meta.db_table)} st ON st.{q('id')} = s.{q('strategy_id')} "
+            f"WHERE s.{q('id')} = %s{lock_clause('a, s')}")
+    row = fetch_one(sql, [signal_id])
+    if row is None:
+        raise Signal.DoesNotExist(f"signal {signal_id} does not exist")
+    na, ns = len(_ACCOUNT_ROWS), len(_SIGNAL_ROWS)
+    account = _ACCOUNT_ROWS.load(row[:na])
+    account.kill_switch_on = bool(row[-1])  # type: ignore[attr-defined]
+    signal = _SIGNAL_ROWS.load(row[na:na + ns])
+    signal.strategy = _STRATEGY_ROWS.load(row[na + ns:-1])
+    return account, signal
 
 
 def _signal_reject(signal: Signal, *, rule: str, detail: str, now: datetime,

@@ -1,0 +1,75 @@
+"""Model rows read with hand-written SQL on the execution hot path, converted exactly as the ORM converts them.
+
+Building a query through the ORM (annotations, select_related, locking clauses) costs several times more CPU than
+running it: measured here, 0.75 ms for the account lock with the kill switch annotation against 0.12 ms for the
+same SELECT written out and loaded with `Model.from_db`. The hot path's few wide reads use this module; the
+column lists come from the models, so a new field needs no change here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+from django.db import connection
+from django.db.models import Model
+
+M = TypeVar("M", bound=Model)
+_Converter = Callable[[Any, Any, Any], Any]
+
+
+class Rows(Generic[M]):
+    """Select-list text and row loading for one model (columns in `_meta.concrete_fields` order)."""
+
+    def __init__(self, model: type[M]) -> None:
+        self.model = model
+        self.fields = list(model._meta.concrete_fields)
+        self.attnames = [f.attname for f in self.fields]
+        self._converters: dict[str, list[tuple[int, Any, list[_Converter]]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    def columns(self, alias: str) -> str:
+        """The model's columns, qualified by `alias`, in loading order."""
+        quote = connection.ops.quote_name
+        return ", ".join(f"{alias}.{quote(f.column)}" for f in self.fields)
+
+    def _converters_for(self) -> list[tuple[int, Any, list[_Converter]]]:
+        vendor = connection.vendor
+        found = self._converters.get(vendor)
+        if found is None:
+            found = []
+            for i, field in enumerate(self.fields):
+                col = field.get_col(self.model._meta.db_table)
+                funcs = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
+                if funcs:
+                    found.append((i, col, funcs))
+            self._converters[vendor] = found
+        return found
+
+    def load(self, values: Sequence[Any]) -> M:
+        """A model instance from one row's values, as the ORM would have built it."""
+        row = list(values)
+        for i, col, funcs in self._converters_for():
+            value = row[i]
+            for func in funcs:
+                value = func(value, col, connection)
+            row[i] = value
+        return self.model.from_db(connection.alias, self.attnames, row)
+
+
+def fetch_one(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+    """Run one statement and return its first row."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return None if row is None else tuple(row)
+
+
+def lock_clause(of: str) -> str:
+    """`FOR NO KEY UPDATE OF <of>` where the database has row locks (SQLite's IMMEDIATE transactions serialize)."""
+    if not connection.features.has_select_for_update:
+        return ""
+    return f" FOR NO KEY UPDATE OF {of}" if connection.features.has_select_for_no_key_update else \
+        f" FOR UPDATE OF {of}"
