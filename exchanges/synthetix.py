@@ -509,8 +509,27 @@ class SynthetixConnector(Connector):
 
     # ---- transactions: journal before broadcast, one nonce at a time
 
-    def _entries(self) -> list[tuple[str, dict[str, Any]]]:
-        return [(k, dict(v)) for k, v in self._journal.items("tx:") if v.get("from") == self.address]
+    def _unresolved(self) -> list[tuple[str, dict[str, Any]]]:
+        """Our journalled transactions whose fate is not known yet (indexed under `pending:`), oldest nonce first."""
+        found = []
+        for pointer_key, pointer in self._journal.items("pending:"):
+            entry = self._journal.get(str(pointer["key"]))
+            if entry is None or entry.get("state") not in ("signed", "sent"):
+                self._journal.delete(pointer_key)  # signed-then-crashed before the entry, or already final
+                continue
+            if entry.get("from") == self.address:
+                found.append((str(pointer["key"]), dict(entry)))
+        return sorted(found, key=lambda item: int(item[1]["nonce"]))
+
+    def _finish(self, key: str, entry: dict[str, Any]) -> dict[str, Any]:
+        """Store a transaction's final state, drop it from the unresolved index, remember the highest used nonce."""
+        self._journal.put(key, entry)
+        if entry["state"] in ("mined", "reverted"):
+            last = self._journal.get(f"nonce:{self.address}")
+            if last is None or int(last["nonce"]) < int(entry["nonce"]):
+                self._journal.put(f"nonce:{self.address}", {"nonce": int(entry["nonce"])})
+        self._journal.delete(f"pending:{key}")
+        return entry
 
     def _receipt(self, tx_hash: str) -> dict[str, Any] | None:
         try:
@@ -544,9 +563,7 @@ class SynthetixConnector(Connector):
         used = self._rpc(lambda: self.w3.eth.get_transaction_count(self.address, "latest"))  # type: ignore[arg-type]
         if used > int(entry["nonce"]):
             # Our nonce went to another transaction, and ours has no receipt: it can never execute now.
-            entry = {**entry, "state": "dropped"}
-            self._journal.put(key, entry)
-            return entry
+            return self._finish(key, {**entry, "state": "dropped"})
         if rebroadcast:
             entry = self._broadcast(key, entry)
         return entry
@@ -556,8 +573,7 @@ class SynthetixConnector(Connector):
         entry = {**entry, "state": "mined" if ok else "reverted", "block": int(receipt["blockNumber"])}
         if not ok:
             entry["reason"] = self._replay_reason(entry)
-        self._journal.put(key, entry)
-        return entry
+        return self._finish(key, entry)
 
     def _replay_reason(self, entry: Mapping[str, Any]) -> str:
         """Why a mined transaction reverted: replay its call at its block and decode the custom error."""
@@ -602,9 +618,7 @@ class SynthetixConnector(Connector):
 
     def _settle_outstanding(self) -> None:
         """Resolve every unfinished transaction of ours before a new nonce is signed; refuse while one is pending."""
-        pending = sorted((e for e in self._entries() if e[1]["state"] in ("signed", "sent")),
-                         key=lambda item: int(item[1]["nonce"]))
-        for key, entry in pending:
+        for key, entry in self._unresolved():
             entry = self._resolve(key, entry, rebroadcast=True)
             if entry["state"] == "sent":
                 entry = self._wait_receipt(key, entry, self._receipt_timeout)
@@ -615,9 +629,9 @@ class SynthetixConnector(Connector):
 
     def _next_nonce(self) -> int:
         nonce = int(self._rpc(lambda: self.w3.eth.get_transaction_count(self.address, "latest")))  # type: ignore[arg-type]
-        used = [int(e["nonce"]) for _, e in self._entries() if e["state"] in ("mined", "reverted")]
-        if used and nonce <= max(used):
-            raise TemporaryError(f"the node reports nonce {nonce} but nonce {max(used)} is already mined: "
+        last = self._journal.get(f"nonce:{self.address}")
+        if last is not None and nonce <= int(last["nonce"]):
+            raise TemporaryError(f"the node reports nonce {nonce} but nonce {last['nonce']} is already mined: "
                                  f"the node is behind", venue=VENUE)
         return nonce
 
@@ -646,6 +660,7 @@ class SynthetixConnector(Connector):
                 **meta, "from": self.address, "nonce": nonce, "hash": _hex(signed.hash),
                 "raw": _hex(signed.raw_transaction), "state": "signed", "signed_at": self._now().isoformat(),
             }
+            self._journal.put(f"pending:{key}", {"key": key})  # the unresolved index, before the entry
             self._journal.put(key, entry)  # durable before anything leaves this process
             self._journal.put(f"hash:{entry['hash']}", {"key": key})  # venue order id -> journal key
             log.info("synthetix tx %s signed: %s nonce %s", key, entry["hash"], nonce)
@@ -927,9 +942,8 @@ class SynthetixConnector(Connector):
     def open_orders(self, symbol: str | None = None) -> Sequence[VenueOrder]:
         """Commits not yet settled: mined and pending on the account, or broadcast and not yet mined."""
         orders: dict[str, VenueOrder] = {}
-        for key, entry in self._entries():
-            if entry.get("kind") == "commit" and entry["state"] in ("signed", "sent") \
-                    and (symbol is None or entry["symbol"] == symbol):
+        for key, entry in self._unresolved():
+            if entry.get("kind") == "commit" and (symbol is None or entry["symbol"] == symbol):
                 order = self._order_from_entry(key, entry)
                 if order is not None and order.status is VenueOrderStatus.OPEN:
                     orders[order.venue_order_id] = order

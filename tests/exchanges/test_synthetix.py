@@ -536,3 +536,15 @@ def test_the_private_key_never_shows(h: VenueHarness) -> None:
     shown = [repr(connector), str(refused.value), json.dumps(journal.items()),
              *(r.body.decode() for r in h.extra["front"].requests())]  # type: ignore[attr-defined]
     assert not any(secret in text or secret.upper() in text for text in shown)
+
+
+def test_a_node_behind_our_last_mined_nonce_signs_nothing(h: VenueHarness) -> None:
+    journal = InMemoryVenueJournal()
+    connector = connect(h, journal)
+    connector.create_order(market_order("before"))
+    assert journal.items("pending:") == []  # resolved transactions leave the unresolved index
+    journal.put(f"nonce:{connector.address}", {"nonce": trader_nonce(h) + 5})  # as if a lagging RPC answered
+
+    with pytest.raises(TemporaryError, match="node is behind"):
+        connector.create_order(market_order("after"))
+    assert journal.get("tx:after") is None and h.created_client_ids() == ["before"]
