@@ -1016,6 +1016,8 @@ class SynthetixConnector(Connector):
             return [*items, CheckItem("perps account", False,
                                       f"account {account_id} is not owned by {self.address}")]
         items.append(CheckItem("perps account", True, f"account {account_id} owned by {self.address}"))
+        wei = int(self._rpc(lambda: self.w3.eth.get_balance(self.address)))  # type: ignore[arg-type]
+        items.append(CheckItem("gas balance", wei > 0, f"{from_units(wei).normalize():f} ETH to pay gas"))
         return [*items, *super().verify()]
 
 

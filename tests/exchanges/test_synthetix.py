@@ -183,6 +183,8 @@ def test_an_account_owned_by_another_key_is_an_auth_error(h: VenueHarness) -> No
     with pytest.raises(AuthError):
         connector.create_order(market_order("not-mine"))
     assert [c.ok for c in connector.verify()] == [True, False]
+    assert [(c.name, c.ok) for c in connect(h).verify()] == [
+        ("rpc chain", True), ("perps account", True), ("gas balance", True), ("credentials accepted", True)]
 
 
 def test_a_second_commit_while_one_waits_for_the_keeper_is_temporary(h: VenueHarness) -> None:
