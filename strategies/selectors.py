@@ -144,7 +144,7 @@ def backtest_equity(run: BacktestRun) -> dict[str, list]:  # type: ignore[type-a
         times.append(int(trade["exit_time"]) // 1000)
         equity.append(str(cash))
         drawdown.append(str(((cash / peak) - 1) * 100 if peak > 0 else Decimal(0)))
-    return {"x": times, "equity": equity, "drawdown": drawdown}
+    return {"x": times, "equity": equity, "drawdown": drawdown, "per": "trade"}
 
 
 def candle_markets() -> list[dict[str, object]]:
@@ -166,3 +166,66 @@ def strategy_price_chart(strategy: Strategy, *, limit: int = 500) -> dict[str, l
     if latest is not None:
         chart["mark"] = {"t": int(latest.time.timestamp()), "price": str(latest.price)}
     return chart  # type: ignore[return-value]
+
+
+BARS_CHART_MAX_CANDLES = 300_000  # above this the run's page draws equity per trade instead of re-running it
+
+
+def backtest_equity_bars(run: BacktestRun, *, points: int = 1000) -> dict[str, list] | None:  # type: ignore[type-arg]
+    """A finished run's equity at every candle close and its drawdown (%), downsampled to min/max per bucket.
+
+    Runs store trades and metrics only, so the curve is rebuilt by the same backtester on the same stored candles
+    (deterministic) and cached. None when the run is not done, too long to redo on a page view, or when the rebuilt
+    run no longer matches the stored one (its candles changed): the caller falls back to equity per trade.
+    """
+    from django.core.cache import cache
+
+    if run.status != BacktestRun.Status.DONE:
+        return None
+    key = f"dashboard:bt-equity:{run.pk}:{run.finished_at.timestamp() if run.finished_at else 0}:{points}"
+    cached = cache.get(key)
+    if cached is not None:
+        return cached or None
+    chart = _equity_bars(run, points)
+    cache.set(key, chart or {}, timeout=24 * 3600)
+    return chart
+
+
+def _equity_bars(run: BacktestRun, points: int) -> dict[str, list] | None:  # type: ignore[type-arg]
+    from strategies.backtest import run as backtest
+    from strategies.services import _backtest_config
+
+    if candles_count(run.venue, run.symbol, run.timeframe, since=run.start) > BARS_CHART_MAX_CANDLES:
+        return None
+    candles = candles_read(run.venue, run.symbol, run.timeframe, since=run.start, until=run.end)
+    if len(candles) < 2:
+        return None
+    try:
+        result = backtest(candles, _backtest_config(run.kind, run.params, run.config))
+    except (ValueError, ArithmeticError):
+        return None
+    if len(result.trades) != len(run.trades) or (result.trades and str(result.trades[-1].pnl) != run.trades[-1]["pnl"]):
+        return None
+    equity = result.equity
+    start = float(result.metrics["start_equity"])
+    peak = np.maximum.accumulate(np.maximum(equity, start))
+    drawdown = (np.divide(equity, peak, out=np.zeros_like(equity), where=peak > 0) - 1.0) * 100
+    keep = _min_max_indices(equity, points)
+    return {"x": (result.equity_time[keep] // 1000).tolist(), "equity": equity[keep].tolist(),
+            "drawdown": drawdown[keep].tolist(), "per": "candle"}
+
+
+def _min_max_indices(values: np.ndarray, points: int) -> np.ndarray:  # type: ignore[type-arg]
+    """Indices of the first, last, and each bucket's min and max (so every spike stays visible), in order."""
+    n = len(values)
+    if n <= points:
+        return np.arange(n)
+    buckets = max(points // 2, 1)
+    edges = np.linspace(0, n, buckets + 1, dtype=np.int64)
+    keep = {0, n - 1}
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        if hi > lo:
+            part = values[lo:hi]
+            keep.add(int(lo + np.argmin(part)))
+            keep.add(int(lo + np.argmax(part)))
+    return np.array(sorted(keep), dtype=np.int64)

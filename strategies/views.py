@@ -123,7 +123,8 @@ def backtest_detail(request: HttpRequest, run_id: int) -> HttpResponse:
             response["HX-Refresh"] = "true"  # finished: reload the page with the charts
         return response
     return render(request, "dashboard/backtest_detail.html", {
-        "run": run, "running": running, "chart": selectors.backtest_equity(run), "trades": run.trades[:1000],
+        "run": run, "running": running, "chart": selectors.backtest_equity_bars(run) or selectors.backtest_equity(run),
+        "trades": run.trades[:1000],
         "metrics": _metrics_rows(run.metrics),
     })
 
@@ -138,7 +139,8 @@ def backtest_compare(request: HttpRequest) -> HttpResponse:
                       status=400)
     keys = sorted(set(runs[0].metrics) | set(runs[1].metrics))
     rows = [{"name": k, "a": runs[0].metrics.get(k), "b": runs[1].metrics.get(k)} for k in keys]
-    charts = [{"label": f"#{r.pk} {r.kind}", **selectors.backtest_equity(r)} for r in runs]
+    charts = [{"label": f"#{r.pk} {r.kind}", **(selectors.backtest_equity_bars(r) or selectors.backtest_equity(r))}
+              for r in runs]
     return render(request, "dashboard/backtest_compare.html", {"runs": runs, "rows": rows, "charts": charts})
 
 

@@ -69,9 +69,10 @@
     compare: function (el, runs) {
       var xs = Array.from(new Set([].concat.apply([], runs.map(function (r) { return r.x; })))).sort(function (a, b) { return a - b; });
       if (xs.length < 2) return empty(el, "No closed trades.");
+      var at = {}; xs.forEach(function (t, i) { at[t] = i; });
       var data = [xs].concat(runs.map(function (r) {
         var out = xs.map(function () { return null; });
-        r.x.forEach(function (t, i) { out[xs.indexOf(t)] = num(r.equity[i]); });
+        r.x.forEach(function (t, i) { out[at[t]] = num(r.equity[i]); });
         return out;
       }));
       return new uPlot(opts(el, runs.map(function (r, i) { return line(r.label, i); })), data, el);

@@ -351,3 +351,24 @@ def test_backtest_compare_needs_two_runs(staff_client: Client, book: Any) -> Non
     charts = _json_script(both.content.decode(), "cmp-data")
     assert [c["equity"] for c in charts] == [["10000", "10000.0009"]] * 2
     assert "total return" in both.content.decode() and "5.00 %" in both.content.decode()
+
+
+def test_backtest_result_draws_equity_at_every_candle(staff_client: Client, db: Any) -> None:
+    from pathlib import Path
+
+    from strategies import services as strategy_services
+    from strategies.marketdata import candles_parse_csv
+
+    parsed = candles_parse_csv(Path(__file__).resolve().parents[2] / "data" / "ETH_BTC-1m.csv", timeframe="1m")
+    strategy_services.candles_import(venue="paper", symbol="ETH/BTC", timeframe="1m", rows=parsed.rows[:3000],
+                                     by="test")
+    run = strategy_services.backtest_run_create(kind="rsi", params={"period": 7}, symbol="ETH/BTC", timeframe="1m",
+                                                config={"cash": "1"}, by="test")
+    run = strategy_services.backtest_run_execute(run_id=run.pk)
+    assert run.status == "done" and run.metrics["trades"] > 2
+    html = staff_client.get(reverse("dashboard-backtest", args=[run.pk])).content.decode()
+    chart = _json_script(html, "bt-data")
+    assert chart["per"] == "candle" and "(at each candle close)" in html
+    assert 100 < len(chart["x"]) <= 1002 and chart["x"] == sorted(chart["x"])  # 3000 candles: min/max per bucket
+    assert abs(min(chart["drawdown"]) + run.metrics["max_drawdown"] * 100) < 1e-6
+    assert abs(chart["equity"][-1] - float(run.metrics["final_equity"])) < 1e-9
