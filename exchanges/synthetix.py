@@ -259,6 +259,10 @@ def error_for_revert(revert: Revert) -> VenueError:
                         f"and that the key owns it", venue=VENUE)
     elif name == "PendingOrderExists":
         exc = TemporaryError("a previous order of this account is still waiting for settlement", venue=VENUE)
+    elif name in ("OracleDataRequired", "FeeRequired"):
+        exc = TemporaryError(
+            "the market's oracle price is stale: the chain wants a fresh Pyth price pushed first (ERC-7412), "
+            "which this connector does not do; retry once a keeper or another trader has updated it", venue=VENUE)
     elif name == "ZeroSizeOrder":
         exc = InvalidOrderError("order size is zero", venue=VENUE)
     elif name == "OrderNotValid":

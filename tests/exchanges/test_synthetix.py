@@ -139,6 +139,7 @@ ERROR_CASES = [
     ("SettlementWindowExpired", [3, 1, 2], InvalidOrderError, "SettlementWindowExpired"),
     ("MaxOpenInterestReached", [100, 5, 6], InvalidOrderError, "open interest cap"),
     ("InvalidAmountDelta", [0], InvalidOrderError, "InvalidAmountDelta"),
+    ("OracleDataRequired", ["0x" + "22" * 20, b"query"], TemporaryError, "ERC-7412"),
 ]
 
 
