@@ -20,7 +20,15 @@ from exchanges.resilience import BreakerState
 from tests.conftest import wait_for
 from tests.fakes import venues as fake_venues
 from tests.fakes.faults import Fault
-from tests.fakes.live import LiveSetup, bare_connector, client_timeout_of, create_match, drive, live_setup
+from tests.fakes.live import (
+    LiveSetup,
+    bare_connector,
+    client_timeout_of,
+    create_match,
+    creates_received,
+    drive,
+    live_setup,
+)
 from trading import engine, reconcile
 from trading.models import Fill, Order, Position, Signal
 
@@ -217,12 +225,13 @@ def test_workers_killed_between_commit_and_reply_leave_one_order_each(every_venu
     workers.concurrency = len(every_venue)
     worker = workers.start()
     for step, (action, venue_got_it) in enumerate((("open_long", True), ("close", False))):
+        sent = {live.harness.venue: creates_received(live.harness) for live in every_venue}
         for live in every_venue:
             if venue_got_it:  # held, then taken: the venue has the order, the dead worker never hears
-                live.harness.plan.next(1, Fault.TIMEOUT, hold=2.0, match=create_match(live.harness))
+                live.harness.plan.next(1, Fault.TIMEOUT, hold=3.0, match=create_match(live.harness))
             else:  # every request slowed, then the create dropped unprocessed
                 live.harness.plan.next(1, Fault.DROP, match=create_match(live.harness))
-                live.harness.plan.latency = 1.0
+                live.harness.plan.latency = 0.5
         signals = {live.harness.venue: engine.signal_create(strategy=live.strategy, source="manual",
                                                             idempotency_key=f"crash-{step}-{live.harness.venue}",
                                                             action=action)[0] for live in every_venue}
@@ -230,10 +239,14 @@ def test_workers_killed_between_commit_and_reply_leave_one_order_each(every_venu
         for venue, signal in signals.items():
             orders[venue] = wait_for(lambda: Order.objects.filter(signal=signal).first(), timeout=60, every=0.02,
                                      what=f"the {venue} order committed")
-        wait_for(lambda: _in_flight(orders), timeout=10, every=0.02, what="every order sent")
+        if venue_got_it:  # the kill lands while every create is held by its venue
+            wait_for(lambda: all(creates_received(live.harness) > sent[live.harness.venue] for live in every_venue),
+                     timeout=30, every=0.02, what="every create received")
+        else:  # the kill lands after the commits, wherever each create is (slowed, or not yet sent)
+            wait_for(lambda: _in_flight(orders), timeout=10, every=0.02, what="every order committed")
         workers.kill(worker)  # SIGKILL the whole worker group between the commits and the venues' replies
         assert _in_flight(orders)
-        time.sleep(2.2)  # whatever was held or slowed reaches its venue (or is dropped) now
+        time.sleep(3.2)  # whatever was held or slowed reaches its venue (or is dropped) now
         for live in every_venue:
             live.harness.plan.clear()
             venue = live.harness.venue

@@ -20,7 +20,7 @@ from typing import Any
 from exchanges import registry
 from exchanges.base import Connector, InMemoryVenueJournal, Market, round_up
 from exchanges.resilience import CircuitBreaker
-from tests.fakes.faults import Request
+from tests.fakes.faults import FakeHTTPServer, Request
 from tests.fakes.venues import VenueHarness
 
 PREFIX = "SUITE_VENUE"
@@ -57,6 +57,19 @@ def create_match(harness: VenueHarness) -> Callable[[Request], bool]:
     """The matcher of the requests that create an order on this harness's venue."""
     found = harness.extra.get("create_match") or CREATE_MATCH[harness.venue]
     return found  # type: ignore[return-value]
+
+
+def fake_server(harness: VenueHarness) -> FakeHTTPServer:
+    """The harness's loopback HTTP server (its fault plan and request journal)."""
+    for value in harness.extra.values():
+        if isinstance(value, FakeHTTPServer) and value.plan is harness.plan:
+            return value
+    raise LookupError(f"the {harness.venue} harness exposes no FakeHTTPServer in extra")
+
+
+def creates_received(harness: VenueHarness) -> int:
+    """How many order-creating requests reached the fake (before any fault was applied to them)."""
+    return len(fake_server(harness).requests(create_match(harness)))
 
 
 def client_timeout_of(harness: VenueHarness) -> float:

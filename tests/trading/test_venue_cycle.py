@@ -59,7 +59,7 @@ def _round_trip(live: LiveSetup, key: str, exit_kind: str) -> tuple[Decimal, Dec
         positions_monitor_task.delay()  # the beat's job: the worker's monitor prices the exit from the venue
         return False
 
-    wait_for(closed, timeout=60, every=1.0, what=f"the {exit_kind} exit filled by the worker")
+    wait_for(closed, timeout=60, every=0.5, what=f"the {exit_kind} exit filled by the worker")
     purpose = Order.Purpose.STOP_LOSS if exit_kind == "sl" else Order.Purpose.TAKE_PROFIT
     entry = list(Order.objects.filter(signal=signal))
     exit_ = list(Order.objects.filter(strategy=live.strategy, purpose=purpose, status=Order.Status.FILLED)
