@@ -16,7 +16,6 @@ from django.views.decorators.http import require_http_methods
 
 from strategies import selectors, services
 from strategies.library import RULES
-from strategies.marketdata import datetime_to_ms
 from strategies.models import BacktestRun
 from trading import selectors as trading_selectors
 from trading.models import Order
@@ -146,11 +145,3 @@ def backtest_compare(request: HttpRequest) -> HttpResponse:
 
 def _metrics_rows(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
     return [(k, v) for k, v in sorted(metrics.items())]
-
-
-def ms_to_datetime(ms: int) -> datetime:
-    """Epoch ms as an aware UTC datetime (for templates)."""
-    return datetime.fromtimestamp(ms / 1000, tz=dt_timezone.utc)
-
-
-__all__ = ["strategy_detail", "backtest_list", "backtest_detail", "backtest_compare", "datetime_to_ms"]
