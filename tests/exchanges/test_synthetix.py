@@ -37,6 +37,7 @@ from tests.fakes.synthetix_venue import (
     ETH_MARKET_ID,
     OTHER_KEY,
     TRADER_KEY,
+    units,
     Chain,
     RpcFront,
     harness,
@@ -551,3 +552,27 @@ def test_a_node_behind_our_last_mined_nonce_signs_nothing(h: VenueHarness) -> No
     with pytest.raises(TemporaryError, match="node is behind"):
         connector.create_order(market_order("after"))
     assert journal.get("tx:after") is None and h.created_client_ids() == ["before"]
+
+
+def test_a_commit_that_reverts_on_chain_is_rejected_with_the_decoded_reason(h: VenueHarness) -> None:
+    chain = chain_of(h)
+    connector = connect(h, receipt_timeout="0.2", settle_timeout="0.2")
+    chain.keeper_paused.set()
+    chain.automine(False)
+    pending = connector.create_order(market_order("outbid"))  # passed the pre-flight at 3000, waits in the mempool
+    assert pending.status is VenueOrderStatus.OPEN
+    # A price move with a higher tip lands first in the same block: the commit then reverts on chain.
+    chain.market.functions.fake_set_price(ETH_MARKET_ID, units(Decimal("4000"))).transact(
+        {"from": chain.deployer, "maxPriorityFeePerGas": 10**11, "maxFeePerGas": 10**12})
+    chain.mine()
+    chain.automine(True)
+
+    rejected = connector.fetch_order_by_client_id("ETH-PERP", "outbid")
+
+    assert rejected is not None and rejected.status is VenueOrderStatus.REJECTED
+    assert "fill price 4000, acceptable price 3030" in rejected.reason
+    with pytest.raises(InvalidOrderError, match="reverted on chain"):
+        connector.create_order(market_order("outbid"))  # the same client id is never signed again
+    chain.keeper_paused.clear()
+    assert h.created_client_ids() == [] and connector.create_order(
+        market_order("next", price=Decimal("4000"))).status is VenueOrderStatus.FILLED
