@@ -7,6 +7,7 @@ credential values before it leaves this module.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,15 +52,19 @@ def _credential_vars(prefix: str, environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def scrub(text: str, secrets: Sequence[str]) -> str:
-    """Replace every secret (and every long piece of a multi-line one, such as a PEM body line) in text."""
+    """Replace every secret in text, whatever its letter case or 0x prefix (and every long piece of a multi-line
+    secret, such as a PEM body line); values shorter than 6 characters are settings, not secrets."""
     pieces: set[str] = set()
     for secret in secrets:
         secret = secret.strip()
-        if len(secret) >= 4:
-            pieces.add(secret)
-        pieces.update(p for p in secret.split() if len(p) >= 12)
+        for piece in [secret, *secret.splitlines(), *(p for p in secret.split() if len(p) >= 12)]:
+            piece = piece.strip()
+            if len(piece) >= 6:
+                pieces.add(piece)
+                if piece[:2].lower() == "0x" and len(piece) >= 8:
+                    pieces.add(piece[2:])
     for piece in sorted(pieces, key=len, reverse=True):
-        text = text.replace(piece, REDACTED)
+        text = re.sub(re.escape(piece), REDACTED, text, flags=re.IGNORECASE)
     return text
 
 

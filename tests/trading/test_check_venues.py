@@ -111,6 +111,19 @@ def test_malformed_credentials_are_reported_with_the_secret_scrubbed(db, monkeyp
     assert SECRET not in output and SECRET not in str(error)
 
 
+def test_secrets_are_scrubbed_whatever_their_case_or_prefix(db, memory, monkeypatch) -> None:
+    _account("cb-test")
+    key = "0x" + "ab12cd34" * 8
+    memory.verify_items = [CheckItem("signature accepted", False, f"signer {key[2:].upper()} is not {key} ({PEM})")]
+    monkeypatch.setenv("CB_TEST_SECRET", key + "\n" + PEM)
+    output, error = _run()
+    assert error is not None
+    detail = _row(output, "cb-test", "signature accepted")
+    assert detail.startswith("FAIL  signer [redacted] is not [redacted] ([redacted]"), detail
+    assert "PRIVATE KEY" not in detail
+    assert "ab12cd34" not in output.lower() and "MHcCAQEEIBkq2J7vM6rQ0wXn8Zy4pYc1Hh9aFv3lLq8Tt5sUe7kKoAoGCCqGSM49" not in output
+
+
 def test_no_connectivity_fails_and_names_only_the_endpoint_origin(db, memory, monkeypatch) -> None:
     monkeypatch.setenv("CB_TEST_ENDPOINT", "http://127.0.0.1:9/v2/rpc-api-key-in-path")
     _account("cb-test")
