@@ -576,3 +576,24 @@ def test_a_commit_that_reverts_on_chain_is_rejected_with_the_decoded_reason(h: V
     chain.keeper_paused.clear()
     assert h.created_client_ids() == [] and connector.create_order(
         market_order("next", price=Decimal("4000"))).status is VenueOrderStatus.FILLED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_signed_transaction_outlives_a_rolled_back_transaction_in_the_durable_journal(
+        h: VenueHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db import transaction
+
+    from trading.venues import DjangoVenueJournal
+
+    before = connect(h, DjangoVenueJournal(4242))
+    monkeypatch.setattr(before, "_broadcast", lambda key, entry: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash), transaction.atomic():  # the engine's work rolls back; the journal entry must not
+        before.create_order(market_order("durable"))
+
+    stored = DjangoVenueJournal(4242).get("tx:durable")
+    assert stored is not None and stored["state"] == "signed"
+    order = connect(h, DjangoVenueJournal(4242)).create_order(market_order("durable"))  # a new process
+
+    assert order.status is VenueOrderStatus.FILLED and order.venue_order_id == stored["hash"]
+    assert h.created_client_ids() == ["durable"]
+    assert DjangoVenueJournal(4242).items("pending:") == []
