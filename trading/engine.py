@@ -46,7 +46,7 @@ from trading.domain import (
     SizingRule,
     StrategyRisk,
 )
-from trading.rows import Rows, fetch_one, lock_clause
+from trading.rows import Rows, fetch_all, fetch_one, lock_clause
 from trading.models import AuditEvent, Fill, KillSwitch, Order, Position, Signal, Strategy, VenueAccount
 from trading.venues import connector_for
 
@@ -127,24 +127,27 @@ class _Book:
 
 
 def _account_view(account: VenueAccount, connector: Connector, *, now: datetime, marks: dict[str, Decimal]) -> _Book:
-    """Read the account's positions, working orders and equity (call with the account row locked)."""
-    positions = list(Position.objects.filter(account=account).exclude(quantity=0))
+    """Read the account's positions, working orders and equity (call with the account row locked).
+
+    The book's `positions` holds every position row of the account, flat ones too, so a fill recorded in the same
+    transaction knows whether its row exists without asking again.
+    """
+    every = _positions_of(account.pk)
+    positions = [p for p in every if p.quantity != 0]
     for symbol in {p.symbol for p in positions} - marks.keys():
         marks[symbol] = connector.ticker(symbol).price
     views = tuple(PositionView(p.strategy_id, p.symbol, p.quantity, marks[p.symbol]) for p in positions)
     pending = tuple(
         PendingOrder(
-            strategy_id=o.strategy_id,
-            symbol=o.symbol,
-            side=Side(o.side),
-            quantity=o.quantity - o.filled_quantity,
-            price=o.price or o.reference_price or o.trigger_price or marks.get(o.symbol) or Decimal("0"),
-            reduce_only=o.reduce_only,
+            strategy_id=strategy_id,
+            symbol=symbol,
+            side=Side(side),
+            quantity=quantity - filled,
+            price=price or reference or trigger or marks.get(symbol) or Decimal("0"),
+            reduce_only=reduce_only,
         )
-        for o in Order.objects.filter(account=account, status__in=Order.WORKING).only(
-            "strategy_id", "symbol", "side", "quantity", "filled_quantity", "price", "reference_price",
-            "trigger_price", "reduce_only",
-        )
+        for strategy_id, symbol, side, quantity, filled, price, reference, trigger, reduce_only
+        in _working_orders_of(account.pk)
     )
     unrealized = sum(
         (pnl.unrealized(pnl.PositionState(p.quantity, p.cost_basis, Decimal(0), Decimal(0)), marks[p.symbol])
@@ -164,7 +167,31 @@ def _account_view(account: VenueAccount, connector: Connector, *, now: datetime,
         pnl_today=equity - account.day_start_equity,
         kill_switch=kill_switch_engaged() if kill_on is None else kill_on,
     )
-    return _Book(view, {(p.strategy_id, p.symbol): p for p in positions})
+    return _Book(view, {(p.strategy_id, p.symbol): p for p in every})
+
+
+_POSITION_ROWS = Rows(Position)
+_PENDING_ROWS = Rows(Order, ["strategy", "symbol", "side", "quantity", "filled_quantity", "price", "reference_price",
+                             "trigger_price", "reduce_only"])
+
+
+def _positions_of(account_id: int) -> list[Position]:
+    sql = _sql.get("positions")
+    if sql is None:
+        q = connection.ops.quote_name
+        sql = _sql["positions"] = (f"SELECT {_POSITION_ROWS.columns('p')} FROM {_POSITION_ROWS.table()} p "
+                                   f"WHERE p.{q('account_id')} = %s")
+    return [_POSITION_ROWS.load(row) for row in fetch_all(sql, [account_id])]
+
+
+def _working_orders_of(account_id: int) -> list[list[object]]:
+    sql = _sql.get("working")
+    if sql is None:
+        q = connection.ops.quote_name
+        marks = ", ".join(["%s"] * len(Order.WORKING))
+        sql = _sql["working"] = (f"SELECT {_PENDING_ROWS.columns('o')} FROM {_PENDING_ROWS.table()} o "
+                                 f"WHERE o.{q('account_id')} = %s AND o.{q('status')} IN ({marks})")
+    return [_PENDING_ROWS.values(row) for row in fetch_all(sql, [account_id, *map(str, Order.WORKING)])]
 
 
 AtrProvider = Callable[[Strategy, datetime], "Decimal | None"]
@@ -526,6 +553,17 @@ def _commit_without_fsync_wait() -> None:
 
 def _signal_stages(order: Order, *, filled: bool, now: datetime, others_final: bool | None = None) -> None:
     """Stamp the signal's acknowledged and filled stages, and settle it once all its orders are final."""
+    signal = order._state.fields_cache.get("signal")
+    if signal is not None and others_final is not None:
+        # The caller holds the signal as read under the account lock in this transaction: plain values.
+        signal.acknowledged_at = signal.acknowledged_at or now
+        if filled:
+            signal.filled_at = now
+        if order.is_final and others_final and signal.status == Signal.Status.ACCEPTED:
+            signal.status = Signal.Status.EXECUTED
+        Signal.objects.filter(pk=signal.pk).update(acknowledged_at=signal.acknowledged_at,
+                                                   filled_at=signal.filled_at, status=signal.status)
+        return
     changes: dict[str, object] = {"acknowledged_at": Coalesce("acknowledged_at", Value(now))}
     if filled:
         changes["filled_at"] = Value(now)
@@ -537,7 +575,6 @@ def _signal_stages(order: Order, *, filled: bool, now: datetime, others_final: b
         changes["status"] = Case(When(status=Signal.Status.ACCEPTED, then=Value(Signal.Status.EXECUTED)),
                                  default=F("status"))
     Signal.objects.filter(pk=order.signal_id).update(**changes)
-    signal = order._state.fields_cache.get("signal")
     if signal is not None:  # the caller's copy (read under the account lock) says what the row now says
         signal.acknowledged_at = signal.acknowledged_at or now
         if filled:
@@ -551,8 +588,8 @@ def _fills_record(account: VenueAccount, order: Order, fills: Sequence, recorded
     # Every writer of this account's positions holds the account lock, so a plain read is enough here; the
     # in-database path passes the open positions it read under that lock (a flat one is absent from them).
     key = (order.strategy_id, order.symbol)
-    if positions is not None and key in positions:
-        position = positions[key]
+    if positions is not None:  # every row of the account, read under this transaction's account lock
+        position = positions.get(key)
     else:
         position = Position.objects.filter(account=account, strategy_id=order.strategy_id,
                                            symbol=order.symbol).first()

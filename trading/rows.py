@@ -21,9 +21,10 @@ _Converter = Callable[[Any, Any, Any], Any]
 class Rows(Generic[M]):
     """Select-list text and row loading for one model (columns in `_meta.concrete_fields` order)."""
 
-    def __init__(self, model: type[M]) -> None:
+    def __init__(self, model: type[M], fields: Sequence[str] | None = None) -> None:
         self.model = model
-        self.fields = list(model._meta.concrete_fields)
+        self.fields = list(model._meta.concrete_fields) if fields is None else \
+            [model._meta.get_field(name) for name in fields]
         self.attnames = [f.attname for f in self.fields]
         self._converters: dict[str, list[tuple[int, Any, list[_Converter]]]] = {}
 
@@ -48,15 +49,30 @@ class Rows(Generic[M]):
             self._converters[vendor] = found
         return found
 
-    def load(self, values: Sequence[Any]) -> M:
-        """A model instance from one row's values, as the ORM would have built it."""
+    def values(self, values: Sequence[Any]) -> list[Any]:
+        """One row's values converted as the ORM converts them (Decimal, JSON, booleans on SQLite...)."""
         row = list(values)
         for i, col, funcs in self._converters_for():
             value = row[i]
             for func in funcs:
                 value = func(value, col, connection)
             row[i] = value
-        return self.model.from_db(connection.alias, self.attnames, row)
+        return row
+
+    def load(self, values: Sequence[Any]) -> M:
+        """A model instance from one row's values, as the ORM would have built it (all concrete fields)."""
+        return self.model.from_db(connection.alias, self.attnames, self.values(values))
+
+    def table(self) -> str:
+        """The model's quoted table name."""
+        return connection.ops.quote_name(self.model._meta.db_table)
+
+
+def fetch_all(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """Run one statement and return its rows."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [tuple(row) for row in cursor.fetchall()]
 
 
 def fetch_one(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
