@@ -128,7 +128,7 @@ _DEFAULTS = {
     "slippage": "0.01",  # acceptable price = reference price * (1 +- slippage)
     "settle_timeout": "20",  # seconds create_order waits for a keeper to settle before returning OPEN
     "receipt_timeout": "30",  # seconds to wait for a transaction to be mined
-    "poll_interval": "0.5",
+    "poll_interval": "1",  # Base makes a block every 2 s; each poll costs 4 RPC calls
     "rpc_timeout": "10",  # seconds per JSON-RPC request
     "log_blocks": "5000",  # blocks searched for settlement events after a commit (RPCs cap eth_getLogs ranges)
     "settlement_strategy_id": "0",
