@@ -25,6 +25,7 @@ from rest_framework import serializers
 
 from trading import engine, selectors, services
 from trading.apis import OrderFilter, SignalFilter
+from trading.domain import Rule
 from trading.models import Order, Position, Signal, Strategy
 
 PAGE_SIZE = 50
@@ -406,5 +407,9 @@ def signal_list(request: HttpRequest) -> HttpResponse:
     signals = paginate(request, selectors.signal_list(**filters))
     context = {"page": signals, "filter_errors": filter_errors, "query": query_without_page(request),
                "strategies": Strategy.objects.order_by("slug").only("id", "slug"), "sources": Signal.Source.choices,
-               "statuses": Signal.Status.choices, "f": request.GET}
+               "statuses": Signal.Status.choices, "rules": DECISION_RULES, "f": request.GET}
     return render(request, "dashboard/signal_list.html", context)
+
+
+DECISION_RULES = sorted({v for k, v in vars(Rule).items() if k.isupper() and isinstance(v, str)}
+                        | {"strategy_inactive", "venue_unavailable"})
