@@ -217,13 +217,14 @@ def _venues_check(commands: Mapping[str, str]) -> None:
     if _bool(os.environ, "BOOTSTRAP_SKIP_VENUE_CHECK"):
         _say("BOOTSTRAP_SKIP_VENUE_CHECK is set: venues not checked")
         return
-    try:
-        call_command("check_venues")
-    except BaseException as exc:  # CommandError or SystemExit(non-zero): the venues are not usable
-        if isinstance(exc, SystemExit) and not exc.code:
-            return
-        raise Refused(f"check_venues failed for {', '.join(a.name for a in live)}: {exc} "
-                      "(fix the credentials, or set BOOTSTRAP_SKIP_VENUE_CHECK=1 to start anyway)") from exc
+    for account in live:  # only the accounts whose credentials this deployment sets
+        try:
+            call_command("check_venues", account=account.name)
+        except BaseException as exc:  # CommandError or SystemExit(non-zero): the venue is not usable
+            if isinstance(exc, SystemExit) and not exc.code:
+                continue
+            raise Refused(f"check_venues failed for {account.name}: {exc} (fix the credentials, or set "
+                          "BOOTSTRAP_SKIP_VENUE_CHECK=1 to start anyway)") from exc
     _say(f"venues checked: {', '.join(a.name for a in live)}")
 
 
