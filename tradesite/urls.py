@@ -36,6 +36,7 @@ page_patterns = [
     path("strategies/<int:strategy_id>/rotate-secret/", pages.strategy_secret_rotate,
          name="dashboard-strategy-rotate"),
     path("strategies/<int:strategy_id>/<str:action>/", pages.strategy_transition, name="dashboard-strategy-action"),
+    path("accounts/", pages.account_list, name="dashboard-accounts"),
     path("orders/", pages.order_list, name="dashboard-orders"),
     path("orders/<int:order_id>/cancel/", pages.order_cancel, name="dashboard-order-cancel"),
     path("positions/", pages.position_list, name="dashboard-positions"),

@@ -347,6 +347,18 @@ def alert_message(strategy: Strategy, *, secret: str | None) -> str:
     return json.dumps(body, indent=2)
 
 
+# --------------------------------------------------------------------------------------------- accounts
+
+
+@page
+def account_list(request: HttpRequest) -> HttpResponse:
+    """Venue accounts and their risk limits; staff also see which credential variables are set (masked)."""
+    accounts = list(selectors.account_list())
+    rows = [{"account": a, "credentials": selectors.account_credentials_masked(a) if request.user.is_staff else None}
+            for a in accounts]
+    return render(request, "dashboard/account_list.html", {"rows": rows})
+
+
 # --------------------------------------------------------------------------------------------- orders, positions, signals
 
 

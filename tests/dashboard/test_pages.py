@@ -16,8 +16,9 @@ from django.utils import timezone
 
 from trading.models import AuditEvent, KillSwitch, Order, Signal, Strategy
 
-PAGES = ["dashboard-overview", "dashboard-strategies", "dashboard-strategy-create", "dashboard-orders",
-         "dashboard-positions", "dashboard-signals", "dashboard-backtests", "dashboard-webhook-tester"]
+PAGES = ["dashboard-overview", "dashboard-strategies", "dashboard-strategy-create", "dashboard-accounts",
+         "dashboard-orders", "dashboard-positions", "dashboard-signals", "dashboard-backtests",
+         "dashboard-webhook-tester"]
 
 
 def _object_pages(data: dict[str, Any]) -> list[str]:
@@ -265,8 +266,8 @@ def test_webhook_tester_decides_without_storing(staff_client: Client, plain_clie
     assert (account.day_start, account.day_start_equity) == account_state
 
 
-LIST_PAGES = ["dashboard-overview", "dashboard-strategies", "dashboard-orders", "dashboard-positions",
-              "dashboard-signals", "dashboard-backtests"]
+LIST_PAGES = ["dashboard-overview", "dashboard-strategies", "dashboard-accounts", "dashboard-orders",
+              "dashboard-positions", "dashboard-signals", "dashboard-backtests"]
 
 
 @pytest.mark.parametrize("name", LIST_PAGES)
@@ -372,3 +373,18 @@ def test_backtest_result_draws_equity_at_every_candle(staff_client: Client, db: 
     assert 100 < len(chart["x"]) <= 1002 and chart["x"] == sorted(chart["x"])  # 3000 candles: min/max per bucket
     assert abs(min(chart["drawdown"]) + run.metrics["max_drawdown"] * 100) < 1e-6
     assert abs(chart["equity"][-1] - float(run.metrics["final_equity"])) < 1e-9
+
+
+def test_accounts_page_masks_credentials_and_hides_them_from_non_staff(staff_client: Client, plain_client: Client,
+                                                                       db: Any, monkeypatch: Any) -> None:
+    from trading.models import VenueAccount
+
+    monkeypatch.setenv("CBDASH_API_KEY", "organizations/abc/apiKeys/SECRETKEY9876")
+    monkeypatch.setenv("CBDASH_API_SECRET", "-----BEGIN EC PRIVATE KEY-----zzzz")
+    VenueAccount.objects.create(name="cb-dash", venue="coinbase", network="testnet", credentials_env="CBDASH")
+    staff = staff_client.get(reverse("dashboard-accounts")).content.decode()
+    assert "CBDASH_*" in staff and "API_KEY ****9876" in staff and "API_SECRET ****zzzz" in staff
+    assert "SECRETKEY" not in staff and "PRIVATE" not in staff
+    plain = plain_client.get(reverse("dashboard-accounts"))
+    assert plain.status_code == 200 and b"cb-dash" in plain.content
+    assert b"CBDASH" not in plain.content and b"9876" not in plain.content and b"Edit in the admin" not in plain.content
