@@ -119,6 +119,13 @@ def test_a_failing_venue_check_refuses_the_start(fresh_db: str, var_dir: Path) -
             assert "no check_venues command" in result.stderr
         skipped = bootstrap("migrate", {**env, "BOOTSTRAP_SKIP_VENUE_CHECK": "1"})
         assert skipped.returncode == 0, skipped.stderr[-2000:]
+        if has_command:  # good credentials on a venue that answers: the check passes and the start goes on
+            from tests.fakes.coinbase_venue import harness
+
+            with harness() as venue:
+                good = bootstrap("migrate", clean_env(fresh_db, var_dir, **venue.env("CBBOOT")))
+            assert good.returncode == 0, good.stderr[-2000:]
+            assert "venues checked: cb-boot" in good.stderr
     finally:
         with psycopg.connect(fresh_db.replace("postgres://", "postgresql://"), autocommit=True) as conn:
             conn.execute("DELETE FROM trading_venueaccount WHERE name = 'cb-boot'")
