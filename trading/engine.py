@@ -46,8 +46,8 @@ from trading.domain import (
     SizingRule,
     StrategyRisk,
 )
-from trading.rows import Rows, fetch_all, fetch_one, lock_clause
 from trading.models import AuditEvent, Fill, KillSwitch, Order, Position, Signal, Strategy, VenueAccount
+from trading.rows import Rows, fetch_all, fetch_one, lock_clause
 from trading.venues import connector_for
 
 log = logging.getLogger("trading.engine")

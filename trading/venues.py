@@ -27,6 +27,7 @@ from exchanges.errors import TemporaryError
 from exchanges.paper import DEFAULT_MARKETS, PaperConfig, PaperVenue
 from exchanges.resilience import BreakerEvent, RateLimiter, RateSpec
 from trading.models import MarketPrice, PaperOrder, PaperPosition, VenueAccount, VenueHealth, VenueJournalEntry
+from trading.rows import Rows, fetch_all
 
 log = logging.getLogger("venues")
 
@@ -391,6 +392,28 @@ def order_from_json(data: dict[str, Any]) -> VenueOrder:
     )
 
 
+_PAPER_POSITION_ROWS = Rows(PaperPosition, ["symbol", "quantity", "cost", "volume_candle", "volume_taken"])
+_PAPER_ORDER_ROWS = Rows(PaperOrder, ["data"])
+_paper_sql: dict[str, str] = {}
+
+
+def _rows(name: str, *params: Any) -> list[list[Any]]:
+    """The paper store's hot reads, written out (the ORM's query build costs more than the query here)."""
+    sql = _paper_sql.get(name)
+    if sql is None:
+        q = connection.ops.quote_name
+        positions, orders = _PAPER_POSITION_ROWS, _PAPER_ORDER_ROWS
+        sql = _paper_sql[name] = {
+            "positions": f"SELECT {positions.columns('p')} FROM {positions.table()} p WHERE p.{q('account_id')} = %s",
+            "order": f"SELECT {orders.columns('o')} FROM {orders.table()} o WHERE o.{q('account_id')} = %s "
+                     f"AND o.{q('client_order_id')} = %s",
+            "open": f"SELECT {orders.columns('o')} FROM {orders.table()} o WHERE o.{q('account_id')} = %s "
+                    f"AND o.{q('is_open')} ORDER BY o.{q('id')}",
+        }[name]
+    rows = _PAPER_POSITION_ROWS if name == "positions" else _PAPER_ORDER_ROWS
+    return [rows.values(row) for row in fetch_all(sql, params)]
+
+
 class _Unit:
     """What one paper-venue unit of work has read and changed; written back once, at commit."""
 
@@ -451,11 +474,7 @@ class DjangoPaperStore:
             else:
                 accounts = accounts.select_for_update()
             cash, sequence = accounts.get(pk=self.account_id)
-            positions = {
-                row[0]: list(row[1:])
-                for row in PaperPosition.objects.filter(account_id=self.account_id).values_list(
-                    "symbol", "quantity", "cost", "volume_candle", "volume_taken")
-            }
+            positions = {row[0]: row[1:] for row in _rows("positions", self.account_id)}
             unit = self._local.unit = _Unit(cash, sequence, positions)
             try:
                 yield
@@ -499,9 +518,8 @@ class DjangoPaperStore:
         unit = self._unit()
         if unit is not None and client_order_id in unit.orders:
             return unit.orders[client_order_id]
-        row = PaperOrder.objects.filter(account_id=self.account_id, client_order_id=client_order_id).values_list(
-            "data", flat=True).first()
-        order = None if row is None else order_from_json(row)
+        rows = _rows("order", self.account_id, client_order_id)
+        order = order_from_json(rows[0][0]) if rows else None
         if unit is not None:
             unit.orders[client_order_id] = order
         return order
@@ -527,10 +545,8 @@ class DjangoPaperStore:
             unit.orders[order.client_order_id] = order
 
     def open_orders(self, symbol: str | None = None) -> list[VenueOrder]:
-        rows = PaperOrder.objects.filter(account_id=self.account_id, is_open=True)
-        if symbol is not None:
-            rows = rows.filter(symbol=symbol)
-        return [order_from_json(d) for d in rows.order_by("pk").values_list("data", flat=True)]
+        orders = [order_from_json(row[0]) for row in _rows("open", self.account_id)]
+        return orders if symbol is None else [o for o in orders if o.symbol == symbol]
 
     def cash(self) -> Decimal:
         unit = self._unit()
