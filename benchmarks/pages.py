@@ -133,7 +133,8 @@ def main() -> int:
     os.environ.update(env)
     os.environ.pop("REDIS_URL", None)
     os.environ.pop("CELERY_BROKER_URL", None)
-    _admin_sql(args.pg_url, f'DROP DATABASE IF EXISTS "{args.db_name}" WITH (FORCE)', f'CREATE DATABASE "{args.db_name}"')
+    _admin_sql(args.pg_url, f'DROP DATABASE IF EXISTS "{args.db_name}" WITH (FORCE)',
+               f'CREATE DATABASE "{args.db_name}"')
     try:
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0", "--no-input"], cwd=ROOT, env=os.environ,
                        check=True, timeout=300)

@@ -265,7 +265,10 @@ def signal_decision_preview(*, strategy: Strategy, intent: Any, atr: Decimal | N
             connector = connector_for(account)
             market = connector.market(intent.symbol)
             ticker = connector.ticker(intent.symbol)
-            book = engine._account_view(account, connector, now=now, marks={intent.symbol: ticker.price})  # noqa: SLF001
+            marks = {intent.symbol: ticker.price}
+            book = engine._account_view(account, connector, now=now, marks=marks)  # noqa: SLF001 - the engine's read
+            # The ATR an ATR-multiple exit needs: the alert's, else market data's, as the engine finds it.
+            atr = engine._atr(Signal(strategy=strategy, atr=atr), now)  # noqa: SLF001
             return risk.decide(
                 intent=intent, strategy_id=strategy.pk, account=book.view,
                 market=MarketRules(symbol=market.symbol, lot_size=market.lot_size, min_qty=market.min_qty,

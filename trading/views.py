@@ -359,7 +359,7 @@ def account_list(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard/account_list.html", {"rows": rows})
 
 
-# --------------------------------------------------------------------------------------------- orders, positions, signals
+# ------------------------------------------------------------------------------------ orders, positions, signals
 
 
 @page

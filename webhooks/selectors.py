@@ -108,7 +108,8 @@ def alert_preview(*, body: bytes, content_type: str, now: datetime, check_passph
         steps.append(Step("risk", False, f"venue unavailable: {exc}"))
         return Preview(steps, "202 accepted; the engine would retry the venue", alert, strategy)
     if decision.accepted:
-        orders = "; ".join(f"{o.side.value} {o.quantity} {o.order_type.value} ({o.purpose}){' reduce-only' if o.reduce_only else ''}"
+        orders = "; ".join(f"{o.side.value} {o.quantity} {o.order_type.value} ({o.purpose})"
+                           f"{' reduce-only' if o.reduce_only else ''}"
                            for o in decision.orders)
         steps.append(Step("risk", True, f"accepted ({decision.rule}): {orders}"))
     else:

@@ -1,6 +1,7 @@
 """The dashboard in a real Chromium (Debian's, driven by Playwright) against a live server and real Celery workers.
 
-One browser for the session (this module's). Each main page's screenshot goes to artifacts/screenshots/ (a test artefact).
+One browser for the session (this module's). Each main page's screenshot goes to artifacts/screenshots/
+(a test artefact).
 `make test` installs /usr/bin/chromium with apt-get when it is missing; without it these tests are skipped.
 """
 
