@@ -244,7 +244,7 @@ def test_no_canary_leaks_anywhere(private_redis, make_account, make_strategy, se
                              f"/api/accounts/{live.pk}/", f"/api/accounts/{bad.pk}/", "/api/orders/",
                              "/api/positions/", "/api/signals/", f"/api/signals/{opened}/",
                              f"/api/signals/{doomed_signal}/", "/api/pnl/", "/api/pnl/equity/", "/api/kill-switch/",
-                             "/api/backtests/", "/api/schema/", "/healthz", "/readyz"):
+                             "/api/backtests/", "/api/venues/", "/api/schema/", "/healthz", "/readyz"):
                     status, _ = call("GET", path, **auth)
                     assert status == 200, path
                 assert call("GET", "/metrics", Authorization=f"Bearer {canaries['metrics token']}")[0] == 200
@@ -253,6 +253,16 @@ def test_no_canary_leaks_anywhere(private_redis, make_account, make_strategy, se
             group.stop_all()
 
     assert Order.objects.filter(strategy=strategy, status="filled").count() == 2  # the cycle really happened
+
+    # The dashboard's pages, as the staff user sees them (in this process, venue credentials in its environment).
+    browser = Client()
+    browser.force_login(staff)
+    for path in ("/", "/strategies/", f"/strategies/{strategy.pk}/", f"/strategies/{strategy.pk}/webhook/",
+                 f"/strategies/{doomed.pk}/", "/accounts/", "/orders/", "/positions/", "/signals/", "/backtests/",
+                 "/webhook-tester/"):
+        response = browser.get(path)
+        assert response.status_code == 200, path
+        bodies.append(f"GET {path} {response.status_code}\n{response.content.decode()}")
 
     # The technical 500 page (DEBUG on) and the plain one (DEBUG off), in this process, with the secrets in the
     # environment and in settings the way a deployment holds them.
