@@ -1,7 +1,7 @@
 """Latency of each real venue connector against its loopback fake, and of the engine through it.
 
     python benchmarks/connectors.py [--venues coinbase,hyperliquid,synthetix] [--orders 200] [--signals 40]
-                                    [--no-engine]
+                                    [--gap SECONDS] [--no-engine]
 
 1. Connector calls (this process, the bare connector: signing included, no retries, rate limiter or breaker):
    per venue, `--orders` rounds of create (a limit buy far below the market, so it rests), fetch (by venue id)
@@ -172,6 +172,7 @@ def engine_latency(harnesses: dict[str, Any], signals: int, args: argparse.Names
         fill: list[float] = []
         bad = 0
         for i in range(signals):
+            time.sleep(args.gap)
             row = send(venue, f"bench-{venue}-{i}", "open_long" if i % 2 == 0 else "close")
             if row.status != "executed" or row.acknowledged_at is None:
                 bad += 1
@@ -212,6 +213,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--venues", default=",".join(ALL_VENUES), help="comma-separated (default: every venue)")
     p.add_argument("--orders", type=int, default=200, help="create/fetch/cancel rounds per venue (default 200)")
     p.add_argument("--signals", type=int, default=40, help="engine signals per venue (default 40)")
+    p.add_argument("--gap", type=float, default=0.0,
+                   help="seconds between engine signals (default 0: back to back; a gap lets the account's rate "
+                        "budget refill, so the figure shows the path without throttling)")
     p.add_argument("--no-engine", action="store_true", help="connector calls only (no database or worker)")
     p.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432")
     p.add_argument("--db-name", default="tradesite_bench_connectors")
@@ -229,13 +233,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = [v for v in venues if v not in available]
     venues = [v for v in venues if v in available]
     output: dict[str, Any] = {"benchmark": "connectors", "date": datetime.now().astimezone().isoformat(
-        timespec="seconds"), "orders": args.orders, "signals": args.signals, "missing_fakes": missing}
+        timespec="seconds"), "orders": args.orders, "signals": args.signals, "gap_s": args.gap,
+        "missing_fakes": missing}
     status = 1
     with contextlib.ExitStack() as stack:
         try:
             harnesses = {v: stack.enter_context(fake_venues.harness(v)) for v in venues}
             conn: dict[str, Any] = {}
-            for venue, harness in harnesses.items():
+            for venue, harness in harnesses.items() if args.orders > 0 else ():
                 print(f"connector calls: {venue} ({args.orders} rounds)...", file=sys.stderr, flush=True)
                 conn[venue] = connector_calls(harness, args.orders)
             eng: dict[str, Any] = {}
