@@ -32,7 +32,14 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-test: $(STAMP) $(ANVIL) $(CHROMIUM)
+# The redis-server binary: the canary test starts a private password-protected Redis of its own.
+REDIS_SERVER := /usr/bin/redis-server
+
+$(REDIS_SERVER):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
+
+test: $(STAMP) $(ANVIL) $(CHROMIUM) $(REDIS_SERVER)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
