@@ -237,7 +237,9 @@ def _allowed(request: HttpRequest) -> HttpResponse | None:
         response = HttpResponse("authentication required\n", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
-    if request.META.get("REMOTE_ADDR", "") in settings.METRICS_ALLOWED_IPS:
+    # A request a proxy forwarded comes from the proxy's (often loopback) address: it is not an internal scraper.
+    forwarded = any(k in request.META for k in ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP"))
+    if not forwarded and request.META.get("REMOTE_ADDR", "") in settings.METRICS_ALLOWED_IPS:
         return None
     return HttpResponseNotFound("not found\n", content_type="text/plain")
 

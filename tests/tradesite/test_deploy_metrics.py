@@ -36,6 +36,9 @@ def test_metrics_is_hidden_from_other_addresses_without_a_token(db) -> None:
     assert _scrape(REMOTE_ADDR="203.0.113.5")[0] == 404
     status, text = _scrape(REMOTE_ADDR="127.0.0.1")
     assert status == 200 and "tradesite_metrics_window_seconds" in text
+    # Through a reverse proxy on the same host the peer is loopback too: forwarded requests are refused.
+    assert _scrape(REMOTE_ADDR="127.0.0.1", HTTP_X_FORWARDED_FOR="203.0.113.5")[0] == 404
+    assert _scrape(REMOTE_ADDR="127.0.0.1", HTTP_X_REAL_IP="203.0.113.5")[0] == 404
 
 
 def test_metrics_needs_the_bearer_token_when_one_is_set(db, settings) -> None:
