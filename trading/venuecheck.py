@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from exchanges.base import CheckItem
+from exchanges.errors import TemporaryError
 from trading.models import VenueAccount
 from trading.venues import connector_for
 
@@ -102,22 +103,30 @@ def account_check(*, account: VenueAccount, environ: Mapping[str, str] | None = 
     if not items[-1].ok:
         return AccountCheck(account.name, account.venue, account.network, tuple(items))
 
-    # Each venue module validates its own credentials when it builds its connector (key format, address).
+    # Each venue module validates its own credentials when it builds its connector (key format, address); some
+    # venues' clients also read from the venue while being built, so a transport failure there is connectivity.
+    endpoint = _origin(variables.get("ENDPOINT", "")) or "the venue's published URL"
     try:
         connector = connector_for(account)
+    except TemporaryError as exc:
+        add("connectivity", False, f"{endpoint}: {_failure(exc)}")
+        return AccountCheck(account.name, account.venue, account.network, tuple(items))
     except Exception as exc:  # noqa: BLE001 - any refusal to build is this check's answer, not a crash
         add("credentials well-formed", False, _failure(exc))
         return AccountCheck(account.name, account.venue, account.network, tuple(items))
     add("credentials well-formed", True, f"{account.venue} connector built for {account.network}")
 
-    endpoint = _origin(variables.get("ENDPOINT", "")) or "the venue's published URL"
+    # A price read always reaches the venue (market lists are cached by the connectors).
     started = time.monotonic()
     try:
-        count = len(connector.markets())
+        markets = connector.markets()
+        quoted = connector.ticker(markets[0].symbol) if markets else None
     except Exception as exc:  # noqa: BLE001
         add("connectivity", False, f"{endpoint}: {_failure(exc)}")
     else:
-        add("connectivity", True, f"{count} markets from {endpoint} in {(time.monotonic() - started) * 1000:.0f} ms")
+        price = f", {quoted.symbol} at {quoted.price}" if quoted else ""
+        add("connectivity", True, f"{len(markets)} markets{price} from {endpoint} in "
+                                  f"{(time.monotonic() - started) * 1000:.0f} ms")
 
     # The venue's checks: signature accepted, permissions (e.g. a Coinbase key that can transfer is refused).
     try:
