@@ -8,8 +8,10 @@ venue failure makes the order UNKNOWN, and recovery asks the venue by client id 
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -73,11 +75,33 @@ def _cfg(name: str) -> int:
     return int(settings.TRADING[name])
 
 
+_batch = threading.local()
+
+
 def audit(*, actor: str, action: str, entity: str, entity_id: object, now: datetime, **data: object) -> None:
-    """Append one audit row (inside the caller's transaction)."""
-    AuditEvent.objects.create(
-        time=now, actor=actor, action=action, entity=entity, entity_id=str(entity_id), data=_jsonable(data)
-    )
+    """Append one audit row (inside the caller's transaction; in an `_audit_batch`, at its end)."""
+    event = AuditEvent(time=now, actor=actor, action=action, entity=entity, entity_id=str(entity_id),
+                       data=_jsonable(data))
+    pending: list[AuditEvent] | None = getattr(_batch, "events", None)
+    if pending is not None:
+        pending.append(event)
+    else:
+        event.save()
+
+
+@contextmanager
+def _audit_batch() -> Iterator[None]:
+    """Collect the audit rows written inside and insert them in one statement (inside the same transaction)."""
+    if getattr(_batch, "events", None) is not None:
+        yield
+        return
+    _batch.events = []
+    try:
+        yield
+        if _batch.events:
+            AuditEvent.objects.bulk_create(_batch.events)
+    finally:
+        _batch.events = None
 
 
 def _jsonable(data: dict[str, object]) -> dict[str, object]:
@@ -241,11 +265,16 @@ def signal_process(*, signal_id: int, now: datetime | None = None) -> Signal:
         if connector.capabilities.in_database:
             # Nothing leaves the database: decide, send and record in one transaction (the venue's lock first,
             # as its own writers take it, then the account row). A crash before COMMIT leaves the signal RECEIVED.
-            with connector.unit_of_work():
-                signal, orders, book = _signal_decide(signal_id=signal_id, account_id=account.pk, now=now)
+            with connector.unit_of_work(), _audit_batch():
+                signal, orders, book = _signal_decide(signal_id=signal_id, account_id=account.pk, now=now,
+                                                      save=False)
                 for order in orders:
                     _order_send(order, connector=connector, now=timezone.now(),
                                 positions=book.positions if book else None, siblings=orders)
+                if orders:  # the decision and the stages, written once
+                    if signal.status == Signal.Status.ACCEPTED and all(o.is_final for o in orders):
+                        signal.status = Signal.Status.EXECUTED
+                    signal.save(update_fields=[*_DECISION_FIELDS, "acknowledged_at", "filled_at"])
             return signal
         with transaction.atomic():
             signal, orders, _ = _signal_decide(signal_id=signal_id, account_id=account.pk, now=now)
@@ -256,9 +285,17 @@ def signal_process(*, signal_id: int, now: datetime | None = None) -> Signal:
         return signal
 
 
-def _signal_decide(*, signal_id: int, account_id: int, now: datetime
+_DECISION_FIELDS = ("attempts", "status", "decision_rule", "decision_detail", "accepted_at", "submitted_at",
+                    "stop_loss", "take_profit")
+
+
+def _signal_decide(*, signal_id: int, account_id: int, now: datetime, save: bool = True
                    ) -> tuple[Signal, list[Order], _Book | None]:
-    """Lock the account, decide the signal and create its orders as SUBMITTING (inside the caller's transaction)."""
+    """Lock the account, decide the signal and create its orders as SUBMITTING (inside the caller's transaction).
+
+    With `save=False` an accepted signal's decision is left for the caller to write (the in-database path writes
+    it once, with the stages); a refusal is always written here.
+    """
     account, signal = _signal_lock(signal_id)
     if signal.status != Signal.Status.RECEIVED:
         return signal, [], None
@@ -309,8 +346,8 @@ def _signal_decide(*, signal_id: int, account_id: int, now: datetime
     signal.accepted_at = signal.submitted_at = now
     if decision.stop_loss is not None or decision.take_profit is not None:
         signal.stop_loss, signal.take_profit = decision.stop_loss, decision.take_profit
-    signal.save(update_fields=["attempts", "status", "decision_rule", "decision_detail", "accepted_at",
-                               "submitted_at", "stop_loss", "take_profit"])
+    if save:
+        signal.save(update_fields=_DECISION_FIELDS)
     audit(actor="engine", action="signal.accepted", entity="signal", entity_id=signal.pk, now=now,
           orders=[o.client_order_id for o in orders], rule=decision.rule)
     return signal, orders, book
@@ -555,14 +592,12 @@ def _signal_stages(order: Order, *, filled: bool, now: datetime, others_final: b
     """Stamp the signal's acknowledged and filled stages, and settle it once all its orders are final."""
     signal = order._state.fields_cache.get("signal")
     if signal is not None and others_final is not None:
-        # The caller holds the signal as read under the account lock in this transaction: plain values.
+        # The in-database path: its caller holds the signal read under the account lock and writes it once.
         signal.acknowledged_at = signal.acknowledged_at or now
         if filled:
             signal.filled_at = now
         if order.is_final and others_final and signal.status == Signal.Status.ACCEPTED:
             signal.status = Signal.Status.EXECUTED
-        Signal.objects.filter(pk=signal.pk).update(acknowledged_at=signal.acknowledged_at,
-                                                   filled_at=signal.filled_at, status=signal.status)
         return
     changes: dict[str, object] = {"acknowledged_at": Coalesce("acknowledged_at", Value(now))}
     if filled:
