@@ -3,6 +3,8 @@ recording what happened while we were down and flagging (never adopting) orders 
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -10,6 +12,8 @@ import pytest
 from exchanges.base import OrderRequest, OrderType, Side
 from exchanges.errors import AuthError, OrderStatusUnknownError, TemporaryError
 from tests.conftest import wait_for
+from tests.fakes import venues as fake_venues
+from tests.fakes.live import bare_connector, live_setup
 from tests.fakes.memory_venue import MemoryVenue, failing_builder, install
 from trading import engine, reconcile, services
 from trading.models import AuditEvent, Fill, MarketPrice, Order, Position, Signal, VenueAccount
@@ -206,3 +210,45 @@ def test_a_worker_start_records_venue_fills_made_while_no_worker_ran(workers, ma
              what="the fill recorded at worker start")
     assert Position.objects.get(strategy=strategy).quantity == Decimal("0.05")
     assert Fill.objects.filter(order=order).count() == 1
+
+
+# --------------------------------------------------------------------------------------------- real fakes
+
+
+@pytest.fixture(params=list(fake_venues.available()) or [pytest.param(None, marks=pytest.mark.skip(
+    reason="no venue harness has landed yet"))])
+def harness(request: pytest.FixtureRequest) -> Iterator[fake_venues.VenueHarness]:
+    with fake_venues.harness(request.param) as running:
+        yield running
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reconcile_on_each_fake_records_a_fill_made_while_down_and_flags_foreign_orders(harness, monkeypatch,
+                                                                                        make_strategy) -> None:
+    bare = bare_connector(harness)
+    if bare.capabilities.extra.get("order_types") == "market":
+        pytest.skip(f"{harness.venue} has market orders only: nothing rests on it")
+    live = live_setup(harness, setenv=monkeypatch.setenv, make_strategy=make_strategy)
+    limit = live.market.round_price(harness.price * Decimal("0.98"), Side.BUY)
+    signal = _send(live.strategy, "open_long", "rest", order_type="limit", price=limit)
+    order = Order.objects.get(signal=signal)
+    assert order.status == Order.Status.OPEN, (order.status, order.reason)
+
+    harness.set_price(harness.symbol, live.market.round_price(harness.price * Decimal("0.97"), Side.SELL))
+    foreign = bare.create_order(OrderRequest(client_order_id=uuid.uuid4().hex, symbol=harness.symbol, side=Side.BUY,
+                                             type=OrderType.LIMIT, quantity=live.quantity,
+                                             price=live.market.round_price(harness.price / 2, Side.BUY)))
+    report = reconcile.account_reconcile(account=live.account)  # nothing of ours ran since the fill
+    assert report["updated_orders"] == 1, report
+    order.refresh_from_db()
+    assert order.status == Order.Status.FILLED and order.filled_quantity == live.quantity
+    assert sum((f.quantity for f in Fill.objects.filter(order=order)), Decimal(0)) == live.quantity
+    assert Position.objects.get(strategy=live.strategy).quantity == live.quantity
+    assert report["unknown_venue_orders"] == [foreign.client_order_id]
+    assert Order.objects.filter(account=live.account).count() == 1  # flagged, never adopted
+    assert bare.fetch_order(harness.symbol, foreign.venue_order_id).status.value == "open"  # nor canceled
+
+    again = reconcile.account_reconcile(account=live.account)
+    assert again["updated_orders"] == 0 and Fill.objects.filter(order=order).count() >= 1
+    assert AuditEvent.objects.filter(action="reconcile.unknown_venue_order",
+                                     entity_id=str(live.account.pk)).count() == 1
