@@ -339,6 +339,11 @@ class ResilientConnector(Connector):
         self._rng = rng or random.Random()
         self.max_queue_wait = max_queue_wait
 
+    def with_policy(self, policy: RetryPolicy) -> ResilientConnector:
+        """The same connector, limiter and breaker with another retry policy (e.g. no retries under a row lock)."""
+        return ResilientConnector(self.inner, policy, self.limiter, self.breaker, self._clock, self._sleep,
+                                  rng=self._rng, max_queue_wait=self.max_queue_wait)
+
     def __getattr__(self, name: str) -> Any:
         # Venue-specific extras (not part of Connector) go straight to the inner connector.
         if name == "inner":  # not set yet (copy, unpickling): no recursion

@@ -637,3 +637,16 @@ def test_over_http_an_outage_opens_the_breaker_and_recovery_closes_it(tiny: Any)
     assert order.client_order_id == "c1" and wrapped.breaker.state is BreakerState.CLOSED
     assert [r.path for r in server.requests()][-2:] == ["/balances", "/orders"]
     assert len(posts(server)) == 1
+
+
+def test_a_no_retry_view_shares_the_breaker_and_budget(build: Any) -> None:
+    wrapped, inner = build(threshold=2)
+    once = wrapped.with_policy(RetryPolicy(max_attempts=1))
+    assert once.breaker is wrapped.breaker and once.limiter is wrapped.limiter and once.inner is inner
+    inner.fail("ticker", *temporary(2))
+    with pytest.raises(TemporaryError):
+        once.ticker("BTC-USD")
+    assert inner.count("ticker") == 1
+    with pytest.raises(TemporaryError):
+        once.ticker("BTC-USD")
+    assert wrapped.breaker.state is BreakerState.OPEN
