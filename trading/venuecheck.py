@@ -124,7 +124,7 @@ def account_check(*, account: VenueAccount, environ: Mapping[str, str] | None = 
     except Exception as exc:  # noqa: BLE001
         add("connectivity", False, f"{endpoint}: {_failure(exc)}")
     else:
-        price = f", {quoted.symbol} at {quoted.price}" if quoted else ""
+        price = f", {quoted.symbol} at {quoted.price.normalize():f}" if quoted else ""
         add("connectivity", True, f"{len(markets)} markets{price} from {endpoint} in "
                                   f"{(time.monotonic() - started) * 1000:.0f} ms")
 
