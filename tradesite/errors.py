@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from typing import Any
 
@@ -23,7 +24,8 @@ def cleanse_text(text: str) -> str:
 
 
 class SafeExceptionReporterFilter(_DjangoFilter):
-    """Hide settings whose names look secret (URLs included) and any value that holds a password or known secret."""
+    """Hide settings whose names look secret, and any value (setting, request header, POST field, local variable)
+    that holds a URL with a password or a known secret value."""
 
     hidden_settings = _HIDDEN
 
@@ -43,8 +45,10 @@ class SafeExceptionReporterFilter(_DjangoFilter):
                 text = repr(value)
             except Exception:  # noqa: BLE001 - a broken __repr__ must not break the error page
                 text = ""
-            if cleanse_text(text) != text or redact(text, secrets) != text:
-                value = self.cleansed_substitute
+            empty = value is None or (isinstance(value, str) and not value)
+            named_secret = bool(self.hidden_settings.search(str(name))) and not empty
+            if named_secret or cleanse_text(text) != text or redact(text, secrets) != text:
+                value = self.cleansed_substitute  # a secret-named local (password, api_secret...) or a secret value
             out.append((name, value))
         return out
 
@@ -63,7 +67,10 @@ class ExceptionReporter(_DjangoReporter):
     (an exception message or a source line can carry one where no filter looks)."""
 
     def get_traceback_html(self) -> str:
-        return cleanse_text(super().get_traceback_html())
+        page = cleanse_text(super().get_traceback_html())
+        for secret in secret_values():  # as the template escaped them (&, <, >, quotes)
+            page = page.replace(html.escape(secret), "[REDACTED]")
+        return page
 
     def get_traceback_text(self) -> str:
         return cleanse_text(super().get_traceback_text())

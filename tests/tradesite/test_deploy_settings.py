@@ -104,3 +104,30 @@ def test_default_django_filter_would_leak_url_passwords(settings) -> None:
 
     settings.DATABASE_URL = "postgres://app:db-canary-pw-4471@db:5432/tradesite"
     assert "db-canary-pw-4471" in repr(DjangoFilter().get_safe_settings()["DATABASE_URL"])
+
+
+def test_technical_500_page_masks_secrets_even_html_escaped(settings) -> None:
+    import sys
+
+    from tradesite.errors import ExceptionReporter
+    from tradesite.logging import register_secret
+
+    settings.DEBUG = True
+    # Built at run time: the page quotes source lines around the raise, and a literal there is no leak of ours.
+    secret = "amp&quote" + '"less<than>-' + "canary-5521"
+    register_secret(secret)
+    api_secret = "plain-canary-" + "secret-0099"
+    password = "url-canary-" + "pw-3141"
+    settings.SOME_BROKER = f"redis://:{password}@r:6379/0"
+    try:
+        raise RuntimeError(f"failed with {secret} and {api_secret}")
+    except RuntimeError:
+        request = RequestFactory().get("/boom")
+        reporter = ExceptionReporter(request, *sys.exc_info())
+    register_secret(api_secret)
+    page, text = reporter.get_traceback_html(), reporter.get_traceback_text()
+    import html
+
+    for needle in (html.escape(secret), secret, api_secret, password):
+        assert needle not in page and needle not in text, needle
+    assert "Traceback" in page and "[REDACTED]" in page
