@@ -168,8 +168,10 @@ def install(monkeypatch: Any, venue: MemoryVenue | Callable[[VenueConfig], Conne
         builder = venue
         if name is None:
             raise ValueError("a builder needs a venue name")
-    # registry.register has no "unregister": setitem on its table is undone when the test ends.
+    # registry.register has no "unregister": setitem first records what was there, so the end of the test
+    # restores it; then the public registration.
     monkeypatch.setitem(registry._LIVE, name, builder)
+    registry.register(name, builder)
 
 
 def failing_builder(exc: BaseException) -> Callable[[VenueConfig], Connector]:
