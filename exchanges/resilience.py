@@ -338,11 +338,18 @@ class ResilientConnector(Connector):
         self._clock, self._sleep = clock, sleep
         self._rng = rng or random.Random()
         self.max_queue_wait = max_queue_wait
+        # Market rules (tick, lot, minimums) change rarely: kept for `markets_ttl` seconds, so the engine's
+        # market() per signal costs neither a request nor rate budget (Hyperliquid's meta weighs 20).
+        self.markets_ttl = 300.0
+        self._markets: tuple[float, Sequence[Market]] | None = None
+        self._market: dict[str, tuple[float, Market]] = {}
 
     def with_policy(self, policy: RetryPolicy) -> ResilientConnector:
         """The same connector, limiter and breaker with another retry policy (e.g. no retries under a row lock)."""
-        return ResilientConnector(self.inner, policy, self.limiter, self.breaker, self._clock, self._sleep,
+        view = ResilientConnector(self.inner, policy, self.limiter, self.breaker, self._clock, self._sleep,
                                   rng=self._rng, max_queue_wait=self.max_queue_wait)
+        view._markets, view._market = self._markets, self._market
+        return view
 
     def __getattr__(self, name: str) -> Any:
         # Venue-specific extras (not part of Connector) go straight to the inner connector.
@@ -407,10 +414,20 @@ class ResilientConnector(Connector):
     # ---- Connector, by delegation
 
     def markets(self) -> Sequence[Market]:
-        return self._call("markets", CallKind.READ, self.inner.markets)
+        cached = self._markets
+        if cached is not None and self._clock() - cached[0] < self.markets_ttl:
+            return cached[1]
+        markets = tuple(self._call("markets", CallKind.READ, self.inner.markets))
+        self._markets = (self._clock(), markets)
+        return markets
 
     def market(self, symbol: str) -> Market:
-        return self._call("markets", CallKind.READ, lambda: self.inner.market(symbol))
+        cached = self._market.get(symbol)
+        if cached is not None and self._clock() - cached[0] < self.markets_ttl:
+            return cached[1]
+        market = self._call("markets", CallKind.READ, lambda: self.inner.market(symbol))
+        self._market[symbol] = (self._clock(), market)
+        return market
 
     def balances(self) -> Sequence[Balance]:
         return self._call("balances", CallKind.READ, self.inner.balances)

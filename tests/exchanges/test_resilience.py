@@ -650,3 +650,21 @@ def test_a_no_retry_view_shares_the_breaker_and_budget(build: Any) -> None:
     with pytest.raises(TemporaryError):
         once.ticker("BTC-USD")
     assert wrapped.breaker.state is BreakerState.OPEN
+
+
+def test_market_rules_are_cached_so_each_signal_costs_no_request_or_budget(build: Any, clock: FakeClock) -> None:
+    wrapped, inner = build(spec=RateSpec(rate=4.0, burst=20.0, costs={"markets": 20.0}))
+    for _ in range(50):
+        assert wrapped.market("BTC-USD") == BTC
+        assert list(wrapped.markets()) == [BTC]
+    assert inner.count("markets") == 2  # one for market(), one for markets(): then cached
+    assert clock.sleeps == [pytest.approx(5.0)]  # the second full read waited for budget, the cache hits did not
+    clock.now += wrapped.markets_ttl
+    wrapped.market("BTC-USD")
+    assert inner.count("markets") == 3
+    from exchanges.errors import MarketNotFoundError
+
+    clock.now += 20.0
+    with pytest.raises(MarketNotFoundError):
+        wrapped.market("NOPE")
+    assert wrapped.breaker.state is BreakerState.CLOSED
