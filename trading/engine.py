@@ -49,6 +49,7 @@ from trading.domain import (
     StrategyRisk,
 )
 from trading.models import AuditEvent, Fill, KillSwitch, Order, Position, Signal, Strategy, VenueAccount
+from trading import rows
 from trading.rows import Rows, fetch_all, fetch_one, lock_clause
 from trading.venues import connector_for
 
@@ -99,7 +100,7 @@ def _audit_batch() -> Iterator[None]:
     try:
         yield
         if _batch.events:
-            AuditEvent.objects.bulk_create(_batch.events)
+            rows.insert(_batch.events)
     finally:
         _batch.events = None
 
@@ -274,7 +275,7 @@ def signal_process(*, signal_id: int, now: datetime | None = None) -> Signal:
                 if orders:  # the decision and the stages, written once
                     if signal.status == Signal.Status.ACCEPTED and all(o.is_final for o in orders):
                         signal.status = Signal.Status.EXECUTED
-                    signal.save(update_fields=[*_DECISION_FIELDS, "acknowledged_at", "filled_at"])
+                    rows.save_fields(signal, [*_DECISION_FIELDS, "acknowledged_at", "filled_at"])
             return signal
         with transaction.atomic():
             signal, orders, _ = _signal_decide(signal_id=signal_id, account_id=account.pk, now=now)
@@ -347,7 +348,7 @@ def _signal_decide(*, signal_id: int, account_id: int, now: datetime, save: bool
     if decision.stop_loss is not None or decision.take_profit is not None:
         signal.stop_loss, signal.take_profit = decision.stop_loss, decision.take_profit
     if save:
-        signal.save(update_fields=_DECISION_FIELDS)
+        rows.save_fields(signal, _DECISION_FIELDS)
     audit(actor="engine", action="signal.accepted", entity="signal", entity_id=signal.pk, now=now,
           orders=[o.client_order_id for o in orders], rule=decision.rule)
     return signal, orders, book
@@ -433,7 +434,7 @@ def _orders_create(signal: Signal, decision: Decision, *, reference_price: Decim
         )
         for intent in decision.orders
     ]
-    Order.objects.bulk_create(orders)
+    rows.insert(orders)
     if not all(o.pk for o in orders):  # SQLite before 3.35 cannot return ids from a bulk insert
         ids = dict(Order.objects.filter(signal=signal).values_list("client_order_id", "pk"))
         for o in orders:
@@ -566,7 +567,7 @@ def _venue_state_record(account: VenueAccount, order: Order, venue_order: VenueO
         order.reason = venue_order.reason
     order.acknowledged_at = order.acknowledged_at or now
     order.updated_at = now
-    order.save(update_fields=["venue_order_id", "status", "reason", "acknowledged_at", "updated_at",
+    rows.save_fields(order, ["venue_order_id", "status", "reason", "acknowledged_at", "updated_at",
                               "filled_quantity", "fees", "average_fill_price"])
     if order.signal_id:
         _signal_stages(order, filled=bool(fresh), now=now, others_final=others_final)
@@ -636,14 +637,15 @@ def _fills_record(account: VenueAccount, order: Order, fills: Sequence, recorded
     was_flat = position.quantity == 0
     side = Side(order.side)
     cash_delta = Decimal(0)
-    rows = []
+    fills_made = []
     for f in fills:
         state, realized = pnl.apply_fill(state, side=side, quantity=f.quantity, price=f.price, fee=f.fee)
         cash_delta += realized - f.fee
-        rows.append(Fill(order=order, account=account, strategy_id=order.strategy_id, symbol=order.symbol,
-                         side=order.side, venue_fill_id=f.fill_id, quantity=f.quantity, price=f.price, fee=f.fee,
-                         fee_currency=f.fee_currency, realized_pnl=realized, time=f.time, recorded_at=now))
-    Fill.objects.bulk_create(rows)
+        fills_made.append(Fill(order=order, account=account, strategy_id=order.strategy_id, symbol=order.symbol,
+                               side=order.side, venue_fill_id=f.fill_id, quantity=f.quantity, price=f.price,
+                               fee=f.fee, fee_currency=f.fee_currency, realized_pnl=realized, time=f.time,
+                               recorded_at=now))
+    rows.insert(fills_made)
     order.filled_quantity += sum((f.quantity for f in fills), Decimal(0))
     order.fees += sum((f.fee for f in fills), Decimal(0))
     notional = sum((q * p for _, q, p in recorded), Decimal(0)) + sum((f.quantity * f.price for f in fills),
@@ -667,12 +669,12 @@ def _fills_record(account: VenueAccount, order: Order, fills: Sequence, recorded
         position.take_profit = signal.take_profit or position.take_profit
     position.updated_at = now
     if position.pk is None:
-        position.save()
+        rows.insert([position])
     else:
-        position.save(update_fields=["quantity", "cost_basis", "realized_pnl", "fees_paid", "average_entry",
+        rows.save_fields(position, ["quantity", "cost_basis", "realized_pnl", "fees_paid", "average_entry",
                                      "stop_loss", "take_profit", "opened_at", "updated_at"])
-    VenueAccount.objects.filter(pk=account.pk).update(cash=account.cash + cash_delta)
     account.cash += cash_delta
+    rows.save_fields(account, ["cash"])
 
 
 def _signal_settle(signal_id: int, now: datetime) -> None:

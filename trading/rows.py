@@ -89,3 +89,50 @@ def lock_clause(of: str) -> str:
         return ""
     return f" FOR NO KEY UPDATE OF {of}" if connection.features.has_select_for_no_key_update else \
         f" FOR UPDATE OF {of}"
+
+
+def save_fields(obj: Model, fields: Sequence[str]) -> None:
+    """`obj.save(update_fields=fields)` as one written-out UPDATE (auto_now fields are stamped the same way)."""
+    meta = obj._meta
+    key = (type(obj), tuple(fields), connection.vendor)
+    cached = _update_sql.get(key)
+    if cached is None:
+        quote = connection.ops.quote_name
+        concrete = [meta.get_field(name) for name in fields]
+        sets = ", ".join(f"{quote(f.column)} = %s" for f in concrete)
+        cached = _update_sql[key] = (f"UPDATE {quote(meta.db_table)} SET {sets} WHERE {quote(meta.pk.column)} = %s",
+                                     concrete)
+    sql, concrete = cached
+    params = [f.get_db_prep_save(f.pre_save(obj, False), connection) for f in concrete]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, obj.pk])
+
+
+def insert(objs: Sequence[Model]) -> None:
+    """`bulk_create(objs)` as one written-out INSERT ... RETURNING id; sets each object's pk."""
+    if not objs:
+        return
+    model = type(objs[0])
+    meta = model._meta
+    key = (model, len(objs), connection.vendor)
+    cached = _insert_sql.get(key)
+    if cached is None:
+        quote = connection.ops.quote_name
+        fields = [f for f in meta.concrete_fields if not f.primary_key]
+        one = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        cached = _insert_sql[key] = (
+            f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) VALUES "
+            f"{', '.join([one] * len(objs))} RETURNING {quote(meta.pk.column)}", fields)
+    sql, fields = cached
+    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        ids = [row[0] for row in cursor.fetchall()]
+    for obj, pk in zip(objs, ids, strict=True):
+        obj.pk = pk
+        obj._state.adding = False
+        obj._state.db = connection.alias
+
+
+_update_sql: dict[tuple[Any, ...], tuple[str, list[Any]]] = {}
+_insert_sql: dict[tuple[Any, ...], tuple[str, list[Any]]] = {}
