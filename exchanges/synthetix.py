@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import requests
 from eth_abi import decode as abi_decode
+from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_utils import event_abi_to_log_topic, function_abi_to_4byte_selector, keccak, to_checksum_address
 from web3 import Web3
@@ -93,6 +94,9 @@ class Network:
     chain_id: int
     rpc_url: str
     perps_market_proxy: str
+    # ERC-2771 multicall forwarder the proxy trusts (price updates go in the same transaction as the order)
+    forwarder: str = "0xE2C5658cC5C448B48141168f3e475dF8f65A1e3e"
+    price_service_url: str = "https://hermes.pyth.network"  # Pyth's Hermes: signed price updates (ERC-7412)
 
 
 # PerpsMarketProxy addresses from Synthetix's own deployment manifests (python-sdk deployments/<chain>/perpsFactory).
@@ -134,6 +138,7 @@ _DEFAULTS = {
     "settlement_strategy_id": "0",
     "market_ttl": "300",  # seconds the market list is cached
 }
+MAX_ORACLE_ROUNDS = 4  # OracleDataRequired answers followed per transaction before giving up
 
 
 # --------------------------------------------------------------------------------------------- ABI and values
@@ -206,7 +211,8 @@ class Revert:
 
 @cache
 def _error_table() -> dict[bytes, dict[str, Any]]:
-    table = {function_abi_to_4byte_selector(e): e for e in load_abi("PerpsMarketProxy") if e["type"] == "error"}
+    table = {function_abi_to_4byte_selector(e): e for name in ("PythERC7412Wrapper", "PerpsMarketProxy")
+             for e in load_abi(name) if e["type"] == "error"}
     table[bytes(keccak(text="Error(string)")[:4])] = {"name": "Error", "inputs": [{"name": "message", "type": "string"}]}
     table[bytes(keccak(text="Panic(uint256)")[:4])] = {"name": "Panic", "inputs": [{"name": "code", "type": "uint256"}]}
     return table
@@ -350,7 +356,9 @@ class SynthetixConnector(Connector):
     capabilities = CAPABILITIES
 
     def __init__(self, *, network: str, rpc_url: str, proxy_address: str, private_key: str, chain_id: int,
-                 account_id: int | None, journal: VenueJournal, options: Mapping[str, str]) -> None:
+                 account_id: int | None, journal: VenueJournal, options: Mapping[str, str],
+                 forwarder_address: str = NETWORKS["testnet"].forwarder,
+                 price_service_url: str = NETWORKS["testnet"].price_service_url) -> None:
         opts = {**_DEFAULTS, **{k: v for k, v in options.items() if k in _DEFAULTS}}
         try:
             self._slippage = Decimal(opts["slippage"])
@@ -374,6 +382,11 @@ class SynthetixConnector(Connector):
                                      exception_retry_configuration=None)
         self.w3 = Web3(provider, middleware=[])
         self.proxy = self.w3.eth.contract(address=to_checksum_address(proxy_address), abi=load_abi("PerpsMarketProxy"))
+        self.forwarder = self.w3.eth.contract(address=to_checksum_address(forwarder_address),
+                                              abi=load_abi("TrustedMulticallForwarder"))
+        self._oracle_abi = load_abi("PythERC7412Wrapper")
+        self.price_service_url = price_service_url.rstrip("/")
+        self._http_timeout = rpc_timeout
         self._topics = {e["name"]: _hex(event_abi_to_log_topic(e))
                         for e in load_abi("PerpsMarketProxy") if e["type"] == "event"}
         self._tx_lock = threading.RLock()
@@ -644,21 +657,13 @@ class SynthetixConnector(Connector):
         with self._tx_lock:
             self._check_chain()
             self._settle_outstanding()
-            try:
-                gas = int(call.estimate_gas({"from": self.address}))
-            except Exception as exc:  # noqa: BLE001 - a revert here means nothing was signed or sent
-                raise translate(exc) from exc
+            fields, gas = self._prepare(call)
             nonce = self._next_nonce()
             block = self._rpc(lambda: self.w3.eth.get_block("latest"))
             tip = int(self._rpc(lambda: self.w3.eth.max_priority_fee))
             base_fee = int(block.get("baseFeePerGas") or 0)
-            try:
-                tx = call.build_transaction({
-                    "from": self.address, "nonce": nonce, "gas": gas + gas // 5 + 10_000, "chainId": self.chain_id,
-                    "maxPriorityFeePerGas": tip, "maxFeePerGas": 2 * base_fee + tip, "value": 0,
-                })
-            except Exception as exc:  # noqa: BLE001
-                raise translate(exc) from exc
+            tx = {**fields, "from": self.address, "nonce": nonce, "gas": gas + gas // 5 + 10_000,
+                  "chainId": self.chain_id, "maxPriorityFeePerGas": tip, "maxFeePerGas": 2 * base_fee + tip}
             signed = self._signer.sign_transaction(tx)
             entry = {
                 **meta, "from": self.address, "nonce": nonce, "hash": _hex(signed.hash),
@@ -669,6 +674,67 @@ class SynthetixConnector(Connector):
             self._journal.put(f"hash:{entry['hash']}", {"key": key})  # venue order id -> journal key
             log.info("synthetix tx %s signed: %s nonce %s", key, entry["hash"], nonce)
             return self._broadcast(key, entry)
+
+    def _prepare(self, call: Any) -> tuple[dict[str, Any], int]:
+        """Pre-flight a call (nothing is signed yet); when the chain wants fresh prices (ERC-7412), fetch them from
+        the price service and send them first in the same transaction through the trusted multicall forwarder."""
+        target = {"to": call.address, "data": call._encode_transaction_data(), "value": 0}
+        updates: list[dict[str, Any]] = []  # price pushes: {"to", "data", "value"}
+        for _ in range(MAX_ORACLE_ROUNDS + 1):
+            tx = target if not updates else self._multicall([*updates, target])
+            try:
+                return tx, int(self.w3.eth.estimate_gas({"from": self.address, **tx}))  # type: ignore[typeddict-item]
+            except ContractCustomError as exc:
+                revert = decode_revert(exc.data if isinstance(exc.data, str) else exc.message)
+                if revert.name == "OracleDataRequired" and len(updates) < MAX_ORACLE_ROUNDS:
+                    updates.append(self._price_update(revert))
+                    continue
+                if revert.name == "FeeRequired" and updates:
+                    fee = int(next(iter(revert.args.values())))
+                    short = next((u for u in updates if u["value"] < fee), None)
+                    if short is not None:
+                        short["value"] = fee
+                        continue
+                raise translate(exc) from exc
+            except Exception as exc:  # noqa: BLE001 - a revert here means nothing was signed or sent
+                raise translate(exc) from exc
+        raise TemporaryError("the chain still wants oracle data after several price updates", venue=VENUE)
+
+    def _multicall(self, calls: list[dict[str, Any]]) -> dict[str, Any]:
+        fn = self.forwarder.functions.aggregate3Value(
+            [(to_checksum_address(c["to"]), True, int(c["value"]), c["data"]) for c in calls])
+        return {"to": self.forwarder.address, "data": fn._encode_transaction_data(),
+                "value": sum(int(c["value"]) for c in calls)}
+
+    def _price_update(self, revert: Revert) -> dict[str, Any]:
+        """Answer OracleDataRequired: fetch signed Pyth updates from the price service for the queried feeds."""
+        oracle = to_checksum_address(revert.args["oracleContract"])
+        try:
+            update_type, tolerance, feed_ids = abi_decode(["uint8", "uint64", "bytes32[]"], revert.args["oracleQuery"])
+        except Exception:  # noqa: BLE001
+            raise TemporaryError("the oracle asked for data in a form this connector does not know",
+                                 venue=VENUE) from None
+        if update_type != 1:
+            raise TemporaryError(f"the oracle asked for update type {update_type} (only latest prices are "
+                                 f"fetched)", venue=VENUE)
+        params = [("ids[]", _hex(f)) for f in feed_ids] + [("encoding", "hex")]
+        try:
+            response = requests.get(f"{self.price_service_url}/v2/updates/price/latest", params=params,
+                                    timeout=self._http_timeout)
+            response.raise_for_status()
+            blobs = [bytes.fromhex(x[2:] if x.startswith("0x") else x) for x in response.json()["binary"]["data"]]
+        except requests.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else 0
+            if status == 429:
+                raise RateLimitError("price service rate limited (HTTP 429)", venue=VENUE,
+                                     retry_after=_retry_after(exc.response)) from None
+            raise TemporaryError(f"price service answered HTTP {status}", venue=VENUE) from None
+        except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
+            raise TemporaryError(f"price service unavailable: {type(exc).__name__}", venue=VENUE) from None
+        payload = abi_encode(["uint8", "uint64", "bytes32[]", "bytes[]"], [1, tolerance, list(feed_ids), blobs])
+        wrapper = self.w3.eth.contract(address=oracle, abi=self._oracle_abi)
+        return {"to": oracle, "data": wrapper.functions.fulfillOracleQuery(payload)._encode_transaction_data(),
+                "value": 0}
 
     # ---- account setup
 
@@ -895,6 +961,12 @@ class SynthetixConnector(Connector):
             return VenueOrder(status=VenueOrderStatus.OPEN, reason="committed, waiting for a keeper to settle", **base)
         if at < commit_block:  # a lagging node behind the receipt's block: nothing to conclude yet
             return VenueOrder(status=VenueOrderStatus.OPEN, reason="committed, waiting for a keeper to settle", **base)
+        if int(snapshot["timestamp"]) <= expiration:
+            # The order left the pending slot while it could still settle, yet no settle or cancel event is
+            # readable: a node whose log index trails its state. Never conclude "canceled" from an absence that
+            # may be a fill: ask again.
+            return VenueOrder(status=VenueOrderStatus.OPEN,
+                              reason="left the pending slot; its settlement event is not readable yet", **base)
         return VenueOrder(status=VenueOrderStatus.CANCELED,
                           reason="expired unsettled: replaced by a later commit", **base)
 
@@ -1081,11 +1153,15 @@ def build(config: VenueConfig) -> Connector:
     except ValueError:
         raise AuthError("<PREFIX>_ACCOUNT_ID must be an integer perps account id", venue=VENUE) from None
     proxy = (credentials.get("proxy_address") or network.perps_market_proxy).strip()
-    if not Web3.is_address(proxy):
-        raise VenueError(f"proxy address {proxy!r} is not an address", venue=VENUE)
+    forwarder = (credentials.get("forwarder_address") or network.forwarder).strip()
+    for name, address in (("proxy", proxy), ("forwarder", forwarder)):
+        if not Web3.is_address(address):
+            raise VenueError(f"{name} address {address!r} is not an address", venue=VENUE)
     return SynthetixConnector(
         network=config.network, rpc_url=config.endpoint or network.rpc_url, proxy_address=proxy,
         private_key=private_key, chain_id=network.chain_id, account_id=account_id,
         journal=config.journal if config.journal is not None else InMemoryVenueJournal(),
         options={k: v for k, v in credentials.items() if k in _DEFAULTS},
+        forwarder_address=forwarder,
+        price_service_url=(credentials.get("price_service_url") or network.price_service_url).strip(),
     )

@@ -251,11 +251,11 @@ USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"]  # the dashboard's CSS/JS and vendored htmx + uPlot (no CDN)
 # Django serves /static/ itself (the API docs' Swagger UI files) unless a proxy serves STATIC_ROOT after collectstatic.
 SERVE_STATIC = env_bool("TRADESITE_SERVE_STATIC", True)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 
-STATICFILES_DIRS = [BASE_DIR / "static"]  # the dashboard's CSS/JS and vendored htmx + uPlot (no CDN)
 # --- Trading ---
 TRADING = {
     # Prices older than this are stale: entries are refused (seconds).

@@ -30,7 +30,7 @@ from tests.fakes.live import (
     live_setup,
 )
 from trading import engine, reconcile
-from trading.models import Fill, Order, Position, Signal
+from trading.models import Fill, Order, Position, Signal, VenueHealth
 
 VENUES = list(fake_venues.available())
 pytestmark = [
@@ -122,15 +122,19 @@ def test_a_20s_outage_during_creates_leaves_one_order_each_and_the_breakers_cycl
         live.harness.plan.fail_for(20 - (time.monotonic() - started), status=503)  # now the whole venue is down
 
     states: dict[str, set[BreakerState]] = {live.harness.venue: set() for live in every_venue}
+    shown: dict[str, set[str | None]] = {live.harness.venue: set() for live in every_venue}  # VenueHealth rows
 
     def look() -> None:
         for live in every_venue:
             states[live.harness.venue].add(live.breaker().state)
+            shown[live.harness.venue].add(
+                VenueHealth.objects.filter(account=live.account).values_list("state", flat=True).first())
 
     drive(lambda: time.monotonic() - started > 19, timeout=25, every=0.5, seen=look)
     for live in every_venue:
         venue = live.harness.venue
         assert BreakerState.OPEN in states[venue], (venue, states[venue])
+        assert "open" in shown[venue], (venue, shown[venue])  # what /api/venues/ and the logs show
         # Never resent blind while the venue cannot be asked about it.
         assert Order.objects.get(pk=orders[venue][1].pk).status == Order.Status.UNKNOWN, venue
         assert live.harness.created_client_ids() == [], venue
@@ -138,6 +142,7 @@ def test_a_20s_outage_during_creates_leaves_one_order_each_and_the_breakers_cycl
     drive(lambda: all(Order.objects.get(pk=o.pk).is_final for _, o in orders.values()), timeout=30, every=0.3)
     for live in every_venue:
         assert live.breaker().state is BreakerState.CLOSED, live.harness.venue
+        assert VenueHealth.objects.get(account=live.account).state == "closed", live.harness.venue
         _assert_one_filled_entry(live, orders[live.harness.venue][0])
 
 

@@ -39,6 +39,7 @@ from tests.fakes.synthetix_venue import (
     TRADER_KEY,
     units,
     Chain,
+    PriceService,
     RpcFront,
     harness,
     wait_until,
@@ -219,6 +220,24 @@ def test_an_order_no_keeper_settles_expires_as_canceled(h: VenueHarness) -> None
     assert expired is not None and expired.status is VenueOrderStatus.CANCELED and "expired" in expired.reason
     assert connector.cancel_order("ETH-PERP", placed.venue_order_id) == expired
     assert connector.open_orders() == [] and connector.positions() == []
+
+
+def test_a_settled_order_whose_event_is_not_readable_yet_stays_open_never_canceled(h: VenueHarness) -> None:
+    chain = chain_of(h)
+    connector = connect(h, settle_timeout="0.2")
+    chain.keeper_paused.set()
+    order = connector.create_order(market_order("lagging-logs"))
+    assert order.status is VenueOrderStatus.OPEN
+    assert chain.settle_pending() == 1  # settled on chain: the pending slot is empty now
+    front = h.extra["front"]
+    assert isinstance(front, RpcFront)
+
+    front.hide_logs = 1
+    seen = connector.fetch_order("ETH-PERP", order.venue_order_id)
+    assert seen.status is VenueOrderStatus.OPEN and "not readable yet" in seen.reason
+
+    filled = connector.fetch_order("ETH-PERP", order.venue_order_id)
+    assert filled.status is VenueOrderStatus.FILLED and filled.filled_quantity == Decimal("0.01")
 
 
 def test_cancel_refuses_a_settleable_order_and_cancels_one_beyond_its_acceptable_price(h: VenueHarness) -> None:
@@ -425,6 +444,78 @@ def test_a_5xx_on_broadcast_is_unknown_and_one_order_results(h: VenueHarness) ->
     order = connector.create_order(market_order("bad-gateway"))
 
     assert order.status is VenueOrderStatus.FILLED and h.created_client_ids() == ["bad-gateway"]
+
+
+# ------------------------------------------------------------------------------------------- ERC-7412 price pushes
+
+
+def price_requests(h: VenueHarness) -> list[Request]:
+    prices = h.extra["prices"]
+    assert isinstance(prices, PriceService)
+    return prices.requests()
+
+
+def test_a_stale_oracle_price_is_pushed_in_the_same_transaction_as_the_commit(h: VenueHarness) -> None:
+    chain = chain_of(h)
+    chain.send(chain.market.functions.fake_set_staleness(60))  # no feed has ever been pushed: every price is stale
+    connector = connect(h)
+
+    order = connector.create_order(market_order("needs-price"))
+
+    assert order.status is VenueOrderStatus.FILLED and h.created_client_ids() == ["needs-price"]
+    assert chain.oracle.functions.updates().call() == 1
+    feed = "0x" + bytes(keccak(text="ETH")).hex()
+    assert [r.path for r in price_requests(h)] == [f"/v2/updates/price/latest?ids%5B%5D={feed}&encoding=hex"]
+    assert len(broadcasts(h)) == 1  # one transaction carries the update and the commit
+    tx = chain.w3.eth.get_transaction(order.venue_order_id)
+    assert tx["to"] == chain.forwarder.address and tx["value"] == 0
+
+    # Within the staleness tolerance the next commit needs no update and goes straight to the proxy.
+    second = connector.create_order(market_order("fresh-enough", side=Side.SELL))
+    assert second.status is VenueOrderStatus.FILLED
+    assert chain.oracle.functions.updates().call() == 1 and len(price_requests(h)) == 1
+    assert chain.w3.eth.get_transaction(second.venue_order_id)["to"] == chain.market.address
+
+
+def test_the_oracle_fee_is_paid_with_the_price_update(h: VenueHarness) -> None:
+    chain = chain_of(h)
+    chain.send(chain.market.functions.fake_set_staleness(60))
+    chain.send(chain.oracle.functions.fake_set_fee(12_345))  # wei per update, answered by FeeRequired
+
+    order = connect(h).create_order(market_order("pays-fee"))
+
+    assert order.status is VenueOrderStatus.FILLED
+    assert chain.w3.eth.get_transaction(order.venue_order_id)["value"] == 12_345
+    assert chain.w3.eth.get_balance(chain.oracle.address) == 12_345
+    assert len(broadcasts(h)) == 1
+
+
+@pytest.mark.parametrize(("status", "error"), [(503, TemporaryError), (429, RateLimitError)])
+def test_a_price_service_failure_signs_nothing(h: VenueHarness, status: int, error: type[Exception]) -> None:
+    chain = chain_of(h)
+    chain.send(chain.market.functions.fake_set_staleness(60))
+    prices = h.extra["prices"]
+    assert isinstance(prices, PriceService)
+    nonce = trader_nonce(h)
+    if status == 429:
+        prices.plan.next(1, Fault.RATE_LIMIT, retry_after=3)
+    else:
+        prices.plan.next(1, Fault.SERVER_ERROR, status=status)
+
+    with pytest.raises(error, match="price service"):
+        connect(h).create_order(market_order("no-price"))
+
+    assert broadcasts(h) == [] and h.created_client_ids() == [] and trader_nonce(h) == nonce
+    assert connect(h).create_order(market_order("no-price")).status is VenueOrderStatus.FILLED  # once it is back
+
+
+def test_an_oracle_query_of_an_unknown_kind_is_temporary_and_names_it(h: VenueHarness) -> None:
+    connector = connect(h)
+    revert = decode_revert("0x" + (bytes(keccak(text="OracleDataRequired(address,bytes)")[:4]) + abi_encode(
+        ["address", "bytes"], [chain_of(h).oracle.address, abi_encode(["uint8"], [2])])).hex())
+    assert revert.name == "OracleDataRequired"
+    with pytest.raises(TemporaryError, match="does not know|update type 2"):
+        connector._price_update(revert)
 
 
 # ------------------------------------------------------------------------------------------- accounts, values, data

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from eth_account import Account
@@ -51,6 +52,7 @@ class RpcFront(FakeHTTPServer):
         self.upstream_port = upstream_port
         self.on_broadcast = on_broadcast or threading.Event()
         self._local = threading.local()
+        self.hide_logs = 0  # answer this many eth_getLogs calls with no logs: a node whose log index trails
 
     def get_request(self) -> tuple[socket.socket, Any]:
         # The base handler writes headers and body separately: without TCP_NODELAY, Nagle's algorithm and the
@@ -60,6 +62,9 @@ class RpcFront(FakeHTTPServer):
         return sock, address
 
     def route(self, request: Request) -> Reply:
+        if self.hide_logs and b'"eth_getLogs"' in request.body and request.body.lstrip().startswith(b"{"):
+            self.hide_logs -= 1
+            return Reply(200, {"jsonrpc": "2.0", "id": request.json()["id"], "result": []})
         for attempt in (1, 2):  # one keep-alive connection to anvil per handler thread; reopen once if stale
             conn = getattr(self._local, "conn", None)
             if conn is None:
@@ -88,6 +93,20 @@ class RpcFront(FakeHTTPServer):
         return out
 
 
+class PriceService(FakeHTTPServer):
+    """Pyth's Hermes: `GET /v2/updates/price/latest?ids[]=..&encoding=hex` answers signed update blobs (fake)."""
+
+    def route(self, request: Request) -> Reply:
+        if not request.path.startswith("/v2/updates/price/latest"):
+            return Reply(404, {"message": "not found"})
+        ids = [v for k, v in parse_qsl(urlsplit(request.path).query) if k == "ids[]"]
+        if not ids:
+            return Reply(400, {"message": "ids[] is required"})
+        blob = "504e4155" + "".join(i.removeprefix("0x") for i in ids)  # "PNAU" + the ids: unsigned stand-in
+        return Reply(200, {"binary": {"encoding": "hex", "data": [blob]},
+                           "parsed": [{"id": i.removeprefix("0x")} for i in ids]})
+
+
 @dataclass
 class Chain:
     """Direct (fault-free) access to the fake chain: deploys, the oracle, the keeper and test helpers."""
@@ -96,6 +115,8 @@ class Chain:
     w3: Web3
     market: Any  # MockPerpsMarket with the mock's own ABI (fake_ knobs included)
     usd: Any
+    oracle: Any  # MockPythWrapper (ERC-7412)
+    forwarder: Any  # MockForwarder (ERC-2771 multicall)
     deployer: str
     keeper_address: str
     keeper_paused: threading.Event = field(default_factory=threading.Event)
@@ -205,8 +226,11 @@ def chain(network: str = "testnet") -> Iterator[Chain]:
         w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 10}), middleware=[])
         deployer, keeper_address = w3.eth.accounts[0], w3.eth.accounts[1]
         usd = _deploy(w3, deployer, "MockUSD")
-        market = _deploy(w3, deployer, "MockPerpsMarket", usd.address)
-        c = Chain(anvil=node, w3=w3, market=market, usd=usd, deployer=deployer, keeper_address=keeper_address)
+        oracle = _deploy(w3, deployer, "MockPythWrapper")
+        forwarder = _deploy(w3, deployer, "MockForwarder")
+        market = _deploy(w3, deployer, "MockPerpsMarket", usd.address, forwarder.address, oracle.address)
+        c = Chain(anvil=node, w3=w3, market=market, usd=usd, oracle=oracle, forwarder=forwarder, deployer=deployer,
+                  keeper_address=keeper_address)
         # fees 2 and 5 bps, 50x max leverage (2% minimum initial margin), 50 USD minimum position margin
         c.send(market.functions.fake_create_market(ETH_MARKET_ID, "Ethereum", "ETH", units(START_PRICE),
                                                    units("0.0002"), units("0.0005"), units("0.02"), units("50")))
@@ -229,6 +253,7 @@ def harness(network: str = "testnet", **options: str) -> Iterator[VenueHarness]:
     with chain(network) as c:
         account_id = c.open_account(TRADER_KEY, DEPOSIT)
         front = RpcFront(c.anvil.port, on_broadcast=c.wake).start()
+        prices = PriceService().start()
         try:
             def set_price(symbol: str, price: Decimal) -> None:
                 market_id = {"ETH-PERP": ETH_MARKET_ID, "BTC-PERP": BTC_MARKET_ID}[symbol]
@@ -236,14 +261,16 @@ def harness(network: str = "testnet", **options: str) -> Iterator[VenueHarness]:
                 c.settle_pending()
 
             credentials = {"private_key": TRADER_KEY, "account_id": str(account_id),
-                           "proxy_address": c.market.address, "poll_interval": "0.01", "settle_timeout": "5",
-                           "receipt_timeout": "5", "rpc_timeout": "2", **options}
+                           "proxy_address": c.market.address, "forwarder_address": c.forwarder.address,
+                           "price_service_url": prices.url, "poll_interval": "0.01", "settle_timeout": "15",
+                           "receipt_timeout": "10", "rpc_timeout": "2", **options}
             yield VenueHarness(
                 venue="synthetix", network=network, endpoint=front.url, credentials=credentials, symbol="ETH-PERP",
                 price=START_PRICE, set_price=set_price, plan=front.plan, created_client_ids=c.created_client_ids,
-                extra={"chain": c, "front": front, "account_id": account_id},
+                extra={"chain": c, "front": front, "prices": prices, "account_id": account_id},
             )
         finally:
+            prices.stop()
             front.stop()
 
 

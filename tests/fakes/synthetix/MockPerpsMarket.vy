@@ -10,6 +10,9 @@
 
 from ethereum.ercs import IERC20
 
+interface IPythWrapper:
+    def fresh_at(feed: bytes32) -> uint256: view
+
 struct OrderCommitmentRequest:
     marketId: uint128
     accountId: uint128
@@ -102,7 +105,11 @@ MAX_MARKETS: constant(uint256) = 16
 MAX_PENDING: constant(uint256) = 64
 COMMIT_PERMISSION: constant(bytes32) = 0x50455250535f434f4d4d49545f4153594e435f4f524445520000000000000000
 
-usd: public(IERC20)
+usd: IERC20
+forwarder: address  # the trusted ERC-2771 multicall forwarder: it appends the original sender
+oracle: IPythWrapper
+staleness: uint256  # seconds a price stays usable for a commit; 0 = always fresh (no ERC-7412 round)
+feed_id: HashMap[uint128, bytes32]
 market_ids: DynArray[uint256, MAX_MARKETS]
 market_name: HashMap[uint128, String[32]]
 market_symbol: HashMap[uint128, String[16]]
@@ -125,8 +132,10 @@ pending: DynArray[uint128, MAX_PENDING]
 
 
 @deploy
-def __init__(usd: address):
+def __init__(usd: address, forwarder: address, oracle: address):
     self.usd = IERC20(usd)
+    self.forwarder = forwarder
+    self.oracle = IPythWrapper(oracle)
     self.next_account_id = 170141183460469231731687303715884105728
     self.settlement_window = 60
 
@@ -144,11 +153,17 @@ def fake_create_market(market_id: uint128, name: String[32], symbol: String[16],
     self.taker_fee[market_id] = taker_fee
     self.min_imr[market_id] = min_imr
     self.min_position_margin[market_id] = min_position_margin
+    self.feed_id[market_id] = keccak256(symbol)
 
 
 @external
 def fake_set_price(market_id: uint128, price: uint256):
     self.price[market_id] = price
+
+
+@external
+def fake_set_staleness(seconds: uint256):
+    self.staleness = seconds
 
 
 @external
@@ -164,6 +179,28 @@ def fake_pending() -> DynArray[uint128, MAX_PENDING]:
 
 
 # ---- internals ----
+
+@view
+@internal
+def _sender() -> address:
+    """ERC-2771: behind the trusted forwarder the original sender is the calldata's last 20 bytes."""
+    if msg.sender == self.forwarder and len(msg.data) >= 24:
+        return convert(convert(slice(msg.data, len(msg.data) - 20, 20), bytes20), address)
+    return msg.sender
+
+
+@view
+@internal
+def _require_fresh_price(market_id: uint128):
+    """ERC-7412: a price older than the staleness tolerance must be pushed in the same transaction."""
+    if self.staleness == 0:
+        return
+    feed: bytes32 = self.feed_id[market_id]
+    if staticcall self.oracle.fresh_at(feed) + self.staleness < block.timestamp:
+        feeds: DynArray[bytes32, 1] = [feed]
+        raw_revert(concat(method_id("OracleDataRequired(address,bytes)"),
+                          abi_encode(self.oracle.address, abi_encode(convert(1, uint8),
+                                                                     convert(self.staleness, uint64), feeds))))
 
 @pure
 @internal
@@ -213,9 +250,9 @@ def _required(account_id: uint128, market_id: uint128, size_delta: int128) -> ui
 def _check_account(account_id: uint128):
     if self.owner_of[account_id] == empty(address):
         raw_revert(concat(method_id("AccountNotFound(uint128)"), abi_encode(account_id)))
-    if self.owner_of[account_id] != msg.sender:
+    if self.owner_of[account_id] != self._sender():
         raw_revert(concat(method_id("PermissionDenied(uint128,bytes32,address)"),
-                          abi_encode(account_id, COMMIT_PERMISSION, msg.sender)))
+                          abi_encode(account_id, COMMIT_PERMISSION, self._sender())))
 
 
 @internal
@@ -247,8 +284,8 @@ def _drop_pending(account_id: uint128):
 def createAccount() -> uint128:
     account_id: uint128 = self.next_account_id
     self.next_account_id = account_id + 1
-    self.owner_of[account_id] = msg.sender
-    log AccountCreated(accountId=account_id, owner=msg.sender)
+    self.owner_of[account_id] = self._sender()
+    log AccountCreated(accountId=account_id, owner=self._sender())
     return account_id
 
 
@@ -267,7 +304,7 @@ def modifyCollateral(accountId: uint128, collateralId: uint128, amountDelta: int
         raw_revert(concat(method_id("InvalidAmountDelta(int256)"), abi_encode(amountDelta)))
     if amountDelta > 0:
         amount: uint256 = convert(amountDelta, uint256)
-        assert extcall self.usd.transferFrom(msg.sender, self, amount)
+        assert extcall self.usd.transferFrom(self._sender(), self, amount)
         self.collateral[accountId] += amount
     else:
         amount: uint256 = convert(-amountDelta, uint256)
@@ -276,8 +313,8 @@ def modifyCollateral(accountId: uint128, collateralId: uint128, amountDelta: int
             raw_revert(concat(method_id("InsufficientCollateralAvailableForWithdraw(int256,uint256)"),
                               abi_encode(withdrawable, amount)))
         self.collateral[accountId] -= amount
-        assert extcall self.usd.transfer(msg.sender, amount)
-    log CollateralModified(accountId=accountId, collateralId=collateralId, amountDelta=amountDelta, sender=msg.sender)
+        assert extcall self.usd.transfer(self._sender(), amount)
+    log CollateralModified(accountId=accountId, collateralId=collateralId, amountDelta=amountDelta, sender=self._sender())
 
 
 @view
@@ -402,6 +439,7 @@ def commitOrder(commitment: OrderCommitmentRequest) -> (AsyncOrderData, uint256)
     market_id: uint128 = commitment.marketId
     self._check_account(account_id)
     self._check_market(market_id)
+    self._require_fresh_price(market_id)
     if commitment.settlementStrategyId != 0:
         raw_revert(concat(method_id("InvalidSettlementStrategy(uint256)"),
                           abi_encode(convert(commitment.settlementStrategyId, uint256))))
@@ -432,7 +470,7 @@ def commitOrder(commitment: OrderCommitmentRequest) -> (AsyncOrderData, uint256)
                        acceptablePrice=commitment.acceptablePrice, commitmentTime=block.timestamp,
                        expectedPriceTime=settle_at, settlementTime=settle_at,
                        expirationTime=settle_at + self.settlement_window, trackingCode=commitment.trackingCode,
-                       sender=msg.sender)
+                       sender=self._sender())
     fee: uint256 = self._abs(convert(commitment.sizeDelta, int256)) * fill // UNIT * self.taker_fee[market_id] // UNIT
     return order, fee
 

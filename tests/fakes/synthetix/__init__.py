@@ -18,7 +18,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ARTIFACT = HERE / "artifact.json"
-SOURCES = ("MockPerpsMarket", "MockUSD")
+SOURCES = ("MockPerpsMarket", "MockUSD", "MockPythWrapper", "MockForwarder")
 VYPER_VERSION = "0.4.3"
 # installed by `make test` (npm ci in this folder, pinned in package-lock.json)
 ANVIL_NPM_BIN = HERE / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
