@@ -256,6 +256,9 @@ class Connector(abc.ABC):
         """Group calls into one unit; an `in_database` venue opens its transaction and takes its locks here."""
         return nullcontext()
 
+    def prefetch(self, *, symbols: Sequence[str] = (), client_order_ids: Sequence[str] = ()) -> None:
+        """Hint that the next unit of work reads these prices and orders: a venue may read them together."""
+
     def verify(self) -> Sequence[CheckItem]:
         """Check credentials, signature, permissions and connectivity; venues add their own checks."""
         from exchanges.errors import VenueError

@@ -361,6 +361,12 @@ class PaperVenue(Connector):
         """One unit of work of the store: the calls inside it read the venue's state once and write it once."""
         return self._store.atomic()
 
+    def prefetch(self, *, symbols: Sequence[str] = (), client_order_ids: Sequence[str] = ()) -> None:
+        """Pass the hint on to a store (and its price source) that can read ahead."""
+        hint = getattr(self._store, "prefetch", None)
+        if hint is not None:
+            hint(symbols=symbols, client_order_ids=client_order_ids)
+
     # -- reads ---------------------------------------------------------------------------------------------
 
     def markets(self) -> Sequence[Market]:

@@ -1,7 +1,7 @@
 """Task latency (publish -> start) as a cumulative histogram kept in Redis, shared by every process.
 
-The publisher stamps a `sent_at` header; the worker that starts the task adds the wait to per-task bucket counters
-(one pipelined HINCRBY batch). The /metrics collector reads them: counters in Redis survive worker restarts and
+The publisher stamps a `sent_at` header; the worker notes when the task starts and, once it has run (so the Redis
+round trip never delays the work), adds the wait to per-task bucket counters (one pipelined HINCRBY batch). The /metrics collector reads them: counters in Redis survive worker restarts and
 need no per-process state, so web and workers in separate containers report one histogram.
 """
 
@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from celery.signals import before_task_publish, task_prerun
+from celery.signals import before_task_publish, task_postrun, task_prerun
 
 log = logging.getLogger("tradesite.metrics")
 
@@ -50,13 +50,22 @@ def _stamp(headers: dict[str, Any] | None = None, **_: Any) -> None:
 
 
 @task_prerun.connect
-def _observe(task: Any = None, **_: Any) -> None:
+def _started(task: Any = None, **_: Any) -> None:
     try:
         sent_at = getattr(task.request, "sent_at", None)
+        if sent_at is not None:
+            task.request.tradesite_wait = max(0.0, time.time() - float(sent_at))
+    except Exception as exc:  # noqa: BLE001 - metrics never break a task
+        log.debug("task start not noted: %s", type(exc).__name__)
+
+
+@task_postrun.connect
+def _observe(task: Any = None, **_: Any) -> None:
+    try:
+        wait = getattr(task.request, "tradesite_wait", None)
         client = redis_client()
-        if sent_at is None or client is None:
+        if wait is None or client is None:
             return
-        wait = max(0.0, time.time() - float(sent_at))
         key = latency_key(task.name)
         pipe = client.pipeline(transaction=False)
         for bound in BUCKETS:

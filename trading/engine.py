@@ -51,7 +51,7 @@ from trading.domain import (
 from trading.models import AuditEvent, Fill, KillSwitch, Order, Position, Signal, Strategy, VenueAccount
 from trading import rows
 from trading.rows import Rows, fetch_all, fetch_one, lock_clause
-from trading.venues import connector_for
+from trading.venues import connector_for, connector_for_id
 
 log = logging.getLogger("trading.engine")
 
@@ -100,7 +100,7 @@ def _audit_batch() -> Iterator[None]:
     try:
         yield
         if _batch.events:
-            rows.insert(_batch.events)
+            rows.insert(_batch.events, returning=False)
     finally:
         _batch.events = None
 
@@ -200,23 +200,32 @@ _PENDING_ROWS = Rows(Order, ["strategy", "symbol", "side", "quantity", "filled_q
                              "trigger_price", "reduce_only"])
 
 
-def _positions_of(account_id: int) -> list[Position]:
+def _positions_sql(account_id: int) -> tuple[str, list[object]]:
     sql = _sql.get("positions")
     if sql is None:
         q = connection.ops.quote_name
         sql = _sql["positions"] = (f"SELECT {_POSITION_ROWS.columns('p')} FROM {_POSITION_ROWS.table()} p "
                                    f"WHERE p.{q('account_id')} = %s")
-    return [_POSITION_ROWS.load(row) for row in fetch_all(sql, [account_id])]
+    return sql, [account_id]
 
 
-def _working_orders_of(account_id: int) -> list[list[object]]:
+def _positions_of(account_id: int) -> list[Position]:
+    return [_POSITION_ROWS.load(row) for row in fetch_all(*_positions_sql(account_id))]
+
+
+def _working_sql(account_id: int) -> tuple[str, list[object]]:
     sql = _sql.get("working")
     if sql is None:
         q = connection.ops.quote_name
-        marks = ", ".join(["%s"] * len(Order.WORKING))
+        # The statuses as literals: the partial index of working orders (order_working_by_account) matches.
+        working = ", ".join(f"'{status}'" for status in Order.WORKING)
         sql = _sql["working"] = (f"SELECT {_PENDING_ROWS.columns('o')} FROM {_PENDING_ROWS.table()} o "
-                                 f"WHERE o.{q('account_id')} = %s AND o.{q('status')} IN ({marks})")
-    return [_PENDING_ROWS.values(row) for row in fetch_all(sql, [account_id, *map(str, Order.WORKING)])]
+                                 f"WHERE o.{q('account_id')} = %s AND o.{q('status')} IN ({working})")
+    return sql, [account_id]
+
+
+def _working_orders_of(account_id: int) -> list[list[object]]:
+    return [_PENDING_ROWS.values(row) for row in fetch_all(*_working_sql(account_id))]
 
 
 AtrProvider = Callable[[Strategy, datetime], "Decimal | None"]
@@ -261,24 +270,31 @@ def signal_process(*, signal_id: int, now: datetime | None = None) -> Signal:
     """Decide a received signal under the account lock, create its orders, and submit them."""
     with log_context(signal_id=signal_id):
         now = now or timezone.now()
-        account = _signal_account(signal_id)
-        connector = connector_for(account)
+        account_id, updated_at, symbol = _signal_account(signal_id)
+        connector = connector_for_id(account_id, updated_at)
         if connector.capabilities.in_database:
             # Nothing leaves the database: decide, send and record in one transaction (the venue's lock first,
             # as its own writers take it, then the account row). A crash before COMMIT leaves the signal RECEIVED.
-            with connector.unit_of_work(), _audit_batch():
-                signal, orders, book = _signal_decide(signal_id=signal_id, account_id=account.pk, now=now,
-                                                      save=False)
-                for order in orders:
-                    _order_send(order, connector=connector, now=timezone.now(),
-                                positions=book.positions if book else None, siblings=orders)
-                if orders:  # the decision and the stages, written once
-                    if signal.status == Signal.Status.ACCEPTED and all(o.is_final for o in orders):
-                        signal.status = Signal.Status.EXECUTED
-                    rows.save_fields(signal, [*_DECISION_FIELDS, "acknowledged_at", "filled_at"])
+            # On PostgreSQL every read of the unit travels in one round trip with the venue's lock, and every
+            # write in one before COMMIT: the account stays locked for as short a time as possible.
+            client_ids = [new_client_order_id(), new_client_order_id()]  # a decision makes at most two orders
+            with _batched_transaction():
+                rows.prefetch([_lock_sql(signal_id), _positions_sql(account_id), _working_sql(account_id)])
+                rows.reserve_ids(Order, len(client_ids))
+                connector.prefetch(symbols=[symbol], client_order_ids=client_ids)
+                with connector.unit_of_work(), _audit_batch():
+                    signal, orders, book = _signal_decide(signal_id=signal_id, account_id=account_id, now=now,
+                                                          save=False, client_ids=client_ids)
+                    for order in orders:
+                        _order_send(order, connector=connector, now=timezone.now(),
+                                    positions=book.positions if book else None, siblings=orders)
+                    if orders:  # the decision and the stages, written once
+                        if signal.status == Signal.Status.ACCEPTED and all(o.is_final for o in orders):
+                            signal.status = Signal.Status.EXECUTED
+                        rows.save_fields(signal, [*_DECISION_FIELDS, "acknowledged_at", "filled_at"])
             return signal
         with transaction.atomic():
-            signal, orders, _ = _signal_decide(signal_id=signal_id, account_id=account.pk, now=now)
+            signal, orders, _ = _signal_decide(signal_id=signal_id, account_id=account_id, now=now)
         for order in orders:  # committed as SUBMITTING, in the decision's transaction
             _order_send(order, connector=connector, now=order.submitted_at or timezone.now())
         if orders:
@@ -290,8 +306,19 @@ _DECISION_FIELDS = ("attempts", "status", "decision_rule", "decision_detail", "a
                     "stop_loss", "take_profit")
 
 
-def _signal_decide(*, signal_id: int, account_id: int, now: datetime, save: bool = True
-                   ) -> tuple[Signal, list[Order], _Book | None]:
+@contextmanager
+def _batched_transaction() -> Iterator[None]:
+    """The in-database unit's transaction with batching (PostgreSQL); elsewhere the venue's unit opens its own."""
+    if not rows.batchable():
+        yield
+        return
+    outermost = not connection.in_atomic_block  # then its last writes may carry the COMMIT
+    with transaction.atomic(), rows.batching(commit=outermost):
+        yield
+
+
+def _signal_decide(*, signal_id: int, account_id: int, now: datetime, save: bool = True,
+                   client_ids: Sequence[str] = ()) -> tuple[Signal, list[Order], _Book | None]:
     """Lock the account, decide the signal and create its orders as SUBMITTING (inside the caller's transaction).
 
     With `save=False` an accepted signal's decision is left for the caller to write (the in-database path writes
@@ -338,7 +365,7 @@ def _signal_decide(*, signal_id: int, account_id: int, now: datetime, save: bool
         return _signal_reject(signal, rule=decision.rule, detail=decision.detail, now=now, status=status), [], None
     # The orders are committed as SUBMITTING with the decision and sent right after the commit: a crash in
     # between leaves them for recovery, which asks the venue by client id before anything is resent.
-    orders = _orders_create(signal, decision, reference_price=ticker.price, now=now)
+    orders = _orders_create(signal, decision, reference_price=ticker.price, now=now, client_ids=client_ids)
     for order in orders:
         order.account = account  # the sender needs it: no second read
         order.signal = signal
@@ -358,18 +385,23 @@ _ACCOUNT_ROWS, _SIGNAL_ROWS, _STRATEGY_ROWS = Rows(VenueAccount), Rows(Signal), 
 _sql: dict[str, str] = {}
 
 
-def _signal_account(signal_id: int) -> VenueAccount:
-    """The account a signal trades on (no lock: it picks the connector before the transaction starts)."""
+_ACCOUNT_STAMP = Rows(VenueAccount, ["id", "updated_at"])
+
+
+def _signal_account(signal_id: int) -> tuple[int, datetime, str]:
+    """The id and version (`updated_at`) of a signal's account, and its symbol: enough to pick the connector
+    before the transaction starts (no lock)."""
     sql = _sql.get("account")
     if sql is None:
         q = connection.ops.quote_name
         sql = _sql["account"] = (
-            f"SELECT {_ACCOUNT_ROWS.columns('a')} FROM {q(VenueAccount._meta.db_table)} a "
+            f"SELECT {_ACCOUNT_STAMP.columns('a')}, s.{q('symbol')} FROM {q(VenueAccount._meta.db_table)} a "
             f"JOIN {q(Signal._meta.db_table)} s ON s.{q('account_id')} = a.{q('id')} WHERE s.{q('id')} = %s")
     row = fetch_one(sql, [signal_id])
     if row is None:
         raise Signal.DoesNotExist(f"signal {signal_id} does not exist")
-    return _ACCOUNT_ROWS.load(row)
+    account_id, updated_at = _ACCOUNT_STAMP.values(row[:2])
+    return int(account_id), updated_at, str(row[2])
 
 
 def _signal_lock(signal_id: int) -> tuple[VenueAccount, Signal]:
@@ -378,6 +410,18 @@ def _signal_lock(signal_id: int) -> tuple[VenueAccount, Signal]:
     The account row is the parent lock: every risk decision on an account runs one at a time. FOR NO KEY UPDATE:
     concurrent inserts that reference these rows (their foreign-key checks) never wait.
     """
+    row = fetch_one(*_lock_sql(signal_id))
+    if row is None:
+        raise Signal.DoesNotExist(f"signal {signal_id} does not exist")
+    na, ns = len(_ACCOUNT_ROWS), len(_SIGNAL_ROWS)
+    account = _ACCOUNT_ROWS.load(row[:na])
+    account.kill_switch_on = bool(row[-1])  # type: ignore[attr-defined]
+    signal = _SIGNAL_ROWS.load(row[na:na + ns])
+    signal.strategy = _STRATEGY_ROWS.load(row[na + ns:-1])
+    return account, signal
+
+
+def _lock_sql(signal_id: int) -> tuple[str, list[object]]:
     sql = _sql.get("lock")
     if sql is None:
         q = connection.ops.quote_name
@@ -388,15 +432,7 @@ def _signal_lock(signal_id: int) -> tuple[VenueAccount, Signal]:
             f"JOIN {q(VenueAccount._meta.db_table)} a ON a.{q('id')} = s.{q('account_id')} "
             f"JOIN {q(Strategy._meta.db_table)} st ON st.{q('id')} = s.{q('strategy_id')} "
             f"WHERE s.{q('id')} = %s{lock_clause('a, s')}")
-    row = fetch_one(sql, [signal_id])
-    if row is None:
-        raise Signal.DoesNotExist(f"signal {signal_id} does not exist")
-    na, ns = len(_ACCOUNT_ROWS), len(_SIGNAL_ROWS)
-    account = _ACCOUNT_ROWS.load(row[:na])
-    account.kill_switch_on = bool(row[-1])  # type: ignore[attr-defined]
-    signal = _SIGNAL_ROWS.load(row[na:na + ns])
-    signal.strategy = _STRATEGY_ROWS.load(row[na + ns:-1])
-    return account, signal
+    return sql, [signal_id]
 
 
 def _signal_reject(signal: Signal, *, rule: str, detail: str, now: datetime,
@@ -410,10 +446,12 @@ def _signal_reject(signal: Signal, *, rule: str, detail: str, now: datetime,
     return signal
 
 
-def _orders_create(signal: Signal, decision: Decision, *, reference_price: Decimal, now: datetime) -> list[Order]:
+def _orders_create(signal: Signal, decision: Decision, *, reference_price: Decimal, now: datetime,
+                   client_ids: Sequence[str] = ()) -> list[Order]:
+    fresh = iter(client_ids)
     orders = [
         Order(
-            client_order_id=new_client_order_id(),
+            client_order_id=next(fresh, None) or new_client_order_id(),
             account_id=signal.account_id,
             strategy_id=signal.strategy_id,
             signal=signal,
@@ -645,7 +683,7 @@ def _fills_record(account: VenueAccount, order: Order, fills: Sequence, recorded
                                side=order.side, venue_fill_id=f.fill_id, quantity=f.quantity, price=f.price,
                                fee=f.fee, fee_currency=f.fee_currency, realized_pnl=realized, time=f.time,
                                recorded_at=now))
-    rows.insert(fills_made)
+    rows.insert(fills_made, returning=False)
     order.filled_quantity += sum((f.quantity for f in fills), Decimal(0))
     order.fees += sum((f.fee for f in fills), Decimal(0))
     notional = sum((q * p for _, q, p in recorded), Decimal(0)) + sum((f.quantity * f.price for f in fills),

@@ -8,11 +8,17 @@ column lists come from the models, so a new field needs no change here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Model
+from psycopg.adapt import Transformer
+from psycopg.pq import ExecStatus
 
 M = TypeVar("M", bound=Model)
 _Converter = Callable[[Any, Any, Any], Any]
@@ -69,7 +75,20 @@ class Rows(Generic[M]):
 
 
 def fetch_all(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-    """Run one statement and return its rows."""
+    """Run one statement and return its rows (in a `batching` scope: a prefetched answer, or with the prefetches)."""
+    state = _active()
+    if state is not None:
+        if state.cache:
+            try:
+                found = state.cache.pop((sql, tuple(params)), None)
+            except TypeError:  # unhashable parameters (JSON): never prefetched
+                found = None
+            if found is not None:
+                return found
+        if state.prefetch or state.writes:
+            return _run_with_prefetches(state, sql, params)
+    if batchable():
+        return _run_joined([(sql, params)])[0]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return [tuple(row) for row in cursor.fetchall()]
@@ -77,10 +96,250 @@ def fetch_all(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
 
 def fetch_one(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
     """Run one statement and return its first row."""
+    found = fetch_all(sql, params)
+    return found[0] if found else None
+
+
+# --------------------------------------------------------------------------------------------- batching
+
+# On PostgreSQL one query string may hold several statements (psycopg's client-side binding cursor sends a
+# parameterless simple query): a batching scope uses that to cut round trips, which is what a row lock held across
+# a unit of work waits on. Reads registered with `prefetch` travel with the next read, and are answered from memory
+# when asked for; writes that return nothing wait and travel with the next statement of any kind (so every
+# statement still sees every earlier write), or go at the end of the scope. Elsewhere (SQLite) nothing changes.
+
+
+class _Batch:
+    def __init__(self) -> None:
+        self.prefetch: list[tuple[str, tuple[Any, ...]]] = []
+        self.cache: dict[tuple[str, tuple[Any, ...]], list[tuple[Any, ...]]] = {}
+        self.writes: list[tuple[str, list[Any]]] = []
+        self.ids: dict[type[Model], list[int]] = {}
+        self.queued = 0  # writes ever queued in this scope
+        self.sent = 0  # of which sent
+
+
+_local = threading.local()
+
+
+def _active() -> _Batch | None:
+    return getattr(_local, "batch", None)
+
+
+def batchable() -> bool:
+    """Whether this connection can send several statements in one round trip (PostgreSQL, client-side binding)."""
+    return connection.vendor == "postgresql" and not connection.settings_dict.get("OPTIONS", {}).get(
+        "server_side_binding")
+
+
+def batching_active() -> bool:
+    """Whether a `batching` scope is open in this thread."""
+    return _active() is not None
+
+
+@contextmanager
+def batching(*, commit: bool = False) -> Iterator[None]:
+    """Open a batching scope (inside the transaction it serves: its writes are sent before it ends).
+
+    With `commit`, the last writes carry the COMMIT too (one round trip less while the locks are held): only for
+    a scope that ends its outermost transaction right after (psycopg's commit is then a no-op).
+    A nested scope joins the outer one. Outside PostgreSQL it does nothing.
+    """
+    if _active() is not None or not batchable():
+        yield
+        return
+    _local.batch = state = _Batch()
+    try:
+        with connection.execute_wrapper(_carry_writes):
+            yield
+            if state.writes:
+                statements, state.writes = state.writes, []
+                state.sent = state.queued
+                done = commit and not connection.needs_rollback and connection.in_atomic_block
+                _execute_joined(statements, tail="COMMIT" if done else "")
+    finally:
+        _local.batch = None
+
+
+@contextmanager
+def savepoint() -> Iterator[None]:
+    """A nested unit undone alone on error: a real savepoint, or in a batching scope one kept in memory.
+
+    In memory, the writes queued inside are dropped on error; if some were already sent, the whole transaction
+    is marked for rollback instead (nothing half-done can be committed).
+    """
+    state = _active()
+    if state is None:
+        with transaction.atomic():
+            yield
+        return
+    mark = state.queued
+    try:
+        yield
+    except BaseException:
+        if state.sent <= mark:
+            del state.writes[mark - state.sent:]
+            state.queued = mark
+        else:
+            transaction.set_rollback(True)
+        raise
+
+
+def prefetch(statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+    """Register reads to send with the next read of this batching scope (no-op outside one)."""
+    state = _active()
+    if state is not None:
+        state.prefetch.extend((sql, tuple(params)) for sql, params in statements)
+
+
+def reserve_ids(model: type[Model], count: int) -> None:
+    """Prefetch `count` primary keys of `model` from its sequence, so its inserts in this scope can wait too."""
+    state = _active()
+    if state is None:
+        return
+    prefetch([(_reserve_sql(model), [count])])
+
+
+def _reserve_sql(model: type[Model]) -> str:
+    meta = model._meta
+    return (f"SELECT nextval(pg_get_serial_sequence('{meta.db_table}', '{meta.pk.column}')) "
+            f"FROM generate_series(1, %s)")
+
+
+def _take_ids(state: _Batch, model: type[Model], count: int) -> list[int] | None:
+    pool = state.ids.get(model)
+    if pool is None:
+        key = next((k for k in state.cache if k[0] == _reserve_sql(model)), None)
+        pool = state.ids[model] = [int(row[0]) for row in state.cache.pop(key)] if key is not None else []
+    if len(pool) < count:
+        return None
+    taken, state.ids[model] = pool[:count], pool[count:]
+    return taken
+
+
+def _write(sql: str, params: list[Any]) -> None:
+    state = _active()
+    if state is not None:
+        state.writes.append((sql, params))
+        state.queued += 1
+        return
+    if batchable():
+        _execute_joined([(sql, params)])
+        return
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        row = cursor.fetchone()
-    return None if row is None else tuple(row)
+
+
+# Statements of this module run as server-side prepared statements (SQL PREPARE once per connection, then
+# EXECUTE): a simple-protocol query cannot use protocol-level prepared statements, and planning the hot path's
+# statements cost PostgreSQL more than running them. PREPARE is not transactional: a statement prepared in a
+# transaction that rolls back stays prepared. A batch that fails forgets the names it introduced (an orphan
+# prepared under a fresh name is harmless).
+_prepared: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+_names = itertools.count(1)
+# The parameters are written into the text here, as SQL literals, by one psycopg Transformer per connection (what
+# a client-side binding cursor does, without re-parsing the whole text for placeholders on every call).
+_transformers: weakref.WeakKeyDictionary[Any, Transformer] = weakref.WeakKeyDictionary()
+
+
+def _joined(statements: Sequence[tuple[str, Sequence[Any]]]) -> tuple[str, list[int], list[str]]:
+    """One query text for several statements: (text with the values in it, results per statement, newly prepared)."""
+    connection.ensure_connection()
+    raw = connection.connection
+    known = _prepared.setdefault(raw, {})
+    tx = _transformers.get(raw)
+    if tx is None:
+        tx = _transformers[raw] = Transformer(raw)
+    encoding = tx.encoding
+    texts: list[str] = []
+    counts: list[int] = []
+    fresh: list[str] = []
+    for sql, params in statements:
+        if sql.count("%") != sql.count("%s") or sql.count("%s") != len(params):
+            raise ValueError(f"statement cannot be batched: {sql[:80]}")
+        name = known.get(sql)
+        count = 1
+        if name is None:
+            name = known[sql] = f"tradesite_{next(_names)}"
+            fresh.append(sql)
+            numbered = iter(range(1, len(params) + 1))
+            texts.append(f"PREPARE {name} AS " + "".join(
+                f"${next(numbered)}{part}" if i else part for i, part in enumerate(sql.split("%s"))))
+            count = 2
+        if params:
+            values = ", ".join(bytes(tx.as_literal(p)).decode(encoding) for p in params)
+            texts.append(f"EXECUTE {name}({values})")
+        else:
+            texts.append(f"EXECUTE {name}")
+        counts.append(count)
+    return ";\n".join(texts), counts, fresh
+
+
+@contextmanager
+def _forgetting(fresh: Sequence[str]) -> Iterator[None]:
+    """Forget the statements a batch prepared if the batch fails (they may not exist on the server)."""
+    try:
+        yield
+    except BaseException:
+        known = _prepared.get(connection.connection, {})
+        for sql in fresh:
+            known.pop(sql, None)
+        raise
+
+
+def _execute_joined(statements: Sequence[tuple[str, Sequence[Any]]], *, tail: str = "") -> None:
+    sql, _, fresh = _joined(statements)
+    with _forgetting(fresh), connection.cursor() as cursor:
+        cursor.execute(f"{sql};\n{tail}" if tail else sql)
+
+
+def _carry_writes(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+    """Django execute wrapper: send the waiting writes in front of whatever statement runs next."""
+    state = _active()
+    if state is None or not state.writes:
+        return execute(sql, params, many, context)
+    statements, state.writes = state.writes, []
+    state.sent = state.queued
+    joined, _, fresh = _joined(statements)
+    with _forgetting(fresh):
+        if many or params is None or not isinstance(params, (list, tuple)) or sql.count("%") != sql.count("%s"):
+            execute(joined, None, False, context)
+            return execute(sql, params, many, context)
+        # The foreign statement goes last, as it is (not prepared): the caller reads its result. Its parameters
+        # are merged by psycopg, which then reads every % of the text: ours are doubled.
+        result = execute(f"{joined.replace('%', '%%')};\n{sql}", list(params), False, context)
+    cursor = context["cursor"]
+    while cursor.nextset():
+        pass
+    return result
+
+
+def _run_with_prefetches(state: _Batch, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    pending, state.prefetch = state.prefetch, []
+    writes, state.writes = state.writes, []  # sent in front, so the reads see them
+    state.sent = state.queued
+    results = _run_joined([*writes, (sql, params), *pending])
+    ours = results[len(writes):]
+    for key, rows in zip(pending, ours[1:], strict=True):
+        state.cache[key] = rows
+    return ours[0]
+
+
+def _run_joined(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple[Any, ...]]]:
+    """Run statements in one round trip; each one's rows."""
+    joined, counts, fresh = _joined(statements)
+    raw: list[list[tuple[Any, ...]]] = []
+    with _forgetting(fresh), connection.cursor() as cursor:
+        cursor.execute(joined)
+        inner = cursor.cursor  # psycopg's: its pgresult says whether rows came back without building columns
+        while True:
+            result = inner.pgresult
+            raw.append([tuple(row) for row in cursor.fetchall()]
+                       if result is not None and result.status == ExecStatus.TUPLES_OK else [])
+            if not cursor.nextset():
+                break
+    ends = list(itertools.accumulate(counts))
+    return [raw[end - 1] for end in ends]
 
 
 def lock_clause(of: str) -> str:
@@ -104,34 +363,66 @@ def save_fields(obj: Model, fields: Sequence[str]) -> None:
                                      concrete)
     sql, concrete = cached
     params = [f.get_db_prep_save(f.pre_save(obj, False), connection) for f in concrete]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, obj.pk])
+    _write(sql, [*params, obj.pk])
 
 
-def insert(objs: Sequence[Model]) -> None:
-    """`bulk_create(objs)` as one written-out INSERT ... RETURNING id; sets each object's pk."""
+def insert(objs: Sequence[Model], *, returning: bool = True) -> None:
+    """`bulk_create(objs)` as one written-out INSERT; with `returning`, each object gets its pk.
+
+    In a batching scope the INSERT waits like any write when no pk is needed, or when reserved ids can be used.
+    """
     if not objs:
         return
     model = type(objs[0])
-    meta = model._meta
-    key = (model, len(objs), connection.vendor)
-    cached = _insert_sql.get(key)
-    if cached is None:
-        quote = connection.ops.quote_name
-        fields = [f for f in meta.concrete_fields if not f.primary_key]
-        one = "(" + ", ".join(["%s"] * len(fields)) + ")"
-        cached = _insert_sql[key] = (
-            f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) VALUES "
-            f"{', '.join([one] * len(objs))} RETURNING {quote(meta.pk.column)}", fields)
-    sql, fields = cached
+    state = _active()
+    ids = None
+    if state is not None and returning:
+        ids = _take_ids(state, model, len(objs))
+    if state is not None and (ids is not None or not returning):
+        sql, fields = _insert_statement(model, len(objs), with_pk=ids is not None, returning=False)
+        if ids is not None:
+            for obj, pk in zip(objs, ids, strict=True):
+                obj.pk = pk
+        params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs for f in fields]
+        _write(sql, params)
+        if ids is not None:
+            _mark_saved(objs)
+        return
+    sql, fields = _insert_statement(model, len(objs), with_pk=False, returning=returning)
     params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs for f in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        ids = [row[0] for row in cursor.fetchall()]
+    if not returning:
+        _write(sql, params)
+        return
+    ids = [row[0] for row in fetch_all(sql, params)]
     for obj, pk in zip(objs, ids, strict=True):
         obj.pk = pk
+    _mark_saved(objs)
+
+
+def _mark_saved(objs: Sequence[Model]) -> None:
+    for obj in objs:
         obj._state.adding = False
         obj._state.db = connection.alias
+
+
+def _insert_statement(model: type[Model], count: int, *, with_pk: bool, returning: bool) -> tuple[str, list[Any]]:
+    key = (model, count, connection.vendor, with_pk, returning)
+    cached = _insert_sql.get(key)
+    if cached is None:
+        meta = model._meta
+        quote = connection.ops.quote_name
+        fields = [f for f in meta.concrete_fields if with_pk or not f.primary_key]
+        one = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        tail = f" RETURNING {quote(meta.pk.column)}" if returning else ""
+        cached = _insert_sql[key] = (
+            f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) VALUES "
+            f"{', '.join([one] * count)}{tail}", fields)
+    return cached
+
+
+def execute(sql: str, params: Sequence[Any]) -> None:
+    """Run one write that returns nothing (in a batching scope it waits and travels with the next statement)."""
+    _write(sql, list(params))
 
 
 _update_sql: dict[tuple[Any, ...], tuple[str, list[Any]]] = {}

@@ -27,6 +27,7 @@ from exchanges.errors import TemporaryError
 from exchanges.paper import DEFAULT_MARKETS, PaperConfig, PaperVenue
 from exchanges.resilience import BreakerEvent, RateLimiter, RateSpec
 from trading.models import MarketPrice, PaperOrder, PaperPosition, VenueAccount, VenueHealth, VenueJournalEntry
+from trading import rows
 from trading.rows import Rows, fetch_all
 
 log = logging.getLogger("venues")
@@ -45,6 +46,15 @@ def connector_for(account: VenueAccount) -> Connector:
         connector = _build(account)
         _cache[account.pk] = (account.updated_at, connector)
         return connector
+
+
+def connector_for_id(account_id: int, updated_at: datetime) -> Connector:
+    """The connector of an account known by id and its `updated_at` (reads the account only to build one)."""
+    with _cache_lock:
+        hit = _cache.get(account_id)
+    if hit is not None and hit[0] == updated_at:
+        return hit[1]
+    return connector_for(VenueAccount.objects.get(pk=account_id))
 
 
 def _build(account: VenueAccount) -> Connector:
@@ -282,10 +292,11 @@ class DbPriceSource:
         unit = self.store._unit() if self.store is not None else None
         if unit is not None and symbol in unit.prices:
             return unit.prices[symbol]
-        row = MarketPrice.objects.filter(symbol=symbol).values_list("price", "time", "volume").first()
-        if row is None:
+        found = rows.fetch_all(_paper_sql_for("price"), [symbol])
+        if not found:
             raise TemporaryError(f"no price for {symbol}", venue="paper")
-        tick = Ticker(symbol=symbol, price=row[0], time=row[1], volume=row[2])
+        price, when, volume = _PRICE_ROWS.values(found[0])
+        tick = Ticker(symbol=symbol, price=price, time=when, volume=volume)
         if unit is not None:
             unit.prices[symbol] = tick
         return tick
@@ -394,11 +405,23 @@ def order_from_json(data: dict[str, Any]) -> VenueOrder:
 
 _PAPER_POSITION_ROWS = Rows(PaperPosition, ["symbol", "quantity", "cost", "volume_candle", "volume_taken"])
 _PAPER_ORDER_ROWS = Rows(PaperOrder, ["data"])
+_PAPER_CASH = Rows(VenueAccount, ["paper_cash"])
+_PRICE_ROWS = Rows(MarketPrice, ["price", "time", "volume"])
+_CASH_FIELD = VenueAccount._meta.get_field("paper_cash")
+_QTY_FIELD, _COST_FIELD, _CANDLE_FIELD, _TAKEN_FIELD = (PaperPosition._meta.get_field(name) for name in (
+    "quantity", "cost", "volume_candle", "volume_taken"))
+_DATA_FIELD = PaperOrder._meta.get_field("data")
 _paper_sql: dict[str, str] = {}
 
 
 def _rows(name: str, *params: Any) -> list[list[Any]]:
     """The paper store's hot reads, written out (the ORM's query build costs more than the query here)."""
+    sql = _paper_sql_for(name)
+    rows = _PAPER_POSITION_ROWS if name == "positions" else _PAPER_ORDER_ROWS
+    return [rows.values(row) for row in fetch_all(sql, params)]
+
+
+def _paper_sql_for(name: str) -> str:
     sql = _paper_sql.get(name)
     if sql is None:
         q = connection.ops.quote_name
@@ -409,9 +432,32 @@ def _rows(name: str, *params: Any) -> list[list[Any]]:
                      f"AND o.{q('client_order_id')} = %s",
             "open": f"SELECT {orders.columns('o')} FROM {orders.table()} o WHERE o.{q('account_id')} = %s "
                     f"AND o.{q('is_open')} ORDER BY o.{q('id')}",
+            "state": f"SELECT a.{q('paper_cash')}, a.{q('paper_sequence')} FROM {q(VenueAccount._meta.db_table)} a "
+                     f"WHERE a.{q('id')} = %s",
+            "lock": "SELECT pg_advisory_xact_lock(%s, %s), set_config('synchronous_commit', 'off', true)",
+            "save_order": (
+                f"INSERT INTO {q(PaperOrder._meta.db_table)} ({q('account_id')}, {q('client_order_id')}, "
+                f"{q('venue_order_id')}, {q('symbol')}, {q('is_open')}, {q('data')}) VALUES (%s, %s, %s, %s, %s, %s) "
+                f"ON CONFLICT ({q('account_id')}, {q('client_order_id')}) DO UPDATE SET "
+                f"{q('venue_order_id')} = EXCLUDED.{q('venue_order_id')}, {q('is_open')} = EXCLUDED.{q('is_open')}, "
+                f"{q('data')} = EXCLUDED.{q('data')}"),
+            "save_position": (
+                f"INSERT INTO {q(PaperPosition._meta.db_table)} ({q('account_id')}, {q('symbol')}, {q('quantity')}, "
+                f"{q('cost')}, {q('volume_candle')}, {q('volume_taken')}) VALUES (%s, %s, %s, %s, %s, %s) "
+                f"ON CONFLICT ({q('account_id')}, {q('symbol')}) DO UPDATE SET {q('quantity')} = EXCLUDED.{q('quantity')}, "
+                f"{q('cost')} = EXCLUDED.{q('cost')}, {q('volume_candle')} = EXCLUDED.{q('volume_candle')}, "
+                f"{q('volume_taken')} = EXCLUDED.{q('volume_taken')}"),
+            "save_state": (f"UPDATE {q(VenueAccount._meta.db_table)} SET {q('paper_cash')} = %s, "
+                           f"{q('paper_sequence')} = %s WHERE {q('id')} = %s"),
+            "price": (f"SELECT m.{q('price')}, m.{q('time')}, m.{q('volume')} FROM {q(MarketPrice._meta.db_table)} m "
+                      f"WHERE m.{q('symbol')} = %s"),
         }[name]
-    rows = _PAPER_POSITION_ROWS if name == "positions" else _PAPER_ORDER_ROWS
-    return [rows.values(row) for row in fetch_all(sql, params)]
+    return sql
+
+
+def _prep(field: Any, value: Any) -> Any:
+    """A value as the ORM would send it for this model field (Decimal text on SQLite, JSON, aware datetimes)."""
+    return field.get_db_prep_save(value, connection)
 
 
 class _Unit:
@@ -420,18 +466,18 @@ class _Unit:
     def __init__(self, cash: Decimal, sequence: int, positions: dict[str, list[Any]]) -> None:
         self.cash, self.sequence, self.positions = cash, sequence, positions
         self.orders: dict[str, VenueOrder | None] = {}  # client id -> order (None: known absent)
+        self.open: dict[str, VenueOrder] | None = None  # working orders by client id, in placement order
         self.account_dirty = False
         self.dirty_positions: set[str] = set()
-        self.new_positions: set[str] = set()
         self.prices: dict[str, Ticker] = {}
 
     def snapshot(self) -> tuple[Any, ...]:
         return (self.cash, self.sequence, {k: list(v) for k, v in self.positions.items()}, dict(self.orders),
-                self.account_dirty, set(self.dirty_positions), set(self.new_positions))
+                None if self.open is None else dict(self.open), self.account_dirty, set(self.dirty_positions))
 
     def restore(self, snap: tuple[Any, ...]) -> None:
-        (self.cash, self.sequence, self.positions, self.orders, self.account_dirty, self.dirty_positions,
-         self.new_positions) = snap
+        (self.cash, self.sequence, self.positions, self.orders, self.open, self.account_dirty,
+         self.dirty_positions) = snap
 
 
 class DjangoPaperStore:
@@ -450,32 +496,49 @@ class DjangoPaperStore:
     def _unit(self) -> _Unit | None:
         return getattr(self._local, "unit", None)
 
+    def prefetch(self, *, symbols: Sequence[str] = (), client_order_ids: Sequence[str] = ()) -> None:
+        """Read these with the next unit of work's first statement (PostgreSQL batching; elsewhere nothing)."""
+        if not rows.batching_active():
+            return
+        self._local.hint = tuple(client_order_ids)
+        statements = [(_paper_sql_for("price"), [symbol]) for symbol in symbols]
+        statements += [(_paper_sql_for("order"), [self.account_id, cid]) for cid in client_order_ids]
+        rows.prefetch(statements)
+
     @contextmanager
     def atomic(self) -> Iterator[None]:
         unit = self._unit()
         if unit is not None:  # nested: a savepoint, undone alone on error (rows and the cached state alike)
             snap = unit.snapshot()
             try:
-                with transaction.atomic():
+                with rows.savepoint():
                     yield
             except BaseException:
                 unit.restore(snap)
                 raise
             return
-        with transaction.atomic():
-            accounts = VenueAccount.objects.values_list("paper_cash", "paper_sequence")
+        batched = rows.batching_active()
+        # Joined to the batching caller's transaction (the engine's unit of work): no savepoint of its own.
+        with transaction.atomic(savepoint=not batched), rows.batching():
             if connection.vendor == "postgresql":
                 # The simulated venue has a lock of its own, apart from our book's account row lock, so the
                 # venue and the engine never queue behind each other. Its commit needs no fsync wait: a venue
                 # state lost in a database crash is an order the venue never took, which recovery resends.
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_xact_lock(%s, %s), set_config('synchronous_commit', 'off', true)",
-                                   [_PAPER_LOCK_SPACE, self.account_id])
+                rows.prefetch([(_paper_sql_for("state"), [self.account_id]),
+                               (_paper_sql_for("positions"), [self.account_id]),
+                               (_paper_sql_for("open"), [self.account_id])])
+                rows.fetch_all(_paper_sql_for("lock"), [_PAPER_LOCK_SPACE, self.account_id])
+                cash, sequence = rows.fetch_all(_paper_sql_for("state"), [self.account_id])[0]
+                cash = _PAPER_CASH.values([cash])[0]
             else:
-                accounts = accounts.select_for_update()
-            cash, sequence = accounts.get(pk=self.account_id)
+                cash, sequence = VenueAccount.objects.select_for_update().values_list(
+                    "paper_cash", "paper_sequence").get(pk=self.account_id)
             positions = {row[0]: row[1:] for row in _rows("positions", self.account_id)}
             unit = self._local.unit = _Unit(cash, sequence, positions)
+            for cid in getattr(self._local, "hint", ()):
+                found = _rows("order", self.account_id, cid)
+                unit.orders[cid] = order_from_json(found[0][0]) if found else None
+            self._local.hint = ()
             try:
                 yield
                 self._flush(unit)
@@ -484,16 +547,13 @@ class DjangoPaperStore:
 
     def _flush(self, unit: _Unit) -> None:
         if unit.account_dirty:
-            VenueAccount.objects.filter(pk=self.account_id).update(paper_cash=unit.cash,
-                                                                   paper_sequence=unit.sequence)
-        for symbol in unit.dirty_positions:
+            rows.execute(_paper_sql_for("save_state"), [_prep(_CASH_FIELD, unit.cash), unit.sequence,
+                                                        self.account_id])
+        for symbol in sorted(unit.dirty_positions):
             qty, cost, candle, taken = unit.positions[symbol]
-            if symbol in unit.new_positions:
-                PaperPosition.objects.create(account_id=self.account_id, symbol=symbol, quantity=qty, cost=cost,
-                                             volume_candle=candle, volume_taken=taken)
-            else:
-                PaperPosition.objects.filter(account_id=self.account_id, symbol=symbol).update(
-                    quantity=qty, cost=cost, volume_candle=candle, volume_taken=taken)
+            rows.execute(_paper_sql_for("save_position"), [
+                self.account_id, symbol, _prep(_QTY_FIELD, qty), _prep(_COST_FIELD, cost),
+                _prep(_CANDLE_FIELD, candle), _prep(_TAKEN_FIELD, taken)])
 
     @contextmanager
     def _writing(self) -> Iterator[_Unit]:
@@ -511,15 +571,17 @@ class DjangoPaperStore:
         row = unit.positions.get(symbol)
         if row is None:
             row = unit.positions[symbol] = [Decimal(0), Decimal(0), None, Decimal(0)]
-            unit.new_positions.add(symbol)
         return row
 
     def get_order(self, client_order_id: str) -> VenueOrder | None:
         unit = self._unit()
-        if unit is not None and client_order_id in unit.orders:
-            return unit.orders[client_order_id]
-        rows = _rows("order", self.account_id, client_order_id)
-        order = order_from_json(rows[0][0]) if rows else None
+        if unit is not None:
+            if client_order_id in unit.orders:
+                return unit.orders[client_order_id]
+            if unit.open is not None and client_order_id in unit.open:
+                return unit.open[client_order_id]
+        found = _rows("order", self.account_id, client_order_id)
+        order = order_from_json(found[0][0]) if found else None
         if unit is not None:
             unit.orders[client_order_id] = order
         return order
@@ -530,22 +592,28 @@ class DjangoPaperStore:
         return None if row is None else order_from_json(row)
 
     def save_order(self, order: VenueOrder) -> None:
+        is_open = not order.status.is_final
+        rows.execute(_paper_sql_for("save_order"), [
+            self.account_id, order.client_order_id, order.venue_order_id, order.symbol, is_open,
+            _prep(_DATA_FIELD, order_to_json(order))])
         unit = self._unit()
-        data = order_to_json(order)
-        known_absent = unit is not None and order.client_order_id in unit.orders and \
-            unit.orders[order.client_order_id] is None
-        updated = 0 if known_absent else PaperOrder.objects.filter(
-            account_id=self.account_id, client_order_id=order.client_order_id).update(
-            data=data, is_open=not order.status.is_final, venue_order_id=order.venue_order_id)
-        if not updated:
-            PaperOrder.objects.create(account_id=self.account_id, client_order_id=order.client_order_id,
-                                      venue_order_id=order.venue_order_id, symbol=order.symbol,
-                                      is_open=not order.status.is_final, data=data)
         if unit is not None:
             unit.orders[order.client_order_id] = order
+            if unit.open is not None:
+                if is_open:
+                    unit.open[order.client_order_id] = order
+                else:
+                    unit.open.pop(order.client_order_id, None)
 
     def open_orders(self, symbol: str | None = None) -> list[VenueOrder]:
-        orders = [order_from_json(row[0]) for row in _rows("open", self.account_id)]
+        unit = self._unit()
+        if unit is not None:
+            if unit.open is None:
+                unit.open = {o.client_order_id: o for o in
+                             (order_from_json(row[0]) for row in _rows("open", self.account_id))}
+            orders = list(unit.open.values())
+        else:
+            orders = [order_from_json(row[0]) for row in _rows("open", self.account_id)]
         return orders if symbol is None else [o for o in orders if o.symbol == symbol]
 
     def cash(self) -> Decimal:

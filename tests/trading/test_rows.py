@@ -1,0 +1,174 @@
+"""The hot path's batching layer (trading/rows.py) on the real PostgreSQL: fewer round trips, same results."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from trading import engine, rows
+from trading.models import AuditEvent, Order, Signal, VenueAccount
+
+pytestmark = pytest.mark.django_db
+
+
+def _audit(action: str, **data: Any) -> AuditEvent:
+    return AuditEvent(time=timezone.now(), actor="test", action=action, entity="test", entity_id="1", data=data)
+
+
+def _count_round_trips(fn: Any) -> int:
+    with CaptureQueriesContext(connection) as captured:
+        fn()
+    return len(captured.captured_queries)
+
+
+def test_the_tests_run_where_batching_applies() -> None:
+    assert rows.batchable(), "these tests need PostgreSQL with client-side binding"
+
+
+def test_writes_wait_and_travel_with_the_next_statement_which_sees_them(make_account: Any) -> None:
+    account = make_account()
+    with transaction.atomic(), rows.batching():
+        account.cash = Decimal("123.456")
+        rows.save_fields(account, ["cash"])
+        rows.insert([_audit("one")], returning=False)
+        assert rows.batching_active()
+        with CaptureQueriesContext(connection) as captured:
+            # An ORM read (not ours): the waiting writes go in front of it, in the same round trip.
+            assert VenueAccount.objects.get(pk=account.pk).cash == Decimal("123.456")
+            assert AuditEvent.objects.filter(action="one").count() == 1
+        assert len(captured.captured_queries) == 2
+    account.refresh_from_db()
+    assert account.cash == Decimal("123.456")
+
+
+def test_writes_left_at_the_end_of_the_scope_are_sent_before_it_ends(make_account: Any) -> None:
+    account = make_account()
+    with transaction.atomic():
+        with rows.batching():
+            rows.insert([_audit("late", text="it's 50% 'quoted' \\ back")], returning=False)
+            account.cash = Decimal("-0.000000000000000001")
+            rows.save_fields(account, ["cash"])
+        event = AuditEvent.objects.get(action="late")
+    assert event.data == {"text": "it's 50% 'quoted' \\ back"}  # literals survive quotes, % and backslashes
+    account.refresh_from_db()
+    assert account.cash == Decimal("-0.000000000000000001")
+
+
+def test_prefetched_reads_ride_with_the_next_read_and_are_answered_from_memory(make_account: Any) -> None:
+    account = make_account()
+    cash_sql = 'SELECT "cash" FROM "trading_venueaccount" WHERE "id" = %s'
+    name_sql = 'SELECT "name" FROM "trading_venueaccount" WHERE "id" = %s'
+    with transaction.atomic(), rows.batching():
+        rows.prefetch([(cash_sql, [account.pk]), (name_sql, [account.pk])])
+
+        def reads() -> None:
+            assert rows.fetch_all('SELECT 1 WHERE %s', [True]) == [(1,)]
+            assert rows.fetch_one(cash_sql, [account.pk]) == (Decimal("10000"),)
+            assert rows.fetch_one(name_sql, [account.pk]) == (account.name,)
+
+        assert _count_round_trips(reads) == 1
+        # A prefetched answer is used once: asking again reads the database again.
+        assert _count_round_trips(lambda: rows.fetch_one(cash_sql, [account.pk])) == 1
+
+
+def test_reserved_ids_let_inserts_wait_and_still_give_each_object_its_pk(make_account: Any,
+                                                                        make_strategy: Any) -> None:
+    account = make_account()
+    strategy = make_strategy(account)
+    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="r1", action="open_long",
+                                     enqueue=False)
+    now = timezone.now()
+
+    def order(cid: str) -> Order:
+        return Order(client_order_id=cid, account=account, strategy=strategy, signal=signal, symbol="BTC/USD",
+                     side="buy", type="market", purpose="entry", quantity=Decimal("0.1"), status="submitting",
+                     created_at=now, updated_at=now)
+
+    with transaction.atomic(), rows.batching():
+        rows.reserve_ids(Order, 2)
+        rows.fetch_all("SELECT 1 WHERE %s", [True])  # the reservation rides along
+        first, second, third = order("a"), order("b"), order("c")
+        assert _count_round_trips(lambda: rows.insert([first, second])) == 0  # waits: ids were reserved
+        assert first.pk and second.pk == first.pk + 1 and not first._state.adding
+        assert _count_round_trips(lambda: rows.insert([third])) == 1  # none left: an immediate INSERT RETURNING
+        assert third.pk
+    assert sorted(Order.objects.values_list("client_order_id", "pk")) == [
+        ("a", first.pk), ("b", second.pk), ("c", third.pk)]
+
+
+def test_an_in_memory_savepoint_drops_only_the_writes_queued_inside() -> None:
+    with transaction.atomic(), rows.batching():
+        rows.insert([_audit("kept")], returning=False)
+        with pytest.raises(RuntimeError), rows.savepoint():
+            rows.insert([_audit("dropped")], returning=False)
+            raise RuntimeError("venue refused")
+        rows.insert([_audit("after")], returning=False)
+    assert sorted(AuditEvent.objects.values_list("action", flat=True)) == ["after", "kept"]
+
+
+def test_a_savepoint_whose_writes_were_already_sent_rolls_the_whole_transaction_back() -> None:
+    with transaction.atomic():
+        rows.insert([_audit("before")], returning=False)  # outside a batching scope: written at once
+        with rows.batching():
+            with pytest.raises(RuntimeError), rows.savepoint():
+                rows.insert([_audit("sent")], returning=False)
+                assert AuditEvent.objects.filter(action="sent").count() == 1  # this read sent the waiting write
+                raise RuntimeError("too late to undo in memory")
+            assert connection.needs_rollback  # nothing half-done can commit
+    assert AuditEvent.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_batch_forgets_the_statements_it_prepared() -> None:
+    bad = 'SELECT 1 / %s'
+    with pytest.raises(Exception), transaction.atomic():  # noqa: B017 - division by zero from PostgreSQL
+        rows.fetch_all(bad, [0])
+    # Prepared again under a new name: no "does not exist" or "already exists" error.
+    assert rows.fetch_all(bad, [1]) == [(1,)]
+    connection.close()  # a new connection knows none of them
+    assert rows.fetch_all(bad, [2]) == [(0,)]
+
+
+def test_a_statement_with_a_literal_percent_is_refused() -> None:
+    with pytest.raises(ValueError, match="cannot be batched"):
+        rows.fetch_all("SELECT '5%%' WHERE %s", [True])
+
+
+def test_the_working_orders_index_covers_exactly_the_working_statuses() -> None:
+    index = next(i for i in Order._meta.indexes if i.name == "order_working_by_account")
+    assert sorted(index.condition.children[0][1]) == sorted(str(s) for s in Order.WORKING)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_engine_unit_commits_with_its_last_writes(make_account: Any, make_strategy: Any,
+                                                      set_price: Any) -> None:
+    account = make_account()
+    strategy = make_strategy(account, sizing_mode="quantity", sizing_value="0.1")
+    set_price("BTC/USD", "50000")
+    keys = iter(["open", "close"])
+
+    def process(action: str) -> Signal:
+        signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key=next(keys),
+                                         action=action, enqueue=False)
+        result = engine.signal_process(signal_id=signal.pk)
+        assert result.status == Signal.Status.EXECUTED, result.decision_detail
+        return result
+
+    process("open_long")  # the day's first signal and the strategy's first position row write more
+    with CaptureQueriesContext(connection) as captured:
+        closed = process("close")
+    sent = [q["sql"].split()[0] for q in captured.captured_queries]
+    # The signal's INSERT in its transaction (signal_create), then: the account read, BEGIN, the reads with the
+    # locks, the writes with the COMMIT (Django logs its no-op commit as a last entry).
+    assert sent == ["BEGIN", "INSERT", "COMMIT", "EXECUTE", "BEGIN", "EXECUTE", "EXECUTE", "COMMIT"], sent
+    assert "COMMIT" in captured.captured_queries[-2]["sql"]
+    assert connection.connection.info.transaction_status.name == "IDLE"
+    assert Order.objects.get(signal=closed).status == Order.Status.FILLED
+    account.refresh_from_db()
+    assert account.cash == account.paper_cash == Decimal("10000") - 2 * Decimal("0.1") * Decimal("50000") * Decimal(
+        "0.0005")  # flat again: our book and the venue's agree to the last digit (two taker fees paid)
