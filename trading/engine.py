@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from exchanges.base import Connector, OrderRequest, OrderType, Side, VenueOrder, VenueOrderStatus
 from exchanges.errors import (
+    AuthError,
     InvalidOrderError,
     OrderStatusUnknownError,
     TemporaryError,
@@ -371,7 +372,7 @@ def _signal_decide(*, signal_id: int, account_id: int, now: datetime, save: bool
         order.signal = signal
     signal.status = Signal.Status.ACCEPTED
     signal.decision_rule, signal.decision_detail = decision.rule, decision.detail
-    signal.accepted_at = signal.submitted_at = now
+    signal.accepted_at = now  # submitted_at: when the first order goes to the venue (_order_send)
     if decision.stop_loss is not None or decision.take_profit is not None:
         signal.stop_loss, signal.take_profit = decision.stop_loss, decision.take_profit
     if save:
@@ -541,12 +542,21 @@ def _order_send(order: Order, *, now: datetime, connector: Connector | None = No
     connector = connector or connector_for(order.account)
     joined = positions is not None
     with log_context(order_id=order.pk, client_order_id=order.client_order_id):
+        sent = timezone.now()
+        signal = order._state.fields_cache.get("signal")
+        if joined and signal is not None:  # written once with the stages by the in-database path
+            signal.submitted_at = signal.submitted_at or sent
+        elif order.signal_id:
+            Signal.objects.filter(pk=order.signal_id, submitted_at__isnull=True).update(submitted_at=sent)
         try:
             venue_order = connector.create_order(_request(order))
-        except InvalidOrderError as exc:
+        except (InvalidOrderError, AuthError) as exc:
+            # A refusal before the order exists on the venue (its checks, or our credentials): nothing to ask about
+            # later, nothing to resend.
+            what = "venue refused the credentials" if isinstance(exc, AuthError) else "venue refused"
             with transaction.atomic():
                 locked = order if joined else Order.objects.select_for_update().get(pk=order.pk)
-                return _order_finish(locked, Order.Status.REJECTED, f"venue refused: {exc}", timezone.now())
+                return _order_finish(locked, Order.Status.REJECTED, f"{what}: {exc}", timezone.now())
         except VenueError as exc:
             # Timeouts, 5xx, dropped connections: the venue may or may not have the order. Never "failed".
             log.warning("order %s outcome unknown after %s: %s", order.pk, type(exc).__name__, exc)
@@ -557,8 +567,8 @@ def _order_send(order: Order, *, now: datetime, connector: Connector | None = No
             return order
         if joined:
             others_final = all(o.is_final for o in siblings if o is not order)
-            return _venue_state_record(order.account, order, venue_order, recorded=[], now=now, positions=positions,
-                                       others_final=others_final)
+            return _venue_state_record(order.account, order, venue_order, recorded=[], now=timezone.now(),
+                                       positions=positions, others_final=others_final)
         return order_apply_venue_state(order_id=order.pk, venue_order=venue_order, account_id=order.account_id)
 
 

@@ -305,3 +305,16 @@ def test_a_manual_close_runs_even_when_the_strategy_is_paused(make_account, make
     assert _signal(strategy, "open_long", "pc2").decision_rule == "strategy_inactive"
     assert _signal(strategy, "close", "pc3").status == Signal.Status.EXECUTED
     assert Position.objects.get(strategy=strategy).quantity == 0
+
+
+def test_signal_stages_are_stamped_where_each_happens(make_account, make_strategy, set_price) -> None:
+    account = make_account()
+    strategy = make_strategy(account)
+    set_price("BTC/USD", "50000")
+    signal = _signal(strategy, "open_long", "stages")
+    signal.refresh_from_db()
+    # accepted: the decision; submitted: the order going to the venue; acknowledged and filled: its reply.
+    assert signal.received_at < signal.accepted_at < signal.submitted_at < signal.acknowledged_at
+    assert signal.filled_at == signal.acknowledged_at
+    order = Order.objects.get(signal=signal)
+    assert order.submitted_at == signal.accepted_at  # committed as SUBMITTING with the decision

@@ -10,7 +10,14 @@ from decimal import Decimal
 import pytest
 
 from exchanges.base import OrderRequest, OrderType, Side
-from exchanges.errors import AuthError, OrderStatusUnknownError, TemporaryError
+from exchanges.errors import (
+    AuthError,
+    InsufficientFundsError,
+    InvalidOrderError,
+    MarketNotFoundError,
+    OrderStatusUnknownError,
+    TemporaryError,
+)
 from tests.conftest import wait_for
 from tests.fakes import venues as fake_venues
 from tests.fakes.live import bare_connector, live_setup
@@ -252,3 +259,35 @@ def test_reconcile_on_each_fake_records_a_fill_made_while_down_and_flags_foreign
     assert again["updated_orders"] == 0 and Fill.objects.filter(order=order).count() >= 1
     assert AuditEvent.objects.filter(action="reconcile.unknown_venue_order",
                                      entity_id=str(live.account.pk)).count() == 1
+
+
+@pytest.mark.parametrize(("error", "reason"), [
+    (InsufficientFundsError("order needs 5000 USD of margin; 12 is free", venue="coinbase"),
+     "venue refused: order needs 5000 USD of margin; 12 is free"),
+    (InvalidOrderError("size below the minimum 0.001", venue="coinbase"), "venue refused: size below the minimum"),
+    (MarketNotFoundError("no market BTC/USD", venue="coinbase"), "venue refused: no market BTC/USD"),
+    (AuthError("the key was revoked", venue="coinbase"), "venue refused the credentials: the key was revoked"),
+])
+def test_a_venue_refusal_rejects_the_order_with_the_venues_reason_and_sends_nothing_again(
+        db, monkeypatch, venue, make_strategy, error, reason) -> None:
+    account = _live_account(monkeypatch, venue)
+    strategy = make_strategy(account, mode="live", sizing_value="0.1")
+    venue.fail_next(error, call="create_order")
+
+    signal = _send(strategy, "open_long", f"refused-{type(error).__name__}")
+
+    order = Order.objects.get(signal=signal)
+    assert order.status == Order.Status.REJECTED and order.reason.startswith(reason), order.reason
+    assert signal.status == Signal.Status.EXECUTED  # settled: every order of the signal is final
+    assert AuditEvent.objects.filter(action="order.rejected", entity_id=str(order.pk)).count() == 1
+    assert not Position.objects.filter(strategy=strategy).exclude(quantity=0).exists()
+    engine.orders_sweep()  # recovery has nothing to ask about and nothing to resend
+    assert venue.calls.count("create_order") == 1
+    assert venue.calls.count("fetch_order_by_client_id") == 0
+    # What the user reads through the API.
+    from rest_framework.test import APIClient
+    from django.contrib.auth import get_user_model
+    client = APIClient()
+    client.force_authenticate(get_user_model().objects.create_user("reader"))
+    shown = client.get(f"/api/orders/{order.pk}/").json()
+    assert shown["status"] == "rejected" and shown["reason"].startswith(reason)
