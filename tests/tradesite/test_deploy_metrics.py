@@ -67,7 +67,12 @@ def test_exposition_after_a_real_cycle(workers, make_account, make_strategy, set
     wait_for(lambda: not strategy.positions.exclude(quantity=0).exists(), what="kill switch closed the position")
     set_price("BTC/USD", "60000")
 
-    status, text = _scrape()
+    # Workers add their task latencies to Redis about once a second.
+    def scraped() -> tuple[int, str] | None:
+        found = _scrape()
+        return found if "tradesite_task_latency_seconds_count{" in found[1] else None
+
+    status, text = wait_for(scraped, timeout=10, every=0.2, what="task latencies flushed by the worker")
     assert status == 200
     samples = _samples(text)
     # Every stage of the filled signal is in the window's histogram.
