@@ -117,6 +117,10 @@ class _Batch:
         self.ids: dict[type[Model], list[int]] = {}
         self.queued = 0  # writes ever queued in this scope
         self.sent = 0  # of which sent
+        # Waiting writes that later ones may fold into: by object (INSERTs) and by row (UPDATEs), with the index
+        # (in queue order) of the write to replace.
+        self.inserts: dict[int, tuple[int, list[Model], str, list[Any]]] = {}
+        self.updates: dict[tuple[type[Model], Any], tuple[int, dict[str, Any]]] = {}
 
 
 _local = threading.local()
@@ -180,6 +184,9 @@ def savepoint() -> Iterator[None]:
         if state.sent <= mark:
             del state.writes[mark - state.sent:]
             state.queued = mark
+            for folded in (state.inserts, state.updates):
+                for key in [k for k, v in folded.items() if v[0] >= mark]:
+                    del folded[key]
         else:
             transaction.set_rollback(True)
         raise
@@ -351,19 +358,53 @@ def lock_clause(of: str) -> str:
 
 
 def save_fields(obj: Model, fields: Sequence[str]) -> None:
-    """`obj.save(update_fields=fields)` as one written-out UPDATE (auto_now fields are stamped the same way)."""
+    """`obj.save(update_fields=fields)` as one written-out UPDATE (auto_now fields are stamped the same way).
+
+    In a batching scope, an object whose INSERT is still waiting is inserted as it is now instead, and an UPDATE
+    of a row that already has one waiting is merged into it: one statement per row.
+    """
+    state = _active()
+    if state is not None:
+        found = state.inserts.get(id(obj))
+        if found is not None and state.sent <= found[0] < state.queued:
+            index, objs, sql, insert_fields = found
+            state.writes[index - state.sent] = (sql, [f.get_db_prep_save(f.pre_save(o, True), connection)
+                                                      for o in objs for f in insert_fields])
+            return
     meta = obj._meta
-    key = (type(obj), tuple(fields), connection.vendor)
+    update(type(obj), obj.pk, {name: meta.get_field(name).pre_save(obj, False) for name in fields})
+
+
+def update(model: type[Model], pk: Any, values: dict[str, Any]) -> None:
+    """UPDATE one row's fields (model field names -> Python values) by primary key; merged as `save_fields` says."""
+    state = _active()
+    if state is not None:
+        found = state.updates.get((model, pk))
+        if found is not None and state.sent <= found[0] < state.queued:
+            values = {**found[1], **values}
+            sql, params = _update_statement(model, pk, values)
+            state.writes[found[0] - state.sent] = (sql, params)
+            state.updates[(model, pk)] = (found[0], values)
+            return
+        sql, params = _update_statement(model, pk, values)
+        state.updates[(model, pk)] = (state.queued, values)
+        _write(sql, params)
+        return
+    _write(*_update_statement(model, pk, values))
+
+
+def _update_statement(model: type[Model], pk: Any, values: dict[str, Any]) -> tuple[str, list[Any]]:
+    meta = model._meta
+    key = (model, tuple(values), connection.vendor)
     cached = _update_sql.get(key)
     if cached is None:
         quote = connection.ops.quote_name
-        concrete = [meta.get_field(name) for name in fields]
+        concrete = [meta.get_field(name) for name in values]
         sets = ", ".join(f"{quote(f.column)} = %s" for f in concrete)
         cached = _update_sql[key] = (f"UPDATE {quote(meta.db_table)} SET {sets} WHERE {quote(meta.pk.column)} = %s",
                                      concrete)
     sql, concrete = cached
-    params = [f.get_db_prep_save(f.pre_save(obj, False), connection) for f in concrete]
-    _write(sql, [*params, obj.pk])
+    return sql, [*(f.get_db_prep_save(v, connection) for f, v in zip(concrete, values.values())), pk]
 
 
 def insert(objs: Sequence[Model], *, returning: bool = True) -> None:
@@ -384,9 +425,12 @@ def insert(objs: Sequence[Model], *, returning: bool = True) -> None:
             for obj, pk in zip(objs, ids, strict=True):
                 obj.pk = pk
         params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs for f in fields]
+        index = state.queued
         _write(sql, params)
         if ids is not None:
             _mark_saved(objs)
+            for obj in objs:  # a later save_fields re-renders this INSERT instead of adding an UPDATE
+                state.inserts[id(obj)] = (index, list(objs), sql, fields)
         return
     sql, fields = _insert_statement(model, len(objs), with_pk=False, returning=returning)
     params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs for f in fields]

@@ -407,7 +407,6 @@ _PAPER_POSITION_ROWS = Rows(PaperPosition, ["symbol", "quantity", "cost", "volum
 _PAPER_ORDER_ROWS = Rows(PaperOrder, ["data"])
 _PAPER_CASH = Rows(VenueAccount, ["paper_cash"])
 _PRICE_ROWS = Rows(MarketPrice, ["price", "time", "volume"])
-_CASH_FIELD = VenueAccount._meta.get_field("paper_cash")
 _QTY_FIELD, _COST_FIELD, _CANDLE_FIELD, _TAKEN_FIELD = (PaperPosition._meta.get_field(name) for name in (
     "quantity", "cost", "volume_candle", "volume_taken"))
 _DATA_FIELD = PaperOrder._meta.get_field("data")
@@ -447,8 +446,6 @@ def _paper_sql_for(name: str) -> str:
                 f"ON CONFLICT ({q('account_id')}, {q('symbol')}) DO UPDATE SET {q('quantity')} = EXCLUDED.{q('quantity')}, "
                 f"{q('cost')} = EXCLUDED.{q('cost')}, {q('volume_candle')} = EXCLUDED.{q('volume_candle')}, "
                 f"{q('volume_taken')} = EXCLUDED.{q('volume_taken')}"),
-            "save_state": (f"UPDATE {q(VenueAccount._meta.db_table)} SET {q('paper_cash')} = %s, "
-                           f"{q('paper_sequence')} = %s WHERE {q('id')} = %s"),
             "price": (f"SELECT m.{q('price')}, m.{q('time')}, m.{q('volume')} FROM {q(MarketPrice._meta.db_table)} m "
                       f"WHERE m.{q('symbol')} = %s"),
         }[name]
@@ -546,9 +543,8 @@ class DjangoPaperStore:
                 self._local.unit = None
 
     def _flush(self, unit: _Unit) -> None:
-        if unit.account_dirty:
-            rows.execute(_paper_sql_for("save_state"), [_prep(_CASH_FIELD, unit.cash), unit.sequence,
-                                                        self.account_id])
+        if unit.account_dirty:  # merged with the engine's update of the same row when both wait in a batch
+            rows.update(VenueAccount, self.account_id, {"paper_cash": unit.cash, "paper_sequence": unit.sequence})
         for symbol in sorted(unit.dirty_positions):
             qty, cost, candle, taken = unit.positions[symbol]
             rows.execute(_paper_sql_for("save_position"), [

@@ -172,3 +172,49 @@ def test_the_engine_unit_commits_with_its_last_writes(make_account: Any, make_st
     account.refresh_from_db()
     assert account.cash == account.paper_cash == Decimal("10000") - 2 * Decimal("0.1") * Decimal("50000") * Decimal(
         "0.0005")  # flat again: our book and the venue's agree to the last digit (two taker fees paid)
+
+
+def _sent_statements(captured: CaptureQueriesContext) -> list[str]:
+    """The statements sent, one per EXECUTE (a batch is one captured entry)."""
+    return [part for q in captured.captured_queries for part in q["sql"].split(";\n") if part.startswith("EXECUTE")]
+
+
+def test_a_waiting_insert_takes_later_changes_and_updates_of_one_row_merge(make_account: Any,
+                                                                          make_strategy: Any) -> None:
+    account = make_account()
+    strategy = make_strategy(account)
+    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="f1", action="open_long",
+                                     enqueue=False)
+    now = timezone.now()
+    order = Order(client_order_id="folded", account=account, strategy=strategy, signal=signal, symbol="BTC/USD",
+                  side="buy", type="market", purpose="entry", quantity=Decimal("0.1"), status="submitting",
+                  created_at=now, updated_at=now)
+    with CaptureQueriesContext(connection) as captured, transaction.atomic(), rows.batching():
+        rows.reserve_ids(Order, 1)
+        rows.fetch_all("SELECT 1 WHERE %s", [True])
+        rows.insert([order])
+        order.status, order.filled_quantity = "filled", Decimal("0.1")
+        rows.save_fields(order, ["status", "filled_quantity"])
+        account.cash = Decimal("9990")
+        rows.save_fields(account, ["cash"])
+        rows.update(VenueAccount, account.pk, {"paper_cash": Decimal("4990"), "paper_sequence": 7})
+        rows.update(VenueAccount, account.pk, {"paper_sequence": 8})
+    sent = _sent_statements(captured)
+    assert len(sent) == 4, sent  # SELECT 1 and the id reservation, one INSERT of the order, one UPDATE of the account
+    stored = Order.objects.get(pk=order.pk)
+    assert (stored.status, stored.filled_quantity) == ("filled", Decimal("0.1"))
+    account.refresh_from_db()
+    assert (account.cash, account.paper_cash, account.paper_sequence) == (Decimal("9990"), Decimal("4990"), 8)
+
+
+def test_writes_dropped_by_a_savepoint_are_never_folded_into(make_account: Any) -> None:
+    account = make_account()
+    with transaction.atomic(), rows.batching():
+        with pytest.raises(RuntimeError), rows.savepoint():
+            rows.update(VenueAccount, account.pk, {"paper_sequence": 99})
+            raise RuntimeError("refused")
+        rows.insert([_audit("after the refusal")], returning=False)  # takes the dropped write's place in the queue
+        rows.update(VenueAccount, account.pk, {"paper_sequence": 5})
+    account.refresh_from_db()
+    assert account.paper_sequence == 5
+    assert AuditEvent.objects.filter(action="after the refusal").count() == 1
