@@ -257,7 +257,8 @@ class Connector(abc.ABC):
         return nullcontext()
 
     def prefetch(self, *, symbols: Sequence[str] = (), client_order_ids: Sequence[str] = ()) -> None:
-        """Hint that the next unit of work reads these prices and orders: a venue may read them together."""
+        """Hint that the next unit of work reads these prices (a venue may read them together) and places orders
+        under these freshly generated client ids (which no order can have yet)."""
 
     def verify(self) -> Sequence[CheckItem]:
         """Check credentials, signature, permissions and connectivity; venues add their own checks."""

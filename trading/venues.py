@@ -494,13 +494,16 @@ class DjangoPaperStore:
         return getattr(self._local, "unit", None)
 
     def prefetch(self, *, symbols: Sequence[str] = (), client_order_ids: Sequence[str] = ()) -> None:
-        """Read these with the next unit of work's first statement (PostgreSQL batching; elsewhere nothing)."""
+        """Read these prices with the next unit of work's first statement (PostgreSQL batching; elsewhere nothing).
+
+        `client_order_ids` are ids the caller has just generated: no order can have them yet, so the next unit of
+        work knows them absent without asking (were one reused, the unique constraint on (account, client order
+        id) would refuse the second order: never a duplicate).
+        """
         if not rows.batching_active():
             return
         self._local.hint = tuple(client_order_ids)
-        statements = [(_paper_sql_for("price"), [symbol]) for symbol in symbols]
-        statements += [(_paper_sql_for("order"), [self.account_id, cid]) for cid in client_order_ids]
-        rows.prefetch(statements)
+        rows.prefetch([(_paper_sql_for("price"), [symbol]) for symbol in symbols])
 
     @contextmanager
     def atomic(self) -> Iterator[None]:
@@ -533,8 +536,7 @@ class DjangoPaperStore:
             positions = {row[0]: row[1:] for row in _rows("positions", self.account_id)}
             unit = self._local.unit = _Unit(cash, sequence, positions)
             for cid in getattr(self._local, "hint", ()):
-                found = _rows("order", self.account_id, cid)
-                unit.orders[cid] = order_from_json(found[0][0]) if found else None
+                unit.orders[cid] = None
             self._local.hint = ()
             try:
                 yield
