@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -872,26 +872,40 @@ def signal_create(
     now: datetime | None = None,
     enqueue: bool = True,
 ) -> tuple[Signal, bool]:
-    """Store a signal once per idempotency key; return (signal, created). Queues processing after commit."""
-    now = now or timezone.now()
-    try:
-        with transaction.atomic():
-            signal = Signal.objects.create(
-                strategy=strategy, account_id=strategy.account_id, source=source, idempotency_key=idempotency_key,
-                action=action, symbol=symbol or strategy.symbol, quantity=quantity, target=target,
-                order_type=order_type, price=price, stop_loss=stop_loss, take_profit=take_profit, leverage=leverage,
-                atr=atr, payload=payload_redact(payload or {}), received_at=now,
-            )
-            if enqueue:
-                from trading.tasks import signal_process_task
+    """Store a signal once per idempotency key; return (signal, created). Queues processing after commit.
 
-                transaction.on_commit(lambda: signal_process_task.delay(signal.pk))
-    except IntegrityError:
+    One statement (INSERT ... ON CONFLICT DO NOTHING), committed on its own unless the caller holds a transaction;
+    the task is queued once the row is durable. A failed enqueue leaves the signal RECEIVED for the sweeper.
+    """
+    now = now or timezone.now()
+    signal = Signal(
+        strategy=strategy, account_id=strategy.account_id, source=source, idempotency_key=idempotency_key,
+        action=action, symbol=symbol or strategy.symbol, quantity=quantity, target=target,
+        order_type=order_type, price=price, stop_loss=stop_loss, take_profit=take_profit, leverage=leverage,
+        atr=atr, payload=payload_redact(payload or {}), received_at=now,
+    )
+    if not rows.insert_new(signal, unique=("idempotency_key",)):
         existing = Signal.objects.filter(idempotency_key=idempotency_key).first()
-        if existing is None:
-            raise
+        if existing is None:  # the other row was rolled back since: store this one after all
+            return signal_create(strategy=strategy, source=source, idempotency_key=idempotency_key, action=action,
+                                 symbol=symbol, quantity=quantity, target=target, order_type=order_type, price=price,
+                                 stop_loss=stop_loss, take_profit=take_profit, leverage=leverage, atr=atr,
+                                 payload=payload, now=now, enqueue=enqueue)
         return existing, False
+    if enqueue:
+        signal_id = signal.pk
+        transaction.on_commit(lambda: signal_enqueue(signal_id=signal_id))
     return signal, True
+
+
+def signal_enqueue(*, signal_id: int) -> None:
+    """Queue a stored signal for processing; a broker failure is logged, and the sweeper re-drives it later."""
+    from trading.tasks import signal_process_task
+
+    try:
+        signal_process_task.delay(signal_id)
+    except Exception:  # noqa: BLE001 - the row is committed: RECEIVED signals are re-driven by the sweeper
+        log.exception("enqueue of signal %s failed; the sweeper will pick it up", signal_id)
 
 
 _SECRET_KEYS = ("passphrase", "password", "secret", "token", "api_key", "apikey", "private_key")

@@ -443,6 +443,30 @@ def insert(objs: Sequence[Model], *, returning: bool = True) -> None:
     _mark_saved(objs)
 
 
+def insert_new(obj: Model, *, unique: Sequence[str]) -> bool:
+    """INSERT one object unless a row with the same `unique` fields exists (ON CONFLICT DO NOTHING); True when
+    inserted (the object then has its pk). Sent at once, even in a batching scope: the caller acts on the answer."""
+    model = type(obj)
+    key = (model, tuple(unique), connection.vendor, "insert_new")
+    cached = _insert_sql.get(key)
+    if cached is None:
+        meta = model._meta
+        quote = connection.ops.quote_name
+        fields = [f for f in meta.concrete_fields if not f.primary_key]
+        columns = ", ".join(quote(meta.get_field(name).column) for name in unique)
+        cached = _insert_sql[key] = (
+            f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) VALUES "
+            f"({', '.join(['%s'] * len(fields))}) ON CONFLICT ({columns}) DO NOTHING RETURNING "
+            f"{quote(meta.pk.column)}", fields)
+    sql, fields = cached
+    found = fetch_all(sql, [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields])
+    if not found:
+        return False
+    obj.pk = found[0][0]
+    _mark_saved([obj])
+    return True
+
+
 def _mark_saved(objs: Sequence[Model]) -> None:
     for obj in objs:
         obj._state.adding = False

@@ -6,8 +6,10 @@ from datetime import timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_UP, ROUND_UP, Decimal
 
 import pytest
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.test import TestCase
 from django.utils import timezone
 
 from trading import engine, services
@@ -318,3 +320,25 @@ def test_signal_stages_are_stamped_where_each_happens(make_account, make_strateg
     assert signal.filled_at == signal.acknowledged_at
     order = Order.objects.get(signal=signal)
     assert order.submitted_at == signal.accepted_at  # committed as SUBMITTING with the decision
+
+
+def test_a_broker_outage_at_enqueue_leaves_the_stored_signal_for_the_sweeper(make_account, make_strategy, set_price,
+                                                                            monkeypatch) -> None:
+    from kombu.exceptions import OperationalError
+
+    from trading.tasks import signal_process_task
+
+    def broker_down(*args: object, **kwargs: object) -> None:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(signal_process_task, "delay", broker_down)
+    strategy = make_strategy(make_account())
+    set_price("BTC/USD", "50000")
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        signal, created = engine.signal_create(strategy=strategy, source="manual", idempotency_key="no-broker",
+                                               action="open_long")
+    assert created and Signal.objects.get(pk=signal.pk).status == Signal.Status.RECEIVED
+    later = timezone.now() + timedelta(seconds=int(settings.TRADING["STUCK_AFTER_SECONDS"]) + 1)
+    assert engine.orders_sweep(now=later)["signals"] == 1
+    assert Signal.objects.get(pk=signal.pk).status == Signal.Status.EXECUTED
+    assert Order.objects.filter(signal=signal).count() == 1
