@@ -9,7 +9,7 @@ from django.db import models
 
 MAX_DIGITS = 38
 DECIMAL_PLACES = 18
-_EXACT = Context(prec=MAX_DIGITS + 2)  # wide enough that nothing here ever rounds
+EXACT = Context(prec=MAX_DIGITS + 2)  # wide enough that nothing here ever rounds
 
 
 class ExactDecimalField(models.DecimalField):  # type: ignore[type-arg]
@@ -32,7 +32,7 @@ class ExactDecimalField(models.DecimalField):  # type: ignore[type-arg]
         value = self.to_python(value)
         if value is None:
             return None
-        value = value.quantize(Decimal(1).scaleb(-self.decimal_places), context=_EXACT)
+        value = value.quantize(Decimal(1).scaleb(-self.decimal_places), context=EXACT)
         return format(value, "f") if connection.vendor == "sqlite" else value
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Decimal | None:
@@ -44,8 +44,8 @@ class ExactDecimalField(models.DecimalField):  # type: ignore[type-arg]
 def tidy(value: Decimal) -> Decimal:
     """Drop trailing zeros without switching to exponent notation (1.500 -> 1.5, 100.0 -> 100)."""
     if value == value.to_integral_value():
-        return value.quantize(Decimal(1), context=_EXACT)
-    return value.normalize(context=_EXACT)
+        return value.quantize(Decimal(1), context=EXACT)
+    return value.normalize(context=EXACT)
 
 
 def money(**kwargs: Any) -> ExactDecimalField:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import threading
 from datetime import datetime
+from decimal import Decimal
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,6 +20,8 @@ from typing import Any, Generic, TypeVar
 from django.db import connection, transaction
 from django.db.models import Model
 from psycopg.adapt import Transformer
+
+from trading.fields import EXACT
 from psycopg.pq import ExecStatus
 
 M = TypeVar("M", bound=Model)
@@ -369,8 +372,7 @@ def save_fields(obj: Model, fields: Sequence[str]) -> None:
         found = state.inserts.get(id(obj))
         if found is not None and state.sent <= found[0] < state.queued:
             index, objs, sql, insert_fields = found
-            state.writes[index - state.sent] = (sql, [_prep(f, f.pre_save(o, True))
-                                                      for o in objs for f in insert_fields])
+            state.writes[index - state.sent] = (sql, _params(objs, insert_fields, add=True))
             return
     meta = obj._meta
     update(type(obj), obj.pk, {name: meta.get_field(name).pre_save(obj, False) for name in fields})
@@ -405,7 +407,7 @@ def _update_statement(model: type[Model], pk: Any, values: dict[str, Any]) -> tu
         cached = _update_sql[key] = (f"UPDATE {quote(meta.db_table)} SET {sets} WHERE {quote(meta.pk.column)} = %s",
                                      concrete)
     sql, concrete = cached
-    return sql, [*(_prep(f, v) for f, v in zip(concrete, values.values())), pk]
+    return sql, [*(prep(v) for prep, v in zip(_preps_for(concrete), values.values())), pk]
 
 
 def insert(objs: Sequence[Model], *, returning: bool = True) -> None:
@@ -425,7 +427,7 @@ def insert(objs: Sequence[Model], *, returning: bool = True) -> None:
         if ids is not None:
             for obj, pk in zip(objs, ids, strict=True):
                 obj.pk = pk
-        params = [_prep(f, f.pre_save(obj, True)) for obj in objs for f in fields]
+        params = _params(objs, fields, add=True)
         index = state.queued
         _write(sql, params)
         if ids is not None:
@@ -434,7 +436,7 @@ def insert(objs: Sequence[Model], *, returning: bool = True) -> None:
                 state.inserts[id(obj)] = (index, list(objs), sql, fields)
         return
     sql, fields = _insert_statement(model, len(objs), with_pk=False, returning=returning)
-    params = [_prep(f, f.pre_save(obj, True)) for obj in objs for f in fields]
+    params = _params(objs, fields, add=True)
     if not returning:
         _write(sql, params)
         return
@@ -450,29 +452,42 @@ _SIMPLE = {"CharField": (str,), "TextField": (str,), "SlugField": (str,), "Forei
 _preps: dict[tuple[Any, str], Callable[[Any], Any]] = {}
 
 
-def _prep(field: Any, value: Any) -> Any:
-    """`field.get_db_prep_save(value)`, skipped where PostgreSQL takes the Python value as it is (the ORM's
-    per-field preparation cost more than the rest of an INSERT's parameters together)."""
-    key = (field, connection.vendor)
-    fast = _preps.get(key)
-    if fast is None:
-        fast = _preps[key] = _prep_for(field)
-    return fast(value)
+def _preps_for(fields: Sequence[Any]) -> list[Callable[[Any], Any]]:
+    """Each field's preparation function (see `_prep`), for this connection's database."""
+    vendor = connection.vendor
+    out = []
+    for field in fields:
+        fast = _preps.get((field, vendor))
+        if fast is None:
+            fast = _preps[(field, vendor)] = _prep_for(field, vendor)
+        out.append(fast)
+    return out
 
 
-def _prep_for(field: Any) -> Callable[[Any], Any]:
+def _prep_for(field: Any, vendor: str) -> Callable[[Any], Any]:
     def slow(value: Any) -> Any:
         return field.get_db_prep_save(value, connection)
 
-    if connection.vendor != "postgresql":
+    if vendor != "postgresql":
         return slow
-    kinds = _SIMPLE.get(type(field).__name__)
+    kind = type(field).__name__
+    kinds = _SIMPLE.get(kind)
     if kinds is not None:
         return lambda value: value if value is None or type(value) in kinds else slow(value)
-    if type(field).__name__ == "DateTimeField":
+    if kind == "DateTimeField":
         return lambda value: value if value is None or (type(value) is datetime and value.tzinfo is not None) \
             else slow(value)
+    if kind == "ExactDecimalField":  # its own preparation, without the checks a Decimal does not need
+        places = Decimal(1).scaleb(-field.decimal_places)
+        return lambda value: value if value is None else (
+            value.quantize(places, context=EXACT) if type(value) is Decimal else slow(value))
     return slow
+
+
+def _params(objs: Sequence[Model], fields: Sequence[Any], *, add: bool) -> list[Any]:
+    """The prepared values of `fields` of each object, in order (auto_now fields stamped as save() would)."""
+    preps = _preps_for(fields)
+    return [prep(f.pre_save(obj, add)) for obj in objs for prep, f in zip(preps, fields)]
 
 
 def insert_new(obj: Model, *, unique: Sequence[str]) -> bool:
@@ -491,7 +506,7 @@ def insert_new(obj: Model, *, unique: Sequence[str]) -> bool:
             f"({', '.join(['%s'] * len(fields))}) ON CONFLICT ({columns}) DO NOTHING RETURNING "
             f"{quote(meta.pk.column)}", fields)
     sql, fields = cached
-    found = fetch_all(sql, [_prep(f, f.pre_save(obj, True)) for f in fields])
+    found = fetch_all(sql, _params([obj], fields, add=True))
     if not found:
         return False
     obj.pk = found[0][0]
