@@ -260,6 +260,8 @@ def _joined(statements: Sequence[tuple[str, Sequence[Any]]]) -> tuple[str, list[
     known = _prepared.setdefault(raw, {})
     tx = _transformers.get(raw)
     if tx is None:
+        if raw.info.parameter_status("standard_conforming_strings") != "on":
+            raise RuntimeError("tradesite needs standard_conforming_strings = on (PostgreSQL's default)")
         tx = _transformers[raw] = Transformer(raw)
     encoding = tx.encoding
     texts: list[str] = []
@@ -278,12 +280,29 @@ def _joined(statements: Sequence[tuple[str, Sequence[Any]]]) -> tuple[str, list[
                 f"${next(numbered)}{part}" if i else part for i, part in enumerate(sql.split("%s"))))
             count = 2
         if params:
-            values = ", ".join(bytes(tx.as_literal(p)).decode(encoding) for p in params)
+            values = ", ".join([_literal(p, tx, encoding) for p in params])
             texts.append(f"EXECUTE {name}({values})")
         else:
             texts.append(f"EXECUTE {name}")
         counts.append(count)
     return ";\n".join(texts), counts, fresh
+
+
+def _literal(value: Any, tx: Transformer, encoding: str) -> str:
+    """A value as an SQL literal: the common types written here, the rest by psycopg (as a client-side binding
+    cursor would write them). Text is quoted standard-conforming ('' for a quote): see `_standard_strings`."""
+    kind = type(value)
+    if kind is str and "\x00" not in value:
+        return "'" + value.replace("'", "''") + "'"
+    if kind is int:
+        return str(value)
+    if kind is Decimal and value.is_finite():
+        return str(value)
+    if value is None:
+        return "NULL"
+    if kind is datetime and value.tzinfo is not None:
+        return "'" + value.isoformat() + "'::timestamptz"
+    return bytes(tx.as_literal(value)).decode(encoding)
 
 
 @contextmanager

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from datetime import timezone as dt_timezone
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -218,3 +222,17 @@ def test_writes_dropped_by_a_savepoint_are_never_folded_into(make_account: Any) 
     account.refresh_from_db()
     assert account.paper_sequence == 5
     assert AuditEvent.objects.filter(action="after the refusal").count() == 1
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))),
+       number=st.decimals(allow_nan=False, allow_infinity=False, places=18, min_value=Decimal("-1e19"),
+                          max_value=Decimal("1e19")),
+       whole=st.integers(min_value=-(2 ** 63), max_value=2 ** 63 - 1),
+       when=st.datetimes(timezones=st.just(dt_timezone.utc), min_value=datetime(1970, 1, 2),
+                         max_value=datetime(2200, 1, 1)))
+def test_values_written_into_the_text_come_back_exactly(text: str, number: Decimal, whole: int,
+                                                       when: datetime) -> None:
+    found = rows.fetch_all("SELECT %s::text, %s::numeric, %s::bigint, %s::timestamptz, %s::boolean, %s::text",
+                           [text, number, whole, when, True, None])
+    assert found == [(text, number, whole, when, True, None)]
