@@ -111,6 +111,9 @@ MIDDLEWARE = ["django_prometheus.middleware.PrometheusBeforeMiddleware", *MIDDLE
 
 ROOT_URLCONF = "tradesite.urls"
 WSGI_APPLICATION = "tradesite.wsgi.application"
+# URL names that tradesite/wsgi.py serves through a lean lane: the same view and middleware minus sessions, CSRF,
+# auth, messages and axes, and no URL resolution (the webhook's hot path). Empty: everything takes the full stack.
+LEAN_URL_NAMES = env_list("LEAN_URL_NAMES", "webhook-tradingview")
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",

@@ -14,14 +14,19 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import psycopg
+import redis
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection, transaction
+from django.core.signals import setting_changed
+from django.db import InterfaceError, OperationalError, connection, connections, transaction
+from django.dispatch import receiver
 from django.utils import timezone
 
 from trading.engine import payload_redact
 from trading.models import KillSwitch, MarketPrice, Signal, Strategy
 from webhooks import parsers
+from webhooks.broker import RedisLink, TaskPublisher, command
 from webhooks.parsers import Alert, Rejection
 
 log = logging.getLogger(__name__)
@@ -37,17 +42,37 @@ DEFAULTS: dict[str, Any] = {
     "WEBHOOK_RATE_LIMIT_PER_IP": 600,  # requests per window from one source address
     "WEBHOOK_RATE_LIMIT_PER_STRATEGY": 120,  # authenticated alerts per window for one strategy
     "WEBHOOK_RATE_LIMIT_WINDOW_SECONDS": 60,
+    # Queue accepted alerts with one raw LPUSH of a pre-built Celery message when the broker is Redis ("0": .delay()).
+    "WEBHOOK_RAW_ENQUEUE": True,
 }
 # Compared when the strategy is unknown or has no secret, so that path costs the same as a wrong secret.
 _DUMMY_HASH = hashlib.sha256(b"tradesite-no-such-strategy").hexdigest()
 
 
+_resolved: dict[str, Any] = {}
+
+
 def setting(name: str) -> Any:
-    """A webhook setting: Django settings, else the environment, else the default (read at call time)."""
+    """A webhook setting: Django settings, else the environment, else the default.
+
+    Resolved once per process and again whenever a setting changes (override_settings, tests); the environment of
+    a running process does not change.
+    """
+    try:
+        return _resolved[name]
+    except KeyError:
+        pass
     value = getattr(settings, name, None)
     if value is None:
         value = os.environ.get(name)
-    return DEFAULTS[name] if value is None else value
+    _resolved[name] = value = DEFAULTS[name] if value is None else value
+    return value
+
+
+@receiver(setting_changed)
+def _settings_changed(**kwargs: Any) -> None:
+    _resolved.clear()
+    _publisher_slot.clear()
 
 
 def _as_list(value: Any) -> list[str]:
@@ -97,18 +122,18 @@ def source_allowed(ip: str) -> bool:
     return not _as_list(allowed) or _in(ip, _networks(allowed))
 
 
-_clients: dict[int, Any] = {}
+_links: dict[int, RedisLink | None] = {}
 
 
-def _redis_client() -> Any:
-    """One redis-py client per cache backend (Django's RedisCache builds a new client object on every call)."""
-    backend = getattr(cache, "_cache", None)
-    if backend is None or not hasattr(backend, "get_client"):
-        return None
+def _cache_link() -> RedisLink | None:
+    """The cache's Redis as a RedisLink (one per cache backend object), or None when the cache is not Redis."""
+    backend = getattr(cache, "_cache", None)  # django's RedisCacheClient
     key = id(backend)
-    if key not in _clients:
-        _clients[key] = backend.get_client(None, write=True)
-    return _clients[key]
+    if key not in _links:
+        client = backend.get_client(None, write=True) if backend is not None and hasattr(backend, "get_client") \
+            else None
+        _links[key] = None if client is None else RedisLink(client)
+    return _links[key]
 
 
 def rate_limited(scope: str, key: str, *, limit: int, now: float | None = None) -> bool:
@@ -116,13 +141,10 @@ def rate_limited(scope: str, key: str, *, limit: int, now: float | None = None) 
     window = int(setting("WEBHOOK_RATE_LIMIT_WINDOW_SECONDS"))
     bucket = int((now or time.time()) // window)
     name = f"wh:rl:{scope}:{key}:{bucket}"
-    client = _redis_client()
-    if client is not None:  # django RedisCache: one round trip
+    link = _cache_link()
+    if link is not None:  # django RedisCache: INCR and EXPIRE NX in one write, one round trip
         full = cache.make_and_validate_key(name)
-        pipe = client.pipeline(transaction=False)
-        pipe.incr(full)
-        pipe.expire(full, window + 1, nx=True)
-        count = int(pipe.execute()[0])
+        count = int(link.call(command("INCR", full) + command("EXPIRE", full, window + 1, "NX"), 2)[0])
     else:
         cache.add(name, 0, window + 1)
         try:
@@ -155,11 +177,42 @@ class Accepted:
 
 _UNAUTHORIZED = Rejection(401, "unauthorized", "unknown strategy or wrong passphrase")
 _FIELDS = [f for f in Signal._meta.concrete_fields if not f.primary_key]
+_PLAIN = (str, int, bool, type(None))  # values every column type takes as they are (no get_db_prep_save needed)
 _insert_sql: str | None = None
 
 
-def _insert(signal: Signal) -> int | None:
-    """INSERT ... ON CONFLICT (idempotency_key) DO NOTHING RETURNING id: the new id, or None for a repeat."""
+def _one_row(sql: str, params: list[Any], *, read: bool = False) -> tuple[Any, ...] | None:
+    """Run one statement and return its first row.
+
+    On PostgreSQL it runs as a protocol-level prepared statement (planned once per connection) on the psycopg
+    connection, outside any transaction block of ours: in autocommit a write is committed, durably
+    (synchronous_commit), before this returns. Django's per-request health check (a `SELECT 1` round trip) is
+    replaced by this: a `read` that fails on a dropped connection is run once more on a new one.
+    """
+    db = connections["default"]  # the wrapper itself: each attribute read through the proxy costs a lookup
+    if db.vendor != "postgresql":
+        with db.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone()  # type: ignore[no-any-return]
+    for attempt in (1, 2):
+        db.ensure_connection()
+        try:
+            with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
+                cursor.execute(sql, params, prepare=True)  # type: ignore[arg-type]
+                return cursor.fetchone()
+        except (InterfaceError, OperationalError):
+            if not read or attempt == 2 or db.in_atomic_block:
+                raise
+            log.warning("database connection lost; reconnecting")
+            db.close()
+    return None
+
+
+def _insert(values: dict[str, Any]) -> int | None:
+    """INSERT ... ON CONFLICT (idempotency_key) DO NOTHING RETURNING id: the new id, or None for a repeat.
+
+    `values` by attname; the others take their field's default.
+    """
     global _insert_sql
     if _insert_sql is None:
         quote = connection.ops.quote_name
@@ -167,10 +220,12 @@ def _insert(signal: Signal) -> int | None:
         marks = ", ".join(["%s"] * len(_FIELDS))
         _insert_sql = (f"INSERT INTO {quote(Signal._meta.db_table)} ({columns}) VALUES ({marks}) "
                        "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id")
-    params = [f.get_db_prep_save(f.pre_save(signal, add=True), connection) for f in _FIELDS]
-    with connection.cursor() as cursor:
-        cursor.execute(_insert_sql, params)
-        row = cursor.fetchone()
+    db = connections["default"]
+    params = []
+    for f in _FIELDS:
+        value = values[f.attname] if f.attname in values else f.get_default()
+        params.append(value if type(value) in _PLAIN else f.get_db_prep_save(value, db))
+    row = _one_row(_insert_sql, params)
     return None if row is None else int(row[0])
 
 
@@ -215,9 +270,7 @@ def _target(slug: str) -> _Target | None:
         _target_sql = (f"SELECT {cols}, EXISTS(SELECT 1 FROM {q(k.db_table)} WHERE {q(k.pk.column)} = 1 AND "
                        f"{q(k.get_field('engaged').column)}) FROM {q(s.db_table)} WHERE {q(s.get_field('slug').column)}"
                        " = %s")
-    with connection.cursor() as cursor:
-        cursor.execute(_target_sql, [slug])
-        row = cursor.fetchone()
+    row = _one_row(_target_sql, [slug], read=True)
     return None if row is None else _Target(int(row[0]), row[1], row[2], row[3], int(row[4]), row[5] or "",
                                             bool(row[6]))
 
@@ -260,19 +313,21 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
     elif strategy.kill_switch_engaged:
         refusal = ("kill_switch", "the kill switch is engaged")
     key = parsers.idempotency_key(alert)
-    signal = Signal(
-        strategy_id=strategy.pk, account_id=strategy.account_id,
-        source=Signal.Source.WEBHOOK if not authenticated else Signal.Source.MANUAL, idempotency_key=key,
-        action=alert.action, symbol=strategy.symbol, quantity=alert.quantity, target=alert.target,
-        order_type=alert.order_type, price=alert.price, stop_loss=alert.stop_loss, take_profit=alert.take_profit,
-        leverage=alert.leverage, atr=alert.atr, payload=payload_redact(parsers.payload_from(data)), received_at=now,
-        status=Signal.Status.REJECTED if refusal else Signal.Status.RECEIVED,
-        decision_rule=refusal[0] if refusal else "", decision_detail=refusal[1] if refusal else "",
-    )
-    with transaction.atomic():
-        signal_id = _insert(signal)
-        if signal_id is not None and not refusal and enqueue:
-            transaction.on_commit(lambda: _enqueue(signal_id))  # the 202 goes out after this commit
+    signal = {
+        "strategy_id": strategy.pk, "account_id": strategy.account_id,
+        "source": Signal.Source.WEBHOOK.value if not authenticated else Signal.Source.MANUAL.value,
+        "idempotency_key": key, "action": alert.action, "symbol": strategy.symbol, "quantity": alert.quantity,
+        "target": alert.target, "order_type": alert.order_type, "price": alert.price, "stop_loss": alert.stop_loss,
+        "take_profit": alert.take_profit, "leverage": alert.leverage, "atr": alert.atr,
+        "payload": payload_redact(parsers.payload_from(data)), "received_at": now,
+        "status": (Signal.Status.REJECTED if refusal else Signal.Status.RECEIVED).value,
+        "decision_rule": refusal[0] if refusal else "", "decision_detail": refusal[1] if refusal else "",
+    }
+    # One statement in autocommit: the INSERT and its COMMIT (durable, synchronous_commit) in one round trip.
+    signal_id = _insert(signal)
+    if signal_id is not None and not refusal and enqueue:
+        # Outside a transaction block this runs at once, after the commit; inside a caller's, after its commit.
+        transaction.on_commit(lambda: _enqueue(signal_id))
     if signal_id is None:
         first = Signal.objects.filter(idempotency_key=key).values_list("id", flat=True).first()
         return Accepted(signal_id=int(first or 0), duplicate=True, status=200)
@@ -281,11 +336,35 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
     return Accepted(signal_id=signal_id, duplicate=False)
 
 
-def _enqueue(signal_id: int) -> None:
-    from trading.tasks import signal_process_task
+_publisher_slot: list[TaskPublisher | None] = []
 
+
+def _publisher() -> TaskPublisher | None:
+    """The raw publisher of signal_process for this process's broker; None when the broker is not Redis or tasks
+    run eagerly (then `.delay()` is used)."""
+    if not _publisher_slot:
+        from trading.tasks import signal_process_task
+
+        app = signal_process_task.app
+        url = str(settings.CELERY_BROKER_URL or "")  # what app.conf.broker_url is read from
+        usable = url.startswith(("redis://", "rediss://")) and not app.conf.task_always_eager
+        _publisher_slot.append(TaskPublisher(
+            app=app, task_name=signal_process_task.name,
+            client=redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)) if usable else None)
+    return _publisher_slot[0]
+
+
+def _enqueue(signal_id: int) -> None:
+    """Queue signal_process for a committed signal; a failure is logged, never raised (the sweeper re-drives it)."""
     try:
-        signal_process_task.delay(signal_id)
+        publisher = _publisher() if str(setting("WEBHOOK_RAW_ENQUEUE")).lower() not in ("0", "false", "no", "off") \
+            else None
+        if publisher is not None:
+            publisher.publish(signal_id)
+        else:
+            from trading.tasks import signal_process_task
+
+            signal_process_task.delay(signal_id)
     except Exception:  # noqa: BLE001 - the row is committed; the sweeper re-drives RECEIVED signals
         log.exception("enqueue of signal %s failed; the sweeper will pick it up", signal_id)
 

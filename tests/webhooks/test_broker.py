@@ -1,0 +1,142 @@
+"""The intake's Redis path: the raw-pushed Celery message, what a real worker does with it, and failures."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+from django.utils import timezone
+
+from tests.conftest import flush_broker, wait_for
+from tests.webhooks.server import free_port
+from trading import engine
+from trading.models import Signal
+from webhooks import services
+from webhooks.broker import RedisLink, command
+
+URL = "/api/webhooks/tradingview/"
+
+
+def _client() -> redis.Redis:
+    return redis.Redis.from_url(os.environ["REDIS_URL"])
+
+
+def _queued(queue: str = "execution") -> list[dict[str, Any]]:
+    key = os.environ.get("REDIS_KEY_PREFIX", "") + queue
+    return [json.loads(m) for m in reversed(_client().lrange(key, 0, -1))]  # oldest first
+
+
+def _flat(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, dict) and item:
+            out.update(_flat(item, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = item
+    return out
+
+
+def test_raw_message_is_the_message_delay_publishes() -> None:
+    from trading.tasks import signal_process_task
+
+    flush_broker()
+    try:
+        signal_process_task.delay(42)
+        services._publisher().publish(42)  # noqa: SLF001
+        by_delay, raw = (_flat(m) for m in _queued())
+    finally:
+        flush_broker()
+    assert set(raw) == set(by_delay)  # the same envelope, headers and properties, no more, no less
+    per_message = {"headers.id", "headers.root_id", "properties.correlation_id", "properties.delivery_tag",
+                   "headers.sent_at"}
+    assert {k: v for k, v in raw.items() if k not in per_message} == \
+        {k: v for k, v in by_delay.items() if k not in per_message}
+    assert raw["headers.id"] == raw["headers.root_id"] == raw["properties.correlation_id"] != by_delay["headers.id"]
+    assert raw["properties.delivery_tag"] != by_delay["properties.delivery_tag"]
+    assert abs(raw["headers.sent_at"] - by_delay["headers.sent_at"]) < 5
+    assert json.loads(base64.b64decode(raw["body"])) == [[42], {}, {"callbacks": None, "errbacks": None,
+                                                                    "chain": None, "chord": None}]
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_runs_a_raw_published_signal(workers, make_hook) -> None:
+    hook = make_hook()
+    result = services.alert_intake(data=hook.body(id="raw-1", contracts="0.01"), enqueue=False)
+    assert result.status == 202
+    workers.start()
+    services._publisher().publish(result.signal_id)  # noqa: SLF001
+    wait_for(lambda: Signal.objects.get(pk=result.signal_id).status == Signal.Status.EXECUTED,
+             what="the raw-published signal executed by the worker")
+    # The worker read the sent_at header like a .delay() message's: the task latency metric counted it.
+    from tradesite.taskmetrics import latency_key
+
+    key = latency_key("trading.tasks.signal_process")
+    wait_for(lambda: int(_client().hget(key, "count") or 0) >= 1, what="task latency recorded")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_alert_is_stored_when_the_broker_is_down_and_the_sweeper_processes_it(make_hook, post, settings,
+                                                                            caplog) -> None:
+    settings.CELERY_BROKER_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    hook = make_hook()
+    response = post(hook.body(id="broker-down"))
+    assert response.status_code == 202, response.content
+    signal = Signal.objects.get(pk=response.json()["signal_id"])
+    assert signal.status == Signal.Status.RECEIVED  # durable before the 202, whatever happened to the enqueue
+    assert "the sweeper will pick it up" in caplog.text
+    engine.orders_sweep(now=timezone.now() + timedelta(minutes=5))
+    signal.refresh_from_db()
+    assert signal.status == Signal.Status.EXECUTED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_raw_enqueue_delay_is_used(make_hook, post, settings) -> None:
+    settings.WEBHOOK_RAW_ENQUEUE = "0"
+    flush_broker()
+    try:
+        hook = make_hook()
+        response = post(hook.body(id="via-delay"))
+        assert response.status_code == 202
+        (message,) = _queued()
+        assert json.loads(base64.b64decode(message["body"]))[0] == [response.json()["signal_id"]]
+    finally:
+        flush_broker()
+
+
+def test_link_reconnects_after_its_connection_is_killed() -> None:
+    client = _client()
+    link = RedisLink(client)
+    key = os.environ.get("REDIS_KEY_PREFIX", "") + "link-test"
+    try:
+        assert link.call(command("INCR", key) + command("EXPIRE", key, 60, "NX"), 2) == [1, 1]
+        (link_id,) = link.call(command("CLIENT", "ID"), 1)
+        assert client.client_kill_filter(_id=link_id) == 1  # as a Redis restart would drop it
+        assert link.call(command("INCR", key), 1) == [2]
+        assert link.call(command("CLIENT", "ID"), 1) != [link_id]
+    finally:
+        client.delete(key)
+        link.close()
+
+
+def test_link_raises_an_error_reply_and_stays_in_step() -> None:
+    client = _client()
+    link = RedisLink(client)
+    key = os.environ.get("REDIS_KEY_PREFIX", "") + "link-test"
+    try:
+        client.set(key, "not a number")
+        with pytest.raises(redis.ResponseError):
+            link.call(command("INCR", key) + command("GET", key), 2)
+        assert link.call(command("GET", key), 1) == [b"not a number"]
+    finally:
+        client.delete(key)
+        link.close()
+
+
+def test_command_is_resp() -> None:
+    assert command("SET", b"k\r\n", 5) == b"*3\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$1\r\n5\r\n"
