@@ -1,9 +1,9 @@
 """Redis on the intake's hot path: pre-packed commands on a dedicated connection, and a Celery task published
 with one LPUSH of a pre-built protocol-2 message (what `.delay()` sends, without kombu's per-call work).
 
-redis-py's client costs ~150 us of CPU per command on a 2-core VM (retry wrapper, pool, callbacks); the same
-command sent on the connection it manages costs ~40 us. The connection still comes from redis-py, so AUTH, db
-selection, TLS and reconnects are its own.
+redis-py's client costs ~150 us of CPU per command on a 2-core VM (retry wrapper, pool, callbacks, parser); the
+same command written to a socket and its small reply read here costs ~15 us. The connection settings (host, port,
+db, password, timeouts) are the redis-py client's; TLS and unix sockets go through redis-py's own connection.
 
 The message format is Celery's protocol 2 (https://docs.celeryq.dev/en/stable/internals/protocol.html) in kombu's
 Redis transport envelope (`kombu/transport/redis.py`, `Channel._put`: one LPUSH of the JSON envelope onto the queue
@@ -33,19 +33,118 @@ def command(*args: bytes | str | int) -> bytes:
     return b"".join(out)
 
 
-class RedisLink:
-    """A dedicated connection of a redis-py client's pool, for pre-packed commands (one write, N replies)."""
+def _reply(buf: bytearray) -> tuple[Any, int]:
+    """One RESP2 reply from the head of buf: (value, bytes used), or (None, 0) when it is not all there yet.
 
-    def __init__(self, client: Any) -> None:
+    Integers, simple strings, errors (returned as redis.ResponseError) and bulk strings: what INCR, EXPIRE, LPUSH,
+    AUTH, SELECT and GET answer.
+    """
+    end = buf.find(b"\r\n")
+    if end < 0:
+        return None, 0
+    kind, line = buf[:1], bytes(buf[1:end])
+    if kind == b":":
+        return int(line), end + 2
+    if kind == b"+":
+        return line, end + 2
+    if kind == b"-":
+        return redis.ResponseError(line.decode(errors="replace")), end + 2
+    if kind == b"$":
+        size = int(line)
+        if size < 0:
+            return None, end + 2
+        if len(buf) < end + 2 + size + 2:
+            return None, 0
+        return bytes(buf[end + 2:end + 2 + size]), end + 2 + size + 2
+    raise redis.ConnectionError(f"unexpected reply type {kind!r}")
+
+
+class RedisLink:
+    """One connection per process and thread to the Redis a redis-py client points at, for pre-packed commands
+    (one write, N replies).
+
+    A plain TCP connection is opened here (AUTH and SELECT as the client's settings say) and replies are read by
+    `_reply`; other transports (TLS, unix socket) use a connection made by the client's pool, through redis-py.
+    """
+
+    def __init__(self, client: Any, *, timeout: float = 5.0) -> None:
+        pool = client.connection_pool
         self.client = client
+        self.kwargs = dict(pool.connection_kwargs)
+        self.plain = pool.connection_class is redis.connection.Connection
+        self.timeout = self.kwargs.get("socket_timeout") or timeout
         self._local = threading.local()
 
-    def _connection(self) -> Any:
+    def _held(self) -> Any:
         held = getattr(self._local, "held", None)
-        if held is None or held[0] != os.getpid():  # a forked child never shares its parent's socket
-            held = (os.getpid(), self.client.connection_pool.make_connection())
-            self._local.held = held
-        return held[1]
+        if held is not None and held[0] == os.getpid():  # a forked child never shares its parent's socket
+            return held[1]
+        if self.plain:
+            conn: Any = self._open()
+        else:
+            conn = self.client.connection_pool.make_connection()
+        self._local.held = (os.getpid(), conn)
+        self._local.buffer = bytearray()
+        return conn
+
+    def _open(self) -> socket.socket:
+        kw = self.kwargs
+        try:
+            sock = socket.create_connection((kw.get("host") or "localhost", int(kw.get("port") or 6379)),
+                                            timeout=kw.get("socket_connect_timeout") or self.timeout)
+        except OSError as exc:
+            raise redis.ConnectionError(f"connecting to Redis: {exc}") from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self.timeout)
+        hello = []
+        if kw.get("password"):
+            hello.append(command("AUTH", *([kw["username"]] if kw.get("username") else []), kw["password"]))
+        if int(kw.get("db") or 0):
+            hello.append(command("SELECT", int(kw["db"])))
+        self._local.held, self._local.buffer = (os.getpid(), sock), bytearray()
+        if hello:
+            try:
+                for reply in self._exchange(sock, b"".join(hello), len(hello)):
+                    if isinstance(reply, redis.ResponseError):
+                        raise reply
+            except BaseException:
+                self.close()
+                raise
+        return sock
+
+    def _exchange(self, sock: socket.socket, packed: bytes, replies: int) -> list[Any]:
+        buf: bytearray = self._local.buffer
+        try:
+            sock.sendall(packed)
+            results: list[Any] = []
+            while len(results) < replies:
+                value, used = _reply(buf)
+                if used:
+                    del buf[:used]
+                    results.append(value)
+                    continue
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise redis.ConnectionError("Redis closed the connection")
+                buf += chunk
+        except TimeoutError as exc:  # socket.timeout
+            raise redis.TimeoutError(f"Redis did not answer in {self.timeout} s") from exc
+        except OSError as exc:
+            raise redis.ConnectionError(f"talking to Redis: {exc}") from exc
+        return results
+
+    def _once(self, packed: bytes, replies: int) -> list[Any]:
+        conn = self._held()
+        if self.plain:
+            return self._exchange(conn, packed, replies)
+        conn.send_packed_command([packed], check_health=False)
+        results: list[Any] = []
+        for _ in range(replies):
+            try:
+                results.append(conn.read_response())
+            except redis.ResponseError as exc:  # an error reply: keep reading, the stream stays in step
+                results.append(exc)
+        return results
 
     def call(self, packed: bytes, replies: int) -> list[Any]:
         """Send packed commands in one write and read their replies; raise the first error reply.
@@ -54,22 +153,15 @@ class RedisLink:
         redis-py's client does; a timeout is not retried (the server may have run them).
         """
         for attempt in (1, 2):
-            connection = self._connection()
-            results: list[Any] = []
             try:
-                connection.send_packed_command([packed], check_health=False)
-                for _ in range(replies):
-                    try:
-                        results.append(connection.read_response())
-                    except redis.ResponseError as exc:  # an error reply: keep reading, the stream stays in step
-                        results.append(exc)
+                results = self._once(packed, replies)
             except redis.ConnectionError:
-                connection.disconnect()
+                self.close()
                 if attempt == 2:
                     raise
                 continue
             except BaseException:
-                connection.disconnect()  # a reply may be half read: never reuse this stream
+                self.close()  # a reply may be half read: never reuse this stream
                 raise
             for result in results:
                 if isinstance(result, redis.ResponseError):
@@ -78,10 +170,18 @@ class RedisLink:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
+        """Drop this thread's connection (the next call opens a new one)."""
         held = getattr(self._local, "held", None)
-        if held is not None:
-            held[1].disconnect()
-            self._local.held = None
+        self._local.held = None
+        if held is None or held[0] != os.getpid():
+            return
+        try:
+            if self.plain:
+                held[1].close()
+            else:
+                held[1].disconnect()
+        except OSError:
+            pass
 
 
 class TaskPublisher:

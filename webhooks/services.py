@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import redis
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import caches
 from django.core.signals import setting_changed
 from django.db import InterfaceError, OperationalError, connection, connections, transaction
 from django.dispatch import receiver
@@ -125,14 +125,12 @@ def source_allowed(ip: str) -> bool:
 _links: dict[int, RedisLink | None] = {}
 
 
-def _cache_link() -> RedisLink | None:
+def _cache_link(backend: Any) -> RedisLink | None:
     """The cache's Redis as a RedisLink (one per cache backend object), or None when the cache is not Redis."""
-    backend = getattr(cache, "_cache", None)  # django's RedisCacheClient
     key = id(backend)
     if key not in _links:
-        client = backend.get_client(None, write=True) if backend is not None and hasattr(backend, "get_client") \
-            else None
-        _links[key] = None if client is None else RedisLink(client)
+        client = getattr(backend, "_cache", None)  # django's RedisCacheClient
+        _links[key] = RedisLink(client.get_client(None, write=True)) if hasattr(client, "get_client") else None
     return _links[key]
 
 
@@ -141,16 +139,17 @@ def rate_limited(scope: str, key: str, *, limit: int, now: float | None = None) 
     window = int(setting("WEBHOOK_RATE_LIMIT_WINDOW_SECONDS"))
     bucket = int((now or time.time()) // window)
     name = f"wh:rl:{scope}:{key}:{bucket}"
-    link = _cache_link()
+    backend = caches["default"]  # once: each attribute read through the `cache` proxy costs a lookup
+    link = _cache_link(backend)
     if link is not None:  # django RedisCache: INCR and EXPIRE NX in one write, one round trip
-        full = cache.make_and_validate_key(name)
+        full = backend.make_key(name)  # the key cache.incr() would use (validation only warns about memcached)
         count = int(link.call(command("INCR", full) + command("EXPIRE", full, window + 1, "NX"), 2)[0])
     else:
-        cache.add(name, 0, window + 1)
+        backend.add(name, 0, window + 1)
         try:
-            count = cache.incr(name)
+            count = backend.incr(name)
         except ValueError:
-            cache.set(name, 1, window + 1)
+            backend.set(name, 1, window + 1)
             count = 1
     return count > int(limit)
 

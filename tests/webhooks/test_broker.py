@@ -138,5 +138,48 @@ def test_link_raises_an_error_reply_and_stays_in_step() -> None:
         link.close()
 
 
+@pytest.fixture
+def password_redis(tmp_path) -> Any:  # type: ignore[no-untyped-def]
+    """A redis-server of our own that wants a password."""
+    import signal
+    import subprocess
+
+    password = "pw+/=" + os.urandom(6).hex()
+    port = free_port()
+    conf = tmp_path / "redis.conf"
+    conf.write_text(f'port {port}\nbind 127.0.0.1\nsave ""\nappendonly no\nrequirepass "{password}"\n'
+                    f"dir {tmp_path}\n")
+    proc = subprocess.Popen(["redis-server", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    client = redis.Redis(host="127.0.0.1", port=port, password=password, db=3)
+
+    def up() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    wait_for(up, timeout=20, what="redis-server up")
+    try:
+        yield client, password
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
+def test_link_authenticates_and_selects_the_db(password_redis) -> None:
+    client, password = password_redis
+    link = RedisLink(client)
+    try:
+        assert link.call(command("INCR", "k") + command("INCR", "k"), 2) == [1, 2]
+        assert client.get("k") == b"2"  # in db 3, where the client looks
+        port = client.connection_pool.connection_kwargs["port"]
+        wrong = RedisLink(redis.Redis(host="127.0.0.1", port=port, password=password + "x"))
+        with pytest.raises(redis.ResponseError):
+            wrong.call(command("INCR", "k"), 1)
+    finally:
+        link.close()
+
+
 def test_command_is_resp() -> None:
     assert command("SET", b"k\r\n", 5) == b"*3\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$1\r\n5\r\n"
