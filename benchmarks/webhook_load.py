@@ -1,18 +1,27 @@
 """Webhook intake throughput and latency on gunicorn (sync workers) against PostgreSQL and Redis.
 
-    python benchmarks/webhook_load.py [--seconds 20] [--rate-seconds 60] [--rate 500] [--gunicorn-workers 3]
+    python benchmarks/webhook_load.py [--seconds 15] [--rate 500] [--rate-seconds 60] [--gunicorn-workers 6]
+                                      [--with-workers-seconds 15] [--json out.json]
 
 Creates a throwaway database (`tradesite_bench_webhook`), migrates it, uses Redis db /13 (flushed before and after),
-creates one paper strategy with a webhook secret and starts gunicorn with `benchmarks.webhook_site` (the project's
-settings plus `POST /bench/bare/`, which only parses JSON). No Celery worker runs: the intake figure is the web tier
-alone (queued tasks pile up in the benchmark's Redis db and are flushed at the end).
+creates one active paper strategy with a webhook secret and starts gunicorn with `benchmarks.webhook_site` (the
+project's settings plus two bare endpoints that only parse JSON: `/bench/bare/` through Django's full middleware
+stack, `/bench/bare-lane/` through the same lean lane as the webhook, tradesite/wsgi.py). Everything, the load
+generator included, runs on this machine over 127.0.0.1.
 
-1. Throughput, closed loop, `wrk -t2 -c16` (if installed; else a threaded urllib client): the bare endpoint, then
-   the webhook with a unique explicit `id` per request (every request is a new, accepted alert).
-2. Latency at a fixed rate (`--rate`/s for `--rate-seconds`), open loop: an asyncio client schedules each request
-   and times it from its scheduled send time (no coordinated omission); at most 512 in flight.
+1. Throughput, closed loop, `wrk -t2 -c16` (a threaded urllib client when wrk is missing): bare (full stack), bare
+   (lane), then the webhook with no Celery worker running (accepted alerts pile up in the queue). A wrk Lua script
+   sends realistic alert bodies (passphrase, strategy, action, ticker, contracts, order_id, time, and a unique
+   explicit `id` per request, so every request is a new alert) and counts answers by status: only 202 counts as
+   accepted, anything else is an error.
+2. Latency at a fixed rate (`--rate`/s for `--rate-seconds`), open loop: an asyncio client (uvloop) schedules each
+   request and times it from its scheduled send time (no coordinated omission); at most 512 in flight.
+3. The webhook again with a Celery worker (`-Q execution -c 2`, as deployed) consuming the queue at the same time.
 
-Every non-2xx answer counts as an error. The last stdout line is JSON. Results: docs/benchmarks.md (webhook_load).
+At the end every accepted alert must be a row: the number of 202 answers equals the rows in trading_signal. CPU
+per request of each process group (gunicorn, PostgreSQL backends, PostgreSQL background, Redis, the load
+generator, the Celery worker) is read from /proc, to show where the time goes. The last stdout line is JSON.
+Results: docs/benchmarks.md (webhook_load).
 """
 
 from __future__ import annotations
@@ -21,12 +30,17 @@ import argparse
 import asyncio
 import json
 import os
+import platform
 import re
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +49,46 @@ sys.path.insert(0, str(ROOT))
 
 from tests.webhooks.server import gunicorn  # noqa: E402
 
+WEBHOOK = "/api/webhooks/tradingview/"
+# Each thread numbers its requests; RUN (set per wrk run) and the thread number make every id unique.
 WRK_SCRIPT = """
-local counter = 0
-local prefix = tostring(math.random(1, 1e9))
+local threads = {}
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("tid", #threads)
+end
+local counter, tag = 0, ""
+by_status = {}  -- globals: done() reads each thread's with thread:get
+accepted = {}  -- the signal_id of every 202
+function init(args)
+  tag = RUN .. "-" .. tid
+end
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-request = function()
+function request()
   counter = counter + 1
-  local body = string.format(BODY, prefix .. "-" .. counter)
-  return wrk.format(nil, nil, nil, body)
+  return wrk.format(nil, nil, nil, string.format(BODY, tag .. "-" .. counter, os.date("!%Y-%m-%dT%H:%M:%SZ")))
+end
+function response(status, headers, body)
+  by_status[status] = (by_status[status] or 0) + 1
+  if status == 202 then
+    local id = string.match(body, '"signal_id":%s*(%d+)')
+    if id then accepted[#accepted + 1] = id end
+  end
+end
+function done(summary, latency, requests)
+  local total = {}
+  for _, thread in ipairs(threads) do
+    for status, n in pairs(thread:get("by_status") or {}) do total[status] = (total[status] or 0) + n end
+  end
+  local parts = {}
+  for status, n in pairs(total) do table.insert(parts, string.format('"%d": %d', status, n)) end
+  io.write("STATUS {" .. table.concat(parts, ", ") .. "}\\n")
+  local out = io.open(OUT, "w")
+  for _, thread in ipairs(threads) do
+    for _, id in ipairs(thread:get("accepted") or {}) do out:write(id, "\\n") end
+  end
+  out:close()
 end
 """
 
@@ -75,7 +120,7 @@ def _setup(env: dict[str, str]) -> tuple[str, str]:
         "from decimal import Decimal\nfrom django.utils import timezone\n"
         "from trading import services\nfrom trading.venues import price_set\n"
         "a = services.account_create(data={'name': 'bench', 'venue': 'paper', 'network': 'paper',"
-        " 'paper_initial_cash': '1000000', 'max_leverage': '5'}, by='bench')\n"
+        " 'paper_initial_cash': '100000000', 'max_leverage': '5'}, by='bench')\n"
         "s = services.strategy_create(data={'name': 'bench', 'slug': 'bench-webhook', 'kind': 'webhook',"
         " 'symbol': 'BTC/USD', 'account': a, 'mode': 'paper', 'sizing_mode': 'quantity', 'sizing_value': '0.001'},"
         " by='bench')\n"
@@ -89,73 +134,114 @@ def _setup(env: dict[str, str]) -> tuple[str, str]:
     return slug, secret
 
 
-def _body_template(slug: str, secret: str) -> str:
-    """A JSON alert with one %s for the explicit id (lua string.format / Python %)."""
-    return json.dumps({"passphrase": secret, "strategy": slug, "action": "buy", "ticker": "BTCUSD",
-                       "contracts": "0.001", "order_id": "Long", "id": "@ID@"}).replace("@ID@", "%s")
+def _price_refresh(env: dict[str, str]) -> None:
+    """A fresh market price, so that the worker's risk checks see a current one."""
+    code = ("import django; django.setup()\nfrom decimal import Decimal\nfrom django.utils import timezone\n"
+            "from trading.venues import price_set\nprice_set('BTC/USD', Decimal('50000'), time=timezone.now())\n")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=120)
 
 
-def _wrk(port: int, path: str, body_template: str, seconds: int, tmp: Path) -> dict[str, Any]:
-    script = tmp / "post.lua"
-    script.write_text(f"BODY = {json.dumps(body_template)}\n" + WRK_SCRIPT)
-    out = subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency", "-s", str(script),
-                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
-                         timeout=seconds + 60).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+def _templates(slug: str, secret: str) -> dict[str, str]:
+    """Alert bodies with two %s, the explicit id then the time (for lua string.format and Python %)."""
+    alert = {"passphrase": secret, "strategy": slug, "action": "buy", "ticker": "BTCUSD", "contracts": "0.001",
+             "order_id": "Long", "id": "@ID@", "time": "@TIME@"}
+    bare = {k: v for k, v in alert.items() if k != "passphrase"}
+    return {name: json.dumps(body).replace("%", "%%").replace("@ID@", "%s").replace("@TIME@", "%s")
+            for name, body in (("webhook", alert), ("bare", bare))}
+
+
+# ------------------------------------------------------------------------------------------ CPU accounting
+
+
+def _ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def _pids(predicate: Callable[[int, str], bool]) -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and predicate(int(p), _cmdline(int(p)))]
+
+
+def _pgid(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return -1
+
+
+class CpuMeter:
+    """CPU seconds of process groups over a phase, from /proc (utime + stime), and the machine's busy share."""
+
+    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
+        self.groups = groups
+        self.hz = os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _machine() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+
+    @contextmanager
+    def measure(self, into: dict[str, Any], requests: Callable[[], int]) -> Iterator[None]:
+        pids = {name: find() for name, find in self.groups.items()}
+        before = {name: sum(_ticks(p) for p in ps) for name, ps in pids.items()}
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        machine = self._machine()
+        load = os.getloadavg()[0]
+        yield
+        n = max(1, requests())
+        after = {name: sum(_ticks(p) for p in ps) for name, ps in pids.items()}
+        done = resource.getrusage(resource.RUSAGE_CHILDREN)
+        own_done = resource.getrusage(resource.RUSAGE_SELF)
+        total, idle = (a - b for a, b in zip(self._machine(), machine, strict=True))
+        cpu = {name: round(1000 * (after[name] - before[name]) / self.hz / n, 3) for name in pids}
+        # wrk (a child) or the asyncio client (this process).
+        used = (done.ru_utime + done.ru_stime - children.ru_utime - children.ru_stime
+                + own_done.ru_utime + own_done.ru_stime - own.ru_utime - own.ru_stime)
+        cpu["load generator"] = round(1000 * used / n, 3)
+        into["cpu_ms_per_request"] = cpu
+        into["machine_busy_pct"] = round(100 * (total - idle) / max(1, total), 1)
+        into["load_average_before"] = round(load, 2)
+
+
+# ------------------------------------------------------------------------------------------ load generators
+
+
+def _wrk(port: int, path: str, template: str, seconds: int, tmp: Path, *, threads: int = 2,
+         connections: int = 16) -> dict[str, Any]:
+    script = tmp / f"post-{time.time_ns()}.lua"
+    ids_path = script.with_suffix(".ids")
+    script.write_text(f'RUN = "r{time.time_ns()}"\nBODY = {json.dumps(template)}\nOUT = {json.dumps(str(ids_path))}\n'
+                      + WRK_SCRIPT)
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+                          "--latency", "-s", str(script), f"http://127.0.0.1:{port}{path}"],
+                         capture_output=True, text=True, timeout=seconds + 60).stdout
+    elapsed = re.search(r"requests in ([\d.]+)(ms|s|m),", out)
+    duration = float(elapsed.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[elapsed.group(2)] \
+        if elapsed else float(seconds)
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    statuses = {int(k): v for k, v in json.loads(re.search(r"STATUS (\{.*\})", out).group(1)).items()}  # type: ignore[union-attr]
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
 
     def lat(q: str) -> float | None:
         m = re.search(rf"\s{q}%\s+([\d.]+)(us|ms|s)\b", out)
-        if not m:
-            return None
-        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+        return None if not m else round(float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)], 2)
 
-    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, socket_errors.groups())) if socket_errors else 0)
-    return {"req_s": round(rps, 1), "requests": total, "errors": errors, "p50_ms": lat("50"), "p99_ms": lat("99")}
-
-
-async def _one(port: int, body: bytes, path: str) -> int:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-    await writer.drain()
-    line = await reader.readline()
-    await reader.read()
-    writer.close()
-    return int(line.split()[1])
-
-
-async def _fixed_rate(port: int, path: str, template: str, rate: float, seconds: float) -> dict[str, Any]:
-    latencies: list[float] = []
-    errors = 0
-    in_flight = asyncio.Semaphore(512)
-    start = time.perf_counter() + 0.2
-    total = int(rate * seconds)
-    tag = str(int(time.time()))
-
-    async def fire(i: int) -> None:
-        nonlocal errors
-        scheduled = start + i / rate
-        await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-        async with in_flight:
-            try:
-                status = await asyncio.wait_for(_one(port, (template % f"r{tag}-{i}").encode(), path), 10)
-            except (OSError, asyncio.TimeoutError):
-                status = 0
-        latencies.append((time.perf_counter() - scheduled) * 1000)
-        if not 200 <= status < 300:
-            errors += 1
-
-    await asyncio.gather(*(fire(i) for i in range(total)))
-    latencies.sort()
-
-    def pct(q: float) -> float:
-        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2)
-
-    return {"rate": rate, "seconds": seconds, "requests": total, "errors": errors, "p50_ms": pct(0.5),
-            "p99_ms": pct(0.99), "max_ms": round(latencies[-1], 2)}
+    ids = [int(line) for line in ids_path.read_text().split()] if ids_path.exists() else []
+    return {"requests": total, "seconds": round(duration, 2), "statuses": statuses,
+            "socket_errors": sum(map(int, socket_errors.groups())) if socket_errors else 0,
+            "p50_ms": lat("50"), "p99_ms": lat("99"), "signal_ids": ids}
 
 
 def _threaded(port: int, path: str, template: str, seconds: int) -> dict[str, Any]:
@@ -164,36 +250,167 @@ def _threaded(port: int, path: str, template: str, seconds: int) -> dict[str, An
     from tests.webhooks.server import request
 
     deadline = time.monotonic() + seconds
-    counts = {"ok": 0, "err": 0}
+    statuses: dict[int, int] = {}
     lat: list[float] = []
+    ids: list[int] = []
+    run = f"t{time.time_ns()}"
 
     def loop(n: int) -> None:
         i = 0
         while time.monotonic() < deadline:
             i += 1
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             t0 = time.perf_counter()
-            status, _ = request(port, "POST", path, (template % f"t{n}-{i}-{time.time()}").encode())
+            status, body = request(port, "POST", path, (template % (f"{run}-{n}-{i}", when)).encode())
             lat.append((time.perf_counter() - t0) * 1000)
-            counts["ok" if 200 <= status < 300 else "err"] += 1
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == 202 and isinstance(body, dict) and "signal_id" in body:
+                ids.append(int(body["signal_id"]))
 
+    started = time.monotonic()
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(loop, range(16)))
     lat.sort()
-    return {"req_s": round(counts["ok"] / seconds, 1), "requests": counts["ok"] + counts["err"],
-            "errors": counts["err"], "p50_ms": round(lat[len(lat) // 2], 2),
-            "p99_ms": round(lat[int(len(lat) * 0.99)], 2)}
+    return {"requests": len(lat), "seconds": round(time.monotonic() - started, 2), "statuses": statuses,
+            "socket_errors": 0, "p50_ms": round(lat[len(lat) // 2], 2), "p99_ms": round(lat[int(len(lat) * 0.99)], 2),
+            "signal_ids": ids}
+
+
+def _closed_loop(port: int, path: str, template: str, seconds: int, tmp: Path, *, expect: int) -> dict[str, Any]:
+    result = _wrk(port, path, template, seconds, tmp) if shutil.which("wrk") else \
+        _threaded(port, path, template, seconds)
+    ok = result["statuses"].get(expect, 0)
+    result["ok"] = ok
+    result["ok_per_s"] = round(ok / result["seconds"], 1)
+    result["errors"] = result["requests"] - ok + result["socket_errors"]
+    return result
+
+
+async def _one(port: int, body: bytes, path: str) -> tuple[int, int | None]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        await writer.drain()
+        line = await reader.readline()
+        rest = await reader.read()
+        found = re.search(rb'"signal_id":\s*(\d+)', rest)
+        return int(line.split()[1]), int(found.group(1)) if found else None
+    finally:
+        writer.close()
+
+
+async def _fixed_rate(port: int, path: str, template: str, rate: float, seconds: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    ids: list[int] = []
+    in_flight = asyncio.Semaphore(512)
+    start = time.perf_counter() + 0.2
+    total = int(rate * seconds)
+    run = f"f{time.time_ns()}"
+
+    async def fire(i: int) -> None:
+        scheduled = start + i / rate
+        await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+        async with in_flight:
+            body = (template % (f"{run}-{i}", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))).encode()
+            try:
+                status, signal_id = await asyncio.wait_for(_one(port, body, path), 10)
+            except (OSError, asyncio.TimeoutError, IndexError, ValueError):
+                status, signal_id = 0, None
+        if status == 202 and signal_id is not None:
+            ids.append(signal_id)
+        latencies.append((time.perf_counter() - scheduled) * 1000)
+        statuses[status] = statuses.get(status, 0) + 1
+
+    await asyncio.gather(*(fire(i) for i in range(total)))
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2)
+
+    ok = statuses.get(202, 0)
+    return {"rate": rate, "seconds": seconds, "requests": total, "ok": ok, "statuses": statuses,
+            "errors": total - ok, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": round(latencies[-1], 2),
+            "signal_ids": ids}
+
+
+def _run_fixed_rate(*args: Any) -> dict[str, Any]:
+    try:
+        import uvloop
+
+        return uvloop.run(_fixed_rate(*args))  # type: ignore[no-any-return]
+    except ImportError:
+        return asyncio.run(_fixed_rate(*args))
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+@contextmanager
+def _celery_worker(env: dict[str, str], log_path: Path) -> Iterator[int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tradesite", "worker", "-Q", "execution", "-c", "2", "-P", "prefork",
+         "-n", f"bench-{os.getpid()}@localhost", "--without-gossip", "--without-mingle", "--without-heartbeat",
+         "--loglevel", "WARNING"],
+        cwd=ROOT, env={**env, "TRADESITE_COMPONENT": "worker"}, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    try:
+        time.sleep(6)  # booted and consuming (the stored backlog starts draining at once)
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited: {log_path.read_text()[-2000:]}")
+        yield proc.pid
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+def _versions(pg_url: str, redis_url: str) -> dict[str, str]:
+    import celery
+    import django
+    import gunicorn as gunicorn_pkg
+    import kombu
+    import psycopg
+    import redis
+
+    out = {"python": platform.python_version(), "django": django.get_version(), "gunicorn": gunicorn_pkg.__version__,
+           "psycopg": psycopg.__version__, "redis-py": redis.__version__, "celery": celery.__version__,
+           "kombu": kombu.__version__}
+    with psycopg.connect(f"{pg_url.rstrip('/')}/postgres", connect_timeout=10) as conn:
+        out["postgresql"] = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+    client = redis.Redis.from_url(redis_url)
+    out["redis"] = str(client.info("server")["redis_version"])
+    client.close()
+    if shutil.which("wrk"):
+        first = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.splitlines()
+        out["wrk"] = first[0].split("[")[0].replace("wrk", "").strip() if first else "?"
+    try:
+        import gunicorn_h1c  # noqa: F401
+
+        out["http_parser"] = "gunicorn_h1c"
+    except ImportError:
+        out["http_parser"] = "python"
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=20, help="duration of each closed-loop throughput run")
+    parser.add_argument("--seconds", type=int, default=15, help="duration of each closed-loop throughput run")
     parser.add_argument("--rate", type=float, default=500)
-    parser.add_argument("--rate-seconds", type=float, default=60)
-    parser.add_argument("--gunicorn-workers", type=int, default=3)
+    parser.add_argument("--rate-seconds", type=float, default=60, help="0 skips the fixed-rate run")
+    parser.add_argument("--with-workers-seconds", type=int, default=15, help="0 skips the run with a worker")
+    parser.add_argument("--gunicorn-workers", type=int, default=4, help="4: the bootstrap's default on 2 cores")
     parser.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432")
     parser.add_argument("--db-name", default="tradesite_bench_webhook")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
+    parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
+    if not re.fullmatch(r"[a-z0-9_]*bench[a-z0-9_]*", args.db_name):
+        parser.error("--db-name must be a plain lower-case name containing 'bench' (it is dropped)")
 
     tmp = Path(tempfile.mkdtemp(prefix="webhook-bench-"))
     env = dict(os.environ)
@@ -201,38 +418,107 @@ def main() -> int:
                REDIS_URL=args.redis_url, TRADESITE_VAR_DIR=str(tmp), LOG_LEVEL="WARNING",
                TRADESITE_COMPONENT="web", WEBHOOK_RATE_LIMIT_PER_IP="1000000000",
                WEBHOOK_RATE_LIMIT_PER_STRATEGY="1000000000", PYTHONPATH=str(ROOT))
-    env.pop("CELERY_BROKER_URL", None)
+    for name in ("CELERY_BROKER_URL", "REDIS_KEY_PREFIX", "LEAN_URL_NAMES"):
+        env.pop(name, None)
     _admin_sql(args.pg_url, f'DROP DATABASE IF EXISTS "{args.db_name}" WITH (FORCE)',
                f'CREATE DATABASE "{args.db_name}"')
     _redis_flush(args.redis_url)
-    result: dict[str, Any] = {"gunicorn_workers": args.gunicorn_workers, "cpus": os.cpu_count()}
+    result: dict[str, Any] = {"gunicorn_workers": args.gunicorn_workers, "worker_class": "sync",
+                              "cpus": os.cpu_count(), "versions": _versions(args.pg_url, args.redis_url),
+                              "load_generator": "wrk -t2 -c16" if shutil.which("wrk") else "16 threads (urllib)"}
+    accepted: list[int] = []  # the signal_id of every 202 the load generators saw
     try:
         slug, secret = _setup(env)
-        template = _body_template(slug, secret)
-        bare_template = json.dumps({"strategy": slug, "action": "buy", "id": "@ID@"}).replace("@ID@", "%s")
-        tool = "wrk" if shutil.which("wrk") else "threads"
-        result["load_generator"] = tool
+        templates = _templates(slug, secret)
         with gunicorn(env, workers=args.gunicorn_workers, log_path=tmp / "gunicorn.log") as port:
-            for name, path, body in (("bare", "/bench/bare/", bare_template),
-                                     ("webhook", "/api/webhooks/tradingview/", template)):
-                result[name] = (_wrk(port, path, body, args.seconds, tmp) if tool == "wrk"
-                                else _threaded(port, path, body, args.seconds))
-                print(name, result[name], flush=True)
-            result["webhook_vs_bare"] = round(result["webhook"]["req_s"] / result["bare"]["req_s"], 3)
+            def gunicorn_pids() -> list[int]:
+                group = _pgid(next(iter(_pids(lambda p, c: "gunicorn" in c and f":{port}" in c)), -1))
+                return [p for p in _pids(lambda p, c: "gunicorn" in c) if _pgid(p) == group]
+
+            def pg_backends() -> list[int]:
+                import psycopg
+
+                with psycopg.connect(f"{args.pg_url}/{args.db_name}", autocommit=True) as conn:
+                    rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> "
+                                        "pg_backend_pid()", [args.db_name]).fetchall()
+                return [int(r[0]) for r in rows]
+
+            groups: dict[str, Callable[[], list[int]]] = {
+                "gunicorn": gunicorn_pids,
+                "postgres backends": pg_backends,
+                "postgres background": lambda: _pids(lambda p, c: c.startswith("postgres: ") and any(
+                    w in c for w in ("walwriter", "checkpointer", "background writer", "autovacuum"))),
+                "redis": lambda: _pids(lambda p, c: c.startswith("redis-server")),
+            }
+            meter = CpuMeter(groups)
+            # Warm up each endpoint (every worker connects to PostgreSQL and Redis, prepares its statements).
+            for path, name in (("/bench/bare/", "bare"), ("/bench/bare-lane/", "bare"), (WEBHOOK, "webhook")):
+                warm = _closed_loop(port, path, templates[name], 3, tmp, expect=202)
+                accepted += warm.pop("signal_ids") if path == WEBHOOK else []
+            runs = (("bare_full_stack", "/bench/bare/", "bare"), ("bare_lane", "/bench/bare-lane/", "bare"),
+                    ("webhook", WEBHOOK, "webhook"))
+            for key, path, name in runs:
+                phase: dict[str, Any] = {}
+                with meter.measure(phase, lambda: phase["requests"]):
+                    phase.update(_closed_loop(port, path, templates[name], args.seconds, tmp, expect=202))
+                result[key] = phase
+                ids = phase.pop("signal_ids")
+                accepted += ids if path == WEBHOOK else []
+                print(key, json.dumps(phase), flush=True)
+            result["webhook_vs_bare_full_stack"] = round(result["webhook"]["ok_per_s"]
+                                                         / result["bare_full_stack"]["ok_per_s"], 3)
+            result["webhook_vs_bare_lane"] = round(result["webhook"]["ok_per_s"] / result["bare_lane"]["ok_per_s"], 3)
             if args.rate_seconds > 0:
-                result["fixed_rate"] = asyncio.run(_fixed_rate(port, "/api/webhooks/tradingview/", template,
-                                                               args.rate, args.rate_seconds))
-                print("fixed_rate", result["fixed_rate"], flush=True)
+                phase = {}
+                with meter.measure(phase, lambda: phase["requests"]):
+                    phase.update(_run_fixed_rate(port, WEBHOOK, templates["webhook"], args.rate, args.rate_seconds))
+                result["fixed_rate"] = phase
+                accepted += phase.pop("signal_ids")
+                print("fixed_rate", json.dumps(phase), flush=True)
+            if args.with_workers_seconds > 0:
+                _price_refresh(env)
+                with _celery_worker(env, tmp / "worker.log") as worker_pid:
+                    groups["celery worker"] = lambda: [p for p in _pids(lambda p, c: "celery" in c)
+                                                       if _pgid(p) == worker_pid]
+                    processed_before = _processed(args)
+                    phase = {}
+                    with meter.measure(phase, lambda: phase["requests"]):
+                        phase.update(_closed_loop(port, WEBHOOK, templates["webhook"], args.with_workers_seconds,
+                                                  tmp, expect=202))
+                    phase["signals_processed_meanwhile"] = _processed(args) - processed_before
+                    phase["signals_processed_per_s"] = round(phase["signals_processed_meanwhile"] / phase["seconds"],
+                                                             1)
+                    result["webhook_with_worker"] = phase
+                    accepted += phase.pop("signal_ids")
+                    print("webhook_with_worker", json.dumps(phase), flush=True)
         import psycopg
 
         with psycopg.connect(f"{args.pg_url}/{args.db_name}", connect_timeout=10) as conn:
-            result["signals_stored"] = conn.execute("SELECT count(*) FROM trading_signal").fetchone()[0]  # type: ignore[index]
+            stored = int(conn.execute("SELECT count(*) FROM trading_signal").fetchone()[0])  # type: ignore[index]
+            found = int(conn.execute("SELECT count(*) FROM trading_signal WHERE id = ANY(%s)",
+                                     [accepted]).fetchone()[0])  # type: ignore[index]
+        # Every 202 names its own row, and every such row is there. Rows beyond them are requests that were in
+        # flight when a wrk run stopped (answered after wrk stopped counting): at most 16 per run.
+        result["verification"] = {
+            "accepted": len(accepted), "distinct_signal_ids": len(set(accepted)), "found_in_database": found,
+            "rows_in_database": stored, "rows_answered_after_wrk_stopped": stored - found}
+        result["every_accepted_alert_stored"] = len(set(accepted)) == len(accepted) == found
     finally:
         _redis_flush(args.redis_url)
         _admin_sql(args.pg_url, f'DROP DATABASE IF EXISTS "{args.db_name}" WITH (FORCE)')
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result))
-    return 0
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0 if result["every_accepted_alert_stored"] else 1
+
+
+def _processed(args: argparse.Namespace) -> int:
+    import psycopg
+
+    with psycopg.connect(f"{args.pg_url}/{args.db_name}", connect_timeout=10) as conn:
+        return int(conn.execute("SELECT count(*) FROM trading_signal WHERE status <> 'received'"
+                                ).fetchone()[0])  # type: ignore[index]
 
 
 if __name__ == "__main__":

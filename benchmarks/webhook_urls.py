@@ -1,4 +1,8 @@
-"""The project's URLs plus `POST /bench/bare/`, used only by benchmarks/webhook_load.py."""
+"""The project's URLs plus two bare endpoints, used only by benchmarks/webhook_load.py.
+
+`/bench/bare/` goes through Django's full middleware stack; `/bench/bare-lane/` is named in LEAN_URL_NAMES by
+benchmarks/webhook_site.py, so tradesite/wsgi.py serves it through the same lean lane as the webhook.
+"""
 
 from __future__ import annotations
 
@@ -16,4 +20,5 @@ def bare(request: HttpRequest) -> HttpResponse:
     return HttpResponse(json.dumps({"ok": isinstance(data, dict)}), status=202, content_type="application/json")
 
 
-urlpatterns = [path("bench/bare/", bare), path("", include("tradesite.urls"))]
+urlpatterns = [path("bench/bare/", bare, name="bench-bare"), path("bench/bare-lane/", bare, name="bench-bare-lane"),
+               path("", include("tradesite.urls"))]
