@@ -212,6 +212,12 @@ class CpuMeter:
         cpu["load generator"] = round(1000 * used / n, 3)
         into["cpu_ms_per_request"] = cpu
         into["machine_busy_pct"] = round(100 * (total - idle) / max(1, total), 1)
+        # What the measured processes do not explain: other work on the machine (another session's tests, ...).
+        ours = sum(cpu.values()) * n / 1000  # CPU seconds
+        seconds = total / self.hz / (os.cpu_count() or 1)
+        into["other_processes_cpu_pct"] = round(max(0.0, 100 * ((total - idle) / self.hz - ours)
+                                                    / max(1e-9, total / self.hz)), 1)
+        into["elapsed_s"] = round(seconds, 1)
         into["load_average_before"] = round(load, 2)
 
 
