@@ -50,7 +50,7 @@ from trading.domain import (
     StrategyRisk,
 )
 from trading.models import AuditEvent, Fill, KillSwitch, Order, Position, Signal, Strategy, VenueAccount
-from trading import rows
+from trading import broker, rows
 from trading.rows import Rows, fetch_all, fetch_one, lock_clause
 from trading.venues import connector_for, connector_for_id
 
@@ -898,12 +898,20 @@ def signal_create(
     return signal, True
 
 
-def signal_enqueue(*, signal_id: int) -> None:
-    """Queue a stored signal for processing; a broker failure is logged, and the sweeper re-drives it later."""
+def signal_enqueue(*, signal_id: int, raw: bool = True) -> None:
+    """Queue a stored signal for processing; a broker failure is logged, and the sweeper re-drives it later.
+
+    On a Redis broker the message goes out as one raw LPUSH of a pre-built Celery message (trading/broker.py);
+    otherwise, or with `raw=False`, through `.delay()`.
+    """
     from trading.tasks import signal_process_task
 
     try:
-        signal_process_task.delay(signal_id)
+        publisher = broker.publisher_for(signal_process_task) if raw else None
+        if publisher is not None:
+            publisher.publish(signal_id)
+        else:
+            signal_process_task.delay(signal_id)
     except Exception:  # noqa: BLE001 - the row is committed: RECEIVED signals are re-driven by the sweeper
         log.exception("enqueue of signal %s failed; the sweeper will pick it up", signal_id)
 

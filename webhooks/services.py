@@ -23,10 +23,11 @@ from django.db import InterfaceError, OperationalError, connection, connections,
 from django.dispatch import receiver
 from django.utils import timezone
 
+from trading import engine
 from trading.engine import payload_redact
 from trading.models import KillSwitch, MarketPrice, Signal, Strategy
 from webhooks import parsers
-from webhooks.broker import RedisLink, TaskPublisher, command
+from trading.broker import RedisLink, command
 from webhooks.parsers import Alert, Rejection
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,6 @@ def setting(name: str) -> Any:
 @receiver(setting_changed)
 def _settings_changed(**kwargs: Any) -> None:
     _resolved.clear()
-    _publisher_slot.clear()
 
 
 def _as_list(value: Any) -> list[str]:
@@ -335,37 +335,10 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
     return Accepted(signal_id=signal_id, duplicate=False)
 
 
-_publisher_slot: list[TaskPublisher | None] = []
-
-
-def _publisher() -> TaskPublisher | None:
-    """The raw publisher of signal_process for this process's broker; None when the broker is not Redis or tasks
-    run eagerly (then `.delay()` is used)."""
-    if not _publisher_slot:
-        from trading.tasks import signal_process_task
-
-        app = signal_process_task.app
-        url = str(settings.CELERY_BROKER_URL or "")  # what app.conf.broker_url is read from
-        usable = url.startswith(("redis://", "rediss://")) and not app.conf.task_always_eager
-        _publisher_slot.append(TaskPublisher(
-            app=app, task_name=signal_process_task.name,
-            client=redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)) if usable else None)
-    return _publisher_slot[0]
-
-
 def _enqueue(signal_id: int) -> None:
     """Queue signal_process for a committed signal; a failure is logged, never raised (the sweeper re-drives it)."""
-    try:
-        publisher = _publisher() if str(setting("WEBHOOK_RAW_ENQUEUE")).lower() not in ("0", "false", "no", "off") \
-            else None
-        if publisher is not None:
-            publisher.publish(signal_id)
-        else:
-            from trading.tasks import signal_process_task
-
-            signal_process_task.delay(signal_id)
-    except Exception:  # noqa: BLE001 - the row is committed; the sweeper re-drives RECEIVED signals
-        log.exception("enqueue of signal %s failed; the sweeper will pick it up", signal_id)
+    raw = str(setting("WEBHOOK_RAW_ENQUEUE")).lower() not in ("0", "false", "no", "off")
+    engine.signal_enqueue(signal_id=signal_id, raw=raw)
 
 
 def body_intake(*, body: bytes, content_type: str | None, meta: dict[str, Any],

@@ -342,3 +342,25 @@ def test_a_broker_outage_at_enqueue_leaves_the_stored_signal_for_the_sweeper(mak
     assert engine.orders_sweep(now=later)["signals"] == 1
     assert Signal.objects.get(pk=signal.pk).status == Signal.Status.EXECUTED
     assert Order.objects.filter(signal=signal).count() == 1
+
+
+def test_signal_create_queues_the_raw_message_a_worker_reads(make_account, make_strategy) -> None:
+    import json
+
+    import redis
+    from tests.conftest import flush_broker
+
+    strategy = make_strategy(make_account())
+    flush_broker()
+    try:
+        with TestCase.captureOnCommitCallbacks(execute=True):
+            signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="raw-q",
+                                             action="open_long")
+        key = (settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "") + "execution").encode()
+        queued = redis.Redis.from_url(settings.REDIS_URL).lrange(key, 0, -1)
+    finally:
+        flush_broker()
+    assert len(queued) == 1
+    message = json.loads(queued[0])
+    assert message["headers"]["task"] == "trading.tasks.signal_process"
+    assert message["headers"]["argsrepr"] == f"({signal.pk},)"

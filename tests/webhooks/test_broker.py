@@ -14,10 +14,10 @@ from django.utils import timezone
 
 from tests.conftest import flush_broker, wait_for
 from tests.webhooks.server import free_port
-from trading import engine
+from trading import broker, engine
+from trading.broker import RedisLink, command
 from trading.models import Signal
 from webhooks import services
-from webhooks.broker import RedisLink, command
 
 URL = "/api/webhooks/tradingview/"
 
@@ -47,7 +47,7 @@ def test_raw_message_is_the_message_delay_publishes() -> None:
     flush_broker()
     try:
         signal_process_task.delay(42)
-        services._publisher().publish(42)  # noqa: SLF001
+        broker.publisher_for(signal_process_task).publish(42)
         by_delay, raw = (_flat(m) for m in _queued())
     finally:
         flush_broker()
@@ -70,7 +70,9 @@ def test_a_real_worker_runs_a_raw_published_signal(workers, make_hook) -> None:
     result = services.alert_intake(data=hook.body(id="raw-1", contracts="0.01"), enqueue=False)
     assert result.status == 202
     workers.start()
-    services._publisher().publish(result.signal_id)  # noqa: SLF001
+    from trading.tasks import signal_process_task
+
+    broker.publisher_for(signal_process_task).publish(result.signal_id)
     wait_for(lambda: Signal.objects.get(pk=result.signal_id).status == Signal.Status.EXECUTED,
              what="the raw-published signal executed by the worker")
     # The worker read the sent_at header like a .delay() message's: the task latency metric counted it.

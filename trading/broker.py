@@ -1,5 +1,5 @@
-"""Redis on the intake's hot path: pre-packed commands on a dedicated connection, and a Celery task published
-with one LPUSH of a pre-built protocol-2 message (what `.delay()` sends, without kombu's per-call work).
+"""Redis on the signal hot path (webhook intake, signal_create): pre-packed commands on a dedicated connection,
+and a Celery task published with one LPUSH of a pre-built protocol-2 message (what `.delay()` sends, without kombu's per-call work).
 
 redis-py's client costs ~150 us of CPU per command on a 2-core VM (retry wrapper, pool, callbacks, parser); the
 same command written to a socket and its small reply read here costs ~15 us. The connection settings (host, port,
@@ -23,6 +23,7 @@ import uuid
 from typing import Any
 
 import redis
+from django.test.signals import setting_changed
 
 def command(*args: bytes | str | int) -> bytes:
     """One command in RESP (an array of bulk strings), for `RedisLink.call`."""
@@ -233,3 +234,27 @@ class TaskPublisher:
     def publish(self, *args: int) -> None:
         """LPUSH the message (raises redis errors: the caller decides what a failed enqueue means)."""
         self.link.call(command(b"LPUSH", self.key, self.message(*args)), 1)
+
+
+_publishers: dict[str, TaskPublisher | None] = {}
+
+
+def publisher_for(task: Any) -> TaskPublisher | None:
+    """This process's raw publisher of a task, or None when the broker is not Redis or tasks run eagerly."""
+    if task.name not in _publishers:
+        from django.conf import settings
+
+        app = task.app
+        url = str(settings.CELERY_BROKER_URL or "")  # what app.conf.broker_url is read from
+        usable = url.startswith(("redis://", "rediss://")) and not app.conf.task_always_eager
+        _publishers[task.name] = TaskPublisher(
+            app=app, task_name=task.name,
+            client=redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)) if usable else None
+    return _publishers[task.name]
+
+
+def _settings_changed(**_: Any) -> None:
+    _publishers.clear()
+
+
+setting_changed.connect(_settings_changed)
