@@ -159,13 +159,14 @@ class Worker:
     env: dict[str, str]
     log_path: Path
     concurrency: int = 2
+    pool: str = "prefork"
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         """Start the worker (readiness is checked by the caller with a probe signal)."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tradesite", "worker", "-Q", "execution", "-c",
-             str(self.concurrency), "-P", "prefork", "-n", f"bench-{os.getpid()}@localhost", "--without-gossip",
+             str(self.concurrency), "-P", self.pool, "-n", f"bench-{os.getpid()}@localhost", "--without-gossip",
              "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING"],
             cwd=ROOT, env={**self.env, "TRADESITE_COMPONENT": "worker"}, stdout=self.log_path.open("wb"),
             stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_pdeathsig,
@@ -747,6 +748,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--settle-timeout", type=float, default=600,
                    help="most seconds to wait for signals to settle (default 600; gives up after 20 s without progress)")
     p.add_argument("--timeout", type=float, default=0, help="abort after this many seconds (default: computed)")
+    p.add_argument("--concurrency", type=int, default=2, help="worker processes/threads (default 2)")
+    p.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"], help="worker pool")
     p.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432")
     p.add_argument("--db-name", default="tradesite_bench")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
@@ -840,7 +843,7 @@ def _main_body(args: argparse.Namespace, stack: contextlib.ExitStack, rates: Seq
 
     stack.callback(connections.close_all)
     strategies = fixtures_create()
-    worker = Worker(env, var_dir / "worker.log")
+    worker = Worker(env, var_dir / "worker.log", concurrency=args.concurrency, pool=args.pool)
     worker.start()
     stack.callback(worker.stop)
     monitor = Monitor()
@@ -848,7 +851,7 @@ def _main_body(args: argparse.Namespace, stack: contextlib.ExitStack, rates: Seq
     stack.callback(monitor.stop)
     worker_wait_ready(strategies, worker)
     output["machine"] = machine_info()
-    print(f"signal_to_fill: 1 worker (-c 2 prefork), {STRATEGIES} strategies on 1 paper account, {SYMBOL}; "
+    print(f"signal_to_fill: 1 worker (-c {args.concurrency} {args.pool}), {STRATEGIES} strategies on 1 paper account, {SYMBOL}; "
           f"{output['machine']}", flush=True)
     planned = sorted(rates)
     extra_left = KNEE_EXTRA_RUNS if args.find_knee else 0
