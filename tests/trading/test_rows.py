@@ -80,11 +80,11 @@ def test_prefetched_reads_ride_with_the_next_read_and_are_answered_from_memory(m
         assert _count_round_trips(lambda: rows.fetch_one(cash_sql, [account.pk])) == 1
 
 
-def test_reserved_ids_let_inserts_wait_and_still_give_each_object_its_pk(make_account: Any,
-                                                                        make_strategy: Any) -> None:
+def _unsaved_orders(make_account: Any, make_strategy: Any, key: str) -> tuple[Any, Any]:
+    """An account, and a factory of unsaved market orders of one signal on it."""
     account = make_account()
     strategy = make_strategy(account)
-    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="r1", action="open_long",
+    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key=key, action="open_long",
                                      enqueue=False)
     now = timezone.now()
 
@@ -92,6 +92,13 @@ def test_reserved_ids_let_inserts_wait_and_still_give_each_object_its_pk(make_ac
         return Order(client_order_id=cid, account=account, strategy=strategy, signal=signal, symbol="BTC/USD",
                      side="buy", type="market", purpose="entry", quantity=Decimal("0.1"), status="submitting",
                      created_at=now, updated_at=now)
+
+    return account, order
+
+
+def test_reserved_ids_let_inserts_wait_and_still_give_each_object_its_pk(make_account: Any,
+                                                                        make_strategy: Any) -> None:
+    _, order = _unsaved_orders(make_account, make_strategy, "r1")
 
     with transaction.atomic(), rows.batching():
         rows.reserve_ids(Order, 2)
@@ -185,14 +192,8 @@ def _sent_statements(captured: CaptureQueriesContext) -> list[str]:
 
 def test_a_waiting_insert_takes_later_changes_and_updates_of_one_row_merge(make_account: Any,
                                                                           make_strategy: Any) -> None:
-    account = make_account()
-    strategy = make_strategy(account)
-    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="f1", action="open_long",
-                                     enqueue=False)
-    now = timezone.now()
-    order = Order(client_order_id="folded", account=account, strategy=strategy, signal=signal, symbol="BTC/USD",
-                  side="buy", type="market", purpose="entry", quantity=Decimal("0.1"), status="submitting",
-                  created_at=now, updated_at=now)
+    account, make_order = _unsaved_orders(make_account, make_strategy, "f1")
+    order = make_order("folded")
     with CaptureQueriesContext(connection) as captured, transaction.atomic(), rows.batching():
         rows.reserve_ids(Order, 1)
         rows.fetch_all("SELECT 1 WHERE %s", [True])
