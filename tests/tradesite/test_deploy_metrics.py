@@ -70,7 +70,9 @@ def test_exposition_after_a_real_cycle(workers, make_account, make_strategy, set
     # Workers add their task latencies to Redis about once a second.
     def scraped() -> tuple[int, str] | None:
         found = _scrape()
-        return found if "tradesite_task_latency_seconds_count{" in found[1] else None
+        counts = _samples(found[1]).get("tradesite_task_latency_seconds_count", [])
+        done = [v for labels, v in counts if labels.get("task") == "trading.tasks.signal_process"]
+        return found if done and done[0] >= 2 else None
 
     status, text = wait_for(scraped, timeout=10, every=0.2, what="task latencies flushed by the worker")
     assert status == 200
