@@ -55,8 +55,9 @@ CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", HTTPS)
 SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "31536000" if HTTPS else "0"))
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", HTTPS)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", HTTPS)
-# The health probes answer over plain HTTP (the container HEALTHCHECK and load balancers call them directly).
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+# The health probes answer over plain HTTP (the container HEALTHCHECK and load balancers call them directly), and so
+# does /metrics for a scraper on the internal network (its token or address check still applies).
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 # Trust the proxy's scheme header only when told (and only set it behind our own proxy), e.g. X-Forwarded-Proto.
 if os.environ.get("SECURE_PROXY_SSL_HEADER"):
     SECURE_PROXY_SSL_HEADER = ("HTTP_" + os.environ["SECURE_PROXY_SSL_HEADER"].strip().upper().replace("-", "_"),

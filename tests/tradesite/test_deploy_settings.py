@@ -131,3 +131,40 @@ def test_technical_500_page_masks_secrets_even_html_escaped(settings) -> None:
     for needle in (html.escape(secret), secret, api_secret, password):
         assert needle not in page and needle not in text, needle
     assert "Traceback" in page and "[REDACTED]" in page
+
+
+_PROBE = """
+from django.conf import settings
+from django.test import Client
+host = {"HTTP_HOST": "trade.example.com"}
+print("metrics", Client().get("/metrics", **host).status_code)
+print("metrics-outsider", Client(REMOTE_ADDR="203.0.113.9").get("/metrics", **host).status_code)
+print("page", Client().get(settings.LOGIN_URL, **host).status_code)
+def login(origin):
+    c = Client(enforce_csrf_checks=True)
+    https = {**host, "HTTP_X_FORWARDED_PROTO": "https"}
+    token = c.get(settings.LOGIN_URL, **https).cookies["csrftoken"].value
+    return c.post(settings.LOGIN_URL, {"username": "nobody", "password": "wrong", "csrfmiddlewaretoken": token},
+                  HTTP_ORIGIN=origin, HTTP_REFERER=origin + "/", **https).status_code
+print("csrf-same", login("https://trade.example.com"))
+print("csrf-trusted", login("https://ops.example.org"))
+print("csrf-untrusted", login("https://evil.example.net"))
+"""
+
+
+def test_in_production_metrics_answer_plain_http_scrapers_and_csrf_trusts_only_the_listed_origins(
+        tmp_path: Path) -> None:
+    env = production_env(tmp_path, CSRF_TRUSTED_ORIGINS="https://ops.example.org")
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0", "--no-input"], cwd=ROOT, env=env, check=True,
+                   timeout=300)
+    out = subprocess.run([sys.executable, "manage.py", "shell", "-c", _PROBE], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    found = dict(line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0] in {
+        "metrics", "metrics-outsider", "page", "csrf-same", "csrf-trusted", "csrf-untrusted"})
+    # Prometheus on the internal network scrapes over plain HTTP: no redirect to https, and the address check holds.
+    assert found["metrics"] == "200" and found["metrics-outsider"] == "404"
+    assert found["page"] == "301"  # every other page still goes to https
+    # A login form posted from the site itself or a listed origin passes the CSRF origin check (200: the form
+    # again, wrong password); from an origin that is not listed it is refused.
+    assert found["csrf-same"] == "200" and found["csrf-trusted"] == "200", found
+    assert found["csrf-untrusted"] == "403", found
