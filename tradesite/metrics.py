@@ -66,16 +66,6 @@ def _histogram(values: Iterable[float]) -> tuple[list[tuple[str, float]], float,
     return buckets, total, n
 
 
-def _breaker_state(item: Any) -> str | None:
-    if item is None:
-        return None
-    for name in ("state", "breaker_state", "status"):
-        value = item.get(name) if isinstance(item, dict) else getattr(item, name, None)
-        if value is not None:
-            return str(getattr(value, "value", value)).lower()
-    return None
-
-
 class TradingCollector:
     """Trading metrics from Postgres and Redis, computed when Prometheus scrapes."""
 
@@ -152,13 +142,10 @@ class TradingCollector:
         age = GaugeMetricFamily("tradesite_reconcile_age_seconds", "Seconds since an account was last reconciled.",
                                 labels=["account", "venue"])
         now = timezone.now()
-        health_list = getattr(selectors, "venue_health_list", None)  # venues-core's breaker persistence
-        if health_list is not None:
-            for line in health_list():
-                state = _breaker_state({"state": line.breaker_state})
-                if state in BREAKER_STATES:
-                    breaker.add_metric([line.account_name, line.venue], BREAKER_STATES[state])
-                    failures.add_metric([line.account_name, line.venue], line.consecutive_failures)
+        for line in selectors.venue_health_list():
+            if line.breaker_state in BREAKER_STATES:  # "none": paper accounts have no breaker
+                breaker.add_metric([line.account_name, line.venue], BREAKER_STATES[line.breaker_state])
+                failures.add_metric([line.account_name, line.venue], line.consecutive_failures)
         for account in selectors.account_list():
             labels = [account.name, account.venue]
             report = account.last_reconcile_report or {}

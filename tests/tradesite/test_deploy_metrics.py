@@ -96,6 +96,9 @@ def test_exposition_after_a_real_cycle(workers, make_account, make_strategy, set
     realized = _value(samples, "tradesite_strategy_realized_pnl", strategy=strategy.slug)
     position = strategy.positions.get()
     assert Decimal(str(realized)).quantize(Decimal("0.01")) == position.net_realized_pnl.quantize(Decimal("0.01"))
+    # The kill switch closed the position: nothing open, nothing unrealized.
+    assert _value(samples, "tradesite_strategy_open_positions", strategy=strategy.slug) == 0
+    assert _value(samples, "tradesite_strategy_unrealized_pnl", strategy=strategy.slug) == 0
     assert _value(samples, "tradesite_reconcile_differences", account=account.name,
                   kind="position_differences") == 0
     assert "tradesite_venue_breaker_state" in text
@@ -122,7 +125,6 @@ def test_queue_depth_counts_waiting_messages_under_the_key_prefix(db) -> None:
 def test_breaker_state_and_reconcile_differences_per_account(db, make_account) -> None:
     from django.utils import timezone
 
-    from trading import selectors
     from trading.models import VenueAccount
 
     paper = make_account(name="paper-metrics")
@@ -134,14 +136,28 @@ def test_breaker_state_and_reconcile_differences_per_account(db, make_account) -
                   kind="position_differences") == 1
     assert _value(samples, "tradesite_reconcile_differences", account="cb-metrics", kind="unknown_venue_orders") == 2
     assert _value(samples, "tradesite_reconcile_differences", account=paper.name, kind="unknown_venue_orders") == 0
-    if hasattr(selectors, "venue_health_list"):
-        assert _value(samples, "tradesite_venue_breaker_state", account="cb-metrics") == 0  # closed
-        assert not [labels for labels, _ in samples.get("tradesite_venue_breaker_state", [])
-                    if labels["account"] == paper.name]  # paper has no breaker
-        from trading.models import VenueHealth
+    assert _value(samples, "tradesite_venue_breaker_state", account="cb-metrics") == 0  # closed
+    assert not [labels for labels, _ in samples.get("tradesite_venue_breaker_state", [])
+                if labels["account"] == paper.name]  # paper has no breaker
+    from trading.models import VenueHealth
 
-        now = timezone.now()
-        VenueHealth.objects.create(account=live, state="open", since=now, consecutive_failures=5, updated_at=now)
-        samples = _samples(_scrape()[1])
-        assert _value(samples, "tradesite_venue_breaker_state", account="cb-metrics", venue="coinbase") == 2
-        assert _value(samples, "tradesite_venue_consecutive_failures", account="cb-metrics") == 5
+    now = timezone.now()
+    VenueHealth.objects.create(account=live, state="open", since=now, consecutive_failures=5, updated_at=now)
+    samples = _samples(_scrape()[1])
+    assert _value(samples, "tradesite_venue_breaker_state", account="cb-metrics", venue="coinbase") == 2
+    assert _value(samples, "tradesite_venue_consecutive_failures", account="cb-metrics") == 5
+
+
+def test_pnl_gauges_follow_an_open_position(db, make_account, make_strategy, set_price) -> None:
+    strategy = make_strategy(make_account(), sizing_mode="quantity", sizing_value="0.1")
+    set_price("BTC/USD", "50000")
+    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="pnl-open",
+                                     action="open_long", enqueue=False)
+    engine.signal_process(signal_id=signal.pk)
+    position = strategy.positions.get()
+    set_price("BTC/USD", "51000")
+    samples = _samples(_scrape()[1])
+    assert _value(samples, "tradesite_strategy_open_positions", strategy=strategy.slug) == 1
+    expected = (Decimal("51000") - position.average_entry) * position.quantity
+    unrealized = _value(samples, "tradesite_strategy_unrealized_pnl", strategy=strategy.slug)
+    assert Decimal(str(unrealized)).quantize(Decimal("0.01")) == expected.quantize(Decimal("0.01"))
