@@ -34,8 +34,12 @@ def test_short_soak_reports_figures_and_fills_every_alert(tmp_path: Path) -> Non
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     report = json.loads(out.read_text())
     assert len(report["windows"]) >= 4
-    assert set(report["rss_last_mib"]) == {"web", "worker-execution", "worker-monitoring", "beat", "feed"}
+    assert set(report["rss_last_mib"]) == {"web", "worker-execution", "worker-monitoring", "beat", "feed", "replay"}
     assert all(v > 10 for v in report["rss_last_mib"].values())
     assert report["webhook_answers"].get("202", 0) >= 60 and set(report["webhook_answers"]) == {"202"}
     assert report["fill_ms"]["p50"] is not None and report["fill_ms"]["p99"] >= report["fill_ms"]["p50"]
     assert "signal->fill ms" in result.stdout and "MiB/h" in result.stdout
+    # The replayed XRP candles were evaluated by the RSI strategy on the strategies queue, one per candle.
+    assert report["strategy_evaluations"] >= 20, report["strategy_evaluations"]
+    assert 0 < sum(w["strategy_evaluations"] for w in report["windows"]) <= report["strategy_evaluations"]
+    assert set(report["max_queue_depth"]) == {"execution", "strategies", "monitoring"}

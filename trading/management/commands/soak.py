@@ -24,6 +24,7 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 from pathlib import Path
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
@@ -35,6 +36,8 @@ from trading.models import Signal, Strategy, VenueAccount
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _TICK = os.sysconf("SC_CLK_TCK")
 QUEUES = ("execution", "strategies", "monitoring")
+PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")  # kombu's Redis lists, one per priority step
+INDICATOR_SYMBOL = "XRP/USDT:USDT"
 
 
 def _free_port() -> int:
@@ -107,6 +110,7 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("seed_demo")
         strategy, secret = self._soak_strategy()
+        self._indicator_strategy()
         port = _free_port()
         procs = self._start(port, options)
         try:
@@ -137,6 +141,21 @@ class Command(BaseCommand):
         secret = services.strategy_webhook_secret_rotate(strategy=strategy, by="soak")
         return strategy, secret
 
+    def _indicator_strategy(self) -> Strategy:
+        """An RSI strategy on the replayed XRP perp (its own USDT account), so strategy evaluation carries load."""
+        account = VenueAccount.objects.filter(name="soak-usdt").first() or services.account_create(
+            data={"name": "soak-usdt", "venue": "paper", "network": "paper", "quote_asset": "USDT",
+                  "paper_initial_cash": "100000", "max_leverage": "5"}, by="soak")
+        strategy = Strategy.objects.filter(slug="soak-rsi").first()
+        if strategy is None:
+            strategy = services.strategy_create(
+                data={"name": "soak RSI", "slug": "soak-rsi", "kind": "rsi", "symbol": INDICATOR_SYMBOL,
+                      "timeframe": "5m", "params": {"period": 14}, "account": account, "mode": "paper",
+                      "sizing_mode": "quantity", "sizing_value": "100"}, by="soak")
+        if strategy.status != Strategy.Status.ACTIVE:
+            strategy = services.strategy_start(strategy=strategy, by="soak")
+        return strategy
+
     def _start(self, port: int, options: dict[str, Any]) -> dict[str, subprocess.Popen[bytes]]:
         python, root = sys.executable, str(settings.BASE_DIR)
         log_dir = settings.VAR_DIR / "soak"
@@ -152,6 +171,10 @@ class Command(BaseCommand):
                                            "-n", f"soak-mon-{port}@localhost", *worker_flags],
             "beat": celery + ["beat", "-l", "INFO", "--schedule", str(log_dir / "celerybeat-schedule")],
             "feed": [python, "manage.py", "demo_feed", "--interval", str(options["feed_interval"])],
+            # Each replayed candle closes, is stored, and the RSI strategy evaluates it on the strategies queue.
+            "replay": [python, "manage.py", "replay_candles", "--symbol", INDICATOR_SYMBOL, "--timeframe", "5m",
+                       "--file", str(settings.BASE_DIR / "data" / "XRP_USDT_USDT-5m-futures.csv"),
+                       "--speed", str(1 / options["feed_interval"])],
         }
         env = {**os.environ, "WEBHOOK_RATE_LIMIT_PER_IP": "1000000", "WEBHOOK_RATE_LIMIT_PER_STRATEGY": "1000000"}
         procs = {}
@@ -245,14 +268,19 @@ class Command(BaseCommand):
                 row["cpu_pct"][name] = round(100 * (cpu - last_cpu[name]) / (now - window_start), 1)
                 last_cpu[name] = cpu
             pipe = client.pipeline(transaction=False)
-            for q in QUEUES:
-                pipe.llen(prefix + q)
-            row["queue_depth"] = dict(zip(QUEUES, pipe.execute()))
+            for q in QUEUES:  # every priority list, as /metrics counts them
+                for suffix in PRIORITY_SUFFIXES:
+                    pipe.llen(prefix + q + suffix)
+            lengths = pipe.execute()
+            row["queue_depth"] = {q: sum(lengths[i * len(PRIORITY_SUFFIXES):(i + 1) * len(PRIORITY_SUFFIXES)])
+                                  for i, q in enumerate(QUEUES)}
             with lock:
                 mine = [a for a in answers if window_start <= a[0] < now]
             row["webhooks"] = len(mine)
             row["webhook_errors"] = sum(1 for a in mine if a[1] != 202)
             row["webhook_p95_ms"] = _ms(_pct([a[2] for a in mine], 0.95))
+            row["strategy_evaluations"] = _evaluations().objects.filter(
+                created_at__gte=window_wall, created_at__lt=now_wall).count()
             fills = self._latencies(window_wall, now_wall)
             row["signals_filled"] = len(fills)
             row["fill_p50_ms"], row["fill_p95_ms"] = _ms(_pct(fills, 0.5)), _ms(_pct(fills, 0.95))
@@ -289,6 +317,9 @@ class Command(BaseCommand):
             "webhook_ms": {q: _ms(_pct([a[2] for a in answers], p)) for q, p in (("p50", .5), ("p95", .95),
                                                                                    ("p99", .99))},
             "signals_by_status": by_status,
+            "strategy_evaluations": _evaluations().objects.filter(created_at__gte=began).count(),
+            "strategy_signals": dict(Signal.objects.filter(received_at__gte=began, source=Signal.Source.STRATEGY)
+                                     .values_list("status").annotate(n=Count("id")).order_by()),
             "fill_ms": {q: _ms(_pct(fills, p)) for q, p in (("p50", .5), ("p95", .95), ("p99", .99))},
             "max_queue_depth": {q: max(w["queue_depth"][q] for w in windows) for q in QUEUES},
             "rss_first_after_warmup_mib": first["rss_mib"], "rss_last_mib": last["rss_mib"],
@@ -304,12 +335,18 @@ class Command(BaseCommand):
         w(f"\nsoak: {r['minutes']} min at {r['rate_per_s']} alerts/s (+ demo feed); warm-up {r['warmup_s']:.0f} s")
         w(f"webhook answers {r['webhook_answers']}  webhook ms {r['webhook_ms']}")
         w(f"signals {r['signals_by_status']}  signal->fill ms {r['fill_ms']}")
+        w(f"strategy evaluations {r['strategy_evaluations']}  strategy signals {r['strategy_signals']}")
         w(f"max queue depth {r['max_queue_depth']}  machine {r['machine']}")
         w(f"{'process':<18} {'rss first':>10} {'rss last':>10} {'growth':>8} {'MiB/h':>8} {'cpu %':>6}")
         for name in r["rss_last_mib"]:
             w(f"{name:<18} {r['rss_first_after_warmup_mib'][name]:>10} {r['rss_last_mib'][name]:>10} "
               f"{r['rss_growth_mib'][name]:>8} {str(r['rss_slope_mib_per_hour'][name]):>8} "
               f"{r['cpu_pct_mean'][name]:>6}")
+
+
+def _evaluations() -> Any:
+    """The strategies app's evaluation model, by name (trading does not import strategies; cf. call_command)."""
+    return apps.get_model("strategies", "StrategyEvaluation")
 
 
 def _ms(seconds: float | None) -> float | None:
