@@ -55,12 +55,15 @@ def account_reconcile(*, account: VenueAccount, now: datetime | None = None) -> 
         ours: dict[str, Decimal] = defaultdict(Decimal)
         for symbol, qty in Position.objects.filter(account=account).values_list("symbol", "quantity"):
             ours[symbol] += qty
-        theirs = {p.symbol: p.quantity for p in connector.positions()}
-        diffs = {
-            s: {"ours": str(ours.get(s, Decimal(0))), "venue": str(theirs.get(s, Decimal(0)))}
-            for s in set(ours) | set(theirs)
-            if ours.get(s, Decimal(0)) != theirs.get(s, Decimal(0))
-        }
+        if connector.capabilities.positions:
+            theirs = {p.symbol: p.quantity for p in connector.positions()}
+            diffs = {
+                s: {"ours": str(ours.get(s, Decimal(0))), "venue": str(theirs.get(s, Decimal(0)))}
+                for s in set(ours) | set(theirs)
+                if ours.get(s, Decimal(0)) != theirs.get(s, Decimal(0))
+            }
+        else:
+            diffs = _holdings_compare(connector, ours)
         if account.venue != VenueAccount.Venue.PAPER:
             report["cash"] = _cash_compare(account, connector, now=now)
     except VenueError as exc:
@@ -89,6 +92,20 @@ def accounts_reconcile(*, now: datetime | None = None) -> dict[str, object]:
             log.exception("reconcile of account %s crashed", account.pk)
             reports[account.name] = {"error": f"{type(exc).__name__}: {exc}"}
     return reports
+
+
+def _holdings_compare(connector: Connector, ours: dict[str, Decimal]) -> dict[str, dict[str, str]]:
+    """A spot venue keeps balances, not positions: flag each base asset our book holds more of than the venue's
+    balance (holding more there is normal: the account may own coins no strategy bought), and any short."""
+    held: dict[str, Decimal] = defaultdict(Decimal)
+    for symbol, qty in ours.items():
+        if qty != 0:
+            held[connector.market(symbol).base] += qty
+    if not held:
+        return {}
+    balances = {b.asset: b.total for b in connector.balances()}
+    return {asset: {"ours": str(qty), "venue": str(balances.get(asset, Decimal(0)))}
+            for asset, qty in held.items() if qty < 0 or qty > balances.get(asset, Decimal(0))}
 
 
 def _unacknowledged_lookup(account: VenueAccount, connector: Connector, *, now: datetime) -> int:

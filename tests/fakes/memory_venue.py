@@ -109,7 +109,13 @@ class MemoryVenue(Connector):
 
     def balances(self) -> Sequence[Balance]:
         self._enter("balances")
-        return self.paper.balances()
+        cash = list(self.paper.balances())
+        if self.capabilities.positions:
+            return cash
+        # A spot venue: what the account holds of each coin is a balance too.
+        markets = {m.symbol: m for m in self.paper.markets()}
+        return cash + [Balance(markets[p.symbol].base, free=p.quantity, total=p.quantity)
+                       for p in self.paper.positions()]
 
     def ticker(self, symbol: str) -> Ticker:
         self._enter("ticker")

@@ -252,6 +252,8 @@ def test_reconcile_on_each_fake_records_a_fill_made_while_down_and_flags_foreign
     assert sum((f.quantity for f in Fill.objects.filter(order=order)), Decimal(0)) == live.quantity
     assert Position.objects.get(strategy=live.strategy).quantity == live.quantity
     assert report["unknown_venue_orders"] == [foreign.client_order_id]
+    # Our book and the venue agree: a position (perps) or, on a spot venue, a holding its balance covers.
+    assert report["position_differences"] == {}, report
     assert Order.objects.filter(account=live.account).count() == 1  # flagged, never adopted
     assert bare.fetch_order(harness.symbol, foreign.venue_order_id).status.value == "open"  # nor canceled
 
@@ -291,3 +293,23 @@ def test_a_venue_refusal_rejects_the_order_with_the_venues_reason_and_sends_noth
     client.force_authenticate(get_user_model().objects.create_user("reader"))
     shown = client.get(f"/api/orders/{order.pk}/").json()
     assert shown["status"] == "rejected" and shown["reason"].startswith(reason)
+
+
+def test_on_a_spot_venue_holdings_are_compared_with_balances_and_only_a_shortfall_is_flagged(
+        db, monkeypatch, make_strategy) -> None:
+    from dataclasses import replace
+
+    spot = MemoryVenue(venue="coinbase")
+    spot.capabilities = replace(spot.capabilities, positions=False)  # balances, no positions: as Coinbase spot
+    spot.set_price(SYMBOL, "50000")
+    account = _live_account(monkeypatch, spot)
+    strategy = make_strategy(account, mode="live", sizing_value="0.1")
+    assert _send(strategy, "open_long", "spot-buy").status == Signal.Status.EXECUTED
+    spot.paper._store.set_position(SYMBOL, Decimal("0.25"), Decimal("12500"))  # the account also owns other coins
+
+    report = reconcile.account_reconcile(account=VenueAccount.objects.get(pk=account.pk))
+    assert report["position_differences"] == {}, report  # the venue holds more than our strategies bought: fine
+
+    spot.paper._store.set_position(SYMBOL, Decimal("0.04"), Decimal("2000"))  # coins moved out behind our back
+    report = reconcile.account_reconcile(account=VenueAccount.objects.get(pk=account.pk))
+    assert report["position_differences"] == {"BTC": {"ours": "0.1", "venue": "0.04"}}, report
