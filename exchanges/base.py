@@ -297,6 +297,10 @@ class VenueJournal(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def lock(self, name: str) -> AbstractContextManager[None]:
+        """Hold `name` against every other holder of this journal's store (other processes too); re-entrant."""
+        ...
+
 
 class InMemoryVenueJournal:
     """A VenueJournal for tests and tools that need no durability."""
@@ -304,6 +308,7 @@ class InMemoryVenueJournal:
     def __init__(self) -> None:
         self._data: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self._named: dict[str, threading.RLock] = {}
 
     def put(self, key: str, value: Mapping[str, Any]) -> None:
         with self._lock:
@@ -321,6 +326,11 @@ class InMemoryVenueJournal:
     def delete(self, key: str) -> None:
         with self._lock:
             self._data.pop(key, None)
+
+    def lock(self, name: str) -> AbstractContextManager[None]:
+        """A lock in this process only (as the data itself)."""
+        with self._lock:
+            return self._named.setdefault(name, threading.RLock())
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
@@ -633,6 +634,15 @@ class SynthetixConnector(Connector):
                 return entry
             time.sleep(self._poll)
 
+    @contextmanager
+    def _signing(self) -> Iterator[None]:
+        """Hold the wallet's signing lock: this process's threads, and every process sharing the journal's store
+        (a nonce is chosen, signed, journalled and broadcast by one holder at a time)."""
+        with self._tx_lock:
+            lock = getattr(self._journal, "lock", None)
+            with lock(f"synthetix:{self.chain_id}:{self.address}") if lock is not None else nullcontext():
+                yield
+
     def _settle_outstanding(self) -> None:
         """Resolve every unfinished transaction of ours before a new nonce is signed; refuse while one is pending."""
         for key, entry in self._unresolved():
@@ -654,7 +664,7 @@ class SynthetixConnector(Connector):
 
     def _transact(self, key: str, call: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
         """Pre-flight, sign, journal, then broadcast one contract call; return its journal entry."""
-        with self._tx_lock:
+        with self._signing():
             self._check_chain()
             self._settle_outstanding()
             fields, gas = self._prepare(call)
@@ -790,7 +800,7 @@ class SynthetixConnector(Connector):
         key = f"tx:{request.client_order_id}"
         existing = self._journal.get(key)
         if existing is not None:
-            with self._tx_lock:
+            with self._signing():
                 entry = self._resolve(key, dict(existing), rebroadcast=True)
             return self._order_after_send(key, entry)
         if request.type is not OrderType.MARKET:
@@ -818,7 +828,7 @@ class SynthetixConnector(Connector):
         else:
             acceptable = round_down(reference * (1 - self._slippage), market.tick_size)
         size_delta = to_units(quantity, what="quantity") * request.side.sign
-        with self._tx_lock:
+        with self._signing():
             self._check_chain()
             self._settle_outstanding()
         self._await_no_pending(account_id)
@@ -874,7 +884,7 @@ class SynthetixConnector(Connector):
         """
         if entry.get("kind") != "commit":
             return None
-        with self._tx_lock:
+        with self._signing():
             entry = self._resolve(key, entry, rebroadcast=rebroadcast)
         base = dict(
             client_order_id=entry["client_order_id"], venue_order_id=entry["hash"], symbol=entry["symbol"],

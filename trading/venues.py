@@ -239,6 +239,77 @@ class DjangoVenueJournal:
             return
         VenueJournalEntry.objects.filter(account_id=self.account_id, key=key).delete()
 
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold `name` across processes: a PostgreSQL session advisory lock on this thread's lock connection (its
+        own, so that no journal write's reconnect can drop it). Re-entrant. SQLite (development): this process.
+
+        Waits up to JOURNAL_LOCK_WAIT_SECONDS, then raises TemporaryError (the caller has done nothing yet)."""
+        held = getattr(_locks, "held", None)
+        if held is None:
+            held = _locks.held = {}
+        if held.get(name):
+            held[name] += 1
+            try:
+                yield
+            finally:
+                held[name] -= 1
+            return
+        if connection.vendor != "postgresql":
+            with _process_lock(name):
+                held[name] = 1
+                try:
+                    yield
+                finally:
+                    held.pop(name, None)
+            return
+        conn = _lock_connection()
+        deadline = time.monotonic() + JOURNAL_LOCK_WAIT_SECONDS
+        with conn.cursor() as cursor:
+            while True:
+                cursor.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", [_JOURNAL_LOCK_SPACE, name])
+                if cursor.fetchone()[0]:
+                    break
+                if time.monotonic() > deadline:
+                    raise TemporaryError(f"{name} is held by another process for over "
+                                         f"{JOURNAL_LOCK_WAIT_SECONDS} s", venue="journal")
+                time.sleep(0.02)
+        held[name] = 1
+        try:
+            yield
+        finally:
+            held.pop(name, None)
+            try:
+                with conn.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [_JOURNAL_LOCK_SPACE, name])
+            except (OperationalError, InterfaceError):
+                conn.close()  # the session is gone, and its lock with it
+                _locks.conn = None
+
+
+_JOURNAL_LOCK_SPACE = 7412  # advisory-lock namespace of journal locks (key 2 = hash of the name)
+JOURNAL_LOCK_WAIT_SECONDS = 30
+_locks = threading.local()
+_process_locks: dict[str, threading.RLock] = {}
+
+
+def _process_lock(name: str) -> threading.RLock:
+    with _side_all_lock:
+        return _process_locks.setdefault(name, threading.RLock())
+
+
+def _lock_connection() -> BaseDatabaseWrapper:
+    """This thread's autocommit connection that holds journal locks (recreated after a fork)."""
+    conn: BaseDatabaseWrapper | None = getattr(_locks, "conn", None)
+    if conn is None or conn.connection is None or getattr(_locks, "pid", None) != os.getpid():
+        conn = connections.create_connection(DEFAULT_DB_ALIAS)
+        conn.inc_thread_sharing()
+        conn.ensure_connection()
+        _locks.conn, _locks.pid = conn, os.getpid()
+        with _side_all_lock:
+            _side_all.append(conn)
+    return conn
+
 
 # --------------------------------------------------------------------------------------------- venue health
 

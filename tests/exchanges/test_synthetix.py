@@ -688,3 +688,50 @@ def test_the_signed_transaction_outlives_a_rolled_back_transaction_in_the_durabl
     assert order.status is VenueOrderStatus.FILLED and order.venue_order_id == stored["hash"]
     assert h.created_client_ids() == ["durable"]
     assert DjangoVenueJournal(4242).items("pending:") == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_processes_signing_for_one_wallet_take_turns_through_the_journal_lock(
+        h: VenueHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from trading.venues import DjangoVenueJournal, side_connections_close
+
+    # Two connectors with nothing shared in memory (as two worker processes): only the durable journal.
+    first, second = connect(h, DjangoVenueJournal(4343)), connect(h, DjangoVenueJournal(4343))
+    chosen = first._next_nonce
+
+    def slow_nonce() -> int:
+        nonce = chosen()
+        time.sleep(0.5)  # chosen, not yet journalled: the window in which a second signer would take it too
+        return nonce
+
+    monkeypatch.setattr(first, "_next_nonce", slow_nonce)
+    results: dict[str, Any] = {}
+
+    def place(connector: SynthetixConnector, cid: str, delay: float) -> None:
+        time.sleep(delay)
+        try:
+            for _ in range(100):
+                try:
+                    results[cid] = connector.create_order(market_order(cid))
+                    return
+                except TemporaryError:  # a pending order of the account, or the other signer's: try again
+                    time.sleep(0.1)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            results[cid] = exc
+        finally:
+            side_connections_close()
+
+    threads = [threading.Thread(target=place, args=(first, "one", 0)),
+               threading.Thread(target=place, args=(second, "two", 0.2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+
+    assert {cid: getattr(o, "status", o) for cid, o in results.items()} == {
+        "one": VenueOrderStatus.FILLED, "two": VenueOrderStatus.FILLED}
+    assert sorted(h.created_client_ids()) == ["one", "two"]
+    nonces = sorted(int(DjangoVenueJournal(4343).get(f"tx:{cid}")["nonce"]) for cid in ("one", "two"))
+    assert nonces[1] == nonces[0] + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -398,3 +399,52 @@ def test_live_connectors_use_the_shared_budget(live_account: VenueAccount, scrip
     assert isinstance(connector, ResilientConnector) and isinstance(connector.limiter, SharedRateLimiter)
     assert connector.limiter.spec == registry.VENUE_RATES["coinbase"]
     connector.ticker("BTC-USD")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_journal_lock_holds_across_connections_and_is_reentrant() -> None:
+    import threading
+
+    from trading import venues
+    from trading.venues import DjangoVenueJournal, side_connections_close
+
+    order: list[str] = []
+
+    def other() -> None:
+        try:
+            with DjangoVenueJournal(1).lock("wallet:x"):  # its own thread, its own session
+                order.append("other")
+        finally:
+            side_connections_close()
+
+    journal = DjangoVenueJournal(1)
+    with journal.lock("wallet:x"), journal.lock("wallet:x"):  # re-entrant
+        thread = threading.Thread(target=other)
+        thread.start()
+        time.sleep(0.3)
+        order.append("first")
+    thread.join(timeout=10)
+    assert order == ["first", "other"]
+
+    holder = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        try:
+            with DjangoVenueJournal(1).lock("wallet:y"):
+                holder.set()
+                release.wait(10)
+        finally:
+            side_connections_close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    holder.wait(5)
+    old_wait, venues.JOURNAL_LOCK_WAIT_SECONDS = venues.JOURNAL_LOCK_WAIT_SECONDS, 0.2
+    try:
+        with pytest.raises(TemporaryError, match="held by another process"), journal.lock("wallet:y"):
+            pass
+    finally:
+        venues.JOURNAL_LOCK_WAIT_SECONDS = old_wait
+        release.set()
+        thread.join(timeout=10)
