@@ -6,7 +6,7 @@ import abc
 import enum
 import threading
 from contextlib import AbstractContextManager, nullcontext
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -195,6 +195,16 @@ class Connector(abc.ABC):
     """What every venue must implement. Quantities in base asset, prices in quote, all Decimal."""
 
     capabilities: Capabilities
+    # Set by the resilience wrapper on a connector that meters its own requests (`meters_requests`): called with a
+    # request's budget key (and its weight when the venue weighs it by size) right before it goes on the wire.
+    meters_requests: bool = False
+    request_meter: Callable[[str, float | None], None] | None = None
+
+    def _metered(self, key: str, units: float | None = None) -> None:
+        """Spend the rate budget of one request about to be sent (waits when the budget says so)."""
+        meter = self.request_meter
+        if meter is not None:
+            meter(key, units)
 
     @abc.abstractmethod
     def markets(self) -> Sequence[Market]:

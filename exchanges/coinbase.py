@@ -183,7 +183,17 @@ def parse_key(credentials: Mapping[str, str]) -> CdpKey:
 
 
 class _Client(ccxt.coinbase):  # type: ignore[misc]
-    """ccxt's coinbase, letting `success: false` replies through and keeping each error's HTTP facts."""
+    """ccxt's coinbase, letting `success: false` replies through and keeping each error's HTTP facts, and
+    spending the rate budget of every request it sends (public market data and private endpoints apart)."""
+
+    on_request: Any = None
+
+    def fetch(self, url: str, method: str = "GET", headers: Any = None, body: Any = None) -> Any:
+        if self.on_request is not None:
+            # Coinbase limits public endpoints per IP (10/s) and private ones per key (30/s).
+            public = "/brokerage/market/" in url or not (headers or {}).get("Authorization")
+            self.on_request("public" if public else "private")
+        return super().fetch(url, method, headers, body)
 
     def handle_errors(self, code: int, reason: str, url: str, method: str, headers: Any, body: str,
                       response: Any, request_headers: Any, request_body: Any) -> None:
@@ -338,6 +348,7 @@ class CoinbaseConnector(Connector):
     """The Connector interface on Coinbase Advanced Trade spot markets."""
 
     capabilities = CAPABILITIES
+    meters_requests = True
 
     def __init__(self, *, key: CdpKey, base_url: str, timeout: float = DEFAULT_TIMEOUT, account: str = "") -> None:
         self.key, self.base_url, self.account = key, base_url.rstrip("/"), account
@@ -350,6 +361,7 @@ class CoinbaseConnector(Connector):
             "options": {"maxRetriesOnFailure": 0, "adjustForTimeDifference": False},
         })
         self.client.urls["api"] = {"rest": self.base_url}
+        self.client.on_request = self._metered
         self.client.logger = _WIRE_LOG
         self._lock = threading.Lock()
         self._markets: _Tables | None = None

@@ -200,6 +200,8 @@ class _Info(Info):
 class HyperliquidConnector(Connector):
     """Trades Hyperliquid perps for `account_address`, signing with an approved API wallet's key."""
 
+    meters_requests = True
+
     def __init__(
         self,
         *,
@@ -301,6 +303,7 @@ class HyperliquidConnector(Connector):
             raise TemporaryError(message, venue=VENUE) from None
 
     def _read(self, payload: Mapping[str, Any], what: str) -> Any:
+        self._metered(f"info:{payload.get('type')}")  # weighed by request type (see resilience.VENUE_RATES)
         with self._boundary("read", what):
             reply = self._info.post("/info", dict(payload))
         if isinstance(reply, dict) and set(reply) == {"error"}:
@@ -315,6 +318,8 @@ class HyperliquidConnector(Connector):
 
     def _post_action(self, action: dict[str, Any]) -> tuple[Any, int]:
         """Sign an L1 action with the API wallet (as mainnet or testnet by network, whatever the URL) and send it."""
+        batch = len(action.get("orders") or action.get("cancels") or ())
+        self._metered("exchange", 1 + batch // 40)  # an action weighs 1 + floor(batch length / 40)
         wallet = self._wallet()
         nonce = self._next_nonce()
         signature = sign_l1_action(wallet, action, None, nonce, None, self.is_mainnet)

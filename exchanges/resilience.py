@@ -114,10 +114,17 @@ class RateSpec:
     default_cost: float = 1.0
     source: str = ""  # where the published limit comes from
     per_ip: bool = False  # the venue counts per IP: every account of this process shares one bucket
+    # For a connector that meters its own requests: units one request spends, by its budget key.
+    request_costs: Mapping[str, float] = field(default_factory=dict)
+    default_request_cost: float = 1.0
 
     def cost(self, method: str) -> float:
-        """Units one call of `method` spends."""
+        """Units one call of `method` spends (connectors that do not meter their requests)."""
         return self.costs.get(method, self.default_cost)
+
+    def request_cost(self, key: str) -> float:
+        """Units one request spends (connectors that meter their requests)."""
+        return self.request_costs.get(key, self.default_request_cost)
 
 
 # Budgets sit below each venue's published limit and apply per process and per (venue, account), or per venue when
@@ -128,6 +135,7 @@ VENUE_RATES: dict[str, RateSpec] = {
         source="Advanced Trade REST: 30 req/s per user on private endpoints, 10 req/s per IP on public ones "
                "(docs.cdp.coinbase.com/advanced-trade/docs/rest-api-rate-limits, also ccxt coinbase.py)",
         costs={"ticker": 3.0, "candles": 3.0, "markets": 3.0},  # public endpoints: 10/s per IP, so 3 units (6.7/s)
+        request_costs={"public": 3.0, "private": 1.0},
     ),
     "hyperliquid": RateSpec(
         rate=15.0, burst=60.0,  # weight a second: 900 a minute of the 1200
@@ -139,6 +147,10 @@ VENUE_RATES: dict[str, RateSpec] = {
                "markets": 20.0, "candles": 20.0},
         default_cost=20.0,
         per_ip=True,
+        # /info requests by type (the rest weigh 20); /exchange actions are weighed by the connector (1 + n/40).
+        request_costs={"info:allMids": 2.0, "info:l2Book": 2.0, "info:clearinghouseState": 2.0,
+                       "info:orderStatus": 2.0, "info:spotClearinghouseState": 2.0, "info:exchangeStatus": 2.0},
+        default_request_cost=20.0,
     ),
     "synthetix": RateSpec(
         rate=10.0, burst=20.0,  # JSON-RPC calls a second
@@ -146,6 +158,7 @@ VENUE_RATES: dict[str, RateSpec] = {
                "hosted providers' free tiers allow roughly 25 calls/s; an order is several calls (nonce, gas, "
                "send, receipt), so it costs 5",
         costs={"create_order": 5.0, "cancel_order": 3.0, "set_leverage": 3.0},
+        request_costs={"rpc": 1.0},  # metered: every JSON-RPC call (each one of a batch)
     ),
 }
 DEFAULT_RATE = RateSpec(rate=5.0, burst=5.0, source="a cautious default for a venue without a published limit")
@@ -343,6 +356,8 @@ class ResilientConnector(Connector):
         self.markets_ttl = 300.0
         self._markets: tuple[float, Sequence[Market]] | None = None
         self._market: dict[str, tuple[float, Market]] = {}
+        if inner.meters_requests:
+            inner.request_meter = self._spend
 
     def with_policy(self, policy: RetryPolicy) -> ResilientConnector:
         """The same connector, limiter and breaker with another retry policy (e.g. no retries under a row lock)."""
@@ -400,8 +415,17 @@ class ResilientConnector(Connector):
             raise
         self.breaker.record(None, probe=probe)
 
+    def _spend(self, key: str, units: float | None) -> None:
+        """The request meter: take one request's units from the budget and wait until they are there."""
+        wait = self.limiter.reserve(self.limiter.spec.request_cost(key) if units is None else units)
+        if wait:
+            self._sleep(wait)
+
     def _throttle(self, method: str, probe: bool) -> None:
-        wait = self.limiter.reserve(self.limiter.spec.cost(method), max_wait=self.max_queue_wait)
+        # A metered connector spends per request (`_spend`); here only: is the budget more than
+        # max_queue_wait in debt? Then nothing is started at all.
+        cost = 0.0 if self.inner.meters_requests else self.limiter.spec.cost(method)
+        wait = self.limiter.reserve(cost, max_wait=self.max_queue_wait)
         if wait is None:
             if probe:
                 self.breaker.record(_Neutral(), probe=True)

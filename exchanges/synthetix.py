@@ -351,10 +351,27 @@ class _MarketInfo:
     market: Market
 
 
+class _MeteredProvider(Web3.HTTPProvider):  # type: ignore[misc]
+    """web3's HTTP provider, spending one unit of the RPC budget per JSON-RPC call (each call of a batch)."""
+
+    on_request: Any = None
+
+    def make_request(self, method: Any, params: Any) -> Any:
+        if self.on_request is not None:
+            self.on_request("rpc", None)
+        return super().make_request(method, params)
+
+    def make_batch_request(self, requests: Any) -> Any:
+        if self.on_request is not None:
+            self.on_request("rpc", len(requests))
+        return super().make_batch_request(requests)
+
+
 class SynthetixConnector(Connector):
     """Synthetix perps v3 through web3.py: one perps account, cross-margined, async market orders."""
 
     capabilities = CAPABILITIES
+    meters_requests = True
 
     def __init__(self, *, network: str, rpc_url: str, proxy_address: str, private_key: str, chain_id: int,
                  account_id: int | None, journal: VenueJournal, options: Mapping[str, str],
@@ -379,8 +396,9 @@ class SynthetixConnector(Connector):
         self.address: str = self._signer.address
         self._journal = journal
         self._configured_account_id = account_id
-        provider = Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": rpc_timeout},
-                                     exception_retry_configuration=None)
+        provider = _MeteredProvider(rpc_url, request_kwargs={"timeout": rpc_timeout},
+                                    exception_retry_configuration=None)
+        provider.on_request = self._metered
         self.w3 = Web3(provider, middleware=[])
         self.proxy = self.w3.eth.contract(address=to_checksum_address(proxy_address), abi=load_abi("PerpsMarketProxy"))
         self.forwarder = self.w3.eth.contract(address=to_checksum_address(forwarder_address),
