@@ -135,10 +135,23 @@ def test_technical_500_page_masks_secrets_even_html_escaped(settings) -> None:
 
 _PROBE = """
 from django.conf import settings
-from django.test import Client
+from django.test import Client, override_settings
 host = {"HTTP_HOST": "trade.example.com"}
 print("metrics", Client().get("/metrics", **host).status_code)
 print("metrics-outsider", Client(REMOTE_ADDR="203.0.113.9").get("/metrics", **host).status_code)
+print("metrics-forwarded", Client().get("/metrics", HTTP_X_FORWARDED_FOR="203.0.113.9", **host).status_code)
+# Prometheus on the compose network names the container: its Host must be allowed like any other.
+print("metrics-host-web", Client().get("/metrics", HTTP_HOST="web:8000").status_code)
+with override_settings(ALLOWED_HOSTS=[*settings.ALLOWED_HOSTS, "web"]):
+    print("metrics-host-web-allowed", Client().get("/metrics", HTTP_HOST="web:8000").status_code)
+with override_settings(METRICS_TOKEN="t" * 40):
+    outsider = Client(REMOTE_ADDR="203.0.113.9")
+    print("metrics-token", outsider.get("/metrics", HTTP_AUTHORIZATION="Bearer " + "t" * 40, **host).status_code)
+    print("metrics-token-wrong", outsider.get("/metrics", HTTP_AUTHORIZATION="Bearer " + "u" * 40,
+                                             **host).status_code)
+    print("metrics-token-none", Client().get("/metrics", **host).status_code)
+print("healthz", Client().get("/healthz", **host).status_code)
+print("readyz", Client().get("/readyz", **host).status_code)
 print("page", Client().get(settings.LOGIN_URL, **host).status_code)
 def login(origin):
     c = Client(enforce_csrf_checks=True)
@@ -149,6 +162,7 @@ def login(origin):
 print("csrf-same", login("https://trade.example.com"))
 print("csrf-trusted", login("https://ops.example.org"))
 print("csrf-untrusted", login("https://evil.example.net"))
+print("csrf-trusted-plain-http", login("http://ops.example.org"))
 """
 
 
@@ -159,12 +173,25 @@ def test_in_production_metrics_answer_plain_http_scrapers_and_csrf_trusts_only_t
                    timeout=300)
     out = subprocess.run([sys.executable, "manage.py", "shell", "-c", _PROBE], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120, check=True).stdout
-    found = dict(line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0] in {
-        "metrics", "metrics-outsider", "page", "csrf-same", "csrf-trusted", "csrf-untrusted"})
-    # Prometheus on the internal network scrapes over plain HTTP: no redirect to https, and the address check holds.
-    assert found["metrics"] == "200" and found["metrics-outsider"] == "404"
-    assert found["page"] == "301"  # every other page still goes to https
-    # A login form posted from the site itself or a listed origin passes the CSRF origin check (200: the form
-    # again, wrong password); from an origin that is not listed it is refused.
-    assert found["csrf-same"] == "200" and found["csrf-trusted"] == "200", found
-    assert found["csrf-untrusted"] == "403", found
+    found = {}
+    for line in out.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[1].isdigit() and words[0] in _PROBE:
+            found[words[0]] = int(words[1])
+    # Prometheus on the internal network scrapes over plain HTTP (no X-Forwarded-Proto): no redirect to https...
+    assert found["metrics"] == 200, found
+    # ...and the access rules are those of HTTPS: another address, or anything a proxy forwarded, is refused;
+    assert found["metrics-outsider"] == 404 and found["metrics-forwarded"] == 404, found
+    # with a token, only the right bearer token reads, whatever the address.
+    assert found["metrics-token"] == 200 and found["metrics-token-wrong"] == 401, found
+    assert found["metrics-token-none"] == 401, found
+    # The scraper's Host header (e.g. web:8000) must be in ALLOWED_HOSTS; the exemption does not bypass that.
+    assert found["metrics-host-web"] == 400 and found["metrics-host-web-allowed"] == 200, found
+    # The health probes stay exempt; every other page still goes to https.
+    assert found["healthz"] == 200 and found["readyz"] != 301, found
+    assert found["page"] == 301, found
+    # A login form posted over HTTPS (the proxy's header) from the site itself or a listed origin passes the CSRF
+    # origin check (200: the form again, wrong password); from an origin that is not listed it is refused, and so
+    # is the listed host over another scheme.
+    assert found["csrf-same"] == 200 and found["csrf-trusted"] == 200, found
+    assert found["csrf-untrusted"] == 403 and found["csrf-trusted-plain-http"] == 403, found
