@@ -176,6 +176,7 @@ class Capabilities:
     stop_orders: bool = True
     leverage: bool = True
     positions: bool = True
+    candles: bool = True  # serves public candles (the live candle feed reads them)
     # The venue keeps its state in our own database and its calls join the caller's transaction (the paper venue
     # on the Django store): the engine may decide, send and record in one transaction, since nothing leaves it.
     in_database: bool = False

@@ -338,6 +338,7 @@ class PaperVenue(Connector):
     capabilities = Capabilities(
         venue=VENUE,
         live=False,
+        candles=False,  # prices come from the replay or a venue's feed; candles from the store
         extra={"fills": "on match()", "reduce_only": "clipped to the position", "margin": "linear, one cash balance"},
     )
 

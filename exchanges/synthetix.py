@@ -116,6 +116,7 @@ CAPABILITIES = Capabilities(
     stop_orders=False,
     leverage=False,
     positions=True,
+    candles=False,  # the chain has no candles
     extra={
         "order_types": "market",
         "limit_orders": "false",

@@ -29,7 +29,7 @@ from exchanges.base import (
     VenueOrderStatus,
     round_up,
 )
-from exchanges.errors import InvalidOrderError, MarketNotFoundError, OrderNotFoundError
+from exchanges.errors import InvalidOrderError, MarketNotFoundError, OrderNotFoundError, VenueError
 
 
 @dataclass(frozen=True)
@@ -243,3 +243,72 @@ class ConnectorContract:
         ]
         numbers = [x for v in values for x in decimals_of(v)]
         assert numbers and all(type(x) is Decimal for x in numbers)
+
+    # ---- what a venue declares in its capabilities, it does (and what it does not declare, it refuses)
+
+    def test_a_stop_order_rests_with_its_trigger_until_canceled(self, venue: ContractVenue) -> None:
+        caps = venue.connector.capabilities
+        if not caps.stop_orders:
+            with pytest.raises(InvalidOrderError):
+                venue.connector.create_order(dataclasses.replace(
+                    request(venue, Side.SELL), type=OrderType.STOP, trigger_price=far_price(venue, Side.BUY)))
+            return
+        quantity = small_quantity(venue.market, venue.price)
+        open_position(venue, quantity)
+        trigger = venue.market.round_price(venue.price * Decimal("0.8"), Side.SELL)
+        stop = venue.connector.create_order(dataclasses.replace(
+            request(venue, Side.SELL, quantity), type=OrderType.STOP, trigger_price=trigger,
+            reduce_only=caps.reduce_only))
+        assert stop.status is VenueOrderStatus.OPEN and stop.filled_quantity == 0
+        assert stop.trigger_price == trigger
+        assert stop.client_order_id in {o.client_order_id for o in venue.connector.open_orders(venue.symbol)}
+        canceled = venue.connector.cancel_order(venue.symbol, stop.venue_order_id)
+        assert canceled.status is VenueOrderStatus.CANCELED and canceled.filled_quantity == 0
+
+    def test_reduce_only_never_opens_a_position(self, venue: ContractVenue) -> None:
+        if not venue.connector.capabilities.reduce_only:
+            pytest.skip(f"{venue.connector.capabilities.venue} has no reduce-only orders")
+        try:
+            order = venue.connector.create_order(dataclasses.replace(request(venue, Side.SELL), reduce_only=True))
+        except InvalidOrderError:
+            order = None
+        assert order is None or order.filled_quantity == 0
+        assert [p for p in venue.connector.positions() if p.quantity != 0] == []
+
+    def test_a_post_only_order_that_would_take_is_refused(self, venue: ContractVenue) -> None:
+        caps = venue.connector.capabilities
+        through = venue.market.round_price(venue.price * Decimal("1.05"), Side.BUY)  # would take at once
+        post = dataclasses.replace(request(venue, Side.BUY, type_=OrderType.LIMIT, price=through), post_only=True)
+        if not caps.post_only:
+            with pytest.raises(InvalidOrderError):
+                venue.connector.create_order(post)
+            return
+        try:
+            order = venue.connector.create_order(post)
+        except InvalidOrderError:
+            order = None
+        assert order is None or (order.filled_quantity == 0 and order.status is not VenueOrderStatus.FILLED)
+
+    def test_leverage_within_the_market_maximum_is_set_and_beyond_it_refused(self, venue: ContractVenue) -> None:
+        if not venue.connector.capabilities.leverage:
+            pytest.skip(f"{venue.connector.capabilities.venue} sets no leverage")
+        venue.connector.set_leverage(venue.symbol, min(Decimal(2), venue.market.max_leverage))
+        with pytest.raises(InvalidOrderError):
+            venue.connector.set_leverage(venue.symbol, venue.market.max_leverage * 2)
+
+    def test_candles_are_served_as_declared(self, venue: ContractVenue) -> None:
+        if not venue.connector.capabilities.candles:
+            with pytest.raises(VenueError):
+                venue.connector.candles(venue.symbol, "1m")
+            return
+        candles = venue.connector.candles(venue.symbol, "1m", limit=5)
+        times = [c.open_time for c in candles]
+        assert times == sorted(times) and len(times) == len(set(times))
+        assert all(type(x) is Decimal for c in candles for x in (c.open, c.high, c.low, c.close, c.volume))
+
+    def test_balances_move_with_a_fill(self, venue: ContractVenue) -> None:
+        before = {b.asset: b for b in venue.connector.balances()}
+        assert before and all(b.total >= 0 and b.free <= b.total for b in before.values())
+        open_position(venue, small_quantity(venue.market, venue.price))
+        after = {b.asset: b for b in venue.connector.balances()}
+        assert after != before  # a fill (and its fee) shows in the account's balances

@@ -10,6 +10,7 @@ connector's traffic, and a keeper thread that settles committed orders at the or
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import threading
 import time
@@ -218,7 +219,10 @@ def _keeper(chain: Chain, stop: threading.Event) -> None:
 def chain(network: str = "testnet") -> Iterator[Chain]:
     """Start anvil with the mocks deployed, ETH-PERP and BTC-PERP listed, and the keeper running."""
     if anvil_path() is None:
-        pytest.skip("anvil is not installed: run `npm ci --prefix tests/fakes/synthetix` (make test does)")
+        message = "anvil is not installed: run `npm ci --prefix tests/fakes/synthetix` (make test does)"
+        if os.environ.get("TRADESITE_SKIP_ANVIL") == "1":  # a deliberate choice, never a silent one
+            pytest.skip(message)
+        pytest.fail(message + " (or set TRADESITE_SKIP_ANVIL=1 to skip the Synthetix tests on purpose)")
     node = Anvil(chain_id=CHAIN_IDS[network])
     stop = threading.Event()
     keeper: threading.Thread | None = None
