@@ -1,15 +1,18 @@
 """`manage.py soak --minutes N`: the whole platform under steady load for N minutes, with resource figures.
 
-Runs web (gunicorn), an execution worker, a strategies+monitoring worker, beat and the demo candle replay as child
-processes (as `run` and the containers do), sends TradingView webhook alerts over HTTP at a steady rate, and every
---sample seconds records RSS and CPU of each process tree, the Celery queue depths, the webhook answer times and
-the signal-to-fill latencies of the signals received in that window. At the end it prints the windows, latency
+Runs web (gunicorn), an execution worker, a strategies+monitoring worker, beat, the demo candle replay and a second
+replay that an RSI strategy evaluates candle by candle (the strategies queue) as child processes (as `run` and the
+containers do), sends TradingView webhook alerts over HTTP at a steady rate, and every --sample seconds records RSS
+and CPU of each process tree, the Celery queue depths, the webhook answer times, the strategy evaluations and the
+signal-to-fill latencies of the signals received in that window. At the end it prints the windows, latency
 percentiles and the growth between the first window after warm-up and the last one (memory should be flat).
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import signal
 import socket
@@ -38,6 +41,22 @@ _TICK = os.sysconf("SC_CLK_TCK")
 QUEUES = ("execution", "strategies", "monitoring")
 PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")  # kombu's Redis lists, one per priority step
 INDICATOR_SYMBOL = "XRP/USDT:USDT"
+INDICATOR_TIMEFRAME_MS = 5 * 60 * 1000
+INDICATOR_CANDLES = "XRP_USDT_USDT-5m-futures.csv"  # under data/ (data/README.md)
+
+
+def replay_rows(rows: list[list[str]], *, count: int, first_ms: int) -> list[list[str]]:
+    """`count` candles (timestamp,open,high,low,close,volume) on the 5-minute grid from `first_ms` (epoch ms).
+
+    The rows play forwards, then backwards, and so on: a candle played backwards has its open and close swapped, so
+    the price runs on without a jump however long the replay (a soak of any length never runs out of candles).
+    """
+    if not rows:
+        raise ValueError("no candles to replay")
+    forwards = [r[1:] for r in rows]
+    backwards = [[c, h, lo, o, v] for _, o, h, lo, c, v in reversed(rows)]  # opens where the last one closed
+    cycle = forwards + backwards
+    return [[str(first_ms + i * INDICATOR_TIMEFRAME_MS), *cycle[i % len(cycle)]] for i in range(count)]
 
 
 def _free_port() -> int:
@@ -104,6 +123,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if not settings.DATABASE_URL or not settings.REDIS_URL:
             raise CommandError("soak needs DATABASE_URL (PostgreSQL) and REDIS_URL: it measures the deployed setup")
+        if options["feed_interval"] <= 0:
+            raise CommandError("--feed-interval must be positive (seconds per replayed candle)")
         seconds = options["minutes"] * 60
         sample = options["sample"] or max(5.0, seconds / 12)
         warmup = options["warmup"] or min(120.0, seconds / 4)
@@ -111,8 +132,9 @@ class Command(BaseCommand):
         call_command("seed_demo")
         strategy, secret = self._soak_strategy()
         self._indicator_strategy()
+        candles = self._indicator_candles(seconds=seconds, interval=options["feed_interval"])
         port = _free_port()
-        procs = self._start(port, options)
+        procs = self._start(port, options, candles)
         try:
             self._wait_up(port, procs)
             report = self._drive(port, strategy, secret, procs, seconds=seconds, sample=sample, warmup=warmup,
@@ -156,7 +178,28 @@ class Command(BaseCommand):
             strategy = services.strategy_start(strategy=strategy, by="soak")
         return strategy
 
-    def _start(self, port: int, options: dict[str, Any]) -> dict[str, subprocess.Popen[bytes]]:
+    def _indicator_candles(self, *, seconds: float, interval: float) -> Path:
+        """Write this run's XRP replay: enough candles for the run, starting after the last one stored.
+
+        Evaluations are once per strategy and bar, so a second soak on the same database replays bars of its own
+        (later timestamps, same price path continued) instead of bars that were evaluated already.
+        """
+        with (settings.BASE_DIR / "data" / INDICATOR_CANDLES).open(newline="") as fh:
+            rows = list(csv.reader(fh))[1:]
+        last = apps.get_model("strategies", "Candle").objects.filter(
+            venue="paper", symbol=INDICATOR_SYMBOL, timeframe="5m").order_by("-open_time").values_list(
+            "open_time", flat=True).first()
+        first_ms = int(rows[0][0]) if last is None else int(last.timestamp() * 1000) + INDICATOR_TIMEFRAME_MS
+        count = math.ceil((seconds + 300) / interval)  # the run, start-up and shutdown at one candle per interval
+        path = settings.VAR_DIR / "soak" / "indicator-candles.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["timestamp", "open", "high", "low", "close", "volume"])
+            writer.writerows(replay_rows(rows, count=count, first_ms=first_ms))
+        return path
+
+    def _start(self, port: int, options: dict[str, Any], candles: Path) -> dict[str, subprocess.Popen[bytes]]:
         python, root = sys.executable, str(settings.BASE_DIR)
         log_dir = settings.VAR_DIR / "soak"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -173,7 +216,7 @@ class Command(BaseCommand):
             "feed": [python, "manage.py", "demo_feed", "--interval", str(options["feed_interval"])],
             # Each replayed candle closes, is stored, and the RSI strategy evaluates it on the strategies queue.
             "replay": [python, "manage.py", "replay_candles", "--symbol", INDICATOR_SYMBOL, "--timeframe", "5m",
-                       "--file", str(settings.BASE_DIR / "data" / "XRP_USDT_USDT-5m-futures.csv"),
+                       "--file", str(candles),
                        "--speed", str(1 / options["feed_interval"])],
         }
         env = {**os.environ, "WEBHOOK_RATE_LIMIT_PER_IP": "1000000", "WEBHOOK_RATE_LIMIT_PER_STRATEGY": "1000000"}
