@@ -240,14 +240,20 @@ def ticker_normalize(ticker: str) -> tuple[str, bool]:
 
 
 def symbol_normalize(symbol: str) -> tuple[str, bool]:
-    """(concatenated base+quote, is_perp) of one of our symbols: BTC/USDT:USDT → ("BTCUSDT", True)."""
+    """(concatenated base+quote, is_perp) of one of our symbols: BTC/USDT:USDT → ("BTCUSDT", True).
+
+    A Synthetix market (ETH-PERP) is a USD-margined perpetual: ("ETHUSD", True), so ETHUSD.P names it.
+    """
     pair, _, settle = symbol.upper().partition(":")
+    if not settle and pair.endswith("-PERP"):
+        return pair.removesuffix("-PERP") + "USD", True
     return re.sub(r"[/\-_ ]", "", pair), bool(settle)
 
 
 def ticker_matches(ticker: str, symbol: str) -> bool:
-    """Whether a TradingView ticker names the strategy's market (BTCUSD ~ BTC/USD, BTCUSDT.P ~ BTC/USDT:USDT)."""
-    return ticker_normalize(ticker) == symbol_normalize(symbol)
+    """Whether a TradingView ticker names the strategy's market (BTCUSD ~ BTC/USD, BTCUSDT.P ~ BTC/USDT:USDT,
+    ETHUSD.P ~ ETH-PERP), or is the market's own symbol."""
+    return ticker.strip().upper() == symbol.upper() or ticker_normalize(ticker) == symbol_normalize(symbol)
 
 
 def idempotency_key(alert: Alert) -> str:

@@ -14,9 +14,11 @@ from tradesite.urls import urlpatterns as real_patterns
 def boom(request: HttpRequest) -> HttpResponse:
     """Fail the way careless code would: secrets in local variables and in the error message."""
     venue_secret = os.environ.get("CANARYCB_API_SECRET", "")
+    wallet_keys = [os.environ.get("CANARYHL_SECRET_KEY", ""), os.environ.get("CANARYSNX_PRIVATE_KEY", "")]
     database_password = settings.DATABASES["default"].get("PASSWORD", "")
     broker_url = settings.CELERY_BROKER_URL
-    raise RuntimeError(f"venue call failed with key {venue_secret} via {broker_url} ({database_password})")
+    raise RuntimeError(f"venue call failed with key {venue_secret} via {broker_url} ({database_password}), "
+                       f"wallets {wallet_keys}")
 
 
 urlpatterns = [path("__canary/boom", boom), *real_patterns]

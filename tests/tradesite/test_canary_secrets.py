@@ -3,8 +3,11 @@ logs, Redis keys and values, error pages and every API response for the canaries
 
 The canaries are real credentials wherever the local services allow it: the Postgres password is in DATABASE_URL
 (trust authentication accepts any), Redis is a private redis-server started with the canary as its password, the
-Coinbase key is a real Ed25519 CDP key registered with the loopback Coinbase fake, the webhook passphrases are a
-strategy's real secret and a wrong one, and SECRET_KEY and METRICS_TOKEN are the processes' real ones.
+Coinbase key is a real Ed25519 CDP key registered with the loopback Coinbase fake, the Hyperliquid key is a random API
+(agent) wallet the Hyperliquid fake approved for a funded account, the Synthetix key is a random wallet that owns a
+funded perps account on anvil (both sign real orders in the worker: EIP-712 actions, EIP-1559 transactions), the
+webhook passphrases are a strategy's real secret and a wrong one, and SECRET_KEY and METRICS_TOKEN are the processes'
+real ones. Every venue key is an environment credential of an account (<PREFIX>_<KEY>), as in production.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -35,9 +39,14 @@ from rest_framework.authtoken.models import Token
 
 from tests.conftest import WorkerGroup, wait_for
 from tests.fakes.coinbase_venue import harness as coinbase_harness
+from tests.fakes.hyperliquid_venue import harness as hyperliquid_harness
+from tests.fakes.live import LiveSetup, live_setup
+from tests.fakes.synthetix import anvil_path
+from tests.fakes.synthetix_venue import DEPOSIT
+from tests.fakes.synthetix_venue import harness as synthetix_harness
 from tests.webhooks.server import gunicorn
 from trading import reconcile, services
-from trading.models import Order, Signal
+from trading.models import Order, Signal, VenueAccount
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 WEBHOOK = "/api/webhooks/tradingview/"
@@ -76,6 +85,20 @@ def test_encodings_find_a_base64_wrapped_secret() -> None:
     assert hits(json.dumps({"k": canaries["x"]}), canaries)
     assert hits(canaries["x"].encode().hex(), canaries)
     assert not hits("nothing to see", canaries)
+
+
+def key_canaries(name: str, key: str) -> dict[str, str]:
+    """A hex private key's canaries: as configured (0x...), bare hex, and its raw bytes in base64."""
+    bare = key.removeprefix("0x")
+    return {name: key, f"{name} (hex)": bare, f"{name} (base64)": base64.b64encode(bytes.fromhex(bare)).decode()}
+
+
+def test_key_canaries_find_a_hex_key_in_the_forms_it_leaks_in() -> None:
+    key = "0x" + secrets.token_hex(32)
+    canaries = key_canaries("k", key)
+    assert hits(f"signer={key[2:]}", canaries) and hits(json.dumps({"pk": key}), canaries)
+    assert hits(base64.b64encode(bytes.fromhex(key[2:])).decode(), canaries)
+    assert hits(base64.b64encode(b"x" + key.encode()).decode(), canaries)
 
 
 def _free_port() -> int:
@@ -149,6 +172,43 @@ def _redis_dump(client: redis.Redis) -> str:
     return "\n".join(parts)
 
 
+def _synthetix_live(stack: ExitStack, *, setenv: Any, make_strategy: Any) -> tuple[LiveSetup | None, str]:
+    """A live Synthetix account whose environment credential is a fresh random wallet key; (setup, key).
+
+    The wallet owns a funded perps account on the fake chain and trades. Only when the Synthetix tests are skipped
+    on purpose (no anvil, TRADESITE_SKIP_ANVIL=1) is the key planted in an account whose endpoint refuses
+    connections instead (no trading; still searched for).
+    """
+    key = "0x" + secrets.token_hex(32)
+    if anvil_path() is None and os.environ.get("TRADESITE_SKIP_ANVIL") == "1":
+        for name, value in {"CANARYSNX_PRIVATE_KEY": key, "CANARYSNX_ACCOUNT_ID": "1",
+                            "CANARYSNX_ENDPOINT": f"http://127.0.0.1:{_free_port()}", "CANARYSNX_RPC_TIMEOUT": "2"
+                            }.items():
+            setenv(name, value)
+        account = services.account_create(data={"name": "canary-snx", "venue": "synthetix", "network": "testnet",
+                                                "credentials_env": "CANARYSNX", "max_leverage": "1"}, by="test")
+        reconcile.account_reconcile(account=account)  # fails: the error path with the key loaded
+        return None, key
+    harness = stack.enter_context(synthetix_harness())
+    account_id = harness.extra["chain"].open_account(key, DEPOSIT)  # type: ignore[attr-defined]
+    harness.credentials.update(private_key=key, account_id=str(account_id))
+    return live_setup(harness, setenv=setenv, make_strategy=make_strategy, name="canary-snx",
+                      prefix="CANARYSNX"), key
+
+
+def _executed(signal_ids: list[int], what: str) -> None:
+    """Wait until the worker has decided each signal, and require that it executed."""
+    def decided() -> bool:
+        return all(s in ("executed", "rejected", "failed") for s in
+                   Signal.objects.filter(pk__in=signal_ids).values_list("status", flat=True))
+
+    deadline = time.monotonic() + 60
+    while not decided() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    found = list(Signal.objects.filter(pk__in=signal_ids).values_list("symbol", "status", "decision_detail"))
+    assert all(status == "executed" for _, status, _ in found), (what, found)
+
+
 def test_no_canary_leaks_anywhere(private_redis, make_account, make_strategy, set_price, tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     redis_port, redis_password = private_redis
@@ -156,7 +216,13 @@ def test_no_canary_leaks_anywhere(private_redis, make_account, make_strategy, se
     db_password = "cnry-db+" + secrets.token_urlsafe(12) + "/="
     wrong_key = ed25519.Ed25519PrivateKey.generate()
     raw_wrong = wrong_key.private_bytes_raw() + wrong_key.public_key().public_bytes_raw()
-    with coinbase_harness(algorithm="EdDSA") as venue:
+    with ExitStack() as stack:
+        venue = stack.enter_context(coinbase_harness(algorithm="EdDSA"))
+        # Hyperliquid and Synthetix: live accounts whose keys are environment credentials (set in this process by
+        # live_setup; the web and worker processes get the same variables below).
+        hl = live_setup(stack.enter_context(hyperliquid_harness()), setenv=monkeypatch.setenv,
+                        make_strategy=make_strategy, name="canary-hl", prefix="CANARYHL")
+        snx, snx_key = _synthetix_live(stack, setenv=monkeypatch.setenv, make_strategy=make_strategy)
         canaries = {
             "venue api secret": venue.credentials["api_secret"],
             "venue api key": venue.credentials["api_key"],
@@ -166,6 +232,8 @@ def test_no_canary_leaks_anywhere(private_redis, make_account, make_strategy, se
             "secret key": "cnry-sk-" + secrets.token_urlsafe(40),
             "metrics token": "cnry-mt-" + secrets.token_urlsafe(32),
             "wrong passphrase": "cnry-wp-" + secrets.token_urlsafe(24),
+            **key_canaries("hyperliquid api wallet key", hl.harness.credentials["secret_key"]),
+            **key_canaries("synthetix private key", snx_key),
         }
         log_dir = tmp_path / "logs"
         env = {
@@ -180,6 +248,7 @@ def test_no_canary_leaks_anywhere(private_redis, make_account, make_strategy, se
             # A second live account whose key the venue does not know: every call it makes is a 401.
             "CANARYBAD_API_KEY": "organizations/0000/apiKeys/1111", "CANARYBAD_API_SECRET":
                 canaries["unregistered venue secret"], "CANARYBAD_ENDPOINT": venue.endpoint, "CANARYBAD_TIMEOUT": "2",
+            **{k: v for k, v in os.environ.items() if k.startswith(("CANARYHL_", "CANARYSNX_"))},
         }
         for name in ("CANARYCB_API_KEY", "CANARYCB_API_SECRET", "CANARYCB_ENDPOINT", "CANARYCB_TIMEOUT",
                      "CANARYBAD_API_KEY", "CANARYBAD_API_SECRET", "CANARYBAD_ENDPOINT", "CANARYBAD_TIMEOUT"):
@@ -224,6 +293,27 @@ def test_no_canary_leaks_anywhere(private_redis, make_account, make_strategy, se
                 closed = json.loads(text)["signal_id"]
                 wait_for(lambda: Signal.objects.get(pk=closed).status == "executed", timeout=60,
                          what="exit filled on the venue")
+                # In and out on Hyperliquid and Synthetix through the webhook; the worker signs every order with
+                # the canary keys.
+                def cycle(action: str) -> list[int]:
+                    ids = []
+                    for setup, ticker in ((hl, "BTCUSDC.P"), (snx, "ETHUSD.P")):
+                        if setup is None:
+                            continue
+                        if setup.account.name not in passphrases:
+                            passphrases[setup.account.name] = services.strategy_webhook_secret_rotate(
+                                strategy=setup.strategy, by="test")
+                        passphrase = passphrases[setup.account.name]
+                        status, text = call("POST", WEBHOOK, _alert(setup.strategy.slug, passphrase, ticker=ticker,
+                                                                     action=action, id=f"canary-{ticker}-{action}"))
+                        assert status == 202, text
+                        ids.append(json.loads(text)["signal_id"])
+                    return ids
+
+                passphrases: dict[str, str] = {}
+                _executed(cycle("buy"), "entries on Hyperliquid and Synthetix")
+                _executed(cycle("close"), "exits on Hyperliquid and Synthetix")
+                canaries.update({f"{name} webhook passphrase": value for name, value in passphrases.items()})
                 # Forced failures: wrong passphrases (body and query string), a venue that answers 401, a 500.
                 assert call("POST", WEBHOOK, _alert(strategy.slug, canaries["wrong passphrase"], action="buy",
                                                     id="canary-wrong"))[0] == 401
@@ -242,6 +332,8 @@ def test_no_canary_leaks_anywhere(private_redis, make_account, make_strategy, se
                 auth = {"Authorization": f"Token {api_token}"}
                 for path in ("/api/strategies/", f"/api/strategies/{strategy.pk}/", "/api/accounts/",
                              f"/api/accounts/{live.pk}/", f"/api/accounts/{bad.pk}/", "/api/orders/",
+                             *(f"/api/accounts/{pk}/" for pk in VenueAccount.objects.filter(
+                                 name__in=("canary-hl", "canary-snx")).values_list("pk", flat=True)),
                              "/api/positions/", "/api/signals/", f"/api/signals/{opened}/",
                              f"/api/signals/{doomed_signal}/", "/api/pnl/", "/api/pnl/equity/", "/api/kill-switch/",
                              "/api/backtests/", "/api/venues/", "/api/schema/", "/healthz", "/readyz"):
@@ -253,13 +345,16 @@ def test_no_canary_leaks_anywhere(private_redis, make_account, make_strategy, se
             group.stop_all()
 
     assert Order.objects.filter(strategy=strategy, status="filled").count() == 2  # the cycle really happened
+    for setup in (hl, snx):  # and on Hyperliquid and Synthetix, signed with the canary keys
+        if setup is not None:
+            assert Order.objects.filter(strategy=setup.strategy, status="filled").count() == 2, setup.account.name
 
     # The dashboard's pages, as the staff user sees them (in this process, venue credentials in its environment).
     browser = Client()
     browser.force_login(staff)
     for path in ("/", "/strategies/", f"/strategies/{strategy.pk}/", f"/strategies/{strategy.pk}/webhook/",
-                 f"/strategies/{doomed.pk}/", "/accounts/", "/orders/", "/positions/", "/signals/", "/backtests/",
-                 "/webhook-tester/"):
+                 f"/strategies/{doomed.pk}/", f"/strategies/{hl.strategy.pk}/", "/accounts/", "/orders/",
+                 "/positions/", "/signals/", "/backtests/", "/webhook-tester/"):
         response = browser.get(path)
         assert response.status_code == 200, path
         bodies.append(f"GET {path} {response.status_code}\n{response.content.decode()}")

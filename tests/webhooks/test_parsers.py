@@ -17,7 +17,8 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
     ("BTCUSD_DL", "BTC/USD", True), ("BTCUSDT.P", "BTC/USDT:USDT", True), ("BINANCE:XRPUSDT.P", "XRP/USDT:USDT", True),
     ("BTCUSDTPERP", "BTC/USDT:USDT", True), ("ETHBTC", "ETH/BTC", True), ("BTC/USD", "BTC/USD", True),
     ("BTCUSDT", "BTC/USDT:USDT", False), ("BTCUSD.P", "BTC/USD", False), ("ETHUSD", "BTC/USD", False),
-    ("BTCUSDT", "BTC/USD", False),
+    ("BTCUSDT", "BTC/USD", False), ("ETHUSD.P", "ETH-PERP", True), ("ETH-PERP", "ETH-PERP", True),
+    ("SNX:ETHUSDPERP", "ETH-PERP", True), ("ETHUSD", "ETH-PERP", False), ("BTCUSD.P", "ETH-PERP", False),
 ])
 def test_ticker_matches_the_strategy_market(ticker: str, symbol: str, match: bool) -> None:
     assert parsers.ticker_matches(ticker, symbol) is match
