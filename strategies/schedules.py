@@ -18,23 +18,15 @@ def _schedule() -> dict[str, tuple[str, int, str]]:
     return {"strategies evaluate due": ("strategies.tasks.strategies_evaluate_due", every, "strategies")}
 
 
-def schedules_ensure(**kwargs: Any) -> int:
+def schedules_ensure(using: str = "default", **kwargs: Any) -> int:
     """Create the periodic tasks that are missing (existing ones keep what an admin changed); return how many."""
-    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+    from trading.schedules import periodic_tasks_ensure
 
-    created = 0
-    for name, (task, every, queue) in _schedule().items():
-        if PeriodicTask.objects.filter(name=name).exists():
-            continue
-        interval, _ = IntervalSchedule.objects.get_or_create(every=every, period=IntervalSchedule.SECONDS)
-        # A tick that waited longer than its interval expires: the next one evaluates the same bars.
-        PeriodicTask.objects.create(name=name, task=task, interval=interval, queue=queue, expire_seconds=every)
-        created += 1
-    return created
+    return periodic_tasks_ensure(_schedule(), using)
 
 
 def _after_migrate(sender: Any, **kwargs: Any) -> None:
-    schedules_ensure()
+    schedules_ensure(**kwargs)
 
 
 def connect() -> None:

@@ -13,4 +13,4 @@ class TradingConfig(AppConfig):
 def _after_migrate(sender: object, **kwargs: object) -> None:
     from trading.schedules import schedules_ensure
 
-    schedules_ensure()
+    schedules_ensure(**kwargs)  # post_migrate's `using` among them

@@ -16,19 +16,30 @@ SCHEDULE = {
 }
 
 
-def schedules_ensure(**kwargs: Any) -> int:
+def schedules_ensure(using: str = "default", **kwargs: Any) -> int:
     """Create the periodic tasks that are missing (existing ones keep what an admin changed); return how many."""
+    return periodic_tasks_ensure({name: (task, int(settings.TRADING[setting]), queue)
+                                  for name, (task, setting, queue) in SCHEDULE.items()}, using)
+
+
+def periodic_tasks_ensure(schedule: dict[str, tuple[str, int, str]], using: str = "default") -> int:
+    """Create each missing periodic task of {name: (task, seconds between ticks, queue)}; return how many.
+
+    A tick that waited longer than its interval expires: the next one does the same work. Nothing happens until
+    django-celery-beat's tables exist (a partial `migrate trading` runs this before they do).
+    """
+    from django.db import connections
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
+    if PeriodicTask._meta.db_table not in connections[using].introspection.table_names():
+        return 0
     created = 0
-    for name, (task, setting, queue) in SCHEDULE.items():
-        if PeriodicTask.objects.filter(name=name).exists():
+    for name, (task, every, queue) in schedule.items():
+        if PeriodicTask.objects.using(using).filter(name=name).exists():
             continue
-        every, _ = IntervalSchedule.objects.get_or_create(
-            every=int(settings.TRADING[setting]), period=IntervalSchedule.SECONDS
-        )
-        # Expire a tick that waited longer than its interval: the next one does the same work.
-        PeriodicTask.objects.create(name=name, task=task, interval=every, queue=queue,
-                                    expire_seconds=int(settings.TRADING[setting]))
+        interval, _ = IntervalSchedule.objects.using(using).get_or_create(every=every,
+                                                                          period=IntervalSchedule.SECONDS)
+        PeriodicTask.objects.using(using).create(name=name, task=task, interval=interval, queue=queue,
+                                                 expire_seconds=every)
         created += 1
     return created
