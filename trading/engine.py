@@ -268,10 +268,19 @@ def _intent(signal: Signal) -> SignalIntent:
 
 
 def signal_process(*, signal_id: int, now: datetime | None = None) -> Signal:
-    """Decide a received signal under the account lock, create its orders, and submit them."""
+    """Decide a received signal under the account lock, create its orders, and submit them.
+
+    A strategy's signals are decided in the order they arrived: one that overtook an earlier one still waiting
+    (two workers, one task retried, the sweeper) first processes the earlier ones, oldest first. Each is decided
+    once (a signal no longer RECEIVED is left as it is), so its own task finds nothing to do.
+    """
     with log_context(signal_id=signal_id):
         now = now or timezone.now()
-        account_id, updated_at, symbol = _signal_account(signal_id)
+        account_id, updated_at, symbol, overtook = _signal_account(signal_id)
+        if overtook:
+            for earlier_id in _earlier_pending(signal_id):
+                with log_context(overtaken_by=signal_id):
+                    signal_process(signal_id=earlier_id, now=now)
         connector = connector_for_id(account_id, updated_at)
         if connector.capabilities.in_database:
             # Nothing leaves the database: decide, send and record in one transaction (the venue's lock first,
@@ -389,20 +398,40 @@ _sql: dict[str, str] = {}
 _ACCOUNT_STAMP = Rows(VenueAccount, ["id", "updated_at"])
 
 
-def _signal_account(signal_id: int) -> tuple[int, datetime, str]:
-    """The id and version (`updated_at`) of a signal's account, and its symbol: enough to pick the connector
-    before the transaction starts (no lock)."""
+def _signal_account(signal_id: int) -> tuple[int, datetime, str, bool]:
+    """The id and version (`updated_at`) of a signal's account, its symbol, and whether an earlier signal of its
+    strategy is still waiting: enough to pick the connector before the transaction starts (no lock)."""
     sql = _sql.get("account")
     if sql is None:
         q = connection.ops.quote_name
         sql = _sql["account"] = (
-            f"SELECT {_ACCOUNT_STAMP.columns('a')}, s.{q('symbol')} FROM {q(VenueAccount._meta.db_table)} a "
+            f"SELECT {_ACCOUNT_STAMP.columns('a')}, s.{q('symbol')}, "
+            f"EXISTS(SELECT 1 FROM {q(Signal._meta.db_table)} e WHERE {_earlier('s', 'e')}) "
+            f"FROM {q(VenueAccount._meta.db_table)} a "
             f"JOIN {q(Signal._meta.db_table)} s ON s.{q('account_id')} = a.{q('id')} WHERE s.{q('id')} = %s")
     row = fetch_one(sql, [signal_id])
     if row is None:
         raise Signal.DoesNotExist(f"signal {signal_id} does not exist")
     account_id, updated_at = _ACCOUNT_STAMP.values(row[:2])
-    return int(account_id), updated_at, str(row[2])
+    return int(account_id), updated_at, str(row[2]), bool(row[3])
+
+
+def _earlier(later: str, earlier: str) -> str:
+    """The condition that `earlier` is a signal of `later`'s strategy received before it and not decided yet
+    (arrival order: received time, then id); it walks the (status, received_at) index: waiting signals only."""
+    q = connection.ops.quote_name
+    s, e = later, earlier
+    return (f"{e}.{q('status')} = '{Signal.Status.RECEIVED.value}' AND {e}.{q('received_at')} <= {s}.{q('received_at')} "
+            f"AND {e}.{q('strategy_id')} = {s}.{q('strategy_id')} AND {e}.{q('id')} <> {s}.{q('id')} "
+            f"AND ({e}.{q('received_at')} < {s}.{q('received_at')} OR {e}.{q('id')} < {s}.{q('id')})")
+
+
+def _earlier_pending(signal_id: int) -> list[int]:
+    """Ids of the earlier signals of this signal's strategy still waiting, oldest first."""
+    q, table = connection.ops.quote_name, connection.ops.quote_name(Signal._meta.db_table)
+    sql = (f"SELECT e.{q('id')} FROM {table} s JOIN {table} e ON {_earlier('s', 'e')} WHERE s.{q('id')} = %s "
+           f"ORDER BY e.{q('received_at')}, e.{q('id')}")
+    return [int(row[0]) for row in fetch_all(sql, [signal_id])]
 
 
 def _signal_lock(signal_id: int) -> tuple[VenueAccount, Signal]:

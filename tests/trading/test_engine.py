@@ -364,3 +364,28 @@ def test_signal_create_queues_the_raw_message_a_worker_reads(make_account, make_
     message = json.loads(queued[0])
     assert message["headers"]["task"] == "trading.tasks.signal_process"
     assert message["headers"]["argsrepr"] == f"({signal.pk},)"
+
+
+def test_a_strategys_signals_are_decided_in_arrival_order(make_account, make_strategy, set_price) -> None:
+    """A close that overtakes its open (two workers, a retried task) first decides the open: the position ends
+    flat instead of an ignored close and an open position; another strategy's waiting signal is left alone."""
+    account = make_account()
+    strategy, other = make_strategy(account, sizing_value="0.1"), make_strategy(account, sizing_value="0.1")
+    set_price("BTC/USD", "30000")
+    t0 = timezone.now()
+    created = {}
+    for key, who, action, at in (("o1", strategy, "open_long", t0), ("x1", other, "open_long", t0),
+                                 ("o2", strategy, "open_long", t0 + timedelta(milliseconds=1)),
+                                 ("c1", strategy, "close", t0 + timedelta(milliseconds=2))):
+        created[key] = engine.signal_create(strategy=who, source="manual", idempotency_key=key, action=action,
+                                            now=at, enqueue=False)[0]
+    close = engine.signal_process(signal_id=created["c1"].pk)
+    assert close.status == Signal.Status.EXECUTED, (close.status, close.decision_rule, close.decision_detail)
+    statuses = dict(Signal.objects.values_list("idempotency_key", "status"))
+    assert statuses == {"o1": "executed", "o2": "executed", "c1": "executed", "x1": "received"}, statuses
+    decided = list(Order.objects.filter(strategy=strategy).order_by("pk").values_list(
+        "signal__idempotency_key", "side"))
+    assert decided == [("o1", "buy"), ("o2", "buy"), ("c1", "sell")]
+    assert Position.objects.get(strategy=strategy).quantity == 0
+    assert engine.signal_process(signal_id=created["o2"].pk).status == Signal.Status.EXECUTED  # its own task: no-op
+    assert Order.objects.filter(strategy=strategy).count() == 3
