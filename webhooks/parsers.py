@@ -152,6 +152,8 @@ def _text(errors: dict[str, str], data: dict[str, Any], name: str, *, required: 
     if len(raw) > _MAX_TEXT:
         errors[name] = f"at most {_MAX_TEXT} characters"
         return ""
+    if not raw.strip() and required:  # blanks only: as good as missing
+        errors[name] = "is required"
     return raw.strip()
 
 

@@ -67,3 +67,11 @@ def test_parser_is_pure() -> None:
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not imported & {"django", "rest_framework", "celery", "trading"}
+
+
+@pytest.mark.parametrize("field", ["strategy", "action", "ticker"])
+def test_a_required_field_of_blanks_is_missing(field: str) -> None:
+    data = {"strategy": "s", "action": "buy", "ticker": "BTCUSD", "time": "2026-11-25T12:00:00Z", field: " \t "}
+    result = parsers.alert_validate(data, now=NOW)
+    assert isinstance(result, parsers.Rejection) and result.status == 400, result
+    assert result.fields == {field: "is required"}
