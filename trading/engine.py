@@ -418,7 +418,7 @@ def _signal_account(signal_id: int) -> tuple[int, datetime, str, bool]:
 
 def _earlier(later: str, earlier: str) -> str:
     """The condition that `earlier` is a signal of `later`'s strategy received before it and not decided yet
-    (arrival order: received time, then id); it walks the (status, received_at) index: waiting signals only."""
+    (arrival order: received time, then id); it walks the partial index of waiting signals per strategy."""
     q = connection.ops.quote_name
     s, e = later, earlier
     return (f"{e}.{q('status')} = '{Signal.Status.RECEIVED.value}' AND {e}.{q('received_at')} <= {s}.{q('received_at')} "

@@ -60,7 +60,9 @@ def test_stepwise_upgrade_keeps_keys_unique_and_drops_the_indexes_intake_paid_fo
         assert not any("varchar_pattern_ops" in d for d in indexes), indexes
         assert not any(d.endswith("(strategy_id)") for d in indexes), indexes
         assert any("UNIQUE" in d and d.endswith("(idempotency_key)") for d in indexes), indexes
-        assert len(indexes) == 5, indexes  # pk, the key, (status, received_at), (strategy_id, received_at), account
+        assert any("signal_waiting_by_strategy" in d and "(strategy_id, received_at) WHERE" in d and "'received'" in d
+                   for d in indexes), indexes
+        assert len(indexes) == 6, indexes  # pk, key, (status, received_at), (strategy_id, received_at), account, waiting
         with pytest.raises(psycopg.errors.UniqueViolation):
             _signal_row(conn, "k1")
         _signal_row(conn, "k2")
