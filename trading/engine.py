@@ -406,7 +406,10 @@ def _signal_account(signal_id: int) -> tuple[int, datetime, str, bool]:
         q = connection.ops.quote_name
         sql = _sql["account"] = (
             f"SELECT {_ACCOUNT_STAMP.columns('a')}, s.{q('symbol')}, "
-            f"EXISTS(SELECT 1 FROM {q(Signal._meta.db_table)} e WHERE {_earlier('s', 'e')}) "
+            # ORDER BY ... LIMIT 1, not EXISTS: PostgreSQL then walks the partial index of waiting signals; for
+            # EXISTS it expects an early hit and scans the table (2.7 ms against 0.06 ms with 20,000 waiting).
+            f"(SELECT e.{q('id')} FROM {q(Signal._meta.db_table)} e WHERE {_earlier('s', 'e')} "
+            f"ORDER BY e.{q('strategy_id')}, e.{q('received_at')} LIMIT 1) IS NOT NULL "
             f"FROM {q(VenueAccount._meta.db_table)} a "
             f"JOIN {q(Signal._meta.db_table)} s ON s.{q('account_id')} = a.{q('id')} WHERE s.{q('id')} = %s")
     row = fetch_one(sql, [signal_id])
