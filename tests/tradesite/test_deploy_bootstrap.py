@@ -11,18 +11,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, scratch_database, wait_for
 from tradesite.bootstrap import problems
 
 pytestmark = pytest.mark.integration
-SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 GOOD_TOKEN = "t" * 32
 
 
@@ -35,12 +33,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def fresh_db() -> Iterator[str]:
     """An empty Postgres database of its own (the bootstrap migrates it)."""
-    name = f"tradesite_boot_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(SERVER, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgres://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(SERVER, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database("tradesite_boot") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,9 @@ import sys
 import uuid
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, scratch_database
 from trading.management.commands import soak
 from trading.management.commands.soak import replay_rows
 
@@ -60,20 +59,14 @@ def test_a_second_soak_on_the_same_database_evaluates_bars_of_its_own(db, settin
 
 @pytest.mark.soak
 def test_short_soak_reports_figures_and_fills_every_alert(tmp_path: Path) -> None:
-    name = f"tradesite_soak_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    env = {**os.environ, "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{name}",
-           "REDIS_KEY_PREFIX": f"soak-{uuid.uuid4().hex[:8]}:", "TRADESITE_VAR_DIR": str(tmp_path / "var")}
-    out = tmp_path / "soak.json"
-    try:
+    with scratch_database("tradesite_soak") as url:
+        env = {**os.environ, "DATABASE_URL": url, "REDIS_KEY_PREFIX": f"soak-{uuid.uuid4().hex[:8]}:",
+               "TRADESITE_VAR_DIR": str(tmp_path / "var")}
+        out = tmp_path / "soak.json"
         result = subprocess.run([sys.executable, "manage.py", "soak", "--minutes", "0.75", "--sample", "10",
                                  "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
                                 timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
-    finally:
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     report = json.loads(out.read_text())
     assert len(report["windows"]) >= 4
     assert set(report["rss_last_mib"]) == {"web", "worker-execution", "worker-monitoring", "beat", "feed", "replay"}

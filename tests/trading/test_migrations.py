@@ -6,26 +6,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, scratch_database
 
 pytestmark = pytest.mark.integration
-SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @pytest.fixture
 def fresh_db() -> Iterator[str]:
-    name = f"tradesite_mig_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(SERVER, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(SERVER, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database("tradesite_mig") as url:
+        yield url
 
 
 def _manage(url: str, *args: str) -> None:
