@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -273,43 +274,74 @@ def signal_process(*, signal_id: int, now: datetime | None = None) -> Signal:
     A strategy's signals are decided in the order they arrived: one that overtook an earlier one still waiting
     (two workers, one task retried, the sweeper) first processes the earlier ones, oldest first. Each is decided
     once (a signal no longer RECEIVED is left as it is), so its own task finds nothing to do.
+
+    Venue, database and time-limit errors are passing: they propagate, and the task or the sweeper tries again.
+    Any other exception is a fault of ours that would recur on every try: its transaction is rolled back (no order
+    exists), the signal is marked FAILED with the exception's type (details in the log), and nothing is raised, so
+    one bad signal never holds up its strategy's later signals or the sweeper.
     """
     with log_context(signal_id=signal_id):
-        now = now or timezone.now()
-        account_id, updated_at, symbol, overtook = _signal_account(signal_id)
-        if overtook:
-            for earlier_id in _earlier_pending(signal_id):
-                with log_context(overtaken_by=signal_id):
-                    signal_process(signal_id=earlier_id, now=now)
-        connector = connector_for_id(account_id, updated_at)
-        if connector.capabilities.in_database:
-            # Nothing leaves the database: decide, send and record in one transaction (the venue's lock first,
-            # as its own writers take it, then the account row). A crash before COMMIT leaves the signal RECEIVED.
-            # On PostgreSQL every read of the unit travels in one round trip with the venue's lock, and every
-            # write in one before COMMIT: the account stays locked for as short a time as possible.
-            client_ids = [new_client_order_id(), new_client_order_id()]  # a decision makes at most two orders
-            with _batched_transaction():
-                rows.prefetch([_lock_sql(signal_id), _positions_sql(account_id), _working_sql(account_id)])
-                rows.reserve_ids(Order, len(client_ids))
-                connector.prefetch(symbols=[symbol], client_order_ids=client_ids)
-                with connector.unit_of_work(), _audit_batch():
-                    signal, orders, book = _signal_decide(signal_id=signal_id, account_id=account_id, now=now,
-                                                          save=False, client_ids=client_ids)
-                    for order in orders:
-                        _order_send(order, connector=connector, now=timezone.now(),
-                                    positions=book.positions if book else None, siblings=orders)
-                    if orders:  # the decision and the stages, written once
-                        if signal.status == Signal.Status.ACCEPTED and all(o.is_final for o in orders):
-                            signal.status = Signal.Status.EXECUTED
-                        rows.save_fields(signal, [*_DECISION_FIELDS, "acknowledged_at", "filled_at"])
-            return signal
-        with transaction.atomic():
-            signal, orders, _ = _signal_decide(signal_id=signal_id, account_id=account_id, now=now)
-        for order in orders:  # committed as SUBMITTING, in the decision's transaction
-            _order_send(order, connector=connector, now=order.submitted_at or timezone.now())
-        if orders:
-            signal.refresh_from_db()
+        try:
+            return _signal_process(signal_id=signal_id, now=now)
+        except _PASSING:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.exception("signal %s failed inside the engine", signal_id)
+            return _signal_fail(signal_id, exc, now=now or timezone.now())
+
+
+# Errors that a later try may not meet again: retried, never a FAILED signal.
+_PASSING = (VenueError, DatabaseError, OSError, SoftTimeLimitExceeded, Signal.DoesNotExist)
+
+
+def _signal_fail(signal_id: int, exc: Exception, *, now: datetime) -> Signal:
+    """Mark a still-RECEIVED signal FAILED after an internal error (the type only: messages may quote data)."""
+    with transaction.atomic():
+        signal = Signal.objects.select_for_update().get(pk=signal_id)
+        if signal.status == Signal.Status.RECEIVED:
+            signal.attempts += 1
+            _signal_reject(signal, rule="internal_error", status=Signal.Status.FAILED, now=now,
+                           detail=f"internal error ({type(exc).__name__}); the engine log has the traceback")
+    return signal
+
+
+def _signal_process(*, signal_id: int, now: datetime | None) -> Signal:
+    """signal_process without its handling of internal errors."""
+    now = now or timezone.now()
+    account_id, updated_at, symbol, overtook = _signal_account(signal_id)
+    if overtook:
+        for earlier_id in _earlier_pending(signal_id):
+            with log_context(overtaken_by=signal_id):
+                signal_process(signal_id=earlier_id, now=now)
+    connector = connector_for_id(account_id, updated_at)
+    if connector.capabilities.in_database:
+        # Nothing leaves the database: decide, send and record in one transaction (the venue's lock first,
+        # as its own writers take it, then the account row). A crash before COMMIT leaves the signal RECEIVED.
+        # On PostgreSQL every read of the unit travels in one round trip with the venue's lock, and every
+        # write in one before COMMIT: the account stays locked for as short a time as possible.
+        client_ids = [new_client_order_id(), new_client_order_id()]  # a decision makes at most two orders
+        with _batched_transaction():
+            rows.prefetch([_lock_sql(signal_id), _positions_sql(account_id), _working_sql(account_id)])
+            rows.reserve_ids(Order, len(client_ids))
+            connector.prefetch(symbols=[symbol], client_order_ids=client_ids)
+            with connector.unit_of_work(), _audit_batch():
+                signal, orders, book = _signal_decide(signal_id=signal_id, account_id=account_id, now=now,
+                                                      save=False, client_ids=client_ids)
+                for order in orders:
+                    _order_send(order, connector=connector, now=timezone.now(),
+                                positions=book.positions if book else None, siblings=orders)
+                if orders:  # the decision and the stages, written once
+                    if signal.status == Signal.Status.ACCEPTED and all(o.is_final for o in orders):
+                        signal.status = Signal.Status.EXECUTED
+                    rows.save_fields(signal, [*_DECISION_FIELDS, "acknowledged_at", "filled_at"])
         return signal
+    with transaction.atomic():
+        signal, orders, _ = _signal_decide(signal_id=signal_id, account_id=account_id, now=now)
+    for order in orders:  # committed as SUBMITTING, in the decision's transaction
+        _order_send(order, connector=connector, now=order.submitted_at or timezone.now())
+    if orders:
+        signal.refresh_from_db()
+    return signal
 
 
 _DECISION_FIELDS = ("attempts", "status", "decision_rule", "decision_detail", "accepted_at", "submitted_at",
@@ -862,7 +894,12 @@ def orders_sweep(*, now: datetime | None = None) -> dict[str, int]:
     ).values_list("pk", flat=True)[:500]
     for order_id in stuck:
         counts["orders"] += 1
-        order_recover(order_id=order_id, now=timezone.now())
+        try:
+            order_recover(order_id=order_id, now=timezone.now())
+        except VenueError as exc:
+            log.warning("order %s still waiting for its venue: %s", order_id, exc)
+        except Exception:  # noqa: BLE001 - one order's fault must not stop the recovery of the others
+            log.exception("recovery of order %s failed; the next sweep tries again", order_id)
     return counts
 
 

@@ -389,3 +389,39 @@ def test_a_strategys_signals_are_decided_in_arrival_order(make_account, make_str
     assert Position.objects.get(strategy=strategy).quantity == 0
     assert engine.signal_process(signal_id=created["o2"].pk).status == Signal.Status.EXECUTED  # its own task: no-op
     assert Order.objects.filter(strategy=strategy).count() == 3
+
+
+def test_an_internal_error_fails_that_signal_only(make_account, make_strategy, set_price, monkeypatch, caplog) -> None:
+    """A fault of ours while deciding one signal (here: a bug in building its intent) rolls its transaction back,
+    marks it FAILED with the exception's type, and holds up neither its strategy's next signal nor the sweeper."""
+    account = make_account()
+    strategy = make_strategy(account, sizing_value="0.1")
+    set_price("BTC/USD", "30000")
+    real_intent = engine._intent
+
+    def intent_with_a_bug(signal):  # type: ignore[no-untyped-def]
+        if signal.idempotency_key == "poison":
+            raise ValueError("secret-looking detail that must not reach the signal row")
+        return real_intent(signal)
+
+    monkeypatch.setattr(engine, "_intent", intent_with_a_bug)
+    t0 = timezone.now() - timedelta(minutes=10)  # old enough for the sweeper
+    poison, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="poison",
+                                     action="open_long", now=t0, enqueue=False)
+    later, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="later", action="open_long",
+                                    now=t0 + timedelta(milliseconds=1), enqueue=False)
+    other, _ = engine.signal_create(strategy=make_strategy(account, sizing_value="0.1"), source="manual",
+                                    idempotency_key="other", action="open_long", now=t0, enqueue=False)
+
+    assert engine.orders_sweep()["signals"] == 3  # the first one (the poison) fails; the sweep goes on
+    poison.refresh_from_db()
+    assert (poison.status, poison.decision_rule) == (Signal.Status.FAILED, "internal_error")
+    assert "ValueError" in poison.decision_detail and "secret" not in poison.decision_detail
+    assert not Order.objects.filter(signal=poison).exists()
+    assert Signal.objects.get(pk=later.pk).status == Signal.Status.EXECUTED
+    assert Signal.objects.get(pk=other.pk).status == Signal.Status.EXECUTED
+    assert Position.objects.get(strategy=strategy).quantity == Decimal("0.1")
+    assert AuditEvent.objects.filter(action="signal.failed", entity_id=str(poison.pk)).exists()
+    assert any(r.levelname == "ERROR" and f"signal {poison.pk} failed inside the engine" in r.getMessage()
+               for r in caplog.records if r.name == "trading.engine")
+    assert engine.signal_process(signal_id=poison.pk).status == Signal.Status.FAILED  # a redelivery: no change
