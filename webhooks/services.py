@@ -8,6 +8,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -177,7 +178,7 @@ class Accepted:
 _UNAUTHORIZED = Rejection(401, "unauthorized", "unknown strategy or wrong passphrase")
 _FIELDS = [f for f in Signal._meta.concrete_fields if not f.primary_key]
 _PLAIN = (str, int, bool, type(None))  # values every column type takes as they are (no get_db_prep_save needed)
-_insert_sql: str | None = None
+_insert_sql: dict[bool, str] = {}  # by guarded
 
 
 def _one_row(sql: str, params: list[Any], *, read: bool = False) -> tuple[Any, ...] | None:
@@ -207,25 +208,48 @@ def _one_row(sql: str, params: list[Any], *, read: bool = False) -> tuple[Any, .
     return None
 
 
-def _insert(values: dict[str, Any]) -> int | None:
+def _insert(values: dict[str, Any], *, guard: _Target | None = None) -> int | None:
     """INSERT ... ON CONFLICT (idempotency_key) DO NOTHING RETURNING id: the new id, or None for a repeat.
 
-    `values` by attname; the others take their field's default.
+    `values` by attname; the others take their field's default. With a `guard` the row is written only if that
+    strategy row still has the guard's status (active), symbol, account and secret hash and the kill switch is
+    released: None then also means "changed".
     """
-    global _insert_sql
-    if _insert_sql is None:
-        quote = connection.ops.quote_name
-        columns = ", ".join(quote(f.column) for f in _FIELDS)
-        marks = ", ".join(["%s"] * len(_FIELDS))
-        _insert_sql = (f"INSERT INTO {quote(Signal._meta.db_table)} ({columns}) VALUES ({marks}) "
-                       "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id")
+    sql = _insert_sql.get(guard is not None)
+    if sql is None:
+        sql = _insert_sql[guard is not None] = _insert_statement(guarded=guard is not None)
     db = connections["default"]
     params = []
     for f in _FIELDS:
         value = values[f.attname] if f.attname in values else f.get_default()
         params.append(value if type(value) in _PLAIN else f.get_db_prep_save(value, db))
-    row = _one_row(_insert_sql, params)
+    if guard is not None:
+        params += [guard.pk, guard.symbol, guard.account_id, guard.webhook_secret_hash]
+    row = _one_row(sql, params)
     return None if row is None else int(row[0])
+
+
+def _insert_statement(*, guarded: bool) -> str:
+    q = connection.ops.quote_name
+    columns = ", ".join(q(f.column) for f in _FIELDS)
+    tail = f"ON CONFLICT ({q('idempotency_key')}) DO NOTHING RETURNING {q('id')}"
+    if not guarded:
+        return f"INSERT INTO {q(Signal._meta.db_table)} ({columns}) VALUES ({', '.join(['%s'] * len(_FIELDS))}) {tail}"
+    st, k = Strategy._meta, KillSwitch._meta
+    # A SELECT list does not take its types from the target columns: each value is cast to its column's base type
+    # (no length or precision: storing it then checks those exactly as the plain INSERT does, never truncates).
+    typed = ", ".join(f"CAST(%s AS {re.sub(r'[(].*[)]', '', f.cast_db_type(connection))})" for f in _FIELDS)
+    return (f"INSERT INTO {q(Signal._meta.db_table)} ({columns}) SELECT {typed} "
+            f"WHERE EXISTS (SELECT 1 FROM {q(st.db_table)} WHERE {q(st.pk.column)} = %s "
+            f"AND {q(st.get_field('status').column)} = '{Strategy.Status.ACTIVE.value}' "
+            f"AND {q(st.get_field('symbol').column)} = %s AND {q(st.get_field('account').column)} = %s "
+            f"AND {q(st.get_field('webhook_secret_hash').column)} = %s) "
+            f"AND NOT EXISTS (SELECT 1 FROM {q(k.db_table)} WHERE {q(k.pk.column)} = 1 "
+            f"AND {q(k.get_field('engaged').column)}) {tail}")
+
+
+# The strategies this process has authenticated alerts for, by slug (each INSERT from them re-checks the row).
+_targets: dict[str, _Target] = {}
 
 
 def _price_guard(alert: Alert, symbol: str) -> Rejection | None:
@@ -275,9 +299,20 @@ def _target(slug: str) -> _Target | None:
 
 
 def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip: str = "",
-                 now: datetime | None = None, enqueue: bool = True) -> Accepted | Rejection:
-    """Authenticate (unless `authenticated`), validate and store one decoded alert; queue it after commit."""
+                 now: datetime | None = None, enqueue: bool = True, fresh: bool = False,
+                 counted: bool = False, unsure: bool = False) -> Accepted | Rejection:
+    """Authenticate (unless `authenticated`), validate and store one decoded alert; queue it after commit.
+
+    A webhook alert for a strategy this process has read before is checked against that copy, and stored by an
+    INSERT that runs only if the strategy row still has the status, symbol, account and secret hash it was checked
+    against and the kill switch is still released (one statement: no read before it). When that INSERT stores
+    nothing (the strategy changed, or a repeat delivery), or the copy would refuse the alert, the alert is taken
+    again from a fresh read (`fresh`; `counted`: its rate-limit hit is already counted). So is an alert whose
+    guarded INSERT met a dropped connection (`unsure`: it may have been stored; if the fresh INSERT finds it, it
+    is queued again while still waiting, which its idempotent task makes harmless).
+    """
     now = now or timezone.now()
+    cached = False
     if authenticated:
         slug = data.get("strategy") if isinstance(data.get("strategy"), str) else ""
         strategy = _target(slug) if slug else None
@@ -289,28 +324,47 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
             secret_matches("", "")  # same work as a wrong passphrase
             return _UNAUTHORIZED
         slug, passphrase = creds
-        strategy = _target(slug)
-        if not secret_matches(strategy.webhook_secret_hash if strategy else "", passphrase) or strategy is None:
-            return _UNAUTHORIZED
+        known = None if fresh else _targets.get(slug)
+        # Every path compares twice, so a strategy's existence does not show in the time taken.
+        cached = secret_matches(known.webhook_secret_hash if known else "", passphrase)
+        strategy = known
+        if not cached:
+            strategy = _target(slug)
+            if not secret_matches(strategy.webhook_secret_hash if strategy else "", passphrase) or strategy is None:
+                return _UNAUTHORIZED
+            _targets[slug] = strategy
+        else:
+            secret_matches("", passphrase)
+
+    def again(*, unsure: bool = False) -> Accepted | Rejection:  # the copy may be stale: decide on a fresh read
+        _targets.pop(slug, None)
+        return alert_intake(data=data, source_ip=source_ip, now=now, enqueue=enqueue, fresh=True, counted=counted,
+                            unsure=unsure)
     alert = parsers.alert_validate(
         data, now=now, max_age_seconds=int(setting("WEBHOOK_MAX_ALERT_AGE_SECONDS")),
         max_future_seconds=int(setting("WEBHOOK_MAX_FUTURE_SECONDS")))
     if isinstance(alert, Rejection):
         return alert
     if not parsers.ticker_matches(alert.ticker, strategy.symbol):
+        if cached:
+            return again()
         return Rejection(400, "ticker_mismatch", f"ticker {alert.ticker} is not {strategy.symbol}",
                          {"ticker": f"must name {strategy.symbol}"})
-    if rate_limited("strategy", str(strategy.pk), limit=int(setting("WEBHOOK_RATE_LIMIT_PER_STRATEGY"))):
-        return Rejection(429, "rate_limited", "too many alerts for this strategy")
+    if not counted:
+        if rate_limited("strategy", str(strategy.pk), limit=int(setting("WEBHOOK_RATE_LIMIT_PER_STRATEGY"))):
+            return Rejection(429, "rate_limited", "too many alerts for this strategy")
+        counted = True
     guard = _price_guard(alert, strategy.symbol)
     if guard is not None:
-        return guard
+        return again() if cached else guard
 
     refusal: tuple[str, str] | None = None
     if strategy.status != Strategy.Status.ACTIVE:
         refusal = ("strategy_inactive", f"strategy {strategy.slug} is {strategy.status}")
     elif strategy.kill_switch_engaged:
         refusal = ("kill_switch", "the kill switch is engaged")
+    if refusal and cached:
+        return again()
     key = parsers.idempotency_key(alert)
     signal = {
         "strategy_id": strategy.pk, "account_id": strategy.account_id,
@@ -323,13 +377,23 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
         "decision_rule": refusal[0] if refusal else "", "decision_detail": refusal[1] if refusal else "",
     }
     # One statement in autocommit: the INSERT and its COMMIT (durable, synchronous_commit) in one round trip.
-    signal_id = _insert(signal)
+    try:
+        signal_id = _insert(signal, guard=strategy if cached else None)
+    except (InterfaceError, OperationalError):
+        if not cached:
+            raise
+        connections["default"].close()  # a dropped connection (a database restart): the fresh read reconnects
+        return again(unsure=True)
+    if signal_id is None and cached:
+        return again()  # a repeat delivery, or the strategy changed since this process read it
     if signal_id is not None and not refusal and enqueue:
         # Outside a transaction block this runs at once, after the commit; inside a caller's, after its commit.
         transaction.on_commit(lambda: _enqueue(signal_id))
     if signal_id is None:
-        first = Signal.objects.filter(idempotency_key=key).values_list("id", flat=True).first()
-        return Accepted(signal_id=int(first or 0), duplicate=True, status=200)
+        first = Signal.objects.filter(idempotency_key=key).values_list("id", "status").first()
+        if first is not None and unsure and enqueue and first[1] == Signal.Status.RECEIVED and not refusal:
+            transaction.on_commit(lambda: _enqueue(first[0]))
+        return Accepted(signal_id=int(first[0]) if first else 0, duplicate=True, status=200)
     if refusal:
         return Rejection(409, refusal[0], refusal[1], {"signal_id": str(signal_id)})
     return Accepted(signal_id=signal_id, duplicate=False)
