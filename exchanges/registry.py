@@ -9,7 +9,10 @@ circuit breaker); the limiter and breaker are shared by every connector of one (
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import logging
+import math
 import threading
 from collections.abc import Callable, Mapping
 
@@ -25,6 +28,8 @@ from exchanges.resilience import (
     ResilientConnector,
     RetryPolicy,
 )
+
+log = logging.getLogger("exchanges.registry")
 
 Builder = Callable[[VenueConfig], Connector]
 
@@ -48,7 +53,7 @@ def limiters_use(factory: LimiterFactory | None) -> None:
     """Make new limiters with `factory` (e.g. one bucket shared by every process through Redis); None: local ones."""
     global _limiter_factory
     with _guards_lock:
-        if factory is not _limiter_factory:
+        if (factory or _local_limiter) is not _limiter_factory:  # None is the local one: not a change
             _limiter_factory = factory or _local_limiter
             _GUARDS.clear()
             _LIMITERS.clear()
@@ -86,6 +91,7 @@ def build(
     account: str = "",
     on_breaker: Callable[[BreakerEvent], None] | None = None,
     resilient: bool = True,
+    rate_limit: str | None = None,
 ) -> Connector:
     """Build a live venue's connector behind retries, its rate budget and its breaker; paper can never reach one.
 
@@ -103,21 +109,48 @@ def build(
     inner = _builder(venue)(config)
     if not resilient:
         return inner
-    limiter, breaker = guards(venue, account)
+    limiter, breaker = guards(venue, account, spec=rate_override(venue, rate_limit))
     if on_breaker is not None:
         breaker.on_transition = on_breaker
     return ResilientConnector(inner, RETRY_POLICY, limiter, breaker)
 
 
-def guards(venue: str, account: str) -> tuple[RateLimiter, CircuitBreaker]:
+def rate_override(venue: str, text: str | None) -> RateSpec | None:
+    """An account's own budget from `<PREFIX>_RATE_LIMIT`: "units a second" or "units a second/burst" (burst
+    defaults to one second's worth), replacing the venue's default for that account; None when unset.
+
+    For a venue that counts per IP (Hyperliquid) one budget serves every account, so an account's own is ignored
+    with a warning. A value that is not a positive finite number is refused, naming the variable.
+    """
+    if text is None or not text.strip():
+        return None
+    default = VENUE_RATES.get(venue, DEFAULT_RATE)
+    if default.per_ip:
+        log.warning("%s counts requests per IP: one budget for all its accounts; RATE_LIMIT ignored", venue)
+        return None
+    per_second, _, burst = text.partition("/")
+    try:
+        rate = float(per_second)
+        burst_value = float(burst) if burst.strip() else rate
+    except ValueError:
+        rate = burst_value = math.nan
+    if not (math.isfinite(rate) and math.isfinite(burst_value) and rate > 0 and burst_value > 0):
+        raise VenueError(f"RATE_LIMIT must be 'units a second' or 'units a second/burst', both positive numbers; "
+                         f"got {text!r}", venue=venue)
+    return dataclasses.replace(default, rate=rate, burst=burst_value, source="the account's RATE_LIMIT")
+
+
+def guards(venue: str, account: str, *, spec: RateSpec | None = None) -> tuple[RateLimiter, CircuitBreaker]:
     """This process's rate limiter and circuit breaker of a (venue, account), created on first use.
 
-    The limiter is shared by all of a venue's accounts when the venue's limit is per IP (Hyperliquid).
+    The limiter is shared by all of a venue's accounts when the venue's limit is per IP (Hyperliquid). `spec`, an
+    account's own budget, replaces the venue's default for that account (it takes effect when the account's guards
+    are first made: at start, since it comes from the environment).
     """
     with _guards_lock:
         found = _GUARDS.get((venue, account))
         if found is None:
-            spec = VENUE_RATES.get(venue, DEFAULT_RATE)
+            spec = spec or VENUE_RATES.get(venue, DEFAULT_RATE)
             bucket = (venue, "" if spec.per_ip else account)
             limiter = _LIMITERS.get(bucket)
             if limiter is None:

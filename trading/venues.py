@@ -72,10 +72,11 @@ def _build(account: VenueAccount) -> Connector:
     credentials = {k[len(prefix):].lower(): v for k, v in os.environ.items() if k.startswith(prefix)}
     # <PREFIX>_ENDPOINT is not a secret: it points the account at another base URL (a testnet mirror, a loopback fake).
     endpoint = credentials.pop("endpoint", None) or None
+    rate_limit = credentials.pop("rate_limit", None)  # <PREFIX>_RATE_LIMIT: the account's own request budget
     registry.limiters_use(_shared_limiter if settings.REDIS_URL else None)
     return registry.build(
         venue=account.venue, network=account.network, credentials=credentials, endpoint=endpoint,
-        journal=DjangoVenueJournal(account.pk), account=account.name,
+        journal=DjangoVenueJournal(account.pk), account=account.name, rate_limit=rate_limit,
         on_breaker=_health_reporter(account.pk, secrets=[v for k, v in credentials.items() if len(v) >= 6]),
     )
 
