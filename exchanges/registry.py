@@ -130,8 +130,8 @@ def rate_override(venue: str, text: str | None) -> RateSpec | None:
         return None
     per_second, _, burst = text.partition("/")
     try:
-        rate = float(per_second)
-        burst_value = float(burst) if burst.strip() else rate
+        rate = float(per_second)  # not money: request units a second, as RateSpec counts them
+        burst_value = float(burst) if burst.strip() else rate  # not money: request units
     except ValueError:
         rate = burst_value = math.nan
     if not (math.isfinite(rate) and math.isfinite(burst_value) and rate > 0 and burst_value > 0):
