@@ -720,8 +720,6 @@ def test_two_processes_signing_for_one_wallet_take_turns_through_the_journal_loc
                     time.sleep(0.1)
         except Exception as exc:  # noqa: BLE001 - reported below
             results[cid] = exc
-        finally:
-            side_connections_close()
 
     threads = [threading.Thread(target=place, args=(first, "one", 0)),
                threading.Thread(target=place, args=(second, "two", 0.2))]
@@ -729,6 +727,7 @@ def test_two_processes_signing_for_one_wallet_take_turns_through_the_journal_loc
         t.start()
     for t in threads:
         t.join(timeout=60)
+    side_connections_close()  # both threads' at once, once both are done (one closing them all broke the other)
 
     assert {cid: getattr(o, "status", o) for cid, o in results.items()} == {
         "one": VenueOrderStatus.FILLED, "two": VenueOrderStatus.FILLED}
