@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
-import math
 import threading
 from collections.abc import Callable, Mapping
 
@@ -116,11 +115,12 @@ def build(
 
 
 def rate_override(venue: str, text: str | None) -> RateSpec | None:
-    """An account's own budget from `<PREFIX>_RATE_LIMIT`: "units a second" or "units a second/burst" (burst
-    defaults to one second's worth), replacing the venue's default for that account; None when unset.
+    """An account's own budget from `<PREFIX>_RATE_LIMIT`: "units a second" or "units a second/burst", whole
+    numbers (burst defaults to one second's worth), replacing the venue's default for that account; None when
+    unset.
 
     For a venue that counts per IP (Hyperliquid) one budget serves every account, so an account's own is ignored
-    with a warning. A value that is not a positive finite number is refused, naming the variable.
+    with a warning. A value that is not a positive whole number is refused, naming the variable.
     """
     if text is None or not text.strip():
         return None
@@ -130,13 +130,13 @@ def rate_override(venue: str, text: str | None) -> RateSpec | None:
         return None
     per_second, _, burst = text.partition("/")
     try:
-        rate = float(per_second)  # not money: request units a second, as RateSpec counts them
-        burst_value = float(burst) if burst.strip() else rate  # not money: request units
+        rate = int(per_second)
+        burst_value = int(burst) if burst.strip() else rate
     except ValueError:
-        rate = burst_value = math.nan
-    if not (math.isfinite(rate) and math.isfinite(burst_value) and rate > 0 and burst_value > 0):
-        raise VenueError(f"RATE_LIMIT must be 'units a second' or 'units a second/burst', both positive numbers; "
-                         f"got {text!r}", venue=venue)
+        rate = burst_value = 0
+    if rate <= 0 or burst_value <= 0:
+        raise VenueError(f"RATE_LIMIT must be 'units a second' or 'units a second/burst', both positive whole "
+                         f"numbers; got {text!r}", venue=venue)
     return dataclasses.replace(default, rate=rate, burst=burst_value, source="the account's RATE_LIMIT")
 
 
