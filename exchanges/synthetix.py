@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
@@ -657,10 +657,8 @@ class SynthetixConnector(Connector):
     def _signing(self) -> Iterator[None]:
         """Hold the wallet's signing lock: this process's threads, and every process sharing the journal's store
         (a nonce is chosen, signed, journalled and broadcast by one holder at a time)."""
-        with self._tx_lock:
-            lock = getattr(self._journal, "lock", None)
-            with lock(f"synthetix:{self.chain_id}:{self.address}") if lock is not None else nullcontext():
-                yield
+        with self._tx_lock, self._journal.lock(f"synthetix:{self.chain_id}:{self.address}"):
+            yield
 
     def _settle_outstanding(self) -> None:
         """Resolve every unfinished transaction of ours before a new nonce is signed; refuse while one is pending."""

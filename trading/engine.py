@@ -463,9 +463,11 @@ def _earlier(later: str, earlier: str) -> str:
 
 def _earlier_pending(signal_id: int) -> list[int]:
     """Ids of the earlier signals of this signal's strategy still waiting, oldest first."""
-    q, table = connection.ops.quote_name, connection.ops.quote_name(Signal._meta.db_table)
-    sql = (f"SELECT e.{q('id')} FROM {table} s JOIN {table} e ON {_earlier('s', 'e')} WHERE s.{q('id')} = %s "
-           f"ORDER BY e.{q('received_at')}, e.{q('id')}")
+    sql = _sql.get("earlier")
+    if sql is None:
+        q, table = connection.ops.quote_name, connection.ops.quote_name(Signal._meta.db_table)
+        sql = _sql["earlier"] = (f"SELECT e.{q('id')} FROM {table} s JOIN {table} e ON {_earlier('s', 'e')} "
+                                 f"WHERE s.{q('id')} = %s ORDER BY e.{q('received_at')}, e.{q('id')}")
     return [int(row[0]) for row in fetch_all(sql, [signal_id])]
 
 

@@ -149,34 +149,19 @@ class Command(BaseCommand):
     # ------------------------------------------------------------------------------------------- set-up
 
     def _soak_strategy(self) -> tuple[Strategy, str]:
-        account = VenueAccount.objects.filter(name="soak-paper").first() or services.account_create(
-            data={"name": "soak-paper", "venue": "paper", "network": "paper", "quote_asset": "BTC",
-                  "paper_initial_cash": "100", "max_leverage": "2"}, by="soak")
-        strategy = Strategy.objects.filter(slug="soak-webhook").first()
-        if strategy is None:
-            strategy = services.strategy_create(
-                data={"name": "soak webhook", "slug": "soak-webhook", "kind": "webhook", "symbol": "ETH/BTC",
-                      "account": account, "mode": "paper", "sizing_mode": "quantity", "sizing_value": "0.01"},
-                by="soak")
-        if strategy.status != Strategy.Status.ACTIVE:
-            strategy = services.strategy_start(strategy=strategy, by="soak")
+        strategy = _started_strategy(
+            account={"name": "soak-paper", "quote_asset": "BTC", "paper_initial_cash": "100", "max_leverage": "2"},
+            strategy={"name": "soak webhook", "slug": "soak-webhook", "kind": "webhook", "symbol": "ETH/BTC",
+                      "sizing_mode": "quantity", "sizing_value": "0.01"})
         secret = services.strategy_webhook_secret_rotate(strategy=strategy, by="soak")
         return strategy, secret
 
     def _indicator_strategy(self) -> Strategy:
         """An RSI strategy on the replayed XRP perp (its own USDT account), so strategy evaluation carries load."""
-        account = VenueAccount.objects.filter(name="soak-usdt").first() or services.account_create(
-            data={"name": "soak-usdt", "venue": "paper", "network": "paper", "quote_asset": "USDT",
-                  "paper_initial_cash": "100000", "max_leverage": "5"}, by="soak")
-        strategy = Strategy.objects.filter(slug="soak-rsi").first()
-        if strategy is None:
-            strategy = services.strategy_create(
-                data={"name": "soak RSI", "slug": "soak-rsi", "kind": "rsi", "symbol": INDICATOR_SYMBOL,
-                      "timeframe": "5m", "params": {"period": 14}, "account": account, "mode": "paper",
-                      "sizing_mode": "quantity", "sizing_value": "100"}, by="soak")
-        if strategy.status != Strategy.Status.ACTIVE:
-            strategy = services.strategy_start(strategy=strategy, by="soak")
-        return strategy
+        return _started_strategy(
+            account={"name": "soak-usdt", "quote_asset": "USDT", "paper_initial_cash": "100000", "max_leverage": "5"},
+            strategy={"name": "soak RSI", "slug": "soak-rsi", "kind": "rsi", "symbol": INDICATOR_SYMBOL,
+                      "timeframe": "5m", "params": {"period": 14}, "sizing_mode": "quantity", "sizing_value": "100"})
 
     def _indicator_candles(self, *, seconds: float, interval: float) -> Path:
         """Write this run's XRP replay: enough candles for the run, starting after the last one stored.
@@ -394,3 +379,14 @@ def _evaluations() -> Any:
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
+
+
+def _started_strategy(*, account: dict[str, Any], strategy: dict[str, Any]) -> Strategy:
+    """The soak's paper account and its started strategy, made on the first run and reused after (by name, slug)."""
+    book = VenueAccount.objects.filter(name=account["name"]).first() or services.account_create(
+        data={"venue": "paper", "network": "paper", **account}, by="soak")
+    found = Strategy.objects.filter(slug=strategy["slug"]).first() or services.strategy_create(
+        data={"account": book, "mode": "paper", **strategy}, by="soak")
+    if found.status != Strategy.Status.ACTIVE:
+        found = services.strategy_start(strategy=found, by="soak")
+    return found
