@@ -1,6 +1,6 @@
-"""Webhook intake throughput and latency on gunicorn (sync workers) against PostgreSQL and Redis.
+"""Webhook intake throughput and latency on gunicorn (gthread workers, as deployed) against PostgreSQL and Redis.
 
-    python benchmarks/webhook_load.py [--seconds 15] [--rate 500] [--rate-seconds 60] [--gunicorn-workers 6]
+    python benchmarks/webhook_load.py [--seconds 15] [--rate 500] [--rate-seconds 60] [--gunicorn-workers 4] [--threads 8]
                                       [--with-workers-seconds 15] [--json out.json]
 
 Creates a throwaway database (`tradesite_bench_webhook`), migrates it, uses Redis db /13 (flushed before and after),
@@ -132,6 +132,16 @@ def _setup(env: dict[str, str]) -> tuple[str, str]:
                          text=True, timeout=120).stdout
     slug, secret = json.loads(out.strip().splitlines()[-1])
     return slug, secret
+
+
+def _commits(args: argparse.Namespace) -> int:
+    """Transactions committed in the benchmark's database so far (the statistics lag by up to half a second)."""
+    import psycopg
+
+    time.sleep(0.7)  # PostgreSQL 15 reports backends' counters at most every 0.5 s
+    with psycopg.connect(f"{args.pg_url}/postgres", autocommit=True) as conn:
+        row = conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = %s", [args.db_name]).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _price_refresh(env: dict[str, str]) -> None:
@@ -282,8 +292,11 @@ def _threaded(port: int, path: str, template: str, seconds: int) -> dict[str, An
             "signal_ids": ids}
 
 
+CONNECTIONS = 16  # closed-loop concurrency (--connections)
+
+
 def _closed_loop(port: int, path: str, template: str, seconds: int, tmp: Path, *, expect: int) -> dict[str, Any]:
-    result = _wrk(port, path, template, seconds, tmp) if shutil.which("wrk") else \
+    result = _wrk(port, path, template, seconds, tmp, connections=CONNECTIONS) if shutil.which("wrk") else \
         _threaded(port, path, template, seconds)
     ok = result["statuses"].get(expect, 0)
     result["ok"] = ok
@@ -410,11 +423,16 @@ def main() -> int:
     parser.add_argument("--rate-seconds", type=float, default=60, help="0 skips the fixed-rate run")
     parser.add_argument("--with-workers-seconds", type=int, default=15, help="0 skips the run with a worker")
     parser.add_argument("--gunicorn-workers", type=int, default=4, help="4: the bootstrap's default on 2 cores")
+    parser.add_argument("--threads", type=int, default=8,
+                        help="threads per gunicorn worker (8: the bootstrap's default); 1 runs sync workers")
+    parser.add_argument("--connections", type=int, default=16, help="closed-loop connections (wrk -c)")
     parser.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432")
     parser.add_argument("--db-name", default="tradesite_bench_webhook")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
+    global CONNECTIONS
+    CONNECTIONS = args.connections
     if not re.fullmatch(r"[a-z0-9_]*bench[a-z0-9_]*", args.db_name):
         parser.error("--db-name must be a plain lower-case name containing 'bench' (it is dropped)")
 
@@ -429,14 +447,15 @@ def main() -> int:
     _admin_sql(args.pg_url, f'DROP DATABASE IF EXISTS "{args.db_name}" WITH (FORCE)',
                f'CREATE DATABASE "{args.db_name}"')
     _redis_flush(args.redis_url)
-    result: dict[str, Any] = {"gunicorn_workers": args.gunicorn_workers, "worker_class": "sync",
+    result: dict[str, Any] = {"gunicorn_workers": args.gunicorn_workers, "threads": args.threads,
+                              "worker_class": "gthread" if args.threads > 1 else "sync",
                               "cpus": os.cpu_count(), "versions": _versions(args.pg_url, args.redis_url),
-                              "load_generator": "wrk -t2 -c16" if shutil.which("wrk") else "16 threads (urllib)"}
+                              "load_generator": f"wrk -t2 -c{args.connections}" if shutil.which("wrk") else "16 threads (urllib)"}
     accepted: list[int] = []  # the signal_id of every 202 the load generators saw
     try:
         slug, secret = _setup(env)
         templates = _templates(slug, secret)
-        with gunicorn(env, workers=args.gunicorn_workers, log_path=tmp / "gunicorn.log") as port:
+        with gunicorn(env, workers=args.gunicorn_workers, threads=args.threads, log_path=tmp / "gunicorn.log") as port:
             def gunicorn_pids() -> list[int]:
                 group = _pgid(next(iter(_pids(lambda p, c: "gunicorn" in c and f":{port}" in c)), -1))
                 return [p for p in _pids(lambda p, c: "gunicorn" in c) if _pgid(p) == group]
@@ -465,8 +484,11 @@ def main() -> int:
                     ("webhook", WEBHOOK, "webhook"))
             for key, path, name in runs:
                 phase: dict[str, Any] = {}
+                commits = _commits(args)
                 with meter.measure(phase, lambda: phase["requests"]):
                     phase.update(_closed_loop(port, path, templates[name], args.seconds, tmp, expect=202))
+                if path == WEBHOOK:  # the group commit's batches: rows stored per COMMIT
+                    phase["alerts_per_commit"] = round(phase["ok"] / max(1, _commits(args) - commits), 2)
                 result[key] = phase
                 ids = phase.pop("signal_ids")
                 accepted += ids if path == WEBHOOK else []

@@ -235,6 +235,10 @@ class TaskPublisher:
         """LPUSH the message (raises redis errors: the caller decides what a failed enqueue means)."""
         self.link.call(command(b"LPUSH", self.key, self.message(*args)), 1)
 
+    def publish_many(self, calls: list[tuple[int, ...]]) -> None:
+        """LPUSH one message per call's arguments with a single command (the first is consumed first)."""
+        self.link.call(command(b"LPUSH", self.key, *(self.message(*args) for args in calls)), 1)
+
 
 _publishers: dict[str, TaskPublisher | None] = {}
 

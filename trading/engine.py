@@ -987,6 +987,22 @@ def signal_enqueue(*, signal_id: int, raw: bool = True) -> None:
         log.exception("enqueue of signal %s failed; the sweeper will pick it up", signal_id)
 
 
+def signals_enqueue(*, signal_ids: list[int], raw: bool = True) -> bool:
+    """Queue stored signals with one LPUSH of raw Celery messages: True when that is how they went (a failure is
+    logged; the sweeper re-drives them). False, queuing nothing, when the broker takes no raw message: the caller
+    then queues each with `signal_enqueue`."""
+    from trading.tasks import signal_process_task
+
+    publisher = broker.publisher_for(signal_process_task) if raw else None
+    if publisher is None:
+        return False
+    try:
+        publisher.publish_many([(pk,) for pk in signal_ids])
+    except Exception:  # noqa: BLE001 - the rows are committed: RECEIVED signals are re-driven by the sweeper
+        log.exception("enqueue of signals %s failed; the sweeper will pick them up", signal_ids)
+    return True
+
+
 _SECRET_KEYS = ("passphrase", "password", "secret", "token", "api_key", "apikey", "private_key")
 
 

@@ -20,7 +20,7 @@ import redis
 from django.conf import settings
 from django.core.cache import caches
 from django.core.signals import setting_changed
-from django.db import InterfaceError, OperationalError, connection, connections, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, connections, transaction
 from django.dispatch import receiver
 from django.utils import timezone
 
@@ -29,6 +29,7 @@ from trading.engine import payload_redact
 from trading.models import KillSwitch, MarketPrice, Signal, Strategy
 from webhooks import parsers
 from trading.broker import RedisLink, command
+from webhooks.groupcommit import GroupCommit
 from webhooks.parsers import Alert, Rejection
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "WEBHOOK_RATE_LIMIT_WINDOW_SECONDS": 60,
     # Queue accepted alerts with one raw LPUSH of a pre-built Celery message when the broker is Redis ("0": .delay()).
     "WEBHOOK_RAW_ENQUEUE": True,
+    # Store the alerts of concurrent requests (gthread workers) with one INSERT and one COMMIT ("0": one each).
+    "WEBHOOK_GROUP_COMMIT": True,
 }
 # Compared when the strategy is unknown or has no secret, so that path costs the same as a wrong secret.
 _DUMMY_HASH = hashlib.sha256(b"tradesite-no-such-strategy").hexdigest()
@@ -208,44 +211,140 @@ def _one_row(sql: str, params: list[Any], *, read: bool = False) -> tuple[Any, .
     return None
 
 
-def _insert(values: dict[str, Any], *, guard: _Target | None = None) -> int | None:
-    """INSERT ... ON CONFLICT (idempotency_key) DO NOTHING RETURNING id: the new id, or None for a repeat.
+@dataclass(frozen=True)
+class _Row:
+    """One signal row for the group commit: its column values and guard as JSON, its key, whether to queue it."""
+
+    json: str
+    key: str
+    enqueue: bool
+
+
+def _json_value(value: Any) -> str:
+    """Decimal and datetime as their exact text, which the column's type reads back as it is (never a float)."""
+    if isinstance(value, (Decimal, datetime)):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not a signal column value")
+
+
+def _group_commit_on() -> bool:
+    return str(setting("WEBHOOK_GROUP_COMMIT")).lower() not in ("0", "false", "no", "off")
+
+
+def _insert(values: dict[str, Any], *, guard: _Target | None = None, enqueue: bool = False) -> tuple[int | None, bool]:
+    """INSERT ... ON CONFLICT (idempotency_key) DO NOTHING RETURNING id: (the new id or None for a repeat, queued).
 
     `values` by attname; the others take their field's default. With a `guard` the row is written only if that
     strategy row still has the guard's status (active), symbol, account and secret hash and the kill switch is
     released: None then also means "changed".
+
+    On PostgreSQL outside a transaction block the row goes through this process's group commit (rows of the
+    requests in flight in other threads written by the same INSERT and COMMIT) and, when `enqueue`, is queued by
+    it with the others (one LPUSH); `queued` says so. Otherwise the caller queues it after its commit.
     """
-    sql = _insert_sql.get(guard is not None)
-    if sql is None:
-        sql = _insert_sql[guard is not None] = _insert_statement(guarded=guard is not None)
     db = connections["default"]
+    checks = [] if guard is None else [guard.pk, guard.symbol, guard.account_id, guard.webhook_secret_hash]
+    if db.vendor == "postgresql" and not db.in_atomic_block and _group_commit_on():
+        row = [values[f.attname] if f.attname in values else f.get_default() for f in _FIELDS]
+        text = json.dumps(row + (checks or [None] * 4), default=_json_value, separators=(",", ":"))
+        return _group().submit(_Row(text, values["idempotency_key"], enqueue))
     params = []
     for f in _FIELDS:
         value = values[f.attname] if f.attname in values else f.get_default()
         params.append(value if type(value) in _PLAIN else f.get_db_prep_save(value, db))
-    if guard is not None:
-        params += [guard.pk, guard.symbol, guard.account_id, guard.webhook_secret_hash]
-    row = _one_row(sql, params)
-    return None if row is None else int(row[0])
+    sql = _insert_sql.get(guard is not None)
+    if sql is None:
+        sql = _insert_sql[guard is not None] = _insert_statement(guarded=guard is not None)
+    row = _one_row(sql, params + checks)
+    return (None if row is None else int(row[0])), False
 
 
-def _insert_statement(*, guarded: bool) -> str:
+_groups: list[GroupCommit[_Row, tuple[int | None, bool]]] = []
+
+
+def _group() -> GroupCommit[_Row, tuple[int | None, bool]]:
+    if not _groups:
+        _groups.append(GroupCommit(_rows_write))
+    return _groups[0]
+
+
+_batch_sql: str | None = None
+
+
+def _rows_write(rows: list[_Row]) -> list[tuple[int | None, bool] | BaseException]:
+    """Write rows with one INSERT (one COMMIT) and queue the new ones that ask for it with one LPUSH.
+
+    A connection error fails them all (the connection is closed: the next write reconnects). Any other database
+    error of a batch is retried row by row, so that one row the database refuses fails only its own request.
+    """
+    global _batch_sql
+    if _batch_sql is None:
+        _batch_sql = _insert_statement(guarded=True, batch=True)
+    db = connections["default"]
+    try:
+        db.ensure_connection()
+        with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
+            cursor.execute(_batch_sql, ["[" + ",".join(row.json for row in rows) + "]"], prepare=True)
+            stored = dict((key, int(pk)) for pk, key in cursor.fetchall())
+    except (InterfaceError, OperationalError):
+        db.close()
+        raise
+    except DatabaseError:
+        if len(rows) == 1:
+            raise
+        out: list[tuple[int | None, bool] | BaseException] = []
+        for row in rows:
+            try:
+                out.extend(_rows_write([row]))
+            except DatabaseError as exc:
+                out.append(exc)
+        return out
+    ids: list[int | None] = []
+    for row in rows:  # a key twice in one batch: the first row is the new one, the next ones are repeats
+        ids.append(stored.pop(row.key, None))
+    queue = [pk for pk, row in zip(ids, rows, strict=True) if pk is not None and row.enqueue]
+    queued = bool(queue) and engine.signals_enqueue(signal_ids=queue, raw=_raw_enqueue())
+    return [(pk, queued and pk is not None and row.enqueue) for pk, row in zip(ids, rows, strict=True)]
+
+
+def _insert_statement(*, guarded: bool, batch: bool = False) -> str:
+    """The signal INSERT: one row of plain values, one row behind the strategy/kill-switch guard, or (`batch`) one
+    array per column (unnest) with four guard arrays, where a row whose guard id is NULL is written unguarded."""
     q = connection.ops.quote_name
     columns = ", ".join(q(f.column) for f in _FIELDS)
     tail = f"ON CONFLICT ({q('idempotency_key')}) DO NOTHING RETURNING {q('id')}"
     if not guarded:
         return f"INSERT INTO {q(Signal._meta.db_table)} ({columns}) VALUES ({', '.join(['%s'] * len(_FIELDS))}) {tail}"
     st, k = Strategy._meta, KillSwitch._meta
-    # A SELECT list does not take its types from the target columns: each value is cast to its column's base type
-    # (no length or precision: storing it then checks those exactly as the plain INSERT does, never truncates).
-    typed = ", ".join(f"CAST(%s AS {re.sub(r'[(].*[)]', '', f.cast_db_type(connection))})" for f in _FIELDS)
-    return (f"INSERT INTO {q(Signal._meta.db_table)} ({columns}) SELECT {typed} "
-            f"WHERE EXISTS (SELECT 1 FROM {q(st.db_table)} WHERE {q(st.pk.column)} = %s "
+
+    def base(field: Any) -> str:  # the column's type without length or precision: storing checks those exactly
+        return re.sub(r"[(].*[)]", "", field.cast_db_type(connection))  # as the plain INSERT does, never truncates
+
+    guard = [st.pk, st.get_field("symbol"), st.get_field("account"), st.get_field("webhook_secret_hash")]
+    if batch:
+        # One JSON parameter, an array of rows (each an array: the columns, then the guard's four values): psycopg
+        # adapts one string instead of an array per column, and PostgreSQL reads each value back exactly from its
+        # text (numbers are strings there, never floats).
+        def element(i: int, field: Any) -> str:
+            if field.get_internal_type() == "JSONField":
+                return f"(e->{i})::jsonb"
+            return f"(e->>{i})::{base(field)}"
+
+        selected = ", ".join(element(i, f) for i, f in enumerate(_FIELDS))
+        source = f"SELECT {selected} FROM json_array_elements(%s::json) AS e WHERE e->>{len(_FIELDS)} IS NULL OR ("
+        values = tuple(element(len(_FIELDS) + i, f) for i, f in enumerate(guard))
+        tail += f", {q('idempotency_key')}"
+    else:
+        # A SELECT list does not take its types from the target columns: each value is cast to its column's base type.
+        source = f"SELECT {', '.join(f'CAST(%s AS {base(f)})' for f in _FIELDS)} WHERE ("
+        values = ("%s",) * 4
+    return (f"INSERT INTO {q(Signal._meta.db_table)} ({columns}) {source}"
+            f"EXISTS (SELECT 1 FROM {q(st.db_table)} WHERE {q(st.pk.column)} = {values[0]} "
             f"AND {q(st.get_field('status').column)} = '{Strategy.Status.ACTIVE.value}' "
-            f"AND {q(st.get_field('symbol').column)} = %s AND {q(st.get_field('account').column)} = %s "
-            f"AND {q(st.get_field('webhook_secret_hash').column)} = %s) "
+            f"AND {q(st.get_field('symbol').column)} = {values[1]} AND {q(st.get_field('account').column)} = {values[2]} "
+            f"AND {q(st.get_field('webhook_secret_hash').column)} = {values[3]}) "
             f"AND NOT EXISTS (SELECT 1 FROM {q(k.db_table)} WHERE {q(k.pk.column)} = 1 "
-            f"AND {q(k.get_field('engaged').column)}) {tail}")
+            f"AND {q(k.get_field('engaged').column)})) {tail}")
 
 
 # The strategies this process has authenticated alerts for, by slug (each INSERT from them re-checks the row).
@@ -378,7 +477,7 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
     }
     # One statement in autocommit: the INSERT and its COMMIT (durable, synchronous_commit) in one round trip.
     try:
-        signal_id = _insert(signal, guard=strategy if cached else None)
+        signal_id, queued = _insert(signal, guard=strategy if cached else None, enqueue=enqueue and not refusal)
     except (InterfaceError, OperationalError):
         if not cached:
             raise
@@ -386,7 +485,7 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
         return again(unsure=True)
     if signal_id is None and cached:
         return again()  # a repeat delivery, or the strategy changed since this process read it
-    if signal_id is not None and not refusal and enqueue:
+    if signal_id is not None and not refusal and enqueue and not queued:
         # Outside a transaction block this runs at once, after the commit; inside a caller's, after its commit.
         transaction.on_commit(lambda: _enqueue(signal_id))
     if signal_id is None:
@@ -399,10 +498,13 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
     return Accepted(signal_id=signal_id, duplicate=False)
 
 
+def _raw_enqueue() -> bool:
+    return str(setting("WEBHOOK_RAW_ENQUEUE")).lower() not in ("0", "false", "no", "off")
+
+
 def _enqueue(signal_id: int) -> None:
     """Queue signal_process for a committed signal; a failure is logged, never raised (the sweeper re-drives it)."""
-    raw = str(setting("WEBHOOK_RAW_ENQUEUE")).lower() not in ("0", "false", "no", "off")
-    engine.signal_enqueue(signal_id=signal_id, raw=raw)
+    engine.signal_enqueue(signal_id=signal_id, raw=_raw_enqueue())
 
 
 def body_intake(*, body: bytes, content_type: str | None, meta: dict[str, Any],

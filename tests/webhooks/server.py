@@ -24,13 +24,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def gunicorn(env: dict[str, str], *, workers: int = 3, log_path: Path | None = None,
+def gunicorn(env: dict[str, str], *, workers: int = 3, threads: int = 8, log_path: Path | None = None,
              app: str = "tradesite.wsgi:application") -> Iterator[int]:
-    """Run gunicorn (sync workers) on a free port until the block ends; yield the port."""
+    """Run gunicorn on a free port until the block ends; yield the port.
+
+    `threads` > 1: gthread workers, as the web role runs (the webhook's group commit then batches); 1: sync workers.
+    """
     port = free_port()
     log = (log_path or Path(os.devnull)).open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", app, "-b", f"127.0.0.1:{port}", "-w", str(workers), "-k", "sync",
+        [sys.executable, "-m", "gunicorn", app, "-b", f"127.0.0.1:{port}", "-w", str(workers),
+         *(["-k", "gthread", "--threads", str(threads)] if threads > 1 else ["-k", "sync"]),
          "--backlog", "2048", "--timeout", "30"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
