@@ -1,6 +1,6 @@
 """Webhook intake throughput and latency on gunicorn (gthread workers, as deployed) against PostgreSQL and Redis.
 
-    python benchmarks/webhook_load.py [--seconds 15] [--rate 500] [--rate-seconds 60] [--gunicorn-workers 4] [--threads 8]
+    python benchmarks/webhook_load.py [--seconds 15] [--rate 500] [--rate-seconds 60] [--gunicorn-workers 3] [--threads 12]
                                       [--with-workers-seconds 15] [--json out.json]
 
 Creates a throwaway database (`tradesite_bench_webhook`), migrates it, uses Redis db /13 (flushed before and after),
@@ -422,9 +422,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=500)
     parser.add_argument("--rate-seconds", type=float, default=60, help="0 skips the fixed-rate run")
     parser.add_argument("--with-workers-seconds", type=int, default=15, help="0 skips the run with a worker")
-    parser.add_argument("--gunicorn-workers", type=int, default=4, help="4: the bootstrap's default on 2 cores")
-    parser.add_argument("--threads", type=int, default=8,
-                        help="threads per gunicorn worker (8: the bootstrap's default); 1 runs sync workers")
+    parser.add_argument("--gunicorn-workers", type=int, default=3, help="3: the bootstrap's default on 2 cores")
+    parser.add_argument("--threads", type=int, default=12,
+                        help="threads per gunicorn worker (12: the bootstrap's default); 1 runs sync workers")
     parser.add_argument("--connections", type=int, default=16, help="closed-loop connections (wrk -c)")
     parser.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432")
     parser.add_argument("--db-name", default="tradesite_bench_webhook")

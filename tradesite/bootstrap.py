@@ -122,9 +122,13 @@ def role_command(role: str, env: Mapping[str, str]) -> list[str]:
     worker = ["--without-gossip", "--without-mingle", "--without-heartbeat", "-l", env.get("LOG_LEVEL", "INFO"),
               "-c", env.get("CELERY_CONCURRENCY", "2"), "--max-tasks-per-child", "10000"]
     if role == "web":
-        workers = env.get("GUNICORN_WORKERS") or str(min(4, 2 * (os.cpu_count() or 1) + 1))
+        # Threaded workers: fewer processes than sync workers would need, so that more alerts share a commit.
+        workers = env.get("GUNICORN_WORKERS") or str(min(4, (os.cpu_count() or 1) + 1))
         return [python, "-m", "gunicorn", "tradesite.wsgi:application", "-c", str(ROOT / "tradesite" /
                 "gunicorn_conf.py"), "--bind", env.get("WEB_BIND", "0.0.0.0:8000"), "--workers", workers,
+                # Threads: the webhook's group commit stores the alerts in flight in a process with one INSERT and
+                # one COMMIT (webhooks/groupcommit.py); each thread holds its own database connection.
+                "--worker-class", "gthread", "--threads", env.get("GUNICORN_THREADS", "12"),
                 # A webhook must be answered well inside TradingView's 3 s; a stuck request is cut at 30 s.
                 "--timeout", env.get("GUNICORN_TIMEOUT", "30"), "--graceful-timeout", "30",
                 "--keep-alive", "5", "--max-requests", "5000", "--max-requests-jitter", "500",

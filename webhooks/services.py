@@ -158,6 +158,34 @@ def rate_limited(scope: str, key: str, *, limit: int, now: float | None = None) 
     return count > int(limit)
 
 
+# INCR the source's counter; only when it is within its limit, INCR the strategy's too (a request refused for its
+# source never spends its strategy's budget). Returns 0 when the source is over, else the strategy's count.
+_PAIR_SCRIPT = ("local n = redis.call('INCR', KEYS[1]) redis.call('EXPIRE', KEYS[1], ARGV[1], 'NX') "
+                "if n > tonumber(ARGV[2]) then return 0 end "
+                "n = redis.call('INCR', KEYS[2]) redis.call('EXPIRE', KEYS[2], ARGV[1], 'NX') return n")
+
+
+def rate_limited_pair(ip: str, strategy_pk: int, *, now: float | None = None) -> Rejection | None:
+    """Count an authenticated request against its source's budget and, if that admits it, its strategy's: one
+    round trip on Redis (a script). The 429 to answer, or None."""
+    ip_limit = int(setting("WEBHOOK_RATE_LIMIT_PER_IP"))
+    strategy_limit = int(setting("WEBHOOK_RATE_LIMIT_PER_STRATEGY"))
+    backend = caches["default"]
+    link = _cache_link(backend)
+    if link is None:
+        if rate_limited("ip", ip, limit=ip_limit, now=now):
+            return _IP_LIMITED
+        limited = rate_limited("strategy", str(strategy_pk), limit=strategy_limit, now=now)
+        return _STRATEGY_LIMITED if limited else None
+    window = int(setting("WEBHOOK_RATE_LIMIT_WINDOW_SECONDS"))
+    bucket = int((now or time.time()) // window)
+    keys = [backend.make_key(f"wh:rl:{scope}:{key}:{bucket}") for scope, key in (("ip", ip), ("strategy", strategy_pk))]
+    (count,) = link.call(command("EVAL", _PAIR_SCRIPT, 2, *keys, window + 1, ip_limit), 1)
+    if int(count) == 0:
+        return _IP_LIMITED
+    return _STRATEGY_LIMITED if int(count) > strategy_limit else None
+
+
 def secret_matches(strategy_hash: str, passphrase: str) -> bool:
     """Constant-time comparison of SHA-256 hashes (hex)."""
     given = hashlib.sha256(passphrase.encode("utf-8", "surrogatepass")).hexdigest()
@@ -331,20 +359,28 @@ def _insert_statement(*, guarded: bool, batch: bool = False) -> str:
             return f"(e->>{i})::{base(field)}"
 
         selected = ", ".join(element(i, f) for i, f in enumerate(_FIELDS))
-        source = f"SELECT {selected} FROM json_array_elements(%s::json) AS e WHERE e->>{len(_FIELDS)} IS NULL OR ("
         values = tuple(element(len(_FIELDS) + i, f) for i, f in enumerate(guard))
         tail += f", {q('idempotency_key')}"
     else:
         # A SELECT list does not take its types from the target columns: each value is cast to its column's base type.
-        source = f"SELECT {', '.join(f'CAST(%s AS {base(f)})' for f in _FIELDS)} WHERE ("
+        selected = ", ".join(f"CAST(%s AS {base(f)})" for f in _FIELDS)
         values = ("%s",) * 4
-    return (f"INSERT INTO {q(Signal._meta.db_table)} ({columns}) {source}"
-            f"EXISTS (SELECT 1 FROM {q(st.db_table)} WHERE {q(st.pk.column)} = {values[0]} "
-            f"AND {q(st.get_field('status').column)} = '{Strategy.Status.ACTIVE.value}' "
-            f"AND {q(st.get_field('symbol').column)} = {values[1]} AND {q(st.get_field('account').column)} = {values[2]} "
-            f"AND {q(st.get_field('webhook_secret_hash').column)} = {values[3]}) "
-            f"AND NOT EXISTS (SELECT 1 FROM {q(k.db_table)} WHERE {q(k.pk.column)} = 1 "
-            f"AND {q(k.get_field('engaged').column)})) {tail}")
+    matches = (f"SELECT 1 FROM {q(st.db_table)} WHERE {q(st.pk.column)} = {values[0]} "
+               f"AND {q(st.get_field('status').column)} = '{Strategy.Status.ACTIVE.value}' "
+               f"AND {q(st.get_field('symbol').column)} = {values[1]} "
+               f"AND {q(st.get_field('account').column)} = {values[2]} "
+               f"AND {q(st.get_field('webhook_secret_hash').column)} = {values[3]}")
+    released = (f"NOT EXISTS (SELECT 1 FROM {q(k.db_table)} WHERE {q(k.pk.column)} = 1 "
+                f"AND {q(k.get_field('engaged').column)})")
+    if batch:
+        # The strategy check as a LATERAL ... LIMIT 1: one primary-key look-up per row (as EXISTS under an OR,
+        # PostgreSQL hashed every active strategy on each execution).
+        source = (f"SELECT {selected} FROM json_array_elements(%s::json) AS e "
+                  f"LEFT JOIN LATERAL ({matches} LIMIT 1) AS g(ok) ON true "
+                  f"WHERE e->>{len(_FIELDS)} IS NULL OR (g.ok IS NOT NULL AND {released})")
+    else:
+        source = f"SELECT {selected} WHERE EXISTS ({matches}) AND {released}"
+    return f"INSERT INTO {q(Signal._meta.db_table)} ({columns}) {source} {tail}"
 
 
 # The strategies this process has authenticated alerts for, by slug (each INSERT from them re-checks the row).
@@ -451,7 +487,7 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
                          {"ticker": f"must name {strategy.symbol}"})
     if not counted:
         if rate_limited("strategy", str(strategy.pk), limit=int(setting("WEBHOOK_RATE_LIMIT_PER_STRATEGY"))):
-            return Rejection(429, "rate_limited", "too many alerts for this strategy")
+            return _STRATEGY_LIMITED
         counted = True
     guard = _price_guard(alert, strategy.symbol)
     if guard is not None:
@@ -508,17 +544,42 @@ def _enqueue(signal_id: int) -> None:
 
 
 def body_intake(*, body: bytes, content_type: str | None, meta: dict[str, Any],
-                now: datetime | None = None) -> Accepted | Rejection:
-    """The TradingView webhook: source allowlist, per-IP rate limit, decode, then `alert_intake`."""
+                 now: datetime | None = None) -> Accepted | Rejection:
+    """The TradingView webhook: source allowlist, per-IP rate limit, decode, then `alert_intake`.
+
+    An alert whose passphrase matches this process's copy of its strategy is counted against the source's budget
+    and then (if admitted) its strategy's in one Redis round trip, so the strategy's counts authenticated requests,
+    valid or not; any other request is counted against the source's budget first, and its strategy's only once
+    valid.
+    """
     ip = client_ip(meta)
     if not source_allowed(ip):
         return Rejection(403, "forbidden_source", "this source address is not allowed")
-    if rate_limited("ip", ip, limit=int(setting("WEBHOOK_RATE_LIMIT_PER_IP"))):
-        return Rejection(429, "rate_limited", "too many requests from this address")
     data = parsers.body_decode(body, content_type)
-    if isinstance(data, Rejection):
-        return data
-    return alert_intake(data=data, source_ip=ip, now=now)
+    known = _known(data)
+    if known is None:
+        if rate_limited("ip", ip, limit=int(setting("WEBHOOK_RATE_LIMIT_PER_IP"))):
+            return _IP_LIMITED
+        if isinstance(data, Rejection):
+            return data
+        return alert_intake(data=data, source_ip=ip, now=now)
+    limited = rate_limited_pair(ip, known.pk)
+    if limited is not None:
+        return limited
+    return alert_intake(data=data, source_ip=ip, now=now, counted=True)  # type: ignore[arg-type]
+
+
+_IP_LIMITED = Rejection(429, "rate_limited", "too many requests from this address")
+_STRATEGY_LIMITED = Rejection(429, "rate_limited", "too many alerts for this strategy")
+
+
+def _known(data: dict[str, Any] | Rejection) -> _Target | None:
+    """This process's copy of the alert's strategy when the alert's passphrase matches it (one constant-time
+    comparison on every path, so the copy's existence does not show in the time taken)."""
+    creds = None if isinstance(data, Rejection) else parsers.credentials(data)
+    known = _targets.get(creds[0]) if creds else None
+    matches = secret_matches(known.webhook_secret_hash if known else "", creds[1] if creds else "")
+    return known if matches else None
 
 
 def dumps(body: dict[str, Any]) -> bytes:
