@@ -255,6 +255,14 @@ def _json_value(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not a signal column value")
 
 
+def _row(values: dict[str, Any], checks: list[Any], *, enqueue: bool) -> _Row:
+    """The group commit's row: `values` by attname (the others take their field's default), then the guard's
+    strategy id, symbol, account id and secret hash (all None: unguarded)."""
+    row = [values[f.attname] if f.attname in values else f.get_default() for f in _FIELDS]
+    text = json.dumps(row + (checks or [None] * 4), default=_json_value, separators=(",", ":"))
+    return _Row(text, values["idempotency_key"], enqueue)
+
+
 def _group_commit_on() -> bool:
     return str(setting("WEBHOOK_GROUP_COMMIT")).lower() not in ("0", "false", "no", "off")
 
@@ -273,9 +281,7 @@ def _insert(values: dict[str, Any], *, guard: _Target | None = None, enqueue: bo
     db = connections["default"]
     checks = [] if guard is None else [guard.pk, guard.symbol, guard.account_id, guard.webhook_secret_hash]
     if db.vendor == "postgresql" and not db.in_atomic_block and _group_commit_on():
-        row = [values[f.attname] if f.attname in values else f.get_default() for f in _FIELDS]
-        text = json.dumps(row + (checks or [None] * 4), default=_json_value, separators=(",", ":"))
-        return _group().submit(_Row(text, values["idempotency_key"], enqueue))
+        return _group().submit(_row(values, checks, enqueue=enqueue))
     params = []
     for f in _FIELDS:
         value = values[f.attname] if f.attname in values else f.get_default()
