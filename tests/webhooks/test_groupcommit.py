@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
@@ -27,6 +27,18 @@ class RecordingFlush:
         return [ValueError(f"bad {i}") if i < 0 else i * 10 for i in items]
 
 
+def _behind_a_held_write(pool: ThreadPoolExecutor, group: GroupCommit, flush: RecordingFlush,
+                         items: list[int]) -> tuple[Future, list[Future]]:
+    """Submit 1 (its write held by the flush), then `items`, which queue behind it; release the write."""
+    first = pool.submit(group.submit, 1)
+    assert flush.entered.wait(5)
+    others = [pool.submit(group.submit, i) for i in items]
+    while len(group._waiting) < len(items):  # noqa: SLF001 - all are queued behind the held write
+        threading.Event().wait(0.005)
+    flush.release.set()
+    return first, others
+
+
 def test_one_request_at_a_time_is_written_alone_at_once() -> None:
     flush = RecordingFlush()
     group = GroupCommit(flush)
@@ -38,12 +50,7 @@ def test_rows_arriving_during_a_write_share_the_next_one() -> None:
     flush = RecordingFlush(hold_first=True)
     group = GroupCommit(flush)
     with ThreadPoolExecutor(9) as pool:
-        first = pool.submit(group.submit, 1)
-        assert flush.entered.wait(5)
-        others = [pool.submit(group.submit, i) for i in range(2, 10)]
-        while len(group._waiting) < 8:  # noqa: SLF001 - all eight are queued behind the held write
-            threading.Event().wait(0.005)
-        flush.release.set()
+        first, others = _behind_a_held_write(pool, group, flush, list(range(2, 10)))
         assert first.result(5) == 10
         assert sorted(f.result(5) for f in others) == [i * 10 for i in range(2, 10)]
     assert flush.batches[0] == [1]
@@ -55,12 +62,7 @@ def test_a_result_that_is_an_exception_fails_only_its_own_request() -> None:
     flush = RecordingFlush(hold_first=True)
     group = GroupCommit(flush)
     with ThreadPoolExecutor(4) as pool:
-        first = pool.submit(group.submit, 1)
-        assert flush.entered.wait(5)
-        good, bad, good2 = pool.submit(group.submit, 2), pool.submit(group.submit, -3), pool.submit(group.submit, 4)
-        while len(group._waiting) < 3:  # noqa: SLF001
-            threading.Event().wait(0.005)
-        flush.release.set()
+        first, (good, bad, good2) = _behind_a_held_write(pool, group, flush, [2, -3, 4])
         assert (first.result(5), good.result(5), good2.result(5)) == (10, 20, 40)
         with pytest.raises(ValueError, match="bad -3"):
             bad.result(5)
