@@ -88,10 +88,24 @@ def test_a_row_the_database_refuses_fails_alone_and_a_stale_guard_stores_nothing
             _row(hook, "k3", secret_hash=good), _row(hook, "k4", secret_hash="0" * 64), _row(hook, "k1")]
     results = intake._rows_write(rows)
 
-    assert isinstance(results[1], DatabaseError)
+    assert isinstance(results[1], (DatabaseError, ArithmeticError))  # refused by the database or its adapter
     k1, k3 = Signal.objects.get(idempotency_key="k1"), Signal.objects.get(idempotency_key="k3")
     assert results[0] == (k1.pk, False) and results[2] == (k3.pk, False)
     assert results[3] == (None, False)  # the guard's secret hash is not the row's: not written
     assert results[4] == (None, False)  # k1 again: a repeat
     assert k1.quantity == Decimal("0.01") and k1.payload == {"id": "k1"}
     assert set(Signal.objects.values_list("idempotency_key", flat=True)) == {"k1", "k3"}
+
+
+def test_one_batch_statement_writes_new_rows_skips_a_repeat_and_a_stale_guard(make_hook) -> None:
+    hook = make_hook()
+    hook.strategy.refresh_from_db()
+    good = hook.strategy.webhook_secret_hash
+    rows = [_row(hook, "b1"), _row(hook, "b2", quantity="0.123456789012345678", secret_hash=good),
+            _row(hook, "b3", secret_hash="0" * 64), _row(hook, "b1")]
+    results = intake._rows_write(rows)  # no row is refused: one INSERT for all four
+
+    b1, b2 = Signal.objects.get(idempotency_key="b1"), Signal.objects.get(idempotency_key="b2")
+    assert results == [(b1.pk, False), (b2.pk, False), (None, False), (None, False)]
+    assert b2.quantity == Decimal("0.123456789012345678")  # exact through the JSON parameter: never a float
+    assert set(Signal.objects.values_list("idempotency_key", flat=True)) == {"b1", "b2"}
