@@ -1,6 +1,7 @@
 """Webhook intake throughput and latency on gunicorn (gthread workers, as deployed) against PostgreSQL and Redis.
 
-    python benchmarks/webhook_load.py [--seconds 15] [--rate 500] [--rate-seconds 60] [--gunicorn-workers 3] [--threads 12]
+    python benchmarks/webhook_load.py [--seconds 15] [--rate 500] [--rate-seconds 60] [--gunicorn-workers 3]
+                                      [--threads 12] [--connections 16]
                                       [--with-workers-seconds 15] [--json out.json]
 
 Creates a throwaway database (`tradesite_bench_webhook`), migrates it, uses Redis db /13 (flushed before and after),
@@ -450,7 +451,8 @@ def main() -> int:
     result: dict[str, Any] = {"gunicorn_workers": args.gunicorn_workers, "threads": args.threads,
                               "worker_class": "gthread" if args.threads > 1 else "sync",
                               "cpus": os.cpu_count(), "versions": _versions(args.pg_url, args.redis_url),
-                              "load_generator": f"wrk -t2 -c{args.connections}" if shutil.which("wrk") else "16 threads (urllib)"}
+                              "load_generator": f"wrk -t2 -c{args.connections}" if shutil.which("wrk")
+                              else "16 threads (urllib)"}
     accepted: list[int] = []  # the signal_id of every 202 the load generators saw
     try:
         slug, secret = _setup(env)

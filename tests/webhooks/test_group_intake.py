@@ -48,7 +48,8 @@ def test_concurrent_alerts_share_commits_and_each_is_stored_and_queued_once(make
     hook = make_hook()
     flush_broker()
     try:
-        (warm,) = _deliver(hook, [hook.body(id="warm")])  # this process now holds the strategy: guarded INSERTs from here
+        # This process now holds the strategy: guarded INSERTs from here on.
+        (warm,) = _deliver(hook, [hook.body(id="warm")])
         group = intake._group()
         batches, rows = group.batches, group.rows
         bodies = [hook.body(id=f"u{i}") for i in range(24)] + [hook.body(id=f"d{i % 4}") for i in range(16)]
