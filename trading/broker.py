@@ -233,7 +233,7 @@ class TaskPublisher:
 
     def publish(self, *args: int) -> None:
         """LPUSH the message (raises redis errors: the caller decides what a failed enqueue means)."""
-        self.link.call(command(b"LPUSH", self.key, self.message(*args)), 1)
+        self.publish_many([args])
 
     def publish_many(self, calls: list[tuple[int, ...]]) -> None:
         """LPUSH one message per call's arguments with a single command (the first is consumed first)."""

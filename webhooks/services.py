@@ -138,11 +138,15 @@ def _cache_link(backend: Any) -> RedisLink | None:
     return _links[key]
 
 
+def _window_key(scope: str, key: object, now: float | None) -> tuple[str, int]:
+    """The cache key counting (scope, key) in the current fixed window, and the window in seconds."""
+    window = int(setting("WEBHOOK_RATE_LIMIT_WINDOW_SECONDS"))
+    return f"wh:rl:{scope}:{key}:{int((now or time.time()) // window)}", window
+
+
 def rate_limited(scope: str, key: str, *, limit: int, now: float | None = None) -> bool:
     """Count one request in a fixed window (atomic INCR with expiry in the cache); True when over the limit."""
-    window = int(setting("WEBHOOK_RATE_LIMIT_WINDOW_SECONDS"))
-    bucket = int((now or time.time()) // window)
-    name = f"wh:rl:{scope}:{key}:{bucket}"
+    name, window = _window_key(scope, key, now)
     backend = caches["default"]  # once: each attribute read through the `cache` proxy costs a lookup
     link = _cache_link(backend)
     if link is not None:  # django RedisCache: INCR and EXPIRE NX in one write, one round trip
@@ -177,9 +181,8 @@ def rate_limited_pair(ip: str, strategy_pk: int, *, now: float | None = None) ->
             return _IP_LIMITED
         limited = rate_limited("strategy", str(strategy_pk), limit=strategy_limit, now=now)
         return _STRATEGY_LIMITED if limited else None
-    window = int(setting("WEBHOOK_RATE_LIMIT_WINDOW_SECONDS"))
-    bucket = int((now or time.time()) // window)
-    keys = [backend.make_key(f"wh:rl:{scope}:{key}:{bucket}") for scope, key in (("ip", ip), ("strategy", strategy_pk))]
+    (ip_name, window), (strategy_name, _) = _window_key("ip", ip, now), _window_key("strategy", strategy_pk, now)
+    keys = [backend.make_key(ip_name), backend.make_key(strategy_name)]
     (count,) = link.call(command("EVAL", _PAIR_SCRIPT, 2, *keys, window + 1, ip_limit), 1)
     if int(count) == 0:
         return _IP_LIMITED
@@ -246,8 +249,11 @@ class _Row:
 
     values: dict[str, Any]
     checks: list[Any]
-    key: str
     enqueue: bool
+
+    @property
+    def key(self) -> str:
+        return str(self.values["idempotency_key"])
 
     def json(self) -> str:
         """The row as the batch INSERT reads it: the columns in order, then the guard (all null: unguarded)."""
@@ -262,12 +268,6 @@ def _json_value(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not a signal column value")
 
 
-def _row(values: dict[str, Any], checks: list[Any], *, enqueue: bool) -> _Row:
-    """The group commit's row: `values` by attname (the others take their field's default), then the guard's
-    strategy id, symbol, account id and secret hash (empty: unguarded)."""
-    return _Row(values, checks, values["idempotency_key"], enqueue)
-
-
 def _params(values: dict[str, Any], db: Any) -> list[Any]:
     """The single-row INSERT's parameters: `values` by attname, the others their field's default."""
     params = []
@@ -277,15 +277,19 @@ def _params(values: dict[str, Any], db: Any) -> list[Any]:
     return params
 
 
-def _single_sql(guarded: bool) -> str:
+def _insert_one(values: dict[str, Any], checks: list[Any]) -> int | None:
+    """The single-row INSERT (guarded when `checks` holds the guard's four values): the new id, or None."""
+    guarded = bool(checks)
     sql = _insert_sql.get(guarded)
     if sql is None:
         sql = _insert_sql[guarded] = _insert_statement(guarded=guarded)
-    return sql
+    row = _one_row(sql, _params(values, connections["default"]) + checks)
+    return None if row is None else int(row[0])
 
 
-def _group_commit_on() -> bool:
-    return str(setting("WEBHOOK_GROUP_COMMIT")).lower() not in ("0", "false", "no", "off")
+def _flag(name: str) -> bool:
+    """A yes/no webhook setting: anything but 0/false/no/off is yes."""
+    return str(setting(name)).lower() not in ("0", "false", "no", "off")
 
 
 def _insert(values: dict[str, Any], *, guard: _Target | None = None, enqueue: bool = False) -> tuple[int | None, bool]:
@@ -301,10 +305,9 @@ def _insert(values: dict[str, Any], *, guard: _Target | None = None, enqueue: bo
     """
     db = connections["default"]
     checks = [] if guard is None else [guard.pk, guard.symbol, guard.account_id, guard.webhook_secret_hash]
-    if db.vendor == "postgresql" and not db.in_atomic_block and _group_commit_on():
-        return _group().submit(_row(values, checks, enqueue=enqueue))
-    row = _one_row(_single_sql(bool(checks)), _params(values, db) + checks)
-    return (None if row is None else int(row[0])), False
+    if db.vendor == "postgresql" and not db.in_atomic_block and _flag("WEBHOOK_GROUP_COMMIT"):
+        return _group().submit(_Row(values, checks, enqueue))
+    return _insert_one(values, checks), False
 
 
 _groups: list[GroupCommit[_Row, tuple[int | None, bool]]] = []
@@ -332,13 +335,13 @@ def _rows_write(rows: list[_Row]) -> list[tuple[int | None, bool] | BaseExceptio
     try:
         if len(rows) == 1:  # alone (a quiet moment): the single-row statement costs PostgreSQL a third less
             (row,) = rows
-            found = _one_row(_single_sql(bool(row.checks)), _params(row.values, db) + row.checks)
-            stored = {} if found is None else {row.key: int(found[0])}
+            found = _insert_one(row.values, row.checks)
+            stored = {} if found is None else {row.key: found}
         else:
             db.ensure_connection()
             with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
                 cursor.execute(_batch_sql, ["[" + ",".join(row.json() for row in rows) + "]"], prepare=True)
-                stored = dict((key, int(pk)) for pk, key in cursor.fetchall())
+                stored = {key: int(pk) for pk, key in cursor.fetchall()}
     except (InterfaceError, OperationalError):
         db.close()
         raise
@@ -356,7 +359,7 @@ def _rows_write(rows: list[_Row]) -> list[tuple[int | None, bool] | BaseExceptio
     for row in rows:  # a key twice in one batch: the first row is the new one, the next ones are repeats
         ids.append(stored.pop(row.key, None))
     queue = [pk for pk, row in zip(ids, rows, strict=True) if pk is not None and row.enqueue]
-    queued = bool(queue) and engine.signals_enqueue(signal_ids=queue, raw=_raw_enqueue())
+    queued = bool(queue) and engine.signals_enqueue(signal_ids=queue, raw=_flag("WEBHOOK_RAW_ENQUEUE"))
     return [(pk, queued and pk is not None and row.enqueue) for pk, row in zip(ids, rows, strict=True)]
 
 
@@ -460,7 +463,8 @@ def _target(slug: str) -> _Target | None:
 
 def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip: str = "",
                  now: datetime | None = None, enqueue: bool = True, fresh: bool = False,
-                 counted: bool = False, unsure: bool = False) -> Accepted | Rejection:
+                 counted: bool = False, unsure: bool = False, checked: bool = False,
+                 known: _Target | None = None) -> Accepted | Rejection:
     """Authenticate (unless `authenticated`), validate and store one decoded alert; queue it after commit.
 
     A webhook alert for a strategy this process has read before is checked against that copy, and stored by an
@@ -469,7 +473,8 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
     nothing (the strategy changed, or a repeat delivery), or the copy would refuse the alert, the alert is taken
     again from a fresh read (`fresh`; `counted`: its rate-limit hit is already counted). So is an alert whose
     guarded INSERT met a dropped connection (`unsure`: it may have been stored; if the fresh INSERT finds it, it
-    is queued again while still waiting, which its idempotent task makes harmless).
+    is queued again while still waiting, which its idempotent task makes harmless). `checked`: the caller has
+    already compared the passphrase with this process's copy, and `known` is the copy when it matched.
     """
     now = now or timezone.now()
     cached = False
@@ -484,9 +489,12 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
             secret_matches("", "")  # same work as a wrong passphrase
             return _UNAUTHORIZED
         slug, passphrase = creds
-        known = None if fresh else _targets.get(slug)
-        # Every path compares twice, so a strategy's existence does not show in the time taken.
-        cached = secret_matches(known.webhook_secret_hash if known else "", passphrase)
+        if not checked:
+            known = None if fresh else _targets.get(slug)
+            known = known if secret_matches(known.webhook_secret_hash if known else "", passphrase) else None
+        # Every path compares twice (the copy, then the fresh row or nothing), so a strategy's existence does not
+        # show in the time taken.
+        cached = known is not None
         strategy = known
         if not cached:
             strategy = _target(slug)
@@ -559,13 +567,9 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
     return Accepted(signal_id=signal_id, duplicate=False)
 
 
-def _raw_enqueue() -> bool:
-    return str(setting("WEBHOOK_RAW_ENQUEUE")).lower() not in ("0", "false", "no", "off")
-
-
 def _enqueue(signal_id: int) -> None:
     """Queue signal_process for a committed signal; a failure is logged, never raised (the sweeper re-drives it)."""
-    engine.signal_enqueue(signal_id=signal_id, raw=_raw_enqueue())
+    engine.signal_enqueue(signal_id=signal_id, raw=_flag("WEBHOOK_RAW_ENQUEUE"))
 
 
 def body_intake(*, body: bytes, content_type: str | None, meta: dict[str, Any],
@@ -587,11 +591,12 @@ def body_intake(*, body: bytes, content_type: str | None, meta: dict[str, Any],
             return _IP_LIMITED
         if isinstance(data, Rejection):
             return data
-        return alert_intake(data=data, source_ip=ip, now=now)
+        return alert_intake(data=data, source_ip=ip, now=now, checked=True)
     limited = rate_limited_pair(ip, known.pk)
     if limited is not None:
         return limited
-    return alert_intake(data=data, source_ip=ip, now=now, counted=True)  # type: ignore[arg-type]
+    return alert_intake(data=data, source_ip=ip, now=now, counted=True, checked=True,  # type: ignore[arg-type]
+                        known=known)
 
 
 _IP_LIMITED = Rejection(429, "rate_limited", "too many requests from this address")

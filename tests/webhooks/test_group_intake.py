@@ -78,7 +78,7 @@ def _row(hook: Any, key: str, quantity: str = "0.01", secret_hash: str | None = 
               "idempotency_key": key, "action": "buy", "symbol": strategy.symbol, "quantity": Decimal(quantity),
               "payload": {"id": key}, "received_at": timezone.now(), "status": Signal.Status.RECEIVED.value}
     checks = [] if secret_hash is None else [strategy.pk, strategy.symbol, strategy.account_id, secret_hash]
-    return intake._row(values, checks, enqueue=False)
+    return intake._Row(values, checks, enqueue=False)
 
 
 def test_a_row_the_database_refuses_fails_alone_and_a_stale_guard_stores_nothing(make_hook) -> None:
