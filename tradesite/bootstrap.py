@@ -22,7 +22,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-ROLES = ("web", "worker-execution", "worker-monitoring", "worker", "beat", "migrate")
+ROLES = ("web", "intake", "worker-execution", "worker-monitoring", "worker", "beat", "migrate")
 MIN_TOKEN_BYTES = 32
 MIN_SECRET_KEY_CHARS = 50
 MIN_ADMIN_PASSWORD_CHARS = 12
@@ -137,6 +137,16 @@ def role_command(role: str, env: Mapping[str, str]) -> list[str]:
                 "--forwarded-allow-ips", env.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
                 # Worker heartbeats on tmpfs: a container's overlay filesystem can stall them.
                 *(["--worker-tmp-dir", "/dev/shm"] if os.path.isdir("/dev/shm") else [])]
+    if role == "intake":
+        # The TradingView webhook alone, on an asyncio server (webhooks/intake_asgi.py): point the proxy's
+        # /api/webhooks/tradingview/ here. Client addresses come from WEBHOOK_TRUSTED_PROXY_HEADER only, as on the
+        # web role, so uvicorn's own proxy-header handling is off.
+        host, _, port = env.get("INTAKE_BIND", "0.0.0.0:8001").rpartition(":")
+        return [python, "-m", "uvicorn", "tradesite.intake:application", "--host", host or "0.0.0.0", "--port", port,
+                "--workers", env.get("INTAKE_WORKERS") or str(min(3, (os.cpu_count() or 1) + 1)),
+                "--loop", "uvloop", "--http", "httptools", "--lifespan", "on", "--no-access-log",
+                "--no-proxy-headers", "--no-server-header", "--backlog", "2048", "--timeout-keep-alive", "5",
+                "--timeout-graceful-shutdown", "30", "--log-level", env.get("LOG_LEVEL", "info").lower()]
     if role == "worker-execution":
         return celery + ["worker", "-Q", "execution", "-n", "execution@%h", *worker]
     if role == "worker-monitoring":

@@ -13,6 +13,7 @@ what `.delay()` puts in Redis and has a real worker run it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -20,6 +21,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from typing import Any
 
 import redis
@@ -183,6 +185,125 @@ class RedisLink:
                 held[1].disconnect()
         except OSError:
             pass
+
+
+class AsyncRedisLink:
+    """The Redis a RedisLink points at, from an asyncio event loop (a plain TCP connection only: `usable`).
+
+    One connection per link, pipelined: each call writes its packed commands at once and awaits its replies in
+    order, so the requests of one event loop share the connection without waiting for each other's round trips.
+    A connection that fails (or a reply that times out) fails every call waiting on it and is dropped; the next
+    call opens a new one. A call that met a dropped connection is sent once more on a new one, as `RedisLink.call`
+    does; a timeout is not retried (the server may have run the commands).
+    """
+
+    def __init__(self, link: RedisLink) -> None:
+        self.kwargs = link.kwargs
+        self.usable = link.plain
+        self.timeout = float(link.timeout)
+        self._writer: asyncio.StreamWriter | None = None
+        self._waiting: deque[asyncio.Future[Any]] = deque()
+        self._opening: asyncio.Lock | None = None
+
+    async def _open(self) -> asyncio.StreamWriter:
+        kw = self.kwargs
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            kw.get("host") or "localhost", int(kw.get("port") or 6379)),
+            kw.get("socket_connect_timeout") or self.timeout)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        hello = []
+        if kw.get("password"):
+            hello.append(command("AUTH", *([kw["username"]] if kw.get("username") else []), kw["password"]))
+        if int(kw.get("db") or 0):
+            hello.append(command("SELECT", int(kw["db"])))
+        buf = bytearray()
+        try:
+            if hello:
+                writer.write(b"".join(hello))
+                for _ in hello:
+                    while True:
+                        value, used = _reply(buf)
+                        if used:
+                            break
+                        chunk = await asyncio.wait_for(reader.read(65536), self.timeout)
+                        if not chunk:
+                            raise redis.ConnectionError("Redis closed the connection")
+                        buf += chunk
+                    del buf[:used]
+                    if isinstance(value, redis.ResponseError):
+                        raise value
+        except BaseException:
+            writer.close()
+            raise
+        asyncio.get_running_loop().create_task(self._read(reader, writer, buf))
+        return writer
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, buf: bytearray) -> None:
+        try:
+            while True:
+                while self._waiting:
+                    value, used = _reply(buf)
+                    if not used:
+                        break
+                    del buf[:used]
+                    waiter = self._waiting.popleft()
+                    if not waiter.done():
+                        waiter.set_result(value)
+                chunk = await reader.read(65536)
+                if not chunk:
+                    raise redis.ConnectionError("Redis closed the connection")
+                buf += chunk
+        except Exception as exc:  # noqa: BLE001 - handed to every waiting call
+            if writer is self._writer:
+                self._fail(exc if isinstance(exc, redis.RedisError) else redis.ConnectionError(str(exc)))
+
+    def _fail(self, exc: BaseException) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+        waiting, self._waiting = self._waiting, deque()
+        for waiter in waiting:
+            if not waiter.done():
+                waiter.set_exception(exc)
+
+    async def _once(self, packed: bytes, replies: int) -> list[Any]:
+        if self._writer is None or self._writer.is_closing():
+            self._opening = self._opening or asyncio.Lock()
+            async with self._opening:
+                if self._writer is None or self._writer.is_closing():
+                    try:
+                        self._writer = await self._open()
+                    except (OSError, asyncio.TimeoutError) as exc:
+                        raise redis.ConnectionError(f"connecting to Redis: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        waiters = [loop.create_future() for _ in range(replies)]
+        self._waiting.extend(waiters)
+        self._writer.write(packed)  # type: ignore[union-attr]
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*waiters), self.timeout))
+        except asyncio.TimeoutError as exc:
+            self._fail(redis.TimeoutError("a Redis reply timed out"))
+            raise redis.TimeoutError(f"Redis did not answer in {self.timeout} s") from exc
+
+    async def call(self, packed: bytes, replies: int) -> list[Any]:
+        """Send packed commands in one write and await their replies; raise the first error reply."""
+        for attempt in (1, 2):
+            try:
+                results = await self._once(packed, replies)
+            except redis.ConnectionError:
+                if attempt == 2:
+                    raise
+                continue
+            for result in results:
+                if isinstance(result, redis.ResponseError):
+                    raise result
+            return results
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self._fail(redis.ConnectionError("closed"))
 
 
 class TaskPublisher:

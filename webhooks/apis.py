@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.authentication import TokenAuthentication
@@ -16,7 +14,6 @@ from rest_framework.views import APIView
 from webhooks import parsers, services
 from webhooks.parsers import Rejection
 
-log = logging.getLogger(__name__)
 
 
 def _respond(result: services.Accepted | Rejection) -> HttpResponse:
@@ -26,14 +23,7 @@ def _respond(result: services.Accepted | Rejection) -> HttpResponse:
 
 
 def _guarded(call: Any) -> HttpResponse:
-    try:
-        return _respond(call())
-    except DatabaseError:
-        log.exception("webhook intake: database unavailable")
-        return _respond(Rejection(503, "unavailable", "storage is unavailable; retry"))
-    except Exception:  # noqa: BLE001 - never a 500 for what a client sends
-        log.exception("webhook intake failed")
-        return _respond(Rejection(503, "unavailable", "the alert could not be stored; retry"))
+    return _respond(services.intake_guarded(call))
 
 
 @csrf_exempt

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -138,6 +139,11 @@ def _cache_link(backend: Any) -> RedisLink | None:
     return _links[key]
 
 
+def cache_redis_link() -> RedisLink | None:
+    """The default cache's Redis as a RedisLink, or None when the cache is not Redis."""
+    return _cache_link(caches["default"])
+
+
 def _window_key(scope: str, key: object, now: float | None) -> tuple[str, int]:
     """The cache key counting (scope, key) in the current fixed window, and the window in seconds."""
     window = int(setting("WEBHOOK_RATE_LIMIT_WINDOW_SECONDS"))
@@ -172,21 +178,34 @@ _PAIR_SCRIPT = ("local n = redis.call('INCR', KEYS[1]) redis.call('EXPIRE', KEYS
 def rate_limited_pair(ip: str, strategy_pk: int, *, now: float | None = None) -> Rejection | None:
     """Count an authenticated request against its source's budget and, if that admits it, its strategy's: one
     round trip on Redis (a script). The 429 to answer, or None."""
-    ip_limit = int(setting("WEBHOOK_RATE_LIMIT_PER_IP"))
-    strategy_limit = int(setting("WEBHOOK_RATE_LIMIT_PER_STRATEGY"))
     backend = caches["default"]
     link = _cache_link(backend)
     if link is None:
-        if rate_limited("ip", ip, limit=ip_limit, now=now):
+        if rate_limited("ip", ip, limit=int(setting("WEBHOOK_RATE_LIMIT_PER_IP")), now=now):
             return _IP_LIMITED
-        limited = rate_limited("strategy", str(strategy_pk), limit=strategy_limit, now=now)
+        limited = rate_limited("strategy", str(strategy_pk), limit=int(setting("WEBHOOK_RATE_LIMIT_PER_STRATEGY")),
+                               now=now)
         return _STRATEGY_LIMITED if limited else None
+    (count,) = link.call(rate_pair_command(ip, strategy_pk, now=now), 1)
+    return rate_pair_verdict(count)
+
+
+def rate_pair_command(ip: str, strategy_pk: int, *, now: float | None = None) -> bytes:
+    """The Redis command (RESP) counting a request against its source's and its strategy's budgets (the cache's
+    keys); its integer reply goes to `rate_pair_verdict`. For a cache on Redis only."""
     (ip_name, window), (strategy_name, _) = _window_key("ip", ip, now), _window_key("strategy", strategy_pk, now)
+    backend = caches["default"]
     keys = [backend.make_key(ip_name), backend.make_key(strategy_name)]
-    (count,) = link.call(command("EVAL", _PAIR_SCRIPT, 2, *keys, window + 1, ip_limit), 1)
+    return command("EVAL", _PAIR_SCRIPT, 2, *keys, window + 1, int(setting("WEBHOOK_RATE_LIMIT_PER_IP")))
+
+
+def rate_pair_verdict(count: Any) -> Rejection | None:
+    """The 429 to answer for `rate_pair_command`'s reply, or None."""
+    if isinstance(count, Exception):
+        raise count
     if int(count) == 0:
         return _IP_LIMITED
-    return _STRATEGY_LIMITED if int(count) > strategy_limit else None
+    return _STRATEGY_LIMITED if int(count) > int(setting("WEBHOOK_RATE_LIMIT_PER_STRATEGY")) else None
 
 
 def secret_matches(strategy_hash: str, passphrase: str) -> bool:
@@ -279,15 +298,36 @@ def _params(values: dict[str, Any], db: Any) -> list[Any]:
 
 def _insert_one(values: dict[str, Any], checks: list[Any]) -> int | None:
     """The single-row INSERT (guarded when `checks` holds the guard's four values): the new id, or None."""
+    row = _one_row(*row_statement(values, checks))
+    return None if row is None else int(row[0])
+
+
+def row_statement(values: dict[str, Any], checks: list[Any]) -> tuple[str, list[Any]]:
+    """The single-row INSERT of these values (guarded when `checks` holds the guard's four values) and its
+    parameters, on PostgreSQL. It returns the new id, or no row."""
     guarded = bool(checks)
     sql = _insert_sql.get(guarded)
     if sql is None:
         sql = _insert_sql[guarded] = _insert_statement(guarded=guarded)
-    row = _one_row(sql, _params(values, connections["default"]) + checks)
-    return None if row is None else int(row[0])
+    return sql, _params(values, connections["default"]) + checks
 
 
-def _flag(name: str) -> bool:
+def rows_statement(rows: list[_Row]) -> tuple[str, list[Any]]:
+    """The batch INSERT of these rows and its one parameter (PostgreSQL). It returns (id, idempotency_key) of each
+    row it stored; `rows_ids` turns those into one id (or None) per row."""
+    global _batch_sql
+    if _batch_sql is None:
+        _batch_sql = _insert_statement(guarded=True, batch=True)
+    return _batch_sql, ["[" + ",".join(row.json() for row in rows) + "]"]
+
+
+def rows_ids(rows: list[_Row], stored: dict[str, int]) -> list[int | None]:
+    """Each row's new id, from the stored {key: id}, or None. A key twice in one batch: the first row is the new
+    one, the next ones are repeats."""
+    return [stored.pop(row.key, None) for row in rows]
+
+
+def flag(name: str) -> bool:
     """A yes/no webhook setting: anything but 0/false/no/off is yes."""
     return str(setting(name)).lower() not in ("0", "false", "no", "off")
 
@@ -304,8 +344,8 @@ def _insert(values: dict[str, Any], *, guard: _Target | None = None, enqueue: bo
     it with the others (one LPUSH); `queued` says so. Otherwise the caller queues it after its commit.
     """
     db = connections["default"]
-    checks = [] if guard is None else [guard.pk, guard.symbol, guard.account_id, guard.webhook_secret_hash]
-    if db.vendor == "postgresql" and not db.in_atomic_block and _flag("WEBHOOK_GROUP_COMMIT"):
+    checks = [] if guard is None else _guard_checks(guard)
+    if db.vendor == "postgresql" and not db.in_atomic_block and flag("WEBHOOK_GROUP_COMMIT"):
         return _group().submit(_Row(values, checks, enqueue))
     return _insert_one(values, checks), False
 
@@ -328,9 +368,6 @@ def _rows_write(rows: list[_Row]) -> list[tuple[int | None, bool] | BaseExceptio
     A connection error fails them all (the connection is closed: the next write reconnects). Any other database
     error of a batch is retried row by row, so that one row the database refuses fails only its own request.
     """
-    global _batch_sql
-    if _batch_sql is None:
-        _batch_sql = _insert_statement(guarded=True, batch=True)
     db = connections["default"]
     try:
         if len(rows) == 1:  # alone (a quiet moment): the single-row statement costs PostgreSQL a third less
@@ -340,7 +377,7 @@ def _rows_write(rows: list[_Row]) -> list[tuple[int | None, bool] | BaseExceptio
         else:
             db.ensure_connection()
             with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
-                cursor.execute(_batch_sql, ["[" + ",".join(row.json() for row in rows) + "]"], prepare=True)
+                cursor.execute(*rows_statement(rows), prepare=True)
                 stored = {key: int(pk) for pk, key in cursor.fetchall()}
     except (InterfaceError, OperationalError):
         db.close()
@@ -355,11 +392,9 @@ def _rows_write(rows: list[_Row]) -> list[tuple[int | None, bool] | BaseExceptio
             except Exception as exc:  # noqa: BLE001 - that row's own failure, raised in its own request
                 out.append(exc)
         return out
-    ids: list[int | None] = []
-    for row in rows:  # a key twice in one batch: the first row is the new one, the next ones are repeats
-        ids.append(stored.pop(row.key, None))
+    ids = rows_ids(rows, stored)
     queue = [pk for pk, row in zip(ids, rows, strict=True) if pk is not None and row.enqueue]
-    queued = bool(queue) and engine.signals_enqueue(signal_ids=queue, raw=_flag("WEBHOOK_RAW_ENQUEUE"))
+    queued = bool(queue) and engine.signals_enqueue(signal_ids=queue, raw=flag("WEBHOOK_RAW_ENQUEUE"))
     return [(pk, queued and pk is not None and row.enqueue) for pk, row in zip(ids, rows, strict=True)]
 
 
@@ -533,17 +568,8 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
         refusal = ("kill_switch", "the kill switch is engaged")
     if refusal and cached:
         return again()
-    key = parsers.idempotency_key(alert)
-    signal = {
-        "strategy_id": strategy.pk, "account_id": strategy.account_id,
-        "source": Signal.Source.WEBHOOK.value if not authenticated else Signal.Source.MANUAL.value,
-        "idempotency_key": key, "action": alert.action, "symbol": strategy.symbol, "quantity": alert.quantity,
-        "target": alert.target, "order_type": alert.order_type, "price": alert.price, "stop_loss": alert.stop_loss,
-        "take_profit": alert.take_profit, "leverage": alert.leverage, "atr": alert.atr,
-        "payload": payload_redact(parsers.payload_from(data)), "received_at": now,
-        "status": (Signal.Status.REJECTED if refusal else Signal.Status.RECEIVED).value,
-        "decision_rule": refusal[0] if refusal else "", "decision_detail": refusal[1] if refusal else "",
-    }
+    signal = _signal_values(strategy, alert, data, now=now, authenticated=authenticated, refusal=refusal)
+    key = signal["idempotency_key"]
     # One statement in autocommit: the INSERT and its COMMIT (durable, synchronous_commit) in one round trip.
     try:
         signal_id, queued = _insert(signal, guard=strategy if cached else None, enqueue=enqueue and not refusal)
@@ -567,9 +593,72 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
     return Accepted(signal_id=signal_id, duplicate=False)
 
 
+def _signal_values(strategy: _Target, alert: Alert, data: dict[str, Any], *, now: datetime, authenticated: bool,
+                   refusal: tuple[str, str] | None) -> dict[str, Any]:
+    """The signal row of a validated alert, by attname (the payload stored with its secrets masked)."""
+    return {
+        "strategy_id": strategy.pk, "account_id": strategy.account_id,
+        "source": Signal.Source.WEBHOOK.value if not authenticated else Signal.Source.MANUAL.value,
+        "idempotency_key": parsers.idempotency_key(alert), "action": alert.action, "symbol": strategy.symbol,
+        "quantity": alert.quantity, "target": alert.target, "order_type": alert.order_type, "price": alert.price,
+        "stop_loss": alert.stop_loss, "take_profit": alert.take_profit, "leverage": alert.leverage, "atr": alert.atr,
+        "payload": payload_redact(parsers.payload_from(data)), "received_at": now,
+        "status": (Signal.Status.REJECTED if refusal else Signal.Status.RECEIVED).value,
+        "decision_rule": refusal[0] if refusal else "", "decision_detail": refusal[1] if refusal else "",
+    }
+
+
+def alert_fast_row(*, data: dict[str, Any], known: _Target, now: datetime) -> _Row | Rejection | None:
+    """`alert_intake`'s path for an alert that matched this process's copy of its strategy (`known`, from
+    `strategy_known`, its rate limits already counted), up to its INSERT, for a caller that writes the row itself
+    (the intake server, webhooks/intake_asgi.py): the guarded row to write and queue, or the Rejection to answer,
+    or None when `alert_intake(..., counted=True, checked=True, known=known)` must decide (the copy would refuse
+    the alert or its ticker, or the alert has a price to check against the market). When the guarded INSERT
+    stores nothing, the caller takes the alert again with `alert_intake(..., fresh=True, counted=True)`.
+
+    It makes the same second constant-time comparison as `alert_intake` whenever it answers."""
+    alert = parsers.alert_validate(
+        data, now=now, max_age_seconds=int(setting("WEBHOOK_MAX_ALERT_AGE_SECONDS")),
+        max_future_seconds=int(setting("WEBHOOK_MAX_FUTURE_SECONDS")))
+    if not isinstance(alert, Rejection) and (
+            alert.price is not None or known.status != Strategy.Status.ACTIVE or known.kill_switch_engaged
+            or not parsers.ticker_matches(alert.ticker, known.symbol)):
+        return None
+    secret_matches("", str(data.get("passphrase") or ""))
+    if isinstance(alert, Rejection):
+        return alert
+    values = _signal_values(known, alert, data, now=now, authenticated=False, refusal=None)
+    return _Row(values, _guard_checks(known), True)
+
+
+def _guard_checks(guard: _Target) -> list[Any]:
+    """The guarded INSERT's four values: the strategy row must still have this id, symbol, account and secret."""
+    return [guard.pk, guard.symbol, guard.account_id, guard.webhook_secret_hash]
+
+
+def intake_guarded(call: Callable[[], Accepted | Rejection]) -> Accepted | Rejection:
+    """The result of an intake call, or a 503 to answer when it failed on our side (logged): never a 500."""
+    try:
+        return call()
+    except DatabaseError:
+        log.exception("webhook intake: database unavailable")
+        return Rejection(503, "unavailable", "storage is unavailable; retry")
+    except Exception:  # noqa: BLE001 - never a 500 for what a client sends
+        log.exception("webhook intake failed")
+        return INTAKE_FAILED
+
+
+INTAKE_FAILED = Rejection(503, "unavailable", "the alert could not be stored; retry")
+
+
+def strategy_forget(slug: str) -> None:
+    """Drop this process's copy of a strategy (the next alert for it is checked against a fresh read)."""
+    _targets.pop(slug, None)
+
+
 def _enqueue(signal_id: int) -> None:
     """Queue signal_process for a committed signal; a failure is logged, never raised (the sweeper re-drives it)."""
-    engine.signal_enqueue(signal_id=signal_id, raw=_flag("WEBHOOK_RAW_ENQUEUE"))
+    engine.signal_enqueue(signal_id=signal_id, raw=flag("WEBHOOK_RAW_ENQUEUE"))
 
 
 def body_intake(*, body: bytes, content_type: str | None, meta: dict[str, Any],
@@ -585,7 +674,7 @@ def body_intake(*, body: bytes, content_type: str | None, meta: dict[str, Any],
     if not source_allowed(ip):
         return Rejection(403, "forbidden_source", "this source address is not allowed")
     data = parsers.body_decode(body, content_type)
-    known = _known(data)
+    known = strategy_known(data)
     if known is None:
         if rate_limited("ip", ip, limit=int(setting("WEBHOOK_RATE_LIMIT_PER_IP"))):
             return _IP_LIMITED
@@ -603,7 +692,7 @@ _IP_LIMITED = Rejection(429, "rate_limited", "too many requests from this addres
 _STRATEGY_LIMITED = Rejection(429, "rate_limited", "too many alerts for this strategy")
 
 
-def _known(data: dict[str, Any] | Rejection) -> _Target | None:
+def strategy_known(data: dict[str, Any] | Rejection) -> _Target | None:
     """This process's copy of the alert's strategy when the alert's passphrase matches it (one constant-time
     comparison on every path, so the copy's existence does not show in the time taken)."""
     creds = None if isinstance(data, Rejection) else parsers.credentials(data)

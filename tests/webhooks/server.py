@@ -31,17 +31,35 @@ def gunicorn(env: dict[str, str], *, workers: int = 3, threads: int = 8, log_pat
     `threads` > 1: gthread workers, as the web role runs (the webhook's group commit then batches); 1: sync workers.
     """
     port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", app, "-b", f"127.0.0.1:{port}", "-w", str(workers),
+            *(["-k", "gthread", "--threads", str(threads)] if threads > 1 else ["-k", "sync"]),
+            "--backlog", "2048", "--timeout", "30"]
+    with _serving(argv, env, port, log_path):
+        yield port
+
+
+@contextmanager
+def intake(env: dict[str, str], *, workers: int = 1, log_path: Path | None = None) -> Iterator[int]:
+    """Run the intake role's server (uvicorn, tradesite/intake.py, as the bootstrap starts it) on a free port until
+    the block ends; yield the port."""
+    from tradesite.bootstrap import role_command
+
+    port = free_port()
+    argv = role_command("intake", {**env, "INTAKE_BIND": f"127.0.0.1:{port}", "INTAKE_WORKERS": str(workers),
+                                   "LOG_LEVEL": "warning"})
+    with _serving([sys.executable, *argv[1:]], env, port, log_path):
+        yield port
+
+
+@contextmanager
+def _serving(argv: list[str], env: dict[str, str], port: int, log_path: Path | None) -> Iterator[None]:
     log = (log_path or Path(os.devnull)).open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", app, "-b", f"127.0.0.1:{port}", "-w", str(workers),
-         *(["-k", "gthread", "--threads", str(threads)] if threads > 1 else ["-k", "sync"]),
-         "--backlog", "2048", "--timeout", "30"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {proc.returncode}")
+                raise RuntimeError(f"{argv[2]} exited with {proc.returncode}")
             try:
                 status, _ = request(port, "GET", "/healthz")
                 if status == 200:
@@ -49,9 +67,9 @@ def gunicorn(env: dict[str, str], *, workers: int = 3, threads: int = 8, log_pat
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("gunicorn did not come up in 60 s")
+                raise RuntimeError(f"{argv[2]} did not come up in 60 s")
             time.sleep(0.1)
-        yield port
+        yield
     finally:
         try:
             os.killpg(proc.pid, 15)

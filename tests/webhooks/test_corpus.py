@@ -34,6 +34,12 @@ def _fill(text: str, hook) -> str:  # type: ignore[no-untyped-def]
 @pytest.mark.django_db
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_corpus_case(case, make_hook, post) -> None:  # type: ignore[no-untyped-def]
+    corpus_check(case, make_hook, post)
+
+
+def corpus_check(case, make_hook, post) -> None:  # type: ignore[no-untyped-def]
+    """Send the case's body (and, when accepted, again); check the answers and what was stored. `post(text,
+    content_type=...)` answers with .status_code and .json(), as Django's test client does."""
     hook = make_hook(symbol=case["symbol"], price=case.get("market_price", "50000"), account=case.get("account"))
     expect = case["expect"]
     text = _fill(case["body"], hook)
