@@ -48,7 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.webhooks.server import gunicorn  # noqa: E402
+from tests.webhooks.server import gunicorn, intake  # noqa: E402
 
 WEBHOOK = "/api/webhooks/tradingview/"
 # Each thread numbers its requests; RUN (set per wrk run) and the thread number make every id unique.
@@ -427,6 +427,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=12,
                         help="threads per gunicorn worker (12: the bootstrap's default); 1 runs sync workers")
     parser.add_argument("--connections", type=int, default=16, help="closed-loop connections (wrk -c)")
+    parser.add_argument("--servers", default="web,intake",
+                        help="which servers take the webhook phases: web (gunicorn), intake (uvicorn), or both")
+    parser.add_argument("--intake-workers", type=int, default=3, help="3: the bootstrap's default on 2 cores")
     parser.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432")
     parser.add_argument("--db-name", default="tradesite_bench_webhook")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
@@ -457,57 +460,50 @@ def main() -> int:
     try:
         slug, secret = _setup(env)
         templates = _templates(slug, secret)
-        with gunicorn(env, workers=args.gunicorn_workers, threads=args.threads, log_path=tmp / "gunicorn.log") as port:
-            def gunicorn_pids() -> list[int]:
-                group = _pgid(next(iter(_pids(lambda p, c: "gunicorn" in c and f":{port}" in c)), -1))
-                return [p for p in _pids(lambda p, c: "gunicorn" in c) if _pgid(p) == group]
+        def pg_backends() -> list[int]:
+            import psycopg
 
-            def pg_backends() -> list[int]:
-                import psycopg
+            with psycopg.connect(f"{args.pg_url}/{args.db_name}", autocommit=True) as conn:
+                rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> "
+                                    "pg_backend_pid()", [args.db_name]).fetchall()
+            return [int(r[0]) for r in rows]
 
-                with psycopg.connect(f"{args.pg_url}/{args.db_name}", autocommit=True) as conn:
-                    rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> "
-                                        "pg_backend_pid()", [args.db_name]).fetchall()
-                return [int(r[0]) for r in rows]
+        def server_pids(word: str, port: int) -> Callable[[], list[int]]:
+            def find() -> list[int]:
+                group = _pgid(next(iter(_pids(lambda p, c: word in c and str(port) in c)), -1))
+                return [p for p in _pids(lambda p, c: True) if _pgid(p) == group]
+            return find
 
-            groups: dict[str, Callable[[], list[int]]] = {
-                "gunicorn": gunicorn_pids,
-                "postgres backends": pg_backends,
-                "postgres background": lambda: _pids(lambda p, c: c.startswith("postgres: ") and any(
-                    w in c for w in ("walwriter", "checkpointer", "background writer", "autovacuum"))),
-                "redis": lambda: _pids(lambda p, c: c.startswith("redis-server")),
-            }
-            meter = CpuMeter(groups)
-            # Warm up each endpoint (every worker connects to PostgreSQL and Redis, prepares its statements).
-            for path, name in (("/bench/bare/", "bare"), ("/bench/bare-lane/", "bare"), (WEBHOOK, "webhook")):
-                warm = _closed_loop(port, path, templates[name], 3, tmp, expect=202)
-                accepted += warm.pop("signal_ids") if path == WEBHOOK else []
-            runs = (("bare_full_stack", "/bench/bare/", "bare"), ("bare_lane", "/bench/bare-lane/", "bare"),
-                    ("webhook", WEBHOOK, "webhook"))
-            for key, path, name in runs:
-                phase: dict[str, Any] = {}
-                commits = _commits(args)
-                with meter.measure(phase, lambda: phase["requests"]):
-                    phase.update(_closed_loop(port, path, templates[name], args.seconds, tmp, expect=202))
-                if path == WEBHOOK:  # the group commit's batches: rows stored per COMMIT
-                    phase["alerts_per_commit"] = round(phase["ok"] / max(1, _commits(args) - commits), 2)
-                result[key] = phase
-                ids = phase.pop("signal_ids")
-                accepted += ids if path == WEBHOOK else []
-                print(key, json.dumps(phase), flush=True)
-            result["webhook_vs_bare_full_stack"] = round(result["webhook"]["ok_per_s"]
-                                                         / result["bare_full_stack"]["ok_per_s"], 3)
-            result["webhook_vs_bare_lane"] = round(result["webhook"]["ok_per_s"] / result["bare_lane"]["ok_per_s"], 3)
+        groups: dict[str, Callable[[], list[int]]] = {
+            "server": lambda: [],
+            "postgres backends": pg_backends,
+            "postgres background": lambda: _pids(lambda p, c: c.startswith("postgres: ") and any(
+                w in c for w in ("walwriter", "checkpointer", "background writer", "autovacuum"))),
+            "redis": lambda: _pids(lambda p, c: c.startswith("redis-server")),
+        }
+        meter = CpuMeter(groups)
+
+        def webhook_phases(prefix: str, port: int) -> None:
+            """The webhook closed loop, then (if asked) at a fixed rate and with a worker draining."""
+            nonlocal accepted
+            phase: dict[str, Any] = {}
+            commits = _commits(args)
+            with meter.measure(phase, lambda: phase["requests"]):
+                phase.update(_closed_loop(port, WEBHOOK, templates["webhook"], args.seconds, tmp, expect=202))
+            phase["alerts_per_commit"] = round(phase["ok"] / max(1, _commits(args) - commits), 2)
+            result[prefix] = phase
+            accepted += phase.pop("signal_ids")
+            print(prefix, json.dumps(phase), flush=True)
             if args.rate_seconds > 0:
                 phase = {}
                 with meter.measure(phase, lambda: phase["requests"]):
                     phase.update(_run_fixed_rate(port, WEBHOOK, templates["webhook"], args.rate, args.rate_seconds))
-                result["fixed_rate"] = phase
+                result[f"{prefix}_fixed_rate"] = phase
                 accepted += phase.pop("signal_ids")
-                print("fixed_rate", json.dumps(phase), flush=True)
+                print(f"{prefix}_fixed_rate", json.dumps(phase), flush=True)
             if args.with_workers_seconds > 0:
                 _price_refresh(env)
-                with _celery_worker(env, tmp / "worker.log") as worker_pid:
+                with _celery_worker(env, tmp / f"worker-{prefix}.log") as worker_pid:
                     groups["celery worker"] = lambda: [p for p in _pids(lambda p, c: "celery" in c)
                                                        if _pgid(p) == worker_pid]
                     processed_before = _processed(args)
@@ -518,9 +514,38 @@ def main() -> int:
                     phase["signals_processed_meanwhile"] = _processed(args) - processed_before
                     phase["signals_processed_per_s"] = round(phase["signals_processed_meanwhile"] / phase["seconds"],
                                                              1)
-                    result["webhook_with_worker"] = phase
+                    result[f"{prefix}_with_worker"] = phase
                     accepted += phase.pop("signal_ids")
-                    print("webhook_with_worker", json.dumps(phase), flush=True)
+                    print(f"{prefix}_with_worker", json.dumps(phase), flush=True)
+                groups.pop("celery worker")
+
+        with gunicorn(env, workers=args.gunicorn_workers, threads=args.threads, log_path=tmp / "gunicorn.log") as port:
+            groups["server"] = server_pids("gunicorn", port)
+            # Warm up each endpoint (every worker connects to PostgreSQL and Redis, prepares its statements).
+            for path, name in (("/bench/bare/", "bare"), ("/bench/bare-lane/", "bare"), (WEBHOOK, "webhook")):
+                warm = _closed_loop(port, path, templates[name], 3, tmp, expect=202)
+                accepted += warm.pop("signal_ids") if path == WEBHOOK else []
+            for key, path in (("bare_full_stack", "/bench/bare/"), ("bare_lane", "/bench/bare-lane/")):
+                phase = {}
+                with meter.measure(phase, lambda: phase["requests"]):
+                    phase.update(_closed_loop(port, path, templates["bare"], args.seconds, tmp, expect=202))
+                phase.pop("signal_ids")
+                result[key] = phase
+                print(key, json.dumps(phase), flush=True)
+            if "web" in args.servers:
+                webhook_phases("webhook", port)
+        if "intake" in args.servers:
+            with intake(env, workers=args.intake_workers, log_path=tmp / "intake.log") as port:
+                groups["server"] = server_pids("uvicorn", port)
+                warm = _closed_loop(port, WEBHOOK, templates["webhook"], 3, tmp, expect=202)
+                accepted += warm.pop("signal_ids")
+                webhook_phases("intake", port)
+        for prefix in ("webhook", "intake"):
+            if prefix in result:
+                result[f"{prefix}_vs_bare_full_stack"] = round(result[prefix]["ok_per_s"]
+                                                               / result["bare_full_stack"]["ok_per_s"], 3)
+                result[f"{prefix}_vs_bare_lane"] = round(result[prefix]["ok_per_s"]
+                                                         / result["bare_lane"]["ok_per_s"], 3)
         import psycopg
 
         with psycopg.connect(f"{args.pg_url}/{args.db_name}", connect_timeout=10) as conn:

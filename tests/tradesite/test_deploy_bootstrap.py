@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -204,6 +205,53 @@ def test_web_role_serves_healthz_behind_gunicorn(fresh_db: str, var_dir: Path, t
     log = (tmp_path / "web.log").read_text()
     assert "starting web:" in log and "gunicorn" in log
     assert "bootstrap: deploy checks clean" in log
+
+
+def test_intake_role_serves_the_webhook_on_uvicorn(fresh_db: str, var_dir: Path, tmp_path: Path) -> None:
+    """Production-like, as the web role above: the webhook over HTTPS only (the proxy says so), HSTS on its answers."""
+    port = _free_port()
+    env = clean_env(fresh_db, var_dir, INTAKE_BIND=f"127.0.0.1:{port}", INTAKE_WORKERS="1",
+                    ALLOWED_HOSTS="trade.example.com", TRADESITE_HTTPS="1", SECURE_PROXY_SSL_HEADER="X-Forwarded-Proto")
+    proc = _start("intake", env, tmp_path / "intake.log")
+    url = f"http://127.0.0.1:{port}/api/webhooks/tradingview/"
+    try:
+        def up() -> bool:
+            assert proc.poll() is None, (tmp_path / "intake.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    return bool(json.loads(r.read())["fast_path"])
+            except OSError:
+                return False
+
+        wait_for(up, timeout=90, every=0.3, what="uvicorn answering /healthz with the fast path on")
+        body = json.dumps({"strategy": "none", "passphrase": "x" * 43, "action": "buy", "ticker": "BTCUSD"}).encode()
+        opener = urllib.request.build_opener(_NoRedirect)
+        plain = urllib.request.Request(url, data=body, headers={"Host": "trade.example.com",
+                                                                "Content-Type": "application/json"})
+        try:
+            opener.open(plain, timeout=5)
+            raise AssertionError("no redirect")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 301 and exc.headers["Location"] == "https://trade.example.com/api/webhooks/tradingview/"
+        secure = urllib.request.Request(url, data=body, headers={"Host": "trade.example.com", "X-Forwarded-Proto":
+                                                                 "https", "Content-Type": "application/json"})
+        try:
+            opener.open(secure, timeout=5)
+            raise AssertionError("accepted a wrong passphrase")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401 and exc.headers["Strict-Transport-Security"].startswith("max-age=")
+            assert json.loads(exc.read())["error"] == "unauthorized"
+        other = urllib.request.Request(url, data=body, headers={"Host": "evil.example.com",
+                                                                "Content-Type": "application/json"})
+        try:
+            opener.open(other, timeout=5)
+            raise AssertionError("served a foreign host")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 400
+    finally:
+        _stop(proc)
+    log = (tmp_path / "intake.log").read_text()
+    assert "starting intake:" in log and "uvicorn" in log
 
 
 def test_worker_and_beat_roles_start(fresh_db: str, var_dir: Path, tmp_path: Path) -> None:

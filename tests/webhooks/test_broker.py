@@ -185,3 +185,71 @@ def test_link_authenticates_and_selects_the_db(password_redis) -> None:
 
 def test_command_is_resp() -> None:
     assert command("SET", b"k\r\n", 5) == b"*3\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$1\r\n5\r\n"
+
+
+def _async_link_run(client: redis.Redis, body: Any) -> Any:  # type: ignore[type-arg]
+    """Run `body(link)` (a coroutine function) on a fresh event loop with an AsyncRedisLink to `client`'s Redis."""
+    import asyncio
+
+    from trading.broker import AsyncRedisLink
+
+    async def main() -> Any:
+        link = AsyncRedisLink(RedisLink(client))
+        try:
+            return await body(link)
+        finally:
+            link.close()
+
+    return asyncio.run(main())
+
+
+def test_async_link_pipelines_concurrent_calls_each_answered_with_its_own_replies() -> None:
+    import asyncio
+
+    client = _client()
+    prefix = os.environ.get("REDIS_KEY_PREFIX", "") + "alink-"
+
+    async def body(link: Any) -> list[list[Any]]:
+        # 200 calls in flight at once on one connection, each with its own key and 2 replies.
+        return list(await asyncio.gather(*(link.call(command("INCRBY", f"{prefix}{i}", i) + command(
+            "GET", f"{prefix}{i}"), 2) for i in range(200))))
+
+    try:
+        answers = _async_link_run(client, body)
+        assert answers == [[i, str(i).encode()] for i in range(200)]
+    finally:
+        client.delete(*[f"{prefix}{i}" for i in range(200)])
+
+
+def test_async_link_reconnects_after_its_connection_is_killed_and_raises_error_replies() -> None:
+    client = _client()
+    key = os.environ.get("REDIS_KEY_PREFIX", "") + "alink-test"
+
+    async def body(link: Any) -> None:
+        assert await link.call(command("INCR", key), 1) == [1]
+        (link_id,) = await link.call(command("CLIENT", "ID"), 1)
+        assert client.client_kill_filter(_id=link_id) == 1  # as a Redis restart would drop it
+        assert await link.call(command("INCR", key), 1) == [2]  # sent again on a new connection
+        assert await link.call(command("CLIENT", "ID"), 1) != [link_id]
+        client.set(key, "not a number")
+        with pytest.raises(redis.ResponseError):
+            await link.call(command("INCR", key) + command("GET", key), 2)
+        assert await link.call(command("GET", key), 1) == [b"not a number"]  # still in step
+
+    try:
+        _async_link_run(client, body)
+    finally:
+        client.delete(key)
+
+
+def test_async_link_authenticates_and_selects_the_db(password_redis) -> None:
+    client, password = password_redis
+
+    async def body(link: Any) -> list[Any]:
+        return await link.call(command("INCR", "k") + command("INCR", "k"), 2)  # type: ignore[no-any-return]
+
+    assert _async_link_run(client, body) == [1, 2]
+    assert client.get("k") == b"2"  # in db 3, where the client looks
+    port = client.connection_pool.connection_kwargs["port"]
+    with pytest.raises(redis.ResponseError):
+        _async_link_run(redis.Redis(host="127.0.0.1", port=port, password=password + "x"), body)

@@ -12,7 +12,7 @@ import pytest
 from django.utils import timezone
 
 from tests.conftest import ROOT
-from tests.webhooks.server import gunicorn, request
+from tests.webhooks.server import gunicorn, intake, request
 
 pytestmark = pytest.mark.integration
 URL = "/api/webhooks/tradingview/"
@@ -50,10 +50,18 @@ def test_webhook_on_sqlite_file_cache_and_filesystem_broker(tmp_path: Path) -> N
         assert request(port, "POST", URL, alert) == (200, {"signal_id": body["signal_id"], "duplicate": True})
         wrong = json.dumps({**json.loads(alert), "passphrase": "x" * 43}).encode()
         assert request(port, "POST", URL, wrong)[0] == 401
+    # The intake role on the same stack: no fast path (it needs PostgreSQL and Redis), the web role's answers.
+    with intake(env, log_path=tmp_path / "intake.log") as port:
+        assert request(port, "GET", "/healthz")[1]["fast_path"] is False
+        assert request(port, "POST", URL, alert) == (200, {"signal_id": body["signal_id"], "duplicate": True})
+        second = json.dumps({**json.loads(alert), "id": "embedded-2"}).encode()
+        status, answer = request(port, "POST", URL, second)
+        assert status == 202 and answer["signal_id"] != body["signal_id"], answer
+        assert request(port, "POST", URL, wrong)[0] == 401
     stored = _shell(env, f"from trading.models import Signal\nprint(Signal.objects.get(pk={body['signal_id']}).status)")
     assert stored == "received"
-    # Queued through Celery's .delay() on the filesystem broker: one message naming the signal.
+    # Queued through Celery's .delay() on the filesystem broker: one message for each signal.
     messages = list((tmp_path / "var" / "broker" / "queue").glob("*.msg"))
-    assert len(messages) == 1
+    assert len(messages) == 2
     text = messages[0].read_text()
     assert "trading.tasks.signal_process" in text

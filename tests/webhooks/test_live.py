@@ -1,16 +1,18 @@
-"""The webhook on a real gunicorn server with real Celery workers: alert to fill, and concurrent redeliveries."""
+"""The webhook on real servers (the web role's gunicorn, the intake role's uvicorn) with real Celery workers: alert to
+fill, and concurrent redeliveries."""
 
 from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
 
 from tests.conftest import wait_for, worker_env
-from tests.webhooks.server import gunicorn, request
+from tests.webhooks.server import gunicorn, intake, request
 from trading import services
 from trading.models import Fill, Order, Position, Signal, VenueAccount
 
@@ -23,20 +25,31 @@ def _server_env() -> dict[str, str]:
                       WEBHOOK_RATE_LIMIT_PER_STRATEGY="1000000")
 
 
+def _serve(kind: str, workers: int, log_path: Path):  # type: ignore[no-untyped-def]
+    """The web role (gunicorn, gthread) or the intake role (uvicorn) on a free port."""
+    if kind == "web":
+        return gunicorn(_server_env(), workers=workers, log_path=log_path)
+    return intake({**_server_env(), "TRADESITE_COMPONENT": "intake"}, workers=workers, log_path=log_path)
+
+
+SERVERS = pytest.mark.parametrize("kind", ["web", "intake"])
+
+
 def _alert(strategy, secret: str, **fields) -> bytes:  # type: ignore[no-untyped-def]
     body = {"passphrase": secret, "strategy": strategy.slug, "ticker": "BTCUSD",
             "time": timezone.now().strftime("%Y-%m-%dT%H:%M:%SZ"), **fields}
     return json.dumps(body).encode()
 
 
-def test_alert_to_fill_through_gunicorn_and_a_worker(workers, make_account, make_strategy, set_price,
+@SERVERS
+def test_alert_to_fill_through_a_server_and_a_worker(kind, workers, make_account, make_strategy, set_price,
                                                      tmp_path) -> None:
     workers.start()
     account = make_account()
     strategy = make_strategy(account)
     secret = services.strategy_webhook_secret_rotate(strategy=strategy, by="test")
     set_price("BTC/USD", "50000")
-    with gunicorn(_server_env(), workers=2, log_path=tmp_path / "gunicorn.log") as port:
+    with _serve(kind, 2, tmp_path / "server.log") as port:
         status, body = request(port, "POST", URL, _alert(strategy, secret, action="buy", contracts="0.02",
                                                           order_id="Long"), "text/plain")
         assert status == 202, body
@@ -62,7 +75,8 @@ def test_alert_to_fill_through_gunicorn_and_a_worker(workers, make_account, make
     assert Order.objects.filter(strategy=strategy).count() == 2
 
 
-def test_concurrent_identical_deliveries_make_one_signal_and_one_order(workers, make_account, make_strategy,
+@SERVERS
+def test_concurrent_identical_deliveries_make_one_signal_and_one_order(kind, workers, make_account, make_strategy,
                                                                        set_price, tmp_path) -> None:
     workers.start()
     strategy = make_strategy(make_account(paper_initial_cash="1000000"))
@@ -71,7 +85,7 @@ def test_concurrent_identical_deliveries_make_one_signal_and_one_order(workers, 
     rounds, copies = 20, 200
     statuses: list[int] = []
     ids: list[set[int]] = []
-    with gunicorn(_server_env(), workers=3, log_path=tmp_path / "gunicorn.log") as port, \
+    with _serve(kind, 3, tmp_path / "server.log") as port, \
             ThreadPoolExecutor(max_workers=copies) as pool:
         for n in range(rounds):
             body = _alert(strategy, secret, action="buy", contracts="0.001", order_id=f"Long-{n}")
