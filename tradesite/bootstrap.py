@@ -143,9 +143,14 @@ def role_command(role: str, env: Mapping[str, str]) -> list[str]:
         # web role, so uvicorn's own proxy-header handling is off.
         host, _, port = env.get("INTAKE_BIND", "0.0.0.0:8001").rpartition(":")
         return [python, "-m", "uvicorn", "tradesite.intake:application", "--host", host or "0.0.0.0", "--port", port,
-                "--workers", env.get("INTAKE_WORKERS") or str(min(3, (os.cpu_count() or 1) + 1)),
+                # One event loop per process takes a core; its alerts share one connection and one COMMIT, so
+                # fewer processes batch more: half the cores (1 on 2 cores, the rest for PostgreSQL and Redis).
+                "--workers", env.get("INTAKE_WORKERS") or str(max(1, (os.cpu_count() or 1) // 2)),
                 "--loop", "uvloop", "--http", "httptools", "--lifespan", "on", "--no-access-log",
                 "--no-proxy-headers", "--no-server-header", "--backlog", "2048", "--timeout-keep-alive", "5",
+                # Past this many open connections a process answers 503 (TradingView retries a 5xx) rather than
+                # queue without bound.
+                "--limit-concurrency", "4096",
                 "--timeout-graceful-shutdown", "30", "--log-level", env.get("LOG_LEVEL", "info").lower()]
     if role == "worker-execution":
         return celery + ["worker", "-Q", "execution", "-n", "execution@%h", *worker]

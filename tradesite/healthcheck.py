@@ -1,4 +1,5 @@
-"""Container health probe (`python -m tradesite.healthcheck`): web answers /healthz; workers and beat reach Redis.
+"""Container health probe (`python -m tradesite.healthcheck`): web and intake answer /healthz; workers and beat
+reach Redis.
 
 Stdlib and redis-py only, no Django start-up: it runs every few seconds in every container.
 """
@@ -14,8 +15,10 @@ def main() -> int:
     """0 when healthy, 1 otherwise (one line on stderr says why)."""
     role = os.environ.get("TRADESITE_COMPONENT", "web")
     try:
-        if role == "web":
-            port = os.environ.get("WEB_BIND", "0.0.0.0:8000").rsplit(":", 1)[1]
+        if role in ("web", "intake"):
+            bind = os.environ.get("WEB_BIND", "0.0.0.0:8000") if role == "web" else \
+                os.environ.get("INTAKE_BIND", "0.0.0.0:8001")
+            port = bind.rsplit(":", 1)[1]
             # Django answers only the host names in ALLOWED_HOSTS (400 otherwise): ask as the first of them.
             hosts = [h.strip().lstrip(".") for h in os.environ.get("ALLOWED_HOSTS", "").split(",")
                      if h.strip() and h.strip() != "*"]

@@ -10,8 +10,10 @@ event loop:
    on one connection;
 2. the checks and the row of `alert_intake`'s own path for such an alert (`services.alert_fast_row`);
 3. the guarded INSERT, shared by every alert waiting at that moment: one statement and one COMMIT (durable,
-   synchronous_commit) on this process's one PostgreSQL connection, then one LPUSH of their Celery messages;
-4. 202 only after that COMMIT.
+   synchronous_commit), at most two such writes at once (each on its own PostgreSQL connection, so that an alert
+   arriving during a COMMIT need not wait for it), then one LPUSH of their Celery messages;
+4. 202 only after that COMMIT (the LPUSH is sent then too; nobody waits for its reply: a failed enqueue leaves the
+   row RECEIVED for the sweeper, as on the web role).
 
 Everything else (an unknown or changed strategy, a wrong passphrase, a refusal, a repeat delivery, a price to
 check, a lost connection) is decided by the very code the web role runs (`services.body_intake` or
@@ -54,22 +56,25 @@ class ConnectionLost(Exception):
 
 
 class _Batcher:
-    """The alerts waiting at one moment written by one call of `write`; the next ones wait for it to end (no timer:
-    an alert alone is written at once). Each awaits its own result (an id, None, or its own exception)."""
+    """The alerts waiting at one moment written by one call of `write`, by at most `writers` writes at once (each
+    on its own connection); the alerts that arrive while they all run wait for the first to end. No timer: an alert
+    alone is written at once. Each awaits its own result (an id, None, or its own exception)."""
 
-    def __init__(self, write: Callable[[list[services._Row]], Awaitable[list[Any]]], *, max_batch: int = 64) -> None:
+    def __init__(self, write: Callable[[list[services._Row]], Awaitable[list[Any]]], *, writers: int = 2,
+                 max_batch: int = 64) -> None:
         self.write = write
+        self.writers = writers
         self.max_batch = max_batch
         self.waiting: list[tuple[services._Row, asyncio.Future[Any]]] = []
-        self.busy = False
+        self.running = 0
         self.batches = self.rows = 0
 
     def submit(self, row: services._Row) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.waiting.append((row, future))
-        if not self.busy:
-            self.busy = True
+        if self.running < self.writers:
+            self.running += 1
             loop.create_task(self._drain())
         return future
 
@@ -91,7 +96,7 @@ class _Batcher:
                     else:
                         future.set_result(result)
         finally:
-            self.busy = False
+            self.running -= 1
 
 
 class IntakeApp:
@@ -106,8 +111,8 @@ class IntakeApp:
         self.broker: AsyncRedisLink | None = None
         self.publisher: TaskPublisher | None = None
         self.batcher = _Batcher(self._write)
-        self._db: psycopg.AsyncConnection[Any] | None = None
-        self._db_opening: asyncio.Lock | None = None
+        self._enqueues: set[asyncio.Task[None]] = set()  # LPUSHes in flight (kept referenced until done)
+        self._idle: list[psycopg.AsyncConnection[Any]] = []  # the writers' connections not in use
         self.headers = _security_headers()
         self.counts = {"fast": 0, "slow": 0}  # alerts decided in the event loop / by the web role's code
 
@@ -131,10 +136,12 @@ class IntakeApp:
                  "every alert through the web role's code (needs PostgreSQL and plain-TCP Redis for the fast path)")
 
     async def _stop(self) -> None:
+        if self._enqueues:  # committed rows' messages still on their way
+            await asyncio.wait(list(self._enqueues), timeout=5)
         for link in {id(x): x for x in (self.cache, self.broker) if x is not None}.values():
             link.close()
-        if self._db is not None:
-            await self._db.close()
+        for conn in self._idle:
+            await conn.close()
         self.threads.shutdown(wait=False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -257,19 +264,20 @@ class IntakeApp:
         return services.Accepted(signal_id=signal_id, duplicate=False)
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
-        if self._db is None or self._db.closed:
-            self._db_opening = self._db_opening or asyncio.Lock()
-            async with self._db_opening:
-                if self._db is None or self._db.closed:
-                    params = dict(connections["default"].get_connection_params())
-                    params.pop("cursor_factory", None)
-                    self._db = await psycopg.AsyncConnection.connect(**params, autocommit=True)
-        return self._db
+        """An idle writer connection, or a new one (the batcher runs at most `writers` writes at once)."""
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                return conn
+        params = dict(connections["default"].get_connection_params())
+        params.pop("cursor_factory", None)
+        return await psycopg.AsyncConnection.connect(**params, autocommit=True)
 
     async def _write(self, rows: list[services._Row]) -> list[Any]:
         """Write rows with one INSERT (one COMMIT), then queue the new ones with one LPUSH: one id (or None: not
         stored) or exception per row. A row the database refuses fails alone (the others are written again, row by
         row); a lost connection fails them all with ConnectionLost."""
+        conn = None
         try:
             conn = await self._connection()
             if len(rows) == 1:
@@ -280,10 +288,15 @@ class IntakeApp:
                 cursor = await conn.execute(*services.rows_statement(rows), prepare=True)
                 stored = {key: int(pk) for pk, key in await cursor.fetchall()}
         except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
-            if self._db is not None:
-                await self._db.close()
+            # A lost connection is most often a database restart: the idle ones are dropped too, and the next write
+            # opens a new one.
+            for dead in [conn, *self._idle]:
+                if dead is not None:
+                    await dead.close()
+            self._idle.clear()
             raise ConnectionLost(str(exc)) from exc
         except psycopg.Error:
+            self._idle.append(conn)  # type: ignore[arg-type] - a refused statement leaves the connection usable
             if len(rows) == 1:
                 raise
             results: list[Any] = []
@@ -293,16 +306,24 @@ class IntakeApp:
                 except Exception as exc:  # noqa: BLE001 - that row's own failure, answered in its own request
                     results.append(exc)
             return results
+        self._idle.append(conn)
         ids = services.rows_ids(rows, stored)
         queue = [pk for pk in ids if pk is not None]
-        if queue:
+        if queue:  # sent now; the answers and the next batch's INSERT do not wait for Redis's reply
             publisher = self.publisher
-            try:
-                await self.broker.call(command(b"LPUSH", publisher.key,  # type: ignore[union-attr]
-                                               *(publisher.message(pk) for pk in queue)), 1)  # type: ignore[union-attr]
-            except Exception:  # noqa: BLE001 - the rows are committed: RECEIVED signals are re-driven by the sweeper
-                log.exception("enqueue of signals %s failed; the sweeper will pick them up", queue)
+            packed = command(b"LPUSH", publisher.key, *(publisher.message(pk) for pk in queue))  # type: ignore[union-attr]
+            task = asyncio.get_running_loop().create_task(self._enqueue(packed, queue))
+            self._enqueues.add(task)
+            task.add_done_callback(self._enqueues.discard)
         return ids
+
+    async def _enqueue(self, packed: bytes, queue: list[int]) -> None:
+        """One LPUSH of committed signals' messages. A failure is logged, never raised: the rows are committed and
+        stay RECEIVED, and the sweeper re-drives them (as on the web role, where a failed enqueue still answers 202)."""
+        try:
+            await self.broker.call(packed, 1)  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001
+            log.exception("enqueue of signals %s failed; the sweeper will pick them up", queue)
 
 
 def _in_thread(call: Callable[..., services.Accepted | Rejection], kwargs: dict[str, Any]

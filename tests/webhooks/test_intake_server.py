@@ -17,7 +17,7 @@ import pytest
 import redis
 from django.db import connection
 
-from tests.conftest import flush_broker, worker_env
+from tests.conftest import flush_broker, wait_for, worker_env
 from tests.webhooks.server import gunicorn, intake, request
 from tests.webhooks.test_corpus import CASES, corpus_check
 from trading import services
@@ -99,7 +99,9 @@ def test_alerts_of_a_known_strategy_are_stored_and_queued_once_in_the_event_loop
         assert signal.quantity == Decimal("0.015") and signal.action == "open_long"
         assert signal.status == Signal.Status.RECEIVED and signal.source == Signal.Source.WEBHOOK
         assert signal.payload["passphrase"] == "[REDACTED]" and hook.secret not in json.dumps(signal.payload)
-    assert sorted(_queued_ids()) == sorted([first.body["signal_id"], *ids])  # each queued exactly once
+    # Each queued exactly once (the LPUSH goes out with the answers; its reply is not waited for).
+    wait_for(lambda: len(_queued_ids()) >= 41, timeout=10, what="the messages queued")
+    assert sorted(_queued_ids()) == sorted([first.body["signal_id"], *ids])
     # A repeat delivery: the first id, no new row, nothing queued.
     again = _post(server, hook.body(id="k-7", contracts="0.015", order_id="L"))
     assert (again.status_code, again.body) == (200, {"signal_id": ids[6], "duplicate": True})
