@@ -1,8 +1,9 @@
-"""Webhook intake throughput and latency on gunicorn (gthread workers, as deployed) against PostgreSQL and Redis.
+"""Webhook intake throughput and latency on the web role (gunicorn, gthread workers) and on the intake role (uvicorn,
+webhooks/intake_asgi.py), against PostgreSQL and Redis, in one run.
 
     python benchmarks/webhook_load.py [--seconds 15] [--rate 500] [--rate-seconds 60] [--gunicorn-workers 3]
-                                      [--threads 12] [--connections 16]
-                                      [--with-workers-seconds 15] [--json out.json]
+                                      [--threads 12] [--intake-workers 1] [--servers web,intake]
+                                      [--connections 16] [--with-workers-seconds 15] [--json out.json]
 
 Creates a throwaway database (`tradesite_bench_webhook`), migrates it, uses Redis db /13 (flushed before and after),
 creates one active paper strategy with a webhook secret and starts gunicorn with `benchmarks.webhook_site` (the
@@ -11,17 +12,18 @@ stack, `/bench/bare-lane/` through the same lean lane as the webhook, tradesite/
 generator included, runs on this machine over 127.0.0.1.
 
 1. Throughput, closed loop, `wrk -t2 -c16` (a threaded urllib client when wrk is missing): bare (full stack), bare
-   (lane), then the webhook with no Celery worker running (accepted alerts pile up in the queue). A wrk Lua script
-   sends realistic alert bodies (passphrase, strategy, action, ticker, contracts, order_id, time, and a unique
-   explicit `id` per request, so every request is a new alert) and counts answers by status: only 202 counts as
-   accepted, anything else is an error.
-2. Latency at a fixed rate (`--rate`/s for `--rate-seconds`), open loop: an asyncio client (uvloop) schedules each
-   request and times it from its scheduled send time (no coordinated omission); at most 512 in flight.
-3. The webhook again with a Celery worker (`-Q execution -c 2`, as deployed) consuming the queue at the same time.
+   (lane). A wrk Lua script sends realistic alert bodies (passphrase, strategy, action, ticker, contracts, order_id,
+   time, and a unique explicit `id` per request, so every request is a new alert) and counts answers by status: only
+   202 counts as accepted, anything else is an error.
+2. For each server in --servers (the web role's gunicorn, then the intake role's uvicorn as the bootstrap starts it):
+   the webhook closed loop with no Celery worker running (accepted alerts pile up in the queue); then latency at a
+   fixed rate (`--rate`/s for `--rate-seconds`), open loop: an asyncio client (uvloop) opens a connection per
+   request, schedules each and times it from its scheduled send time (no coordinated omission), at most 512 in
+   flight; then the webhook again with a Celery worker (`-Q execution -c 2`, as deployed) draining the queue.
 
 At the end every accepted alert must be a row: the number of 202 answers equals the rows in trading_signal. CPU
-per request of each process group (gunicorn, PostgreSQL backends, PostgreSQL background, Redis, the load
-generator, the Celery worker) is read from /proc, to show where the time goes. The last stdout line is JSON.
+per request of each process group (the server under test, PostgreSQL backends, PostgreSQL background, Redis, the
+load generator, the Celery worker) is read from /proc, to show where the time goes. The last stdout line is JSON.
 Results: docs/benchmarks.md (webhook_load).
 """
 
@@ -429,7 +431,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16, help="closed-loop connections (wrk -c)")
     parser.add_argument("--servers", default="web,intake",
                         help="which servers take the webhook phases: web (gunicorn), intake (uvicorn), or both")
-    parser.add_argument("--intake-workers", type=int, default=3, help="3: the bootstrap's default on 2 cores")
+    parser.add_argument("--intake-workers", type=int, default=1, help="1: the bootstrap's default on 2 cores")
     parser.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432")
     parser.add_argument("--db-name", default="tradesite_bench_webhook")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
