@@ -62,6 +62,14 @@ def _reply(buf: bytearray) -> tuple[Any, int]:
     raise redis.ConnectionError(f"unexpected reply type {kind!r}")
 
 
+def _checked(results: list[Any]) -> list[Any]:
+    """The replies, or the first error reply raised."""
+    for result in results:
+        if isinstance(result, redis.ResponseError):
+            raise result
+    return results
+
+
 class RedisLink:
     """One connection per process and thread to the Redis a redis-py client points at, for pre-packed commands
     (one write, N replies).
@@ -166,10 +174,7 @@ class RedisLink:
             except BaseException:
                 self.close()  # a reply may be half read: never reuse this stream
                 raise
-            for result in results:
-                if isinstance(result, redis.ResponseError):
-                    raise result
-            return results
+            return _checked(results)
         raise AssertionError("unreachable")
 
     def close(self) -> None:
@@ -200,7 +205,7 @@ class AsyncRedisLink:
     def __init__(self, link: RedisLink) -> None:
         self.kwargs = link.kwargs
         self.usable = link.plain
-        self.timeout = float(link.timeout)
+        self.timeout = link.timeout
         self._writer: asyncio.StreamWriter | None = None
         self._waiting: deque[asyncio.Future[Any]] = deque()
         self._opening: asyncio.Lock | None = None
@@ -296,10 +301,7 @@ class AsyncRedisLink:
                 if attempt == 2:
                     raise
                 continue
-            for result in results:
-                if isinstance(result, redis.ResponseError):
-                    raise result
-            return results
+            return _checked(results)
         raise AssertionError("unreachable")
 
     def close(self) -> None:

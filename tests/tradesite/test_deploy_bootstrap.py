@@ -207,8 +207,11 @@ def test_web_role_serves_healthz_behind_gunicorn(fresh_db: str, var_dir: Path, t
     assert "bootstrap: deploy checks clean" in log
 
 
-def test_intake_role_serves_the_webhook_on_uvicorn(fresh_db: str, var_dir: Path, tmp_path: Path) -> None:
+def test_intake_role_serves_the_webhook_on_uvicorn(fresh_db: str, var_dir: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Production-like, as the web role above: the webhook over HTTPS only (the proxy says so), HSTS on its answers."""
+    from tradesite import healthcheck
+
     port = _free_port()
     env = clean_env(fresh_db, var_dir, INTAKE_BIND=f"127.0.0.1:{port}", INTAKE_WORKERS="1",
                     ALLOWED_HOSTS="trade.example.com", TRADESITE_HTTPS="1", SECURE_PROXY_SSL_HEADER="X-Forwarded-Proto")
@@ -224,30 +227,24 @@ def test_intake_role_serves_the_webhook_on_uvicorn(fresh_db: str, var_dir: Path,
                 return False
 
         wait_for(up, timeout=90, every=0.3, what="uvicorn answering /healthz with the fast path on")
+        monkeypatch.setenv("TRADESITE_COMPONENT", "intake")
+        monkeypatch.setenv("INTAKE_BIND", env["INTAKE_BIND"])
+        assert healthcheck.main() == 0  # the container HEALTHCHECK's own probe
         body = json.dumps({"strategy": "none", "passphrase": "x" * 43, "action": "buy", "ticker": "BTCUSD"}).encode()
-        opener = urllib.request.build_opener(_NoRedirect)
-        plain = urllib.request.Request(url, data=body, headers={"Host": "trade.example.com",
-                                                                "Content-Type": "application/json"})
-        try:
-            opener.open(plain, timeout=5)
-            raise AssertionError("no redirect")
-        except urllib.error.HTTPError as exc:
-            assert exc.code == 301 and exc.headers["Location"] == "https://trade.example.com/api/webhooks/tradingview/"
-        secure = urllib.request.Request(url, data=body, headers={"Host": "trade.example.com", "X-Forwarded-Proto":
-                                                                 "https", "Content-Type": "application/json"})
-        try:
-            opener.open(secure, timeout=5)
-            raise AssertionError("accepted a wrong passphrase")
-        except urllib.error.HTTPError as exc:
-            assert exc.code == 401 and exc.headers["Strict-Transport-Security"].startswith("max-age=")
-            assert json.loads(exc.read())["error"] == "unauthorized"
-        other = urllib.request.Request(url, data=body, headers={"Host": "evil.example.com",
-                                                                "Content-Type": "application/json"})
-        try:
-            opener.open(other, timeout=5)
-            raise AssertionError("served a foreign host")
-        except urllib.error.HTTPError as exc:
-            assert exc.code == 400
+        def refused(headers: dict[str, str]) -> urllib.error.HTTPError:
+            request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **headers})
+            try:
+                urllib.request.build_opener(_NoRedirect).open(request, timeout=5)
+            except urllib.error.HTTPError as exc:
+                return exc
+            raise AssertionError(f"answered 2xx with {headers}")
+
+        plain = refused({"Host": "trade.example.com"})
+        assert plain.code == 301 and plain.headers["Location"] == "https://trade.example.com/api/webhooks/tradingview/"
+        secure = refused({"Host": "trade.example.com", "X-Forwarded-Proto": "https"})  # a wrong passphrase
+        assert secure.code == 401 and secure.headers["Strict-Transport-Security"].startswith("max-age=")
+        assert json.loads(secure.read())["error"] == "unauthorized"
+        assert refused({"Host": "evil.example.com"}).code == 400
     finally:
         _stop(proc)
     log = (tmp_path / "intake.log").read_text()
