@@ -113,6 +113,7 @@ class IntakeApp:
         self.batcher = _Batcher(self._write)
         self._enqueues: set[asyncio.Task[None]] = set()  # LPUSHes in flight (kept referenced until done)
         self._idle: list[psycopg.AsyncConnection[Any]] = []  # the writers' connections not in use
+        self.write_timeout = float(os.environ.get("INTAKE_WRITE_TIMEOUT_SECONDS", "10"))
         self.headers = _security_headers()
         self.counts = {"fast": 0, "slow": 0}  # alerts decided in the event loop / by the web role's code
 
@@ -280,13 +281,20 @@ class IntakeApp:
         conn = None
         try:
             conn = await self._connection()
-            if len(rows) == 1:
-                cursor = await conn.execute(*services.row_statement(rows[0].values, rows[0].checks), prepare=True)
-                found = await cursor.fetchone()
-                stored = {} if found is None else {rows[0].key: int(found[0])}
-            else:
-                cursor = await conn.execute(*services.rows_statement(rows), prepare=True)
-                stored = {key: int(pk) for pk, key in await cursor.fetchall()}
+            try:
+                async with asyncio.timeout(self.write_timeout):
+                    if len(rows) == 1:
+                        values, checks = rows[0].values, rows[0].checks
+                        cursor = await conn.execute(*services.row_statement(values, checks), prepare=True)
+                        found = await cursor.fetchone()
+                        stored = {} if found is None else {rows[0].key: int(found[0])}
+                    else:
+                        cursor = await conn.execute(*services.rows_statement(rows), prepare=True)
+                        stored = {key: int(pk) for pk, key in await cursor.fetchall()}
+            except TimeoutError as exc:  # a database that does not answer (a lock, a partition): psycopg cancels
+                # the statement on the server when its task is cancelled, so it cannot commit later (the test checks
+                # that no INSERT is left waiting), and the alerts are decided again (the "unsure" path)
+                raise psycopg.OperationalError(f"no answer in {self.write_timeout} s") from exc
         except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
             # A lost connection is most often a database restart: the idle ones are dropped too, and the next write
             # opens a new one.

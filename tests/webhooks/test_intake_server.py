@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -201,3 +202,39 @@ def test_rate_limits_are_counted_in_the_event_loop(make_hook, tmp_path: Path) ->
 def test_other_paths_are_not_served(server) -> None:
     status, body = request(server, "GET", "/admin/")
     assert status == 404 and body["error"] == "not_found"
+
+
+def test_an_insert_the_database_does_not_answer_is_cancelled_and_the_alert_stored_once(make_hook,
+                                                                                        tmp_path: Path) -> None:
+    import threading
+
+    import psycopg
+
+    hook = make_hook()
+    settings = connection.settings_dict
+    url = f"postgres://{settings['USER']}@{settings['HOST'] or '127.0.0.1'}:{settings['PORT'] or 5432}/{settings['NAME']}"
+    with intake(_env(INTAKE_WRITE_TIMEOUT_SECONDS="1"), log_path=tmp_path / "intake.log") as port:
+        assert _post(port, hook.body(id="t-0")).status_code == 202  # this process learns the strategy
+        answers: list[_Answer] = []
+        with psycopg.connect(url) as locker:  # holds the table until the block ends (a stuck database, as seen)
+            locker.execute("LOCK TABLE trading_signal IN ACCESS EXCLUSIVE MODE")
+            sender = threading.Thread(target=lambda: answers.append(_post(port, hook.body(id="t-1"))))
+            sender.start()
+            sender.join(timeout=2.5)  # past the 1 s write timeout: the fast INSERT was cancelled
+            assert not answers  # still waiting: the fresh path's INSERT waits for the lock too
+
+            def waiting() -> int:  # statements waiting for the lock: the fresh path's only, once it got there
+                with psycopg.connect(url, autocommit=True) as probe:
+                    return int(probe.execute(
+                        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                        "WHERE c.relname = 'trading_signal' AND NOT l.granted").fetchone()[0])  # type: ignore[index]
+
+            wait_for(lambda: waiting() == 1, timeout=10, what="one INSERT waiting (the cancelled one is gone)")
+            time.sleep(0.5)
+            assert waiting() == 1
+        sender.join(timeout=30)
+        health = _health(port)
+    assert answers and answers[0].status_code == 202, answers and answers[0].body
+    assert health["alerts"] == {"fast": 0, "slow": 2}
+    assert Signal.objects.filter(strategy=hook.strategy).count() == 2
+    assert Signal.objects.filter(pk=answers[0].body["signal_id"]).exists()
