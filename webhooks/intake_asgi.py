@@ -113,7 +113,7 @@ class IntakeApp:
         self.batcher = _Batcher(self._write)
         self._enqueues: set[asyncio.Task[None]] = set()  # LPUSHes in flight (kept referenced until done)
         self._idle: list[psycopg.AsyncConnection[Any]] = []  # the writers' connections not in use
-        self.write_timeout = float(os.environ.get("INTAKE_WRITE_TIMEOUT_SECONDS", "10"))
+        self.write_timeout = int(os.environ.get("INTAKE_WRITE_TIMEOUT_SECONDS", "10"))  # whole seconds
         self.headers = _security_headers()
         self.counts = {"fast": 0, "slow": 0}  # alerts decided in the event loop / by the web role's code
 
