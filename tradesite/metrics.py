@@ -213,7 +213,7 @@ _trading_registry = CollectorRegistry(auto_describe=False)
 _trading_registry.register(TradingCollector())  # type: ignore[arg-type]
 
 
-def _allowed(request: HttpRequest) -> HttpResponse | None:
+def scrape_allowed(request: HttpRequest) -> HttpResponse | None:
     """None when the scraper may read; else the answer (401 wrong token, 404 not an allowed address)."""
     token = settings.METRICS_TOKEN
     if token:
@@ -245,7 +245,7 @@ def _process_metrics() -> bytes:
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """Prometheus text exposition: request metrics of the web processes and the trading metrics."""
-    denied = _allowed(request)
+    denied = scrape_allowed(request)
     if denied is not None:
         return denied
     started = time.monotonic()

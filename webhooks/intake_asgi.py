@@ -116,6 +116,7 @@ class IntakeApp:
         self.write_timeout = int(os.environ.get("INTAKE_WRITE_TIMEOUT_SECONDS", "10"))  # whole seconds
         self.headers = _security_headers()
         self.counts = {"fast": 0, "slow": 0}  # alerts decided in the event loop / by the web role's code
+        self.answers: dict[int, int] = {}  # the webhook's answers by status
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -162,15 +163,17 @@ class IntakeApp:
             await self._webhook(scope, receive, send)
         elif scope["path"] == "/healthz":
             await self._send(send, 200, {"status": "ok", "fast_path": self.fast, "alerts": self.counts,
-                                         "batches": self.batcher.batches, "rows": self.batcher.rows})
+                                         "batches": self.batcher.batches, "rows": self.batcher.rows}, counted=False)
         else:
             await self._send(send, 404, {"error": "not_found", "detail": "this server takes TradingView alerts only "
-                                         f"(POST {self.path})", "fields": {}})
+                                         f"(POST {self.path})", "fields": {}}, counted=False)
 
     # ------------------------------------------------------------------ HTTP
 
     async def _send(self, send: Send, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]] = (),
-                    secure: bool = False) -> None:
+                    secure: bool = False, counted: bool = True) -> None:
+        if counted:
+            self.answers[status] = self.answers.get(status, 0) + 1
         raw = services.dumps(body)
         headers = [*self.headers["always"], *(self.headers["secure"] if secure else ()), *extra,
                    (b"content-length", str(len(raw)).encode())]
@@ -178,7 +181,7 @@ class IntakeApp:
         await send({"type": "http.response.body", "body": raw})
 
     async def _webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
-        meta = _meta(scope)
+        meta = request_meta(scope)
         secure = _is_secure(scope, meta)
         domain, _ = split_domain_port(meta.get("HTTP_HOST", ""))
         if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
@@ -343,7 +346,7 @@ def _in_thread(call: Callable[..., services.Accepted | Rejection], kwargs: dict[
         close_old_connections()
 
 
-def _meta(scope: Scope) -> dict[str, Any]:
+def request_meta(scope: Scope) -> dict[str, Any]:
     """The request's WSGI-style META: what the intake functions read (client address, headers, content type)."""
     meta: dict[str, Any] = {"REMOTE_ADDR": (scope.get("client") or ("", 0))[0]}
     for name, value in scope.get("headers", ()):

@@ -238,3 +238,34 @@ def test_an_insert_the_database_does_not_answer_is_cancelled_and_the_alert_store
     assert health["alerts"] == {"fast": 0, "slow": 2}
     assert Signal.objects.filter(strategy=hook.strategy).count() == 2
     assert Signal.objects.filter(pk=answers[0].body["signal_id"]).exists()
+
+
+def test_metrics_count_the_alerts_each_way_and_follow_the_web_roles_access_rule(make_hook, tmp_path: Path) -> None:
+    import http.client
+
+    hook = make_hook()
+
+    def scrape(port: int, headers: dict[str, str]) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/metrics", headers=headers)
+        response = conn.getresponse()
+        text = response.read().decode()
+        conn.close()
+        return response.status, text
+
+    with intake(_env(METRICS_TOKEN=""), log_path=tmp_path / "intake.log") as port:
+        for i in range(3):
+            assert _post(port, hook.body(id=f"m-{i}")).status_code == 202
+        assert _post(port, hook.body(id="m-x", passphrase="x" * 43)).status_code == 401
+        status, text = scrape(port, {})
+        assert status == 200, text
+        assert 'tradesite_intake_alerts_total{path="fast"} 2.0' in text  # the first alert taught the copy
+        assert 'tradesite_intake_alerts_total{path="slow"} 2.0' in text
+        assert 'tradesite_intake_answers_total{status="202"} 3.0' in text
+        assert 'tradesite_intake_answers_total{status="401"} 1.0' in text
+        assert "tradesite_intake_fast_path 1.0" in text and "process_cpu_seconds_total" in text
+        assert scrape(port, {"X-Forwarded-For": "1.2.3.4"})[0] == 404  # through a proxy: not an internal scraper
+    token = "t" * 40
+    with intake(_env(METRICS_TOKEN=token), log_path=tmp_path / "intake2.log") as port:
+        assert scrape(port, {})[0] == 401
+        assert scrape(port, {"Authorization": f"Bearer {token}"})[0] == 200
