@@ -34,8 +34,8 @@ class _IntakeCollector:
 
     def collect(self) -> list[Metric]:
         app = self.app
-        alerts = CounterMetricFamily("tradesite_intake_alerts", "Alerts decided in the event loop (fast) or by the "
-                                     "web role's code in a thread (slow).", labels=["path"])
+        alerts = CounterMetricFamily("tradesite_intake_alerts", "Alerts stored by the event loop (fast) or decided by "
+                                     "the web role's code in a thread (slow).", labels=["path"])
         for path, n in app.counts.items():
             alerts.add_metric([path], n)
         answers = CounterMetricFamily("tradesite_intake_answers", "The webhook's answers by HTTP status.",

@@ -193,7 +193,7 @@ class RedisLink:
 
 
 class AsyncRedisLink:
-    """The Redis a RedisLink points at, from an asyncio event loop (a plain TCP connection only: `usable`).
+    """The Redis a RedisLink points at, from an asyncio event loop (a plain TCP connection only: `link.plain`).
 
     One connection per link, pipelined: each call writes its packed commands at once and awaits its replies in
     order, so the requests of one event loop share the connection without waiting for each other's round trips.
@@ -204,7 +204,6 @@ class AsyncRedisLink:
 
     def __init__(self, link: RedisLink) -> None:
         self.kwargs = link.kwargs
-        self.usable = link.plain
         self.timeout = link.timeout
         self._writer: asyncio.StreamWriter | None = None
         self._waiting: deque[asyncio.Future[Any]] = deque()

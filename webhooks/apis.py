@@ -30,15 +30,11 @@ def _guarded(call: Any) -> HttpResponse:
 def tradingview_webhook(request: HttpRequest) -> HttpResponse:
     """Receive one TradingView alert: 202 stored and queued, 200 duplicate, 4xx refused (see README)."""
     if request.method != "POST":
-        response = _respond(Rejection(405, "method_not_allowed", "use POST"))
+        response = _respond(parsers.METHOD_NOT_ALLOWED)
         response["Allow"] = "POST"
         return response
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
-    if length > parsers.MAX_BODY_BYTES:
-        return _respond(Rejection(413, "too_large", f"the body is over {parsers.MAX_BODY_BYTES} bytes"))
+    if parsers.declared_too_large(request.META.get("CONTENT_LENGTH")):
+        return _respond(parsers.TOO_LARGE)
     body = request.read(parsers.MAX_BODY_BYTES + 1)
     return _guarded(lambda: services.body_intake(body=body, content_type=request.META.get("CONTENT_TYPE"),
                                                  meta=request.META))

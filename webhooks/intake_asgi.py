@@ -35,6 +35,7 @@ from typing import Any
 import psycopg
 import redis
 from django.conf import settings
+from django.core.cache import caches
 from django.db import close_old_connections, connections
 from django.http.request import split_domain_port, validate_host
 from django.urls import reverse
@@ -108,6 +109,7 @@ class IntakeApp:
                                           thread_name_prefix="intake")
         self.fast = False
         self.cache: AsyncRedisLink | None = None
+        self.cache_backend: Any = None  # the default cache object, kept: it names the rate-limit keys
         self.broker: AsyncRedisLink | None = None
         self.publisher: TaskPublisher | None = None
         self.batcher = _Batcher(self._write)
@@ -115,7 +117,7 @@ class IntakeApp:
         self._idle: list[psycopg.AsyncConnection[Any]] = []  # the writers' connections not in use
         self.write_timeout = int(os.environ.get("INTAKE_WRITE_TIMEOUT_SECONDS", "10"))  # whole seconds
         self.headers = _security_headers()
-        self.counts = {"fast": 0, "slow": 0}  # alerts decided in the event loop / by the web role's code
+        self.counts = {"fast": 0, "slow": 0}  # alerts stored by the event loop / decided by the web role's code
         self.answers: dict[int, int] = {}  # the webhook's answers by status
 
     # ------------------------------------------------------------------ lifecycle
@@ -130,6 +132,7 @@ class IntakeApp:
                      and cache_link is not None and cache_link.plain
                      and publisher is not None and publisher.link.plain)
         if self.fast:
+            self.cache_backend = caches["default"]
             self.cache = AsyncRedisLink(cache_link)  # type: ignore[arg-type]
             self.publisher = publisher
             self.broker = (self.cache if publisher.link.kwargs == cache_link.kwargs  # type: ignore[union-attr]
@@ -194,16 +197,10 @@ class IntakeApp:
                              [(b"location", location.encode())])
             return
         if scope["method"] != "POST":
-            rejection = Rejection(405, "method_not_allowed", "use POST")
-            await self._send(send, 405, rejection.body(), [(b"allow", b"POST")], secure)
+            await self._send(send, 405, parsers.METHOD_NOT_ALLOWED.body(), [(b"allow", b"POST")], secure)
             return
-        try:
-            length = int(meta.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        too_large = Rejection(413, "too_large", f"the body is over {parsers.MAX_BODY_BYTES} bytes")
-        if length > parsers.MAX_BODY_BYTES:
-            await self._send(send, 413, too_large.body(), secure=secure)
+        if parsers.declared_too_large(meta.get("CONTENT_LENGTH")):
+            await self._send(send, 413, parsers.TOO_LARGE.body(), secure=secure)
             return
         chunks, size = [], 0
         while True:
@@ -211,7 +208,7 @@ class IntakeApp:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > parsers.MAX_BODY_BYTES:
-                await self._send(send, 413, too_large.body(), secure=secure)
+                await self._send(send, 413, parsers.TOO_LARGE.body(), secure=secure)
                 return
             chunks.append(chunk)
             if not message.get("more_body"):
@@ -237,7 +234,8 @@ class IntakeApp:
         if known is None:  # refused, or not this process's copy: body_intake decides, as the web role does
             return await self._slow(services.body_intake, body=body, content_type=content_type, meta=meta)
         try:
-            (count,) = await self.cache.call(services.rate_pair_command(ip, known.pk), 1)  # type: ignore[union-attr]
+            command_ = services.rate_pair_command(ip, known.pk, backend=self.cache_backend)
+            (count,) = await self.cache.call(command_, 1)  # type: ignore[union-attr]
             limited = services.rate_pair_verdict(count)
         except redis.RedisError:
             log.exception("webhook intake: rate limits unavailable")
@@ -259,7 +257,7 @@ class IntakeApp:
                                     counted=True, unsure=True)
         except psycopg.Error:
             log.exception("webhook intake: database refused the alert")
-            return Rejection(503, "unavailable", "storage is unavailable; retry")
+            return services.STORAGE_UNAVAILABLE
         if signal_id is None:  # a repeat delivery, or the strategy changed since this process read it
             services.strategy_forget(known.slug)
             return await self._slow(services.alert_intake, data=data, source_ip=ip, now=now, fresh=True,

@@ -83,10 +83,22 @@ def _constant(name: str) -> Any:
     raise _BadConstant(name)
 
 
+TOO_LARGE = Rejection(413, "too_large", f"the body is over {MAX_BODY_BYTES} bytes")
+METHOD_NOT_ALLOWED = Rejection(405, "method_not_allowed", "use POST")
+
+
+def declared_too_large(content_length: str | None) -> bool:
+    """Whether a request's Content-Length header announces a body over MAX_BODY_BYTES (refused before reading)."""
+    try:
+        return int(content_length or 0) > MAX_BODY_BYTES
+    except ValueError:
+        return False
+
+
 def body_decode(body: bytes, content_type: str | None) -> dict[str, Any] | Rejection:
     """Decode a JSON-object body sent as application/json or text/plain (TradingView's two content types)."""
     if len(body) > MAX_BODY_BYTES:
-        return Rejection(413, "too_large", f"the body is over {MAX_BODY_BYTES} bytes")
+        return TOO_LARGE
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media not in ("application/json", "text/plain"):
         return Rejection(415, "unsupported_media_type", "send application/json or text/plain")

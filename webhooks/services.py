@@ -190,11 +190,13 @@ def rate_limited_pair(ip: str, strategy_pk: int, *, now: float | None = None) ->
     return rate_pair_verdict(count)
 
 
-def rate_pair_command(ip: str, strategy_pk: int, *, now: float | None = None) -> bytes:
+def rate_pair_command(ip: str, strategy_pk: int, *, now: float | None = None, backend: Any = None) -> bytes:
     """The Redis command (RESP) counting a request against its source's and its strategy's budgets (the cache's
-    keys); its integer reply goes to `rate_pair_verdict`. For a cache on Redis only."""
+    keys); its integer reply goes to `rate_pair_verdict`. For a cache on Redis only. `backend`: the default cache
+    object to name the keys with (an event loop passes the one it keeps: in async code each task would make its
+    own)."""
     (ip_name, window), (strategy_name, _) = _window_key("ip", ip, now), _window_key("strategy", strategy_pk, now)
-    backend = caches["default"]
+    backend = backend or caches["default"]
     keys = [backend.make_key(ip_name), backend.make_key(strategy_name)]
     return command("EVAL", _PAIR_SCRIPT, 2, *keys, window + 1, int(setting("WEBHOOK_RATE_LIMIT_PER_IP")))
 
@@ -642,13 +644,14 @@ def intake_guarded(call: Callable[[], Accepted | Rejection]) -> Accepted | Rejec
         return call()
     except DatabaseError:
         log.exception("webhook intake: database unavailable")
-        return Rejection(503, "unavailable", "storage is unavailable; retry")
+        return STORAGE_UNAVAILABLE
     except Exception:  # noqa: BLE001 - never a 500 for what a client sends
         log.exception("webhook intake failed")
         return INTAKE_FAILED
 
 
 INTAKE_FAILED = Rejection(503, "unavailable", "the alert could not be stored; retry")
+STORAGE_UNAVAILABLE = Rejection(503, "unavailable", "storage is unavailable; retry")
 
 
 def strategy_forget(slug: str) -> None:

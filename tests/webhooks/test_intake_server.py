@@ -269,3 +269,29 @@ def test_metrics_count_the_alerts_each_way_and_follow_the_web_roles_access_rule(
     with intake(_env(METRICS_TOKEN=token), log_path=tmp_path / "intake2.log") as port:
         assert scrape(port, {})[0] == 401
         assert scrape(port, {"Authorization": f"Bearer {token}"})[0] == 200
+
+
+def test_source_allowlist_and_trusted_proxy_hold_on_the_fast_path(make_hook, tmp_path: Path) -> None:
+    import http.client
+
+    hook = make_hook()
+
+    def post_from(port: int, body: dict[str, Any], forwarded: str | None) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        headers = {"Content-Type": "application/json", **({"X-Forwarded-For": forwarded} if forwarded else {})}
+        conn.request("POST", URL, body=json.dumps(body).encode(), headers=headers)
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    env = _env(WEBHOOK_ALLOWED_IPS="tradingview", WEBHOOK_TRUSTED_PROXY_HEADER="X-Forwarded-For",
+               WEBHOOK_TRUSTED_PROXIES="127.0.0.1")
+    with intake(env, log_path=tmp_path / "intake.log") as port:
+        assert post_from(port, hook.body(id="a-0"), "52.89.214.238") == 202  # TradingView, through our proxy
+        assert post_from(port, hook.body(id="a-1"), "52.89.214.238") == 202  # now from the process's copy
+        assert _health(port)["alerts"]["fast"] == 1
+        # The right passphrase from elsewhere, or straight to the server (no proxy hop): refused, nothing stored.
+        assert post_from(port, hook.body(id="a-2"), "1.2.3.4") == 403
+        assert post_from(port, hook.body(id="a-3"), "52.89.214.238, 1.2.3.4") == 403  # the right-most untrusted hop
+        assert post_from(port, hook.body(id="a-4"), None) == 403
+    assert Signal.objects.filter(strategy=hook.strategy).count() == 2
