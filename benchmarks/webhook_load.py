@@ -15,7 +15,8 @@ generator included, runs on this machine over 127.0.0.1.
    (lane). A wrk Lua script sends realistic alert bodies (passphrase, strategy, action, ticker, contracts, order_id,
    time, and a unique explicit `id` per request, so every request is a new alert) and counts answers by status: only
    202 counts as accepted, anything else is an error.
-2. For each server in --servers (the web role's gunicorn, then the intake role's uvicorn as the bootstrap starts it):
+2. For each server in --servers (the web role's gunicorn, then the intake role's uvicorn as the bootstrap starts it,
+   serving also a bare endpoint of its own, benchmarks/intake_bare.py, measured first: the same-server floor):
    the webhook closed loop with no Celery worker running (accepted alerts pile up in the queue); then latency at a
    fixed rate (`--rate`/s for `--rate-seconds`), open loop: an asyncio client (uvloop) opens a connection per
    request, schedules each and times it from its scheduled send time (no coordinated omission), at most 512 in
@@ -537,10 +538,21 @@ def main() -> int:
             if "web" in args.servers:
                 webhook_phases("webhook", port)
         if "intake" in args.servers:
-            with intake(env, workers=args.intake_workers, log_path=tmp / "intake.log") as port:
+            # The intake role's application with a bare endpoint beside it (benchmarks/intake_bare.py): the same
+            # server and options, so its floor is measured on uvicorn too.
+            with intake(env, workers=args.intake_workers, log_path=tmp / "intake.log",
+                        app="benchmarks.intake_bare:application") as port:
                 groups["server"] = server_pids("uvicorn", port)
+                _closed_loop(port, "/bench/bare/", templates["bare"], 3, tmp, expect=202)
                 warm = _closed_loop(port, WEBHOOK, templates["webhook"], 3, tmp, expect=202)
                 accepted += warm.pop("signal_ids")
+                phase = {}
+                with meter.measure(phase, lambda: phase["requests"]):
+                    phase.update(_closed_loop(port, "/bench/bare/", templates["bare"], args.seconds, tmp,
+                                              expect=202))
+                phase.pop("signal_ids")
+                result["bare_intake_server"] = phase
+                print("bare_intake_server", json.dumps(phase), flush=True)
                 webhook_phases("intake", port)
         for prefix in ("webhook", "intake"):
             if prefix in result:
@@ -548,6 +560,9 @@ def main() -> int:
                                                                / result["bare_full_stack"]["ok_per_s"], 3)
                 result[f"{prefix}_vs_bare_lane"] = round(result[prefix]["ok_per_s"]
                                                          / result["bare_lane"]["ok_per_s"], 3)
+        if "intake" in result:
+            result["intake_vs_bare_intake_server"] = round(result["intake"]["ok_per_s"]
+                                                          / result["bare_intake_server"]["ok_per_s"], 3)
         import psycopg
 
         with psycopg.connect(f"{args.pg_url}/{args.db_name}", connect_timeout=10) as conn:

@@ -551,6 +551,22 @@ class TinyVenue(FakeHTTPServer):
         return Reply(200, {"price": "100"})
 
 
+def test_the_fake_is_quiet_about_a_client_that_hung_up_but_not_about_its_own_bugs(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A held reply written after the client gave up raises BrokenPipeError in the fake's thread: expected, so no
+    traceback in the test output; any other error in the fake is still printed."""
+    with TinyVenue() as venue:
+        for error in (BrokenPipeError(32, "Broken pipe"), ConnectionResetError(104, "reset"),
+                      ValueError("a bug in the fake")):
+            try:
+                raise error
+            except Exception:
+                venue.handle_error(None, ("127.0.0.1", 1))
+    printed = capsys.readouterr().err
+    assert "BrokenPipeError" not in printed and "ConnectionResetError" not in printed
+    assert "ValueError: a bug in the fake" in printed
+
+
 class HttpConnector(ScriptedConnector):
     """A hand-written HTTP connector that translates errors at the boundary the way the real ones do."""
 

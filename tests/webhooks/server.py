@@ -39,14 +39,16 @@ def gunicorn(env: dict[str, str], *, workers: int = 3, threads: int = 8, log_pat
 
 
 @contextmanager
-def intake(env: dict[str, str], *, workers: int = 1, log_path: Path | None = None) -> Iterator[int]:
+def intake(env: dict[str, str], *, workers: int = 1, log_path: Path | None = None,
+           app: str = "tradesite.intake:application") -> Iterator[int]:
     """Run the intake role's server (uvicorn, tradesite/intake.py, as the bootstrap starts it) on a free port until
-    the block ends; yield the port."""
+    the block ends; yield the port. `app` swaps the ASGI application, the server's options unchanged."""
     from tradesite.bootstrap import role_command
 
     port = free_port()
     argv = role_command("intake", {**env, "INTAKE_BIND": f"127.0.0.1:{port}", "INTAKE_WORKERS": str(workers),
                                    "LOG_LEVEL": "warning"})
+    argv = [app if part == "tradesite.intake:application" else part for part in argv]
     with _serving([sys.executable, *argv[1:]], env, port, log_path):
         yield port
 
