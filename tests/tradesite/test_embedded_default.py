@@ -82,3 +82,63 @@ def _get_ok(url: str) -> bool:
         return _get(url)[0] == 200
     except OSError:
         return False
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid`, read from /proc (children of each of its threads, then theirs)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                kids = {int(k) for k in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo.extend(kids - found)
+            found |= kids
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Still a live process (a zombie waiting for its reaper counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the parent-death signal is Linux's")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL], ids=lambda s: s.name)
+def test_signalling_run_alone_stops_every_process_it_started(tmp_path: Path, sig: signal.Signals) -> None:
+    """`kill <pid of manage.py run>` (a supervisor, a closed terminal, the OOM killer) reaches only that process,
+    not its group: web, worker (with its pool) and beat must still stop, never run on orphaned."""
+    env = _embedded_env(tmp_path)
+    port = _free_port()
+    log = (tmp_path / "run.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "manage.py", "run", "--port", str(port), "--no-demo"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    started: set[int] = set()
+    try:
+        wait_for(lambda: _get_ok(f"http://127.0.0.1:{port}/healthz"), timeout=90, every=0.5, what="web up")
+        # web, worker (its main process and its 2 pool processes) and beat
+        wait_for(lambda: len(_descendants(proc.pid)) >= 5, timeout=60, every=0.5, what="the worker's pool up")
+        started = _descendants(proc.pid)
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=40)
+        wait_for(lambda: not any(_running(p) for p in started), timeout=40, every=0.5,
+                 what=f"every process of run gone after {sig.name}")
+        with pytest.raises(OSError):
+            _get(f"http://127.0.0.1:{port}/healthz")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # the whole group is gone: what the test wants
+            pass
+        for pid in started:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+    if sig is not signal.SIGKILL:
+        assert proc.returncode == 0
+        assert f"{sig.name}: stopping web, worker, beat" in (tmp_path / "run.log").read_text(errors="replace")

@@ -2,16 +2,45 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
+
+
+# How long the processes get to stop cleanly (a worker finishes its task at hand) before they are killed.
+STOP_SECONDS = 20
+_PR_SET_PDEATHSIG = 1
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGHUP reached `run`: stop everything, as Ctrl-C does."""
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """A child's pre-exec step (Linux): the kernel sends it SIGTERM when `run` dies without stopping it (SIGKILL, a
+    crash), so no web, worker or beat is left running, orphaned, trading on its own."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # `run` died before the line above: nobody would send the signal
+            os.kill(os.getpid(), signal.SIGTERM)
+    return arm
 
 
 class Command(BaseCommand):
@@ -37,26 +66,39 @@ class Command(BaseCommand):
         }
         if not options["no_demo"]:
             roles["feed"] = [python, "manage.py", "demo_feed", "--interval", str(options["feed_interval"])]
-        procs = {
-            name: subprocess.Popen(cmd, cwd=root, env={**os.environ, "TRADESITE_COMPONENT": name})
-            for name, cmd in roles.items()
-        }
-        self.stdout.write(self.style.SUCCESS(
-            f"tradesite is running: http://127.0.0.1:{options['port']}/ (dashboard; admin under /{settings.ADMIN_URL})  "
-            "(Ctrl-C stops everything)"))
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        arm = _dies_with(os.getpid())
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _raise_stop)
         try:
+            for name, cmd in roles.items():
+                procs[name] = subprocess.Popen(cmd, cwd=root, env={**os.environ, "TRADESITE_COMPONENT": name},
+                                               preexec_fn=arm)
+            self.stdout.write(self.style.SUCCESS(
+                f"tradesite is running: http://127.0.0.1:{options['port']}/ (dashboard; admin under "
+                f"/{settings.ADMIN_URL})  (Ctrl-C stops everything)"))
             while all(p.poll() is None for p in procs.values()):
                 time.sleep(0.5)
             dead = [n for n, p in procs.items() if p.poll() is not None]
             self.stderr.write(f"{', '.join(dead)} exited; stopping the rest")
-        except KeyboardInterrupt:
-            pass
+        except (KeyboardInterrupt, _Stop) as stop:
+            self.stderr.write(f"{stop or 'Ctrl-C'}: stopping {', '.join(procs)}")
         finally:
-            for p in procs.values():
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs.values():
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            # A second signal must not cut the clean-up short and leave processes behind.
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+            _stop_all(procs.values())
+
+
+def _stop_all(procs: Iterable[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to each process still running, one deadline for all of them, then SIGKILL to what is left."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_SECONDS
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
