@@ -32,7 +32,9 @@ from strategies.base import last_bar_action
 from strategies.marketdata import CandleRow, RowError, atr_value, datetime_to_ms
 from strategies.models import BacktestRun, Candle, StrategyEvaluation
 from trading.engine import audit, signal_create
+from trading.fields import column_error
 from trading.models import Order, Position, Strategy, VenueAccount
+from trading.services import TIMEFRAMES
 
 if TYPE_CHECKING:
     from strategies.backtest import BacktestConfig
@@ -281,12 +283,29 @@ def backtest_run_create(*, kind: str, params: dict, symbol: str, timeframe: str,
     else:
         for field, problems in RULES[kind].validate(params or {}).items():
             errors[f"params.{field}"] = problems
-    try:
-        _backtest_config(kind, params or {}, config or {})
-    except (ValueError, ArithmeticError) as exc:
-        errors.setdefault("config", []).append(str(exc))
+    if not isinstance(config or {}, dict):
+        errors["config"] = ["must be an object"]
+    else:
+        problems = _backtest_config_problems(config or {})
+        if problems:
+            errors["config"] = problems
+        else:
+            _backtest_config(kind, params or {}, config or {})
+    if timeframe not in TIMEFRAMES:
+        errors["timeframe"] = [f"must be one of {', '.join(TIMEFRAMES)}"]
     if start and end and start > end:
         errors["end"] = ["must not be before start"]
+    elif not errors:
+        # A run with nothing to replay would only fail in the worker: say so now (import candles first).
+        stored = Candle.objects.filter(venue=venue, symbol=symbol, timeframe=timeframe)
+        if start:
+            stored = stored.filter(open_time__gte=start)
+        if end:
+            stored = stored.filter(open_time__lte=end)
+        if not stored.exists():
+            errors["symbol"] = [f"no stored {timeframe} candles of {symbol!r} on venue {venue!r}"
+                                f"{' in that period' if start or end else ''}; the dashboard's backtest page lists the markets "
+                                "with candles (manage.py import_candles adds more)"]
     if errors:
         raise ValidationError(errors)
     with transaction.atomic():
@@ -297,6 +316,45 @@ def backtest_run_create(*, kind: str, params: dict, symbol: str, timeframe: str,
               symbol=symbol)
         transaction.on_commit(lambda: backtest_run_task.delay(run.pk))
     return run
+
+
+# Each config number: (lowest, whether the lowest is allowed, highest allowed or None, what it means).
+_CONFIG_NUMBERS: dict[str, tuple[Decimal, bool, Decimal | None, str]] = {
+    "cash": (Decimal(0), False, None, "starting cash in quote, above 0"),
+    "fee": (Decimal(0), True, Decimal("0.999999"), "the taker fee as a fraction of the notional, from 0 to below 1 "
+                                                    "(0.001 is 0.1 %)"),
+    "slippage_bps": (Decimal(0), True, Decimal(10000), "slippage in basis points, from 0 to 10000"),
+}
+
+
+def _backtest_config_problems(config: dict) -> list[str]:
+    """Each problem of a backtest's config, naming its field ("fee: ..."); [] when it is good."""
+    allowed = {"cash", "fee", "slippage_bps", "sizing", "allow_short"}
+    problems = []
+    unknown = set(config) - allowed
+    if unknown:
+        problems.append(f"unknown field(s) {', '.join(sorted(map(str, unknown)))}; allowed: {', '.join(sorted(allowed))}")
+    for key, (lowest, lowest_ok, highest, meaning) in _CONFIG_NUMBERS.items():
+        if key not in config:
+            continue
+        raw = config[key]
+        value = None
+        if isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
+            try:
+                value = Decimal(str(raw).strip())
+            except ArithmeticError:
+                value = None
+        if value is None or not value.is_finite():
+            problems.append(f"{key}: {raw!r} is not a decimal number; {meaning}")
+        elif column_error(value) or value < lowest or (value == lowest and not lowest_ok) or (
+                highest is not None and value > highest):
+            problems.append(f"{key}: {column_error(value) or meaning}")
+    if "sizing" in config and config["sizing"] != "all-in":
+        problems.append("sizing: stored runs use sizing all-in (risk sizing needs a strategy's risk settings)")
+    if "allow_short" in config and not isinstance(config["allow_short"], bool) and config["allow_short"] not in (
+            "true", "false"):
+        problems.append(f"allow_short: true or false, not {config['allow_short']!r}")
+    return problems
 
 
 def _backtest_config(kind: str, params: dict, config: dict) -> BacktestConfig:
@@ -315,7 +373,7 @@ def _backtest_config(kind: str, params: dict, config: dict) -> BacktestConfig:
             raise ValueError("stored runs use sizing all-in (risk sizing needs a strategy's risk settings)")
         values["sizing"] = "all-in"
     if "allow_short" in config:
-        values["allow_short"] = bool(config["allow_short"])
+        values["allow_short"] = config["allow_short"] in (True, "true")  # "false" is a string, and truthy
     return BacktestConfig(strategy=kind, params=params, **values)  # type: ignore[arg-type]
 
 

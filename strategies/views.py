@@ -18,6 +18,7 @@ from strategies import selectors, services
 from strategies.library import RULES
 from strategies.models import BacktestRun
 from trading import selectors as trading_selectors
+from trading.fields import parse_id
 from trading.models import Order
 from trading.services import TIMEFRAMES
 from trading.views import actor, errors_of, is_partial, page, paginate
@@ -66,6 +67,8 @@ def _backtest_form(request: HttpRequest) -> tuple[dict[str, str], dict[str, Any]
             raise ValueError("must be a JSON object")
     except ValueError as exc:
         errors["params"] = [f"not a JSON object: {exc}"]
+    except RecursionError:
+        errors["params"] = ["not a JSON object: nested too deeply"]
     if raw["timeframe"] not in TIMEFRAMES:
         errors["timeframe"] = [f"must be one of {', '.join(TIMEFRAMES)}"]
     if not raw["symbol"]:
@@ -73,11 +76,15 @@ def _backtest_form(request: HttpRequest) -> tuple[dict[str, str], dict[str, Any]
     for name in ("start", "end"):
         value: datetime | None = None
         if raw[name]:
-            value = parse_datetime(raw[name])
+            try:  # a well-formed but impossible date (2024-02-30) raises; so does a UTC time past year 9999
+                value = parse_datetime(raw[name])
+                if value is not None:
+                    value = (timezone.make_aware(value, dt_timezone.utc) if timezone.is_naive(value)
+                             else value).astimezone(dt_timezone.utc)
+            except (ValueError, OverflowError):
+                value = None
             if value is None:
                 errors[name] = ["a date and time such as 2024-01-31T12:00"]
-            elif timezone.is_naive(value):
-                value = timezone.make_aware(value, dt_timezone.utc)
         args[name] = value
     config: dict[str, Any] = {k: raw[k] for k in ("cash", "fee", "slippage_bps") if raw[k]}
     if raw["allow_short"]:
@@ -131,7 +138,7 @@ def backtest_detail(request: HttpRequest, run_id: int) -> HttpResponse:
 @page
 def backtest_compare(request: HttpRequest) -> HttpResponse:
     """Two runs side by side: metrics and equity curves."""
-    ids = [v for v in request.GET.getlist("run") if v.isdigit()][:2]
+    ids = [i for i in map(parse_id, request.GET.getlist("run")) if i is not None][:2]
     runs = list(BacktestRun.objects.filter(pk__in=ids).order_by("id"))
     if len(runs) != 2:
         return render(request, "dashboard/backtest_compare.html", {"runs": runs, "error": "pick two runs"},

@@ -6,8 +6,9 @@ writes and credential fields are for staff only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -25,7 +26,7 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from trading import engine, selectors, services
-from trading.fields import tidy
+from trading.fields import ID_MAX, tidy
 from trading.models import Order, Position, Signal, Strategy, VenueAccount
 
 DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
@@ -43,21 +44,33 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 class MoneyField(serializers.Field):  # type: ignore[type-arg]
     """A Decimal as a string ("12.5"), never a float; accepts strings and integers, rejects NaN and infinity."""
 
-    default_error_messages = {"invalid": "a decimal number written as a string, such as \"12.5\""}
+    default_error_messages = {
+        "invalid": "a decimal number written as a string, such as \"12.5\" (digits 0-9, an optional leading minus "
+                   "and decimal point; no exponent)",
+    }
 
     def to_representation(self, value: Decimal) -> str:
         return format(tidy(Decimal(value)), "f")
 
     def to_internal_value(self, data: Any) -> Decimal:
+        """The schema's own pattern, strictly (the range a column holds is checked by the services, for every
+        caller)."""
         if isinstance(data, bool) or not isinstance(data, (str, int)):
             self.fail("invalid")
-        try:
-            number = Decimal(str(data).strip())
-        except (InvalidOperation, ValueError):
+        text = str(data)
+        if not _DECIMAL.fullmatch(text):  # ASCII digits only: no "１２", "1_0", "+1", " 1 ", "1e3", "NaN"
             self.fail("invalid")
-        if not number.is_finite():
-            self.fail("invalid")
-        return number
+        return Decimal(text)
+
+
+_DECIMAL = re.compile(DECIMAL_PATTERN.strip("^$"))
+# 32-bit integer columns (and ids, ID_MAX): a number past these is a 400, not a database error.
+INT32_MAX = 2**31 - 1
+
+
+def IdField(**kwargs: Any) -> serializers.IntegerField:  # noqa: N802 - a field constructor, as DRF's
+    """A database id: 1 to 2**63-1."""
+    return serializers.IntegerField(min_value=1, max_value=ID_MAX, **kwargs)
 
 
 class ApiPagination(LimitOffsetPagination):
@@ -132,7 +145,7 @@ class StrategyInput(serializers.Serializer):  # type: ignore[type-arg]
     symbol = serializers.CharField(max_length=32)
     timeframe = serializers.CharField(max_length=8, required=False)
     params = serializers.DictField(required=False)
-    account = serializers.IntegerField(min_value=1)
+    account = IdField()
     mode = serializers.ChoiceField(choices=Strategy.Mode.choices, required=False)
     sizing_mode = serializers.ChoiceField(choices=Strategy.SizingMode.choices, required=False)
     sizing_value = MoneyField(required=False)
@@ -286,7 +299,8 @@ class AccountInput(serializers.Serializer):  # type: ignore[type-arg]
     quote_asset = serializers.CharField(max_length=16, required=False)
     max_leverage = MoneyField(required=False)
     market_leverage_caps = serializers.DictField(child=MoneyField(), required=False)
-    max_open_positions = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    max_open_positions = serializers.IntegerField(min_value=1, max_value=INT32_MAX, required=False,
+                                                    allow_null=True)
     max_symbol_exposure = MoneyField(required=False, allow_null=True)
     max_account_exposure = MoneyField(required=False, allow_null=True)
     daily_loss_limit = MoneyField(required=False, allow_null=True)
@@ -375,8 +389,8 @@ class OrderOutput(serializers.Serializer):  # type: ignore[type-arg]
 
 
 class OrderFilter(serializers.Serializer):  # type: ignore[type-arg]
-    strategy = serializers.IntegerField(required=False, min_value=1)
-    account = serializers.IntegerField(required=False, min_value=1)
+    strategy = IdField(required=False)
+    account = IdField(required=False)
     status = serializers.ChoiceField(choices=Order.Status.choices, required=False)
     symbol = serializers.CharField(required=False, max_length=32)
     created_after = serializers.DateTimeField(required=False)
@@ -518,7 +532,7 @@ class SignalOutput(serializers.Serializer):  # type: ignore[type-arg]
 
 
 class SignalFilter(serializers.Serializer):  # type: ignore[type-arg]
-    strategy = serializers.IntegerField(required=False, min_value=1)
+    strategy = IdField(required=False)
     source = serializers.ChoiceField(choices=Signal.Source.choices, required=False)
     status = serializers.ChoiceField(choices=Signal.Status.choices, required=False)
     decision_rule = serializers.CharField(required=False, max_length=32)
@@ -577,8 +591,8 @@ class EquityPointOutput(serializers.Serializer):  # type: ignore[type-arg]
 
 
 class EquityFilter(serializers.Serializer):  # type: ignore[type-arg]
-    account = serializers.IntegerField(required=False, min_value=1)
-    strategy = serializers.IntegerField(required=False, min_value=1)
+    account = IdField(required=False)
+    strategy = IdField(required=False)
     since = serializers.DateTimeField(required=False)
 
 

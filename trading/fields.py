@@ -10,6 +10,8 @@ from django.db import models
 MAX_DIGITS = 38
 DECIMAL_PLACES = 18
 EXACT = Context(prec=MAX_DIGITS + 2)  # wide enough that nothing here ever rounds
+# Primary keys are BigAutoField: 1 to 2**63-1.
+ID_MAX = 2**63 - 1
 
 
 class ExactDecimalField(models.DecimalField):  # type: ignore[type-arg]
@@ -56,3 +58,28 @@ def money(**kwargs: Any) -> ExactDecimalField:
 def money_or_none(**kwargs: Any) -> ExactDecimalField:
     """An optional money or quantity column."""
     return ExactDecimalField(null=True, blank=True, **kwargs)
+
+
+def parse_id(value: object) -> int | None:
+    """A database id given as an int or ASCII digits ("12"), in the id column's range; None for anything else
+    ("²" is a digit to str.isdigit but not to int(); 2**64 overflows the column)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit()) or len(value) > 19:
+            return None
+        value = int(value)
+    return value if isinstance(value, int) and 1 <= value <= ID_MAX else None
+
+
+def column_error(number: Decimal) -> str | None:
+    """Why a finite Decimal does not fit a money column exactly, or None: the column would refuse it (too large) or
+    round it (1e-19 would be stored as 0), and either must be a 400 naming the field, never a 500 or a silent change."""
+    _, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int), "finite numbers only"
+    if number and number.adjusted() >= MAX_DIGITS - DECIMAL_PLACES:
+        return f"at most {MAX_DIGITS - DECIMAL_PLACES} digits before the decimal point"
+    trailing_zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    if number and exponent + trailing_zeros < -DECIMAL_PLACES:
+        return f"at most {DECIMAL_PLACES} digits after the decimal point"
+    return None

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from trading import pnl
 from trading.engine import audit
+from trading.fields import column_error, parse_id
 from trading.models import EquitySnapshot, KillSwitch, Position, Strategy, VenueAccount
 
 Errors = dict[str, list[str]]
@@ -62,6 +63,10 @@ def _decimal(errors: Errors, field: str, value: Any, *, required: bool = True, p
         return None
     if not number.is_finite():
         errors.setdefault(field, []).append("must be a finite number")
+        return None
+    unfit = column_error(number)
+    if unfit:
+        errors.setdefault(field, []).append(unfit)
         return None
     if positive and (number < 0 or (number == 0 and not allow_zero)):
         errors.setdefault(field, []).append("must be greater than 0" if not allow_zero else "must not be negative")
@@ -118,10 +123,10 @@ def account_validate(data: Mapping[str, Any], *, instance: VenueAccount | None =
     if mop not in (None, ""):
         try:
             clean["max_open_positions"] = int(str(mop))
-            if clean["max_open_positions"] < 1:
+            if not 1 <= clean["max_open_positions"] <= 2**31 - 1:  # a 32-bit column
                 raise ValueError
         except ValueError:
-            errors["max_open_positions"] = ["must be a whole number of at least 1"]
+            errors["max_open_positions"] = ["must be a whole number from 1 to 2147483647"]
     else:
         clean["max_open_positions"] = None
     for field in ("max_symbol_exposure", "max_account_exposure", "daily_loss_limit"):
@@ -160,8 +165,9 @@ def strategy_validate(data: Mapping[str, Any], *, instance: Strategy | None = No
         errors["slug"] = ["a strategy with this slug exists"]
 
     account = get("account")
-    if isinstance(account, (int, str)) and str(account).isdigit():
-        account = VenueAccount.objects.filter(pk=int(account)).first()
+    if isinstance(account, (int, str)):
+        account_id = parse_id(account)
+        account = VenueAccount.objects.filter(pk=account_id).first() if account_id is not None else None
     if not isinstance(account, VenueAccount):
         errors["account"] = ["an existing venue account is required"]
         account = None

@@ -220,6 +220,8 @@ def _strategy_data(request: HttpRequest) -> tuple[dict[str, Any], dict[str, Any]
         data["params"] = json.loads(raw["params"] or "{}")
     except ValueError as exc:
         errors["params"] = [f"not valid JSON: {exc}"]
+    except RecursionError:
+        errors["params"] = ["not valid JSON: nested too deeply"]
     for name in ("stop_loss_value", "take_profit_value"):
         data[name] = raw[name] or None
     return raw, data, errors

@@ -112,7 +112,21 @@ def test_kill_switch_engage_and_release(api: Any, db: Any) -> None:
         "kill_switch.engaged", "kill_switch.released"]
 
 
+def _one_candle(symbol: str, timeframe: str) -> None:
+    from datetime import datetime, timezone
+
+    from strategies.models import Candle
+
+    Candle.objects.create(venue="paper", symbol=symbol, timeframe=timeframe,
+                          open_time=datetime(2024, 1, 1, tzinfo=timezone.utc), open=Decimal("100"),
+                          high=Decimal("101"), low=Decimal("99"), close=Decimal("100.5"), volume=Decimal("3"))
+
+
 def test_backtest_launch_list_and_retrieve(api: Any, db: Any) -> None:
+    response = api.post("/api/backtests/", {"kind": "rsi", "symbol": "BTC/USD", "timeframe": "5m"}, format="json")
+    assert response.status_code == 400 and "no stored 5m candles of 'BTC/USD'" in response.json()["symbol"][0]
+    assert not BacktestRun.objects.exists()
+    _one_candle("BTC/USD", "5m")
     response = api.post("/api/backtests/", {"kind": "rsi", "params": {"period": 10}, "symbol": "BTC/USD",
                                             "timeframe": "5m", "config": {"cash": "1000"}}, format="json")
     assert response.status_code == 202 and response.json()["status"] == "queued"
@@ -124,6 +138,30 @@ def test_backtest_launch_list_and_retrieve(api: Any, db: Any) -> None:
     detail = api.get(f"/api/backtests/{run.pk}/").json()
     assert detail["trades"] == [] and detail["progress"] == 0.0
     assert api.get("/api/backtests/999999/").status_code == 404
+
+
+def test_backtest_config_errors_name_the_field_and_change_nothing(api: Any, db: Any) -> None:
+    _one_candle("BTC/USD", "5m")
+    cases = {"cash": ["abc", "1e400", "1e-400", "0", True], "fee": ["5", "-0.1", "NaN"],
+             "slippage_bps": ["1e30", "-1"], "allow_short": ["yes", 1]}
+    for field, values in cases.items():
+        for value in values:
+            response = api.post("/api/backtests/", {"kind": "rsi", "symbol": "BTC/USD", "timeframe": "5m",
+                                                    "config": {field: value}}, format="json")
+            assert response.status_code == 400, (field, value, response.content)
+            assert response.json()["config"][0].startswith(f"{field}: "), (field, value, response.json())
+    for body in ({"timeframe": "7q"}, {"venue": "kraken"}, {"symbol": "NOPE/XXX"}):
+        response = api.post("/api/backtests/", {"kind": "rsi", "symbol": "BTC/USD", "timeframe": "5m", **body},
+                            format="json")
+        assert response.status_code == 400 and set(response.json()) <= {"timeframe", "symbol"}, response.json()
+    assert not BacktestRun.objects.exists()
+    response = api.post("/api/backtests/", {"kind": "rsi", "symbol": "BTC/USD", "timeframe": "5m",
+                                            "config": {"allow_short": "false", "fee": "0.002"}}, format="json")
+    assert response.status_code == 202
+    from strategies.services import _backtest_config
+
+    run = BacktestRun.objects.get()
+    assert _backtest_config(run.kind, run.params, run.config).allow_short is False  # "false" is not true
 
 
 def test_backtest_errors_per_field(api: Any, db: Any) -> None:

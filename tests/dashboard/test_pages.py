@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 import json
 from decimal import Decimal
 from typing import Any
@@ -225,7 +226,18 @@ def test_backtest_launch_errors_then_queue(staff_client: Client, db: Any) -> Non
     response = staff_client.post(reverse("dashboard-backtests"), {**form, "params": "{}", "start": "2024-02-01T00:00",
                                                                   "end": "2024-01-01T00:00"})
     assert response.status_code == 400 and b"must not be before start" in response.content
+    for bad in ({"start": "2024-02-30T00:00"}, {"start": "2024-01-01T25:00"}, {"end": "9999-12-31T23:59:59-05:00"},
+                {"params": "[" * 100_000}):
+        response = staff_client.post(reverse("dashboard-backtests"), {**form, "params": "{}", **bad})
+        assert response.status_code == 400, bad
+    response = staff_client.post(reverse("dashboard-backtests"), {**form, "params": "{}"})
+    assert response.status_code == 400 and b"no stored 1m candles" in response.content
     assert not BacktestRun.objects.exists()
+    from strategies.models import Candle
+
+    Candle.objects.create(venue="paper", symbol="ETH/BTC", timeframe="1m", open_time=datetime(2024, 1, 1, tzinfo=UTC),
+                          open=Decimal("0.05"), high=Decimal("0.051"), low=Decimal("0.049"), close=Decimal("0.05"),
+                          volume=Decimal("1"))
     response = staff_client.post(reverse("dashboard-backtests"), {**form, "params": '{"period": 7}'})
     run = BacktestRun.objects.get()
     assert response.status_code == 302 and run.params == {"period": 7} and run.config["cash"] == "1000"

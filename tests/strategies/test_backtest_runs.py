@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.utils import timezone
 
 from strategies import services
 from strategies.marketdata import candles_parse_csv
@@ -49,7 +50,13 @@ def test_backtest_run_refuses_bad_params_per_field_and_stores_nothing() -> None:
 
 @pytest.mark.django_db
 def test_backtest_run_without_candles_fails_with_a_reason() -> None:
-    run = services.backtest_run_create(kind="rsi", params={}, symbol="ETH/BTC", timeframe="1m", by="test")
+    """The launch refuses a market with no candles; a run whose candles went away after it was queued fails in
+    the worker with a reason, once."""
+    with pytest.raises(ValidationError) as refused:
+        services.backtest_run_create(kind="rsi", params={}, symbol="ETH/BTC", timeframe="1m", by="test")
+    assert "no stored 1m candles" in refused.value.message_dict["symbol"][0]
+    run = BacktestRun.objects.create(kind="rsi", params={}, symbol="ETH/BTC", timeframe="1m", config={},
+                                     created_by="test", created_at=timezone.now())
     done = services.backtest_run_execute(run_id=run.pk)
     assert done.status == "failed" and "stored candle" in done.error
     assert services.backtest_run_execute(run_id=run.pk).status == "failed"  # a second delivery changes nothing

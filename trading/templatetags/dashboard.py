@@ -8,7 +8,7 @@ from typing import Any
 
 from django import template
 
-from trading.fields import tidy
+from trading.fields import EXACT, tidy
 
 register = template.Library()
 
@@ -23,7 +23,7 @@ def money(value: Any, places: int | None = None) -> str:
     except (InvalidOperation, ValueError):
         return str(value)
     if places is not None and number.is_finite():
-        number = number.quantize(Decimal(1).scaleb(-int(places)))
+        number = number.quantize(Decimal(1).scaleb(-int(places)), context=EXACT)
     return format(tidy(number), "f") if number.is_finite() else str(number)
 
 
