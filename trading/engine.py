@@ -11,7 +11,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -53,7 +53,7 @@ from trading.domain import (
 from trading.models import AuditEvent, Fill, KillSwitch, Order, Position, Signal, Strategy, VenueAccount
 from trading import broker, rows
 from trading.rows import Rows, fetch_all, fetch_one, lock_clause
-from trading.venues import connector_for, connector_for_id
+from trading.venues import connector_for, connector_for_id, order_send_lease
 
 log = logging.getLogger("trading.engine")
 
@@ -335,10 +335,13 @@ def _signal_process(*, signal_id: int, now: datetime | None) -> Signal:
                         signal.status = Signal.Status.EXECUTED
                     rows.save_fields(signal, [*_DECISION_FIELDS, "acknowledged_at", "filled_at"])
         return signal
-    with transaction.atomic():
-        signal, orders, _ = _signal_decide(signal_id=signal_id, account_id=account_id, now=now)
-    for order in orders:  # committed as SUBMITTING, in the decision's transaction
-        _order_send(order, connector=connector, now=order.submitted_at or timezone.now())
+    with ExitStack() as leases:
+        with transaction.atomic():
+            signal, orders, _ = _signal_decide(signal_id=signal_id, account_id=account_id, now=now)
+            for order in orders:  # before COMMIT: no recovery sees these orders but with their send lease held
+                leases.enter_context(order_send_lease(order.pk))
+        for order in orders:  # committed as SUBMITTING, in the decision's transaction
+            _order_send(order, connector=connector, now=order.submitted_at or timezone.now())
     if orders:
         signal.refresh_from_db()
     return signal
@@ -577,14 +580,17 @@ def _request(order: Order) -> OrderRequest:
 def order_submit(*, order_id: int, now: datetime | None = None) -> Order:
     """Send a NEW order to its venue exactly once; an ambiguous failure leaves it UNKNOWN for recovery."""
     now = now or timezone.now()
-    with log_context(order_id=order_id), transaction.atomic():
-        order = Order.objects.select_for_update().get(pk=order_id)
-        if order.status != Order.Status.NEW:
-            return order
-        if not order.reduce_only and kill_switch_engaged():
-            return _order_finish(order, Order.Status.CANCELED, "kill switch engaged before sending", now)
-        _order_mark_submitting(order, now)
-    return _order_send(order, now=now)
+    with order_send_lease(order_id) as mine:
+        if not mine:  # another thread is sending it right now
+            return Order.objects.get(pk=order_id)
+        with log_context(order_id=order_id), transaction.atomic():
+            order = Order.objects.select_for_update().get(pk=order_id)
+            if order.status != Order.Status.NEW:
+                return order
+            if not order.reduce_only and kill_switch_engaged():
+                return _order_finish(order, Order.Status.CANCELED, "kill switch engaged before sending", now)
+            _order_mark_submitting(order, now)
+        return _order_send(order, now=now)
 
 
 def _order_mark_submitting(order: Order, now: datetime) -> None:
@@ -622,6 +628,8 @@ def _order_send(order: Order, *, now: datetime, connector: Connector | None = No
             what = "venue refused the credentials" if isinstance(exc, AuthError) else "venue refused"
             with transaction.atomic():
                 locked = order if joined else Order.objects.select_for_update().get(pk=order.pk)
+                if locked.status != Order.Status.SUBMITTING:
+                    return locked  # already decided by what the venue told a recovery: that stands
                 return _order_finish(locked, Order.Status.REJECTED, f"{what}: {exc}", timezone.now())
         except VenueError as exc:
             # Timeouts, 5xx, dropped connections: the venue may or may not have the order. Never "failed".
@@ -670,6 +678,10 @@ def _venue_state_record(account: VenueAccount, order: Order, venue_order: VenueO
     known = {row[0] for row in recorded}
     fresh = [f for f in venue_order.fills if f.fill_id not in known]
     status = _VENUE_STATUS[venue_order.status]
+    if order.is_final and order.venue_order_id and status not in Order.FINAL:
+        # An older reply (sent before the one that finished the order) never reopens it. An order we finished
+        # without ever hearing from the venue (venue_order_id empty) takes the venue's word: it is the truth.
+        status = order.status
     if not fresh and order.status == status and order.venue_order_id == venue_order.venue_order_id:
         return order
     if fresh:
@@ -797,14 +809,35 @@ def _signal_settle(signal_id: int, now: datetime) -> None:
         Signal.objects.filter(pk=signal_id, status=Signal.Status.ACCEPTED).update(status=Signal.Status.EXECUTED)
 
 
+# In the reason of an order we finished without the venue ever acknowledging it (it may still arrive there):
+# reconciliation keeps asking the venue about such orders for UNACKNOWLEDGED_WATCH_HOURS and records what it finds.
+UNACKNOWLEDGED = "the venue had not acknowledged it"
+UNACKNOWLEDGED_WATCH_HOURS = 24
+
+
 def order_recover(*, order_id: int, now: datetime | None = None) -> Order:
-    """Find out what happened to an order stuck in NEW, SUBMITTING or UNKNOWN: ask the venue first, resend last."""
+    """Find out what happened to an order stuck in NEW, SUBMITTING or UNKNOWN: ask the venue first, resend last.
+
+    Never while its send is in flight (another thread or process holds its send lease): that one records the
+    answer, however long the venue takes."""
     now = now or timezone.now()
     order = Order.objects.select_related("account").get(pk=order_id)
     if order.is_final:
         return order
     if order.status == Order.Status.NEW:
         return order_submit(order_id=order_id, now=now)
+    with order_send_lease(order_id) as mine:
+        if not mine:
+            log.info("order %s is being sent right now: left to its sender", order_id)
+            return order
+        order = Order.objects.select_related("account").get(pk=order_id)  # as its sender left it
+        if order.is_final:
+            return order
+        return _order_recover(order, now)
+
+
+def _order_recover(order: Order, now: datetime) -> Order:
+    """order_recover, with the order's send lease held."""
     connector = connector_for(order.account)
     with log_context(order_id=order.pk, client_order_id=order.client_order_id):
         try:
@@ -826,10 +859,11 @@ def order_recover(*, order_id: int, now: datetime | None = None) -> Order:
             if locked.status not in (Order.Status.SUBMITTING, Order.Status.UNKNOWN) or locked.updated_at != order.updated_at:
                 return locked  # someone else moved it since our lookup: theirs to finish
             if locked.attempts >= _cfg("MAX_SUBMIT_ATTEMPTS"):
-                return _order_finish(locked, Order.Status.REJECTED,
-                                     f"venue never received the order after {locked.attempts} attempts", now)
+                return _order_finish(locked, Order.Status.REJECTED, f"venue never showed the order after "
+                                     f"{locked.attempts} attempts; {UNACKNOWLEDGED}", now)
             if not locked.reduce_only and kill_switch_engaged():
-                return _order_finish(locked, Order.Status.CANCELED, "kill switch engaged before resending", now)
+                return _order_finish(locked, Order.Status.CANCELED,
+                                     f"kill switch engaged before resending; {UNACKNOWLEDGED}", now)
             _order_mark_submitting(locked, now)
         log.info("order %s unknown to the venue: resending with the same client id", order.pk)
         return _order_send(locked, now=now)
@@ -861,7 +895,7 @@ def order_cancel(*, order_id: int, by: str, now: datetime | None = None) -> Orde
                 return _order_finish(locked, Order.Status.CANCELED, f"canceled by {by} before sending", now)
         order.refresh_from_db()
     if not order.venue_order_id:
-        order = order_recover(order_id=order_id, now=now)
+        order = _order_cancel_unacknowledged(order, by=by, now=now)
         if order.is_final or not order.venue_order_id:
             return order
     try:
@@ -872,6 +906,29 @@ def order_cancel(*, order_id: int, by: str, now: datetime | None = None) -> Orde
     with transaction.atomic():
         audit(actor=by, action="order.cancel_requested", entity="order", entity_id=order.pk, now=now)
     return order_apply_venue_state(order_id=order.pk, venue_order=venue_order, now=now)
+
+
+def _order_cancel_unacknowledged(order: Order, *, by: str, now: datetime) -> Order:
+    """A cancel of an order the venue has not acknowledged: ask the venue by client id, and never send it. Found:
+    the venue's state is recorded (the caller then cancels it there). Not found: it is finished here as canceled,
+    and reconciliation keeps looking for it (a lost reply may still bring it). While its send is in flight, or if
+    the venue cannot be asked, nothing changes (cancel again later)."""
+    with order_send_lease(order.pk) as mine:
+        if not mine:
+            log.info("cancel of order %s waits: its send is in flight", order.pk)
+            return order
+        try:
+            found = connector_for(order.account).fetch_order_by_client_id(order.symbol, order.client_order_id)
+        except VenueError as exc:
+            log.warning("cancel of order %s: the venue could not be asked about it: %s", order.pk, exc)
+            return order
+        if found is not None:
+            return order_apply_venue_state(order_id=order.pk, venue_order=found, now=now)
+        with transaction.atomic():
+            locked = Order.objects.select_for_update().get(pk=order.pk)
+            if locked.is_final or locked.venue_order_id:
+                return locked
+            return _order_finish(locked, Order.Status.CANCELED, f"canceled by {by}; {UNACKNOWLEDGED}", now)
 
 
 # --------------------------------------------------------------------------------------------- sweeping
@@ -917,7 +974,12 @@ def startup_recover(*, stuck_after_seconds: int = 0) -> dict[str, int]:
     for order_id in Order.objects.filter(status__in=(Order.Status.NEW, Order.Status.SUBMITTING, Order.Status.UNKNOWN)
                                          ).values_list("pk", flat=True):
         counts["orders"] += 1
-        order_recover(order_id=order_id)
+        try:
+            order_recover(order_id=order_id)
+        except VenueError as exc:
+            log.warning("order %s still waiting for its venue: %s", order_id, exc)
+        except Exception:  # noqa: BLE001 - one order's fault (an account without credentials) must not stop the rest
+            log.exception("start-up recovery of order %s failed; the sweeper tries again", order_id)
     return counts
 
 

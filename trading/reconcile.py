@@ -109,11 +109,17 @@ def _holdings_compare(connector: Connector, ours: dict[str, Decimal]) -> dict[st
 
 
 def _unacknowledged_lookup(account: VenueAccount, connector: Connector, *, now: datetime) -> int:
-    """Ask the venue, by client id only, about orders whose outcome we never heard; record what it has."""
+    """Ask the venue, by client id only, about orders whose outcome we never heard, and about orders the engine
+    finished without the venue ever acknowledging them (given up after the attempt cap, canceled before an answer)
+    for UNACKNOWLEDGED_WATCH_HOURS: a venue that lagged or lost a reply may still have them. Record what it has; an
+    order canceled here that turns out to be working there is canceled there."""
     stuck_before = now - timedelta(seconds=int(settings.TRADING["STUCK_AFTER_SECONDS"]))
     found = 0
-    orders = Order.objects.filter(account=account, status=Order.Status.UNKNOWN) | Order.objects.filter(
-        account=account, status=Order.Status.SUBMITTING, updated_at__lt=stuck_before)
+    orders = (Order.objects.filter(account=account, status=Order.Status.UNKNOWN)
+              | Order.objects.filter(account=account, status=Order.Status.SUBMITTING, updated_at__lt=stuck_before)
+              | Order.objects.filter(account=account, status__in=(Order.Status.REJECTED, Order.Status.CANCELED),
+                                     venue_order_id="", reason__contains=engine.UNACKNOWLEDGED,
+                                     updated_at__gte=now - timedelta(hours=engine.UNACKNOWLEDGED_WATCH_HOURS)))
     for order in orders:
         try:
             venue_order = connector.fetch_order_by_client_id(order.symbol, order.client_order_id)
@@ -121,7 +127,13 @@ def _unacknowledged_lookup(account: VenueAccount, connector: Connector, *, now: 
             log.warning("reconcile lookup of order %s failed: %s", order.pk, exc)
             continue
         if venue_order is not None:
-            engine.order_apply_venue_state(order_id=order.pk, venue_order=venue_order, now=now)
+            if order.is_final:
+                log.warning("order %s (%s here) is on the venue after all: %s", order.pk, order.status,
+                            venue_order.status)
+            recorded = engine.order_apply_venue_state(order_id=order.pk, venue_order=venue_order, now=now)
+            if order.status == Order.Status.CANCELED and not recorded.is_final:
+                engine.order_cancel(order_id=order.pk, by="reconcile (canceled here before the venue acknowledged "
+                                                         "it)", now=now)
             found += 1
     return found
 
