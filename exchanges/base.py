@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
-from decimal import ROUND_DOWN, ROUND_UP, Decimal
+from decimal import Context, Decimal
 
 
 class Side(str, enum.Enum):
@@ -67,7 +67,7 @@ class Market:
         return round_down(qty, self.lot_size)
 
     def round_price(self, price: Decimal, side: Side | None = None) -> Decimal:
-        """Round a price to the tick: down for sells, up for buys, half-down to nearest when no side is given."""
+        """Round a price to the tick: down for sells, up for buys, to the nearest (half-even) when no side is given."""
         if side is Side.BUY:
             return round_up(price, self.tick_size)
         if side is Side.SELL:
@@ -75,14 +75,20 @@ class Market:
         return (price / self.tick_size).quantize(Decimal(1)) * self.tick_size
 
 
+# Wide enough for any quotient of a money value (38 digits) by a step: the default 28 digits would round the
+# quotient half-even first, and a "round down" could then go up.
+_STEPS = Context(prec=80)
+
+
 def round_down(value: Decimal, step: Decimal) -> Decimal:
     """Largest multiple of step not above value (for value >= 0)."""
-    return (value / step).to_integral_value(rounding=ROUND_DOWN) * step
+    return _STEPS.multiply(_STEPS.divide_int(value, step), step)  # divide_int truncates: the floor for value >= 0
 
 
 def round_up(value: Decimal, step: Decimal) -> Decimal:
     """Smallest multiple of step not below value (for value >= 0)."""
-    return (value / step).to_integral_value(rounding=ROUND_UP) * step
+    down = round_down(value, step)
+    return down if down == value else _STEPS.add(down, step)
 
 
 @dataclass(frozen=True)
@@ -286,10 +292,13 @@ class Connector(abc.ABC):
         from dataclasses import replace
 
         m = self.market(request.symbol)
+        # A limit price is the worst the trader accepts: onto the tick towards a better price (a buy down, a sell
+        # up). A market order's reference price bounds slippage: onto the tick the other way, leaving room.
+        side = request.side.opposite if request.type is OrderType.LIMIT else request.side
         return replace(
             request,
             quantity=m.round_qty(request.quantity),
-            price=None if request.price is None else m.round_price(request.price, request.side),
+            price=None if request.price is None else m.round_price(request.price, side),
             trigger_price=None if request.trigger_price is None else m.round_price(request.trigger_price),
         )
 

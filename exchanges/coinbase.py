@@ -28,7 +28,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -749,8 +749,9 @@ class CoinbaseConnector(Connector):
                 price = _dec(f["price"])
                 qty = _dec(f["size"])
                 if f.get("size_in_quote"):
+                    # The venue fills the base amount the quote buys, floored to its lot: never more.
                     qty = (qty / price).quantize(market.lot_size if market else Decimal("1e-8"),
-                                                 rounding=ROUND_HALF_EVEN)
+                                                 rounding=ROUND_DOWN)
                 fills.append(VenueFill(
                     fill_id=str(f.get("trade_id") or f.get("entry_id")), quantity=qty, price=price,
                     fee=_dec(f.get("commission"), ZERO), fee_currency=fee_currency, time=_time(f["trade_time"]),

@@ -77,7 +77,7 @@ def apply_fill(
     """
     _check("quantity", quantity, positive=True)
     _check("price", price, positive=True)
-    _check("fee", fee, positive=False)
+    _check("fee", fee, positive=False, signed=True)  # negative: a maker rebate (Hyperliquid pays them)
     with localcontext(_EXACT):
         signed = side.sign * quantity
         fees = state.fees + fee
@@ -118,13 +118,13 @@ def _share_of_cost(cost: Decimal, closed: Decimal, size: Decimal) -> Decimal:
     return Decimal(units).scaleb(-18, _EXACT)
 
 
-def _check(name: str, value: Decimal, *, positive: bool) -> None:
-    """Raise unless value is a finite Decimal, > 0 when positive else >= 0."""
+def _check(name: str, value: Decimal, *, positive: bool, signed: bool = False) -> None:
+    """Raise unless value is a finite Decimal, > 0 when positive, else >= 0 unless signed."""
     if not isinstance(value, Decimal):
         raise TypeError(f"{name} must be a Decimal, got {type(value).__name__}")
     if not value.is_finite():
         raise ValueError(f"{name} must be finite, got {value}")
     if positive and value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
-    if not positive and value < 0:
+    if not positive and not signed and value < 0:
         raise ValueError(f"{name} must not be negative, got {value}")

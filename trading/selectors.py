@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from django.db import connection
 from django.db.models import Prefetch, QuerySet
 
 from trading import pnl
+from trading.fields import EXACT
 from trading.models import (EquitySnapshot, Fill, KillSwitch, MarketPrice, Order, Position, Signal, Strategy,
                             VenueAccount)
 
@@ -188,10 +191,15 @@ def accounts_today(*, now: datetime) -> list[AccountToday]:
 
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     lines = {line.id: line for line in pnl_summary()["accounts"]}
-    realized = dict(
-        Fill.objects.filter(time__gte=midnight).values("account_id")
-        .annotate(net=Sum(F("realized_pnl") - F("fee"))).values_list("account_id", "net")
-    )
+    today = Fill.objects.filter(time__gte=midnight)
+    realized: dict[int, Decimal]
+    if connection.vendor == "postgresql":  # numeric: exact in SQL
+        realized = dict(today.values("account_id").annotate(net=Sum(F("realized_pnl") - F("fee")))
+                        .values_list("account_id", "net"))
+    else:  # SQLite keeps money as text, and its arithmetic on it is REAL: sum exactly here
+        realized = defaultdict(lambda: _ZERO)
+        for account_id, realized_pnl, fee in today.values_list("account_id", "realized_pnl", "fee"):
+            realized[account_id] = EXACT.add(realized[account_id], EXACT.subtract(realized_pnl, fee))
     first_today = dict(
         EquitySnapshot.objects.filter(strategy__isnull=True, time__gte=midnight).values("account_id")
         .annotate(first=Min("time")).values_list("account_id", "first")

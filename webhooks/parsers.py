@@ -7,7 +7,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
 MAX_BODY_BYTES = 8 * 1024
@@ -147,7 +147,10 @@ def _number(errors: dict[str, str], data: dict[str, Any], name: str, *, positive
     if positive and value <= 0:
         errors[name] = "must be positive"
         return None
-    return value.normalize() if value != 0 else Decimal(0)
+    return value.normalize(_WIDE) if value != 0 else Decimal(0)
+
+
+_WIDE = Context(prec=60)  # normalize() at the default 28 digits would round an 11-digit value with 18 decimals
 
 
 def _text(errors: dict[str, str], data: dict[str, Any], name: str, *, required: bool = False) -> str:

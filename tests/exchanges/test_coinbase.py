@@ -507,3 +507,17 @@ def test_a_malformed_or_disabled_product_is_skipped_not_fatal(coinbase: Coinbase
     for product_id in ("BAD-USD", "ZERO-USD", "OFF-USD"):
         fake.prices[product_id] = Decimal("1")
     assert {m.symbol for m in coinbase.markets()} == {"BTC/USD", "ETH/USD", "XLM/BTC"}
+
+
+def test_a_fill_reported_in_quote_is_never_recorded_as_more_base_than_the_venue_filled() -> None:
+    """Coinbase may report a fill's size in quote (size_in_quote): its base amount is floored to the lot, as the
+    venue fills it; rounding half-even recorded 0.00333256 BTC for 100.00 USD at 30007 where 0.00333255 filled."""
+    with harness() as h:
+        cb = build(VenueConfig(venue="coinbase", network=h.network, credentials=h.credentials, endpoint=h.endpoint))
+        cb._fills = lambda order_id: [{  # type: ignore[method-assign]
+            "trade_id": "t1", "price": "30007.00", "size": "100.00", "size_in_quote": True, "commission": "0.6",
+            "trade_time": "2025-01-01T00:00:00Z", "liquidity_indicator": "TAKER"}]
+        order = cb._parse_order({
+            "order_id": "o1", "product_id": "BTC-USD", "side": "BUY", "status": "FILLED", "client_order_id": "c1",
+            "order_configuration": {"market_market_ioc": {"quote_size": "100.00"}}, "filled_size": "0.00333255"})
+    assert order.fills[0].quantity == Decimal("0.00333255")

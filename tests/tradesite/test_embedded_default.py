@@ -142,3 +142,27 @@ def test_signalling_run_alone_stops_every_process_it_started(tmp_path: Path, sig
     if sig is not signal.SIGKILL:
         assert proc.returncode == 0
         assert f"{sig.name}: stopping web, worker, beat" in (tmp_path / "run.log").read_text(errors="replace")
+
+
+def test_todays_realized_pnl_is_summed_exactly_on_sqlite(tmp_path: Path) -> None:
+    """SQLite keeps money as text and does arithmetic on it as REAL: the overview's "realized today" must not be
+    summed there (it showed 123456789012.423 for 123456789012.423456789012345677)."""
+    env = _embedded_env(tmp_path)
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=180,
+                   capture_output=True)
+    code = (
+        "from decimal import Decimal as D; from django.utils import timezone; from trading import selectors, services;"
+        "from trading.models import Fill, Order;"
+        "a = services.account_create(data={'name': 'p', 'paper_initial_cash': '1000'}, by='t');"
+        "s = services.strategy_create(data={'name': 's', 'slug': 's', 'kind': 'webhook', 'symbol': 'BTC/USD',"
+        " 'account': a, 'mode': 'paper', 'sizing_mode': 'quantity', 'sizing_value': '0.1'}, by='t');"
+        "now = timezone.now();"
+        "o = Order.objects.create(account=a, strategy=s, client_order_id='c1', symbol='BTC/USD', side='sell',"
+        " type='market', quantity=D('1'), created_at=now, updated_at=now);"
+        "[Fill.objects.create(order=o, account=a, strategy=s, symbol='BTC/USD', side='sell', venue_fill_id=str(i),"
+        " quantity=D('1'), price=D('1'), fee=D(fee), realized_pnl=D(pnl), time=now, recorded_at=now)"
+        " for i, (pnl, fee) in enumerate([('123456789012.423456789012345678', '0.000000000000000001'),"
+        " ('0.1', '0.2')])];"
+        "print([str(t.realized_today) for t in selectors.accounts_today(now=now)])"
+    )
+    assert _shell(env, code) == "['123456789012.323456789012345677']"

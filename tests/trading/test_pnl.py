@@ -144,7 +144,6 @@ def test_unrealized_is_quantity_times_mark_minus_cost() -> None:
         ("-1", "100", "0"),
         ("1", "0", "0"),
         ("1", "-100", "0"),
-        ("1", "100", "-0.01"),
         ("NaN", "100", "0"),
         ("1", "Infinity", "0"),
         ("1", "100", "sNaN"),
@@ -153,6 +152,13 @@ def test_unrealized_is_quantity_times_mark_minus_cost() -> None:
 def test_apply_fill_rejects_non_positive_or_non_finite_numbers(quantity: str, price: str, fee: str) -> None:
     with pytest.raises(ValueError):
         apply_fill(EMPTY, side=Side.BUY, quantity=D(quantity), price=D(price), fee=D(fee))
+
+
+def test_a_maker_rebate_is_a_negative_fee_that_adds_to_net_pnl() -> None:
+    """Hyperliquid reports a maker rebate as a negative fee: it must be booked, not refused."""
+    state, _ = apply_fill(EMPTY, side=Side.BUY, quantity=D("1"), price=D("100"), fee=D("-0.0125"))
+    state, realized = apply_fill(state, side=Side.SELL, quantity=D("1"), price=D("110"), fee=D("0.05"))
+    assert realized == D("10") and state.fees == D("0.0375") and state.net_realized == D("9.9625")
 
 
 def test_apply_fill_rejects_floats() -> None:
