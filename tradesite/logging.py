@@ -40,11 +40,23 @@ def secret_values() -> set[str]:
     return values
 
 
+# Secrets this process cannot know by value (API tokens, webhook passphrases: they live in the database), caught
+# by their shape: a query-string parameter with a sensitive name (a request line in an access log), and a
+# credential after "Token" or "Bearer" (an Authorization header quoted in a message).
+_SECRET_PARAM = re.compile(r"([?&;][^=&\s\"'#]*(?:token|secret|pass|key|signature|credential|auth|session|csrf)"
+                           r"[^=&\s\"'#]*=)[^&\s\"'#]+", re.I)
+_SECRET_SCHEME = re.compile(r"\b(Token|Bearer)\s+[A-Za-z0-9._~+/=-]{16,}")
+
+
 def redact(text: str, secrets: set[str] | None = None) -> str:
-    """Replace each secret value in text by a marker."""
+    """Replace each secret value in text, and each value of a sensitive query parameter or credential, by a marker."""
     for value in secrets if secrets is not None else secret_values():
         if value in text:
             text = text.replace(value, "[REDACTED]")
+    if "=" in text:
+        text = _SECRET_PARAM.sub(r"\1[REDACTED]", text)
+    if "Token" in text or "Bearer" in text:
+        text = _SECRET_SCHEME.sub(r"\1 [REDACTED]", text)
     return text
 
 

@@ -203,3 +203,15 @@ class KillSwitchAdmin(ReadOnlyAdmin):
 
 
 __all__ = ["ValidationError"]
+
+
+
+# --------------------------------------------------------------------------------------------- API tokens
+
+from rest_framework.authtoken.models import TokenProxy  # noqa: E402 - DRF's admin registered it before this module
+
+# Not in the admin: a token's key is its primary key, so every admin page of one (the list's links and checkboxes
+# included) would show it whole to every staff user, as DRF's own admin does. `manage.py drf_create_token <user>`
+# makes one and prints it once; `-r` replaces it (the old key stops working); deactivating the user revokes access.
+if admin.site.is_registered(TokenProxy):
+    admin.site.unregister(TokenProxy)

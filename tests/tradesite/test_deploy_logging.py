@@ -120,6 +120,21 @@ def test_a_secret_logged_anywhere_is_redacted_in_every_stream(tmp_path: Path,
     assert "canary" not in text
 
 
+def test_credentials_no_one_registered_are_redacted_by_their_shape(tmp_path: Path) -> None:
+    """An API token or a webhook passphrase lives in the database, not in this process's list of secrets: a request
+    line with one in its query string (runserver's access log, `make run`) or a quoted Authorization header is still
+    redacted; other parameters stay readable."""
+    token = "643421f399fcf199eaee682d2631e4d74384716c"
+    handlers = _handlers(tmp_path)
+    _emit(handlers, "django.server", '"%s" %s %s', f"GET /api/strategies/?limit=5&auth_token={token} HTTP/1.1", 401, 58)
+    _emit(handlers, "django.server", '"%s" %s %s', "POST /api/webhooks/tradingview/?passphrase=hunter2-hunter2 "
+          "HTTP/1.1", 401, 58)
+    _emit(handlers, "django.request", "sent with Authorization: Token %s", token)
+    text = "".join(p.read_text() for p in tmp_path.glob("*.log"))
+    assert token not in text and "hunter2" not in text and text.count("[REDACTED]") == 3  # all three: web stream
+    assert "limit=5" in text
+
+
 def test_no_handler_of_any_logger_lacks_the_redaction_filter() -> None:
     """Django's default console/server handlers are replaced, and any other handler got the filter at start-up."""
     assert logging.getLogger("django").handlers == [] and logging.getLogger("django.server").handlers == []

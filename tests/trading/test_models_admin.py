@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from django.test import Client
@@ -85,3 +86,16 @@ def test_admin_strategy_form_shows_errors_per_field_and_saves_nothing(admin_clie
     errors = response.context["adminform"].form.errors
     assert {"symbol", "sizing_value", "stop_loss_mode"} <= set(errors)
     assert Strategy.objects.count() == 0
+
+
+def test_the_admin_never_shows_an_api_token(admin_client: Client, django_user_model: Any) -> None:
+    """DRF's stock token admin showed every user's full key to any staff user (the key is the row's primary key,
+    so it is in every link): tokens are not in the admin."""
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.create(user=django_user_model.objects.create_user("bob", password="x" * 20))
+    index = admin_client.get("/admin/")
+    assert index.status_code == 200 and "tokenproxy" not in index.content.decode().lower()
+    for path in ("/admin/authtoken/tokenproxy/", f"/admin/authtoken/tokenproxy/{token.key}/change/"):
+        response = admin_client.get(path)
+        assert response.status_code in (302, 404) and token.key not in response.content.decode(), path
