@@ -53,5 +53,5 @@ class SignalCreateApi(APIView):
         data = parsers.body_decode(body, raw.META.get("CONTENT_TYPE"))
         if isinstance(data, Rejection):
             return _respond(data)
-        decoded = data
-        return _guarded(lambda: services.alert_intake(data=decoded, authenticated=True))
+        decoded, actor = data, f"api:{request.user.get_username()}"
+        return _guarded(lambda: services.alert_intake(data=decoded, authenticated=True, actor=actor))

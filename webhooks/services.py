@@ -501,7 +501,7 @@ def _target(slug: str) -> _Target | None:
 def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip: str = "",
                  now: datetime | None = None, enqueue: bool = True, fresh: bool = False,
                  counted: bool = False, unsure: bool = False, checked: bool = False,
-                 known: _Target | None = None) -> Accepted | Rejection:
+                 known: _Target | None = None, actor: str = "") -> Accepted | Rejection:
     """Authenticate (unless `authenticated`), validate and store one decoded alert; queue it after commit.
 
     A webhook alert for a strategy this process has read before is checked against that copy, and stored by an
@@ -512,6 +512,8 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
     guarded INSERT met a dropped connection (`unsure`: it may have been stored; if the fresh INSERT finds it, it
     is queued again while still waiting, which its idempotent task makes harmless). `checked`: the caller has
     already compared the passphrase with this process's copy, and `known` is the copy when it matched.
+    `actor` (the signal API's user, "api:alice"): stored in the signal's payload as `submitted_by`, and a
+    `signal.submitted` audit row is written in the signal row's transaction.
     """
     now = now or timezone.now()
     cached = False
@@ -572,9 +574,18 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
         return again()
     signal = _signal_values(strategy, alert, data, now=now, authenticated=authenticated, refusal=refusal)
     key = signal["idempotency_key"]
-    # One statement in autocommit: the INSERT and its COMMIT (durable, synchronous_commit) in one round trip.
     try:
-        signal_id, queued = _insert(signal, guard=strategy if cached else None, enqueue=enqueue and not refusal)
+        if actor:  # a user's submission: the row and who sent it, in one transaction
+            signal["payload"] = {**signal["payload"], "submitted_by": actor}
+            with transaction.atomic():
+                signal_id, queued = _insert(signal, guard=None, enqueue=enqueue and not refusal)
+                if signal_id is not None:
+                    engine.audit(actor=actor, action="signal.submitted", entity="signal", entity_id=signal_id,
+                                 now=now, strategy=strategy.slug, action_requested=alert.action,
+                                 refused=refusal[0] if refusal else "")
+        else:
+            # One statement in autocommit: the INSERT and its COMMIT (durable, synchronous_commit) in one round trip.
+            signal_id, queued = _insert(signal, guard=strategy if cached else None, enqueue=enqueue and not refusal)
     except (InterfaceError, OperationalError):
         if not cached:
             raise
