@@ -680,8 +680,16 @@ class SynthetixConnector(Connector):
         return nonce
 
     def _transact(self, key: str, call: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
-        """Pre-flight, sign, journal, then broadcast one contract call; return its journal entry."""
+        """Pre-flight, sign, journal, then broadcast one contract call; return its journal entry.
+
+        If the key was journalled meanwhile (another process created the same order while this one waited for the
+        signing lock or for a pending order to settle), that transaction is the order: it is resolved, and nothing
+        new is signed, so a client id can never be committed on chain twice."""
         with self._signing():
+            existing = self._journal.get(key)
+            if existing is not None:
+                log.warning("synthetix tx %s was signed by another process meanwhile: not signing it again", key)
+                return self._resolve(key, dict(existing), rebroadcast=True)
             self._check_chain()
             self._settle_outstanding()
             fields, gas = self._prepare(call)

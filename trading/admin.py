@@ -7,10 +7,13 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils import timezone
 
 from trading import services
+from trading.engine import audit
 from trading.models import (
     AuditEvent,
     EquitySnapshot,
@@ -81,8 +84,28 @@ def _actor(request: HttpRequest) -> str:
     return f"admin:{request.user.get_username()}"
 
 
+class _AuditedDeletes(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Deleting in the admin writes one audit row per object, in the deletion's transaction."""
+
+    def _audit_deleted(self, request: HttpRequest, obj: Any) -> None:
+        name = obj._meta.model_name
+        audit(actor=_actor(request), action=f"{name}.deleted", entity=name, entity_id=obj.pk, now=timezone.now(),
+              name=str(obj))
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        with transaction.atomic():
+            self._audit_deleted(request, obj)
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        with transaction.atomic():
+            for obj in queryset:
+                self._audit_deleted(request, obj)
+            super().delete_queryset(request, queryset)
+
+
 @admin.register(VenueAccount)
-class VenueAccountAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class VenueAccountAdmin(_AuditedDeletes):
     form = AccountForm
     list_display = ("name", "venue", "network", "cash", "max_leverage", "daily_loss_limit", "last_reconciled_at")
     readonly_fields = ("cash", "paper_cash", "day_start", "day_start_equity", "last_reconciled_at",
@@ -97,7 +120,7 @@ class VenueAccountAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 @admin.register(Strategy)
-class StrategyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class StrategyAdmin(_AuditedDeletes):
     form = StrategyForm
     list_display = ("slug", "kind", "symbol", "timeframe", "account", "mode", "status", "last_evaluated_at")
     list_filter = ("status", "mode", "kind")

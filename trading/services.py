@@ -107,6 +107,8 @@ def account_validate(data: Mapping[str, Any], *, instance: VenueAccount | None =
         errors["credentials_env"] = ["a live account needs the prefix of its credential variables"]
     clean["credentials_env"] = env
     clean["quote_asset"] = str(get("quote_asset", "USD") or "USD").upper()
+    if not re.fullmatch(r"[A-Z0-9]{1,16}", clean["quote_asset"]):  # "ß".upper() is "SS": checked after upper()
+        errors["quote_asset"] = ["an asset code of 1 to 16 letters A-Z or digits, such as USD or USDC"]
 
     clean["max_leverage"] = _decimal(errors, "max_leverage", get("max_leverage", "1"), maximum=Decimal(100))
     caps = get("market_leverage_caps", {}) or {}
@@ -119,6 +121,10 @@ def account_validate(data: Mapping[str, Any], *, instance: VenueAccount | None =
         }
         if sub:
             errors["market_leverage_caps"] = [f"{m} (each cap)" for m in sub["market_leverage_caps"]]
+        bad_keys = [str(k)[:40] for k in caps if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9/:._-]{0,31}", str(k))]
+        if bad_keys:
+            errors.setdefault("market_leverage_caps", []).append(
+                f"each key is a market symbol such as BTC/USD or BTC-PERP (up to 32 characters), not {bad_keys[0]!r}")
     mop = get("max_open_positions")
     if mop not in (None, ""):
         try:

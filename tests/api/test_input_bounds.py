@@ -98,3 +98,17 @@ def test_the_strategy_form_answers_400_for_what_the_api_refuses(staff_client: Cl
     response = staff_client.post(reverse("dashboard-strategy-create"), form)
     assert response.status_code == 400, (field, response.status_code)
     assert not Strategy.objects.exists()
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"quote_asset": "ß" * 16}, "quote_asset"), ({"quote_asset": "US D"}, "quote_asset"),
+    ({"market_leverage_caps": {"x" * 10_000: "2"}}, "market_leverage_caps"),
+    ({"market_leverage_caps": {"BTC/USD; DROP": "2"}}, "market_leverage_caps"),
+])
+def test_account_codes_and_cap_keys_are_checked(api: Any, body: dict[str, Any], field: str) -> None:
+    response = api.post("/api/accounts/", {"name": "acct", **body}, format="json")
+    assert response.status_code == 400 and list(response.json()) == [field], response.content
+    assert not VenueAccount.objects.filter(name="acct").exists()
+    fine = api.post("/api/accounts/", {"name": "ok", "quote_asset": "usdc",
+                                       "market_leverage_caps": {"BTC-PERP": "3", "ETH/USD": "2"}}, format="json")
+    assert fine.status_code == 201 and fine.json()["quote_asset"] == "USDC", fine.content

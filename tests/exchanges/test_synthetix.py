@@ -734,3 +734,32 @@ def test_two_processes_signing_for_one_wallet_take_turns_through_the_journal_loc
     assert sorted(h.created_client_ids()) == ["one", "two"]
     nonces = sorted(int(DjangoVenueJournal(4343).get(f"tx:{cid}")["nonce"]) for cid in ("one", "two"))
     assert nonces[1] == nonces[0] + 1
+
+
+def test_two_processes_creating_one_client_id_commit_it_once(h: VenueHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One process waits (behind a pending order, or for the signing lock) while another creates the same client id:
+    the first must find the other's journalled transaction under the signing lock and not sign a second commit."""
+    import threading
+
+    journal = InMemoryVenueJournal()  # the accounts' shared journal (the database, across processes)
+    first, second = connect(h, journal), connect(h, journal)
+    held, release = threading.Event(), threading.Event()
+    original = SynthetixConnector._await_no_pending
+
+    def waits_in_first(self: SynthetixConnector, account_id: int) -> None:
+        if self is first:
+            held.set()
+            assert release.wait(60)
+        original(self, account_id)
+
+    monkeypatch.setattr(SynthetixConnector, "_await_no_pending", waits_in_first)
+    answers: dict[str, Any] = {}
+    waiting = threading.Thread(target=lambda: answers.setdefault("first", first.create_order(market_order("dup-1"))))
+    waiting.start()
+    assert held.wait(30)
+    answers["second"] = second.create_order(market_order("dup-1"))
+    release.set()
+    waiting.join(60)
+    assert h.created_client_ids().count("dup-1") == 1
+    assert answers["first"].venue_order_id == answers["second"].venue_order_id
+    assert abs(first.positions()[0].quantity) == Decimal("0.01")

@@ -99,3 +99,18 @@ def test_the_admin_never_shows_an_api_token(admin_client: Client, django_user_mo
     for path in ("/admin/authtoken/tokenproxy/", f"/admin/authtoken/tokenproxy/{token.key}/change/"):
         response = admin_client.get(path)
         assert response.status_code in (302, 404) and token.key not in response.content.decode(), path
+
+
+def test_deleting_in_the_admin_leaves_an_audit_row(admin_client: Client, make_account: Any) -> None:
+    from trading.models import AuditEvent, VenueAccount
+
+    account = make_account()
+    response = admin_client.post(f"/admin/trading/venueaccount/{account.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302 and not VenueAccount.objects.filter(pk=account.pk).exists()
+    other = make_account()
+    response = admin_client.post("/admin/trading/venueaccount/", {
+        "action": "delete_selected", "_selected_action": [other.pk], "post": "yes"})
+    assert response.status_code == 302 and not VenueAccount.objects.filter(pk=other.pk).exists()
+    for pk in (account.pk, other.pk):
+        event = AuditEvent.objects.get(action="venueaccount.deleted", entity_id=str(pk))
+        assert event.actor.startswith("admin:")
