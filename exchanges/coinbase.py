@@ -610,8 +610,9 @@ class CoinbaseConnector(Connector):
                 self._requested[order_id] = request.quantity
         try:
             return self.fetch_order(request.symbol, order_id)
-        except (OrderNotFoundError, TemporaryError) as exc:
-            # Accepted, but the order book has not caught up yet (status lag): report it working.
+        except VenueError as exc:
+            # Accepted: whatever the follow-up read says (status lag, a 5xx, even a credentials or clock error), the
+            # venue holds the order; report it working with its id, never refused.
             log.info("coinbase order %s accepted, state not readable yet: %s", order_id, exc)
             return VenueOrder(
                 client_order_id=request.client_order_id, venue_order_id=order_id, symbol=request.symbol,

@@ -653,6 +653,11 @@ class HyperliquidConnector(Connector):
                 existing = self.fetch_order_by_client_id(placed.symbol, placed.client_order_id)
                 if existing is not None:
                     return existing
+                if "duplicate" in text.lower():
+                    # The venue has this client id but its status read lags: ambiguous, never a refusal (a
+                    # refusal would mark REJECTED an order the venue holds).
+                    raise OrderStatusUnknownError(f"{what}: {text}; not readable yet, ask by client id",
+                                                  venue=VENUE)
             raise _order_error(text)
         with self._boundary("create", what):
             if isinstance(status, dict) and "resting" in status:

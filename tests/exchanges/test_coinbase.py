@@ -521,3 +521,16 @@ def test_a_fill_reported_in_quote_is_never_recorded_as_more_base_than_the_venue_
             "order_id": "o1", "product_id": "BTC-USD", "side": "BUY", "status": "FILLED", "client_order_id": "c1",
             "order_configuration": {"market_market_ioc": {"quote_size": "100.00"}}, "filled_size": "0.00333255"})
     assert order.fills[0].quantity == Decimal("0.00333255")
+
+
+def test_an_accepted_order_is_never_refused_by_a_failed_follow_up_read(coinbase: CoinbaseConnector, fake: CoinbaseFake,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The venue took the order; the read of its state that follows fails (here a 401 after a key rotation): the
+    order is reported working with its venue id, never as a refusal (which the engine would record as REJECTED)."""
+    def refused(symbol: str, order_id: str) -> Any:
+        raise AuthError("HTTP 401 on the follow-up read", venue="coinbase")
+
+    monkeypatch.setattr(coinbase, "fetch_order", refused)
+    placed = coinbase.create_order(buy(client_order_id="after-accept-1"))
+    assert placed.status is VenueOrderStatus.OPEN and placed.venue_order_id
+    assert fake.created_client_ids() == ["after-accept-1"]

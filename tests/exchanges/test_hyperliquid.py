@@ -531,3 +531,16 @@ def test_connector_is_constructed_directly_too() -> None:
     assert c.base_url == constants.TESTNET_API_URL
     with pytest.raises(AuthError):
         c.balances()
+
+
+def test_a_duplicate_client_id_the_venue_does_not_show_yet_is_ambiguous_not_refused(
+        hl: VenueHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hyperliquid answers "Duplicate cloid" for a client id it already holds; if its status read lags, the create's
+    outcome is unknown (the engine asks again later), never a refusal that would mark the order REJECTED."""
+    c = connect(hl)
+    resting = order(qty="0.02", type_=OrderType.LIMIT, price="1000", cid="ab" * 16)  # far below the market: rests
+    first = c.create_order(resting)
+    c.cancel_order(BTC, first.venue_order_id)  # finished without a fill: a repeat now gets "Duplicate cloid"
+    monkeypatch.setattr(c, "fetch_order_by_client_id", lambda symbol, cid: None)  # the status read lags
+    with pytest.raises(OrderStatusUnknownError, match="Duplicate cloid"):
+        c.create_order(resting)
