@@ -283,14 +283,9 @@ def backtest_run_create(*, kind: str, params: dict, symbol: str, timeframe: str,
     else:
         for field, problems in RULES[kind].validate(params or {}).items():
             errors[f"params.{field}"] = problems
-    if not isinstance(config or {}, dict):
-        errors["config"] = ["must be an object"]
-    else:
-        problems = _backtest_config_problems(config or {})
-        if problems:
-            errors["config"] = problems
-        else:
-            _backtest_config(kind, params or {}, config or {})
+    problems = _backtest_config_problems(config or {}) if isinstance(config or {}, dict) else ["must be an object"]
+    if problems:
+        errors["config"] = problems
     if timeframe not in TIMEFRAMES:
         errors["timeframe"] = [f"must be one of {', '.join(TIMEFRAMES)}"]
     if start and end and start > end:
@@ -327,13 +322,16 @@ _CONFIG_NUMBERS: dict[str, tuple[Decimal, bool, Decimal | None, str]] = {
 }
 
 
+_CONFIG_FIELDS = {"cash", "fee", "slippage_bps", "sizing", "allow_short"}
+
+
 def _backtest_config_problems(config: dict) -> list[str]:
     """Each problem of a backtest's config, naming its field ("fee: ..."); [] when it is good."""
-    allowed = {"cash", "fee", "slippage_bps", "sizing", "allow_short"}
     problems = []
-    unknown = set(config) - allowed
+    unknown = set(config) - _CONFIG_FIELDS
     if unknown:
-        problems.append(f"unknown field(s) {', '.join(sorted(map(str, unknown)))}; allowed: {', '.join(sorted(allowed))}")
+        problems.append(f"unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
+                        f"allowed: {', '.join(sorted(_CONFIG_FIELDS))}")
     for key, (lowest, lowest_ok, highest, meaning) in _CONFIG_NUMBERS.items():
         if key not in config:
             continue
@@ -346,9 +344,12 @@ def _backtest_config_problems(config: dict) -> list[str]:
                 value = None
         if value is None or not value.is_finite():
             problems.append(f"{key}: {raw!r} is not a decimal number; {meaning}")
-        elif column_error(value) or value < lowest or (value == lowest and not lowest_ok) or (
-                highest is not None and value > highest):
-            problems.append(f"{key}: {column_error(value) or meaning}")
+            continue
+        unfit = column_error(value) or (
+            meaning if value < lowest or (value == lowest and not lowest_ok) or (highest is not None and value > highest)
+            else None)
+        if unfit:
+            problems.append(f"{key}: {unfit}")
     if "sizing" in config and config["sizing"] != "all-in":
         problems.append("sizing: stored runs use sizing all-in (risk sizing needs a strategy's risk settings)")
     if "allow_short" in config and not isinstance(config["allow_short"], bool) and config["allow_short"] not in (
@@ -358,19 +359,14 @@ def _backtest_config_problems(config: dict) -> list[str]:
 
 
 def _backtest_config(kind: str, params: dict, config: dict) -> BacktestConfig:
+    """The BacktestConfig of a stored run's config (ValueError naming each problem, as at launch)."""
     from strategies.backtest import BacktestConfig
 
-    allowed = {"cash", "fee", "slippage_bps", "sizing", "allow_short"}
-    unknown = set(config) - allowed
-    if unknown:
-        raise ValueError(f"unknown config field(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
-    values: dict[str, object] = {k: Decimal(str(config[k])) for k in ("cash", "fee", "slippage_bps") if k in config}
-    for key, value in values.items():
-        if not value.is_finite() or value < 0 or (key == "cash" and value == 0):  # type: ignore[union-attr]
-            raise ValueError(f"{key} must be a finite number{' above 0' if key == 'cash' else ' >= 0'}")
+    problems = _backtest_config_problems(config)
+    if problems:
+        raise ValueError("; ".join(problems))
+    values: dict[str, object] = {k: Decimal(str(config[k]).strip()) for k in _CONFIG_NUMBERS if k in config}
     if "sizing" in config:
-        if config["sizing"] != "all-in":
-            raise ValueError("stored runs use sizing all-in (risk sizing needs a strategy's risk settings)")
         values["sizing"] = "all-in"
     if "allow_short" in config:
         values["allow_short"] = config["allow_short"] in (True, "true")  # "false" is a string, and truthy

@@ -228,7 +228,6 @@ class KillSwitchAdmin(ReadOnlyAdmin):
 __all__ = ["ValidationError"]
 
 
-
 # --------------------------------------------------------------------------------------------- API tokens
 
 from rest_framework.authtoken.models import TokenProxy  # noqa: E402 - DRF's admin registered it before this module

@@ -26,7 +26,7 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from trading import engine, selectors, services
-from trading.fields import ID_MAX, tidy
+from trading.fields import ID_MAX, INT32_MAX, tidy
 from trading.models import Order, Position, Signal, Strategy, VenueAccount
 
 DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
@@ -64,8 +64,6 @@ class MoneyField(serializers.Field):  # type: ignore[type-arg]
 
 
 _DECIMAL = re.compile(DECIMAL_PATTERN.strip("^$"))
-# 32-bit integer columns (and ids, ID_MAX): a number past these is a 400, not a database error.
-INT32_MAX = 2**31 - 1
 
 
 def IdField(**kwargs: Any) -> serializers.IntegerField:  # noqa: N802 - a field constructor, as DRF's

@@ -10,8 +10,9 @@ from django.db import models
 MAX_DIGITS = 38
 DECIMAL_PLACES = 18
 EXACT = Context(prec=MAX_DIGITS + 2)  # wide enough that nothing here ever rounds
-# Primary keys are BigAutoField: 1 to 2**63-1.
+# Primary keys are BigAutoField: 1 to 2**63-1. Counts in integer columns (PositiveIntegerField): up to 2**31-1.
 ID_MAX = 2**63 - 1
+INT32_MAX = 2**31 - 1
 
 
 class ExactDecimalField(models.DecimalField):  # type: ignore[type-arg]

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from trading import pnl
 from trading.engine import audit
-from trading.fields import column_error, parse_id
+from trading.fields import INT32_MAX, column_error, parse_id
 from trading.models import EquitySnapshot, KillSwitch, Position, Strategy, VenueAccount
 
 Errors = dict[str, list[str]]
@@ -129,10 +129,10 @@ def account_validate(data: Mapping[str, Any], *, instance: VenueAccount | None =
     if mop not in (None, ""):
         try:
             clean["max_open_positions"] = int(str(mop))
-            if not 1 <= clean["max_open_positions"] <= 2**31 - 1:  # a 32-bit column
+            if not 1 <= clean["max_open_positions"] <= INT32_MAX:
                 raise ValueError
         except ValueError:
-            errors["max_open_positions"] = ["must be a whole number from 1 to 2147483647"]
+            errors["max_open_positions"] = [f"must be a whole number from 1 to {INT32_MAX}"]
     else:
         clean["max_open_positions"] = None
     for field in ("max_symbol_exposure", "max_account_exposure", "daily_loss_limit"):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -193,15 +195,20 @@ def test_a_cancel_of_an_unacknowledged_order_never_sends_it(monkeypatch: Any, ma
     assert not Position.objects.filter(strategy=strategy).exclude(quantity=0).exists()
 
 
-@pytest.mark.django_db(transaction=True)
-def test_the_send_lease_is_exclusive_across_threads_and_dies_with_its_holder() -> None:
+@contextmanager
+def _held_in_another_thread(order_id: int, *, session_ends: bool = False) -> Iterator[None]:
+    """Another thread (another worker) holds the order's send lease for the block; `session_ends`: its lock
+    connection is closed under it first, as when that worker's process is killed."""
+    from trading import venues
+
     taken, release = threading.Event(), threading.Event()
-    seen: list[bool] = []
 
     def hold() -> None:
         try:
-            with order_send_lease(424242) as mine:
-                seen.append(mine)
+            with order_send_lease(order_id) as mine:
+                assert mine
+                if session_ends:
+                    venues._lock_connection().close()
                 taken.set()
                 release.wait(10)
         finally:
@@ -209,41 +216,31 @@ def test_the_send_lease_is_exclusive_across_threads_and_dies_with_its_holder() -
 
     holder = threading.Thread(target=hold)
     holder.start()
-    assert taken.wait(10)
-    with order_send_lease(424242) as mine:
-        assert mine is False  # another thread holds it
-        with order_send_lease(424243) as other:
-            assert other is True  # another order's lease is free
-    release.set()
-    holder.join(10)
+    try:
+        assert taken.wait(10)
+        yield
+    finally:
+        release.set()
+        holder.join(10)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_send_lease_is_exclusive_across_threads_and_free_once_released() -> None:
+    with _held_in_another_thread(424242):
+        with order_send_lease(424242) as mine:
+            assert mine is False  # another thread holds it
+            with order_send_lease(424243) as other:
+                assert other is True  # another order's lease is free
     with order_send_lease(424242) as mine, order_send_lease(424242) as again:
         assert mine is True and again is True  # free again once released; re-entrant in one thread
-    assert seen == [True]
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_lease_whose_holder_died_is_free_at_once() -> None:
-    """A worker killed mid-send: its database session ends (here: its lock connection is closed under it), and
-    the lease with it, so recovery need not wait for any timeout."""
-    from trading import venues
-
-    died, release = threading.Event(), threading.Event()
-
-    def die_holding() -> None:
-        try:
-            with order_send_lease(515151) as mine:
-                assert mine
-                venues._lock_connection().close()  # the session ends, as when the process is killed
-                died.set()
-                release.wait(10)
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=die_holding)
-    holder.start()
-    assert died.wait(10)
-    if connection.vendor == "postgresql":
+    """A worker killed mid-send: its database session ends, and the lease with it, so recovery need not wait for
+    any timeout."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the session-bound lease is PostgreSQL's; SQLite's flock ends with the process")
+    with _held_in_another_thread(515151, session_ends=True):
         with order_send_lease(515151) as mine:
             assert mine is True
-    release.set()
-    holder.join(10)
