@@ -14,6 +14,9 @@ placed (so a stop whose trigger is already crossed fills at once) and then on ev
   and fills on later `match()` calls.
 - Reduce-only orders are clipped to the position they reduce (when placed and at every fill), rejected when
   there is nothing to reduce, and canceled once their position is gone.
+- Planned faults (`PaperFaults`, process-wide `PAPER_FAULTS`) make the venue say no as real ones do: refuse an
+  order, cancel it unfilled (an IOC with nothing to match), fill it in part and cancel the rest, expire it, or
+  take it and lose the reply. Tests and drills plan them; nothing plans them in normal running.
 
 Accounting is linear and margin-style, so longs and shorts work the same: the account holds one cash
 balance in `quote_asset`; a buy pays qty x price + fee, a sell receives qty x price - fee, and equity is
@@ -26,6 +29,7 @@ the closing part of any order need no margin.
 
 from __future__ import annotations
 
+import enum
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -319,6 +323,48 @@ def reference_price(
     return market_price
 
 
+class PaperFault(str, enum.Enum):
+    REFUSE = "refuse"  # the venue's checks say no (InvalidOrderError): nothing on the venue
+    CANCEL = "cancel"  # taken, then canceled with nothing filled (an IOC with nothing to match)
+    PARTIAL = "partial"  # half filled (floored to the lot), the rest canceled
+    EXPIRE = "expire"  # taken, then expired unfilled
+    DROP = "drop"  # taken and worked as usual, but the reply is lost (TemporaryError): an unknown outcome
+
+
+OrderMatcher = Callable[[OrderRequest], bool]
+
+
+class PaperFaults:
+    """Faults the paper venue plays on its next matching orders, in the order they were planned."""
+
+    def __init__(self) -> None:
+        self._planned: list[list[object]] = []  # [fault, matcher, remaining]
+        self._lock = threading.Lock()
+
+    def next(self, count: int, fault: PaperFault, *, match: OrderMatcher | None = None) -> None:
+        """Play `fault` on the next `count` orders that `match` accepts (every order when None)."""
+        with self._lock:
+            self._planned.append([fault, match or (lambda request: True), count])
+
+    def take(self, request: OrderRequest) -> PaperFault | None:
+        """Return the fault planned for this order, if any, and count it as played."""
+        with self._lock:
+            for planned in self._planned:
+                fault, match, remaining = planned
+                if int(remaining) > 0 and match(request):  # type: ignore[operator]
+                    planned[2] = int(remaining) - 1
+                    return fault  # type: ignore[return-value]
+        return None
+
+    def clear(self) -> None:
+        """Forget every planned fault."""
+        with self._lock:
+            self._planned.clear()
+
+
+PAPER_FAULTS = PaperFaults()
+
+
 def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -349,8 +395,10 @@ class PaperVenue(Connector):
         prices: PriceSource,
         config: PaperConfig,
         clock: Callable[[], datetime] | None = None,
+        faults: PaperFaults | None = None,
     ) -> None:
         self._store = store
+        self._faults = PAPER_FAULTS if faults is None else faults
         if getattr(store, "in_database", False):
             self.capabilities = replace(self.capabilities, in_database=True)
         self._prices = prices
@@ -455,10 +503,29 @@ class PaperVenue(Connector):
                 request = replace(request, quantity=min(request.quantity, reducible))
             else:
                 self._check_margin(request, market, reference, reducible)
-            order = self._draft(request, f"{VENUE}-{self._store.next_id()}")
-            order = self._work(order, market, tick, placing=True)
+            fault = self._faults.take(request)
+            if fault is PaperFault.REFUSE:
+                raise InvalidOrderError(f"{request.side.value} {request.quantity} {market.symbol} refused by the "
+                                        f"venue (planned fault)", venue=VENUE)
+            order = self._faulted(self._draft(request, f"{VENUE}-{self._store.next_id()}"), fault, market, tick)
             self._store.save_order(order)
-            return order
+        if fault is PaperFault.DROP:  # after the store's unit: the venue keeps the order, the reply is lost
+            raise TemporaryError(f"reply to order {request.client_order_id} lost (planned fault)", venue=VENUE)
+        return order
+
+    def _faulted(self, order: VenueOrder, fault: PaperFault | None, market: Market, tick: Ticker) -> VenueOrder:
+        """Work a new order as usual, or as the planned fault says."""
+        if fault is PaperFault.CANCEL:
+            return replace(order, status=VenueOrderStatus.CANCELED,
+                           reason="IOC canceled: nothing to match (planned fault)")
+        if fault is PaperFault.EXPIRE:
+            return replace(order, status=VenueOrderStatus.CANCELED, reason="expired (planned fault)")
+        if fault is PaperFault.PARTIAL:
+            half = round_down(order.quantity / 2, market.lot_size)
+            worked = self._work(replace(order, quantity=half), market, tick, placing=True) if half > 0 else order
+            return replace(worked, quantity=order.quantity, status=VenueOrderStatus.CANCELED,
+                           reason="IOC partly filled, the rest canceled (planned fault)")
+        return self._work(order, market, tick, placing=True)
 
     def cancel_order(self, symbol: str, venue_order_id: str) -> VenueOrder:
         """Cancel a working order; an order already final is returned as it is."""

@@ -42,9 +42,12 @@ def scratch_database(prefix: str) -> Iterator[str]:
 def _venue_guards_reset() -> Iterator[None]:
     """Every test starts with closed circuit breakers and full rate buckets (they are per process)."""
     from exchanges import registry
+    from exchanges.paper import PAPER_FAULTS
 
     registry.guards_reset()
+    PAPER_FAULTS.clear()
     yield
+    PAPER_FAULTS.clear()
     from trading.venues import side_connections_close
 
     side_connections_close()  # the venue journal's own connections, before the test database is dropped

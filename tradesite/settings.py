@@ -181,6 +181,7 @@ CELERY_TASK_ROUTES = {
     "trading.tasks.signal_process": {"queue": "execution"},
     "trading.tasks.order_submit": {"queue": "execution"},
     "trading.tasks.orders_sweep": {"queue": "execution"},
+    "trading.tasks.exits_drive": {"queue": "execution"},
     "trading.tasks.kill_switch_enforce": {"queue": "execution"},
     "trading.tasks.positions_monitor": {"queue": "monitoring"},
     "trading.tasks.accounts_reconcile": {"queue": "monitoring"},
@@ -274,6 +275,13 @@ TRADING = {
     "MAX_SUBMIT_ATTEMPTS": int(os.environ.get("TRADING_MAX_SUBMIT_ATTEMPTS", "5")),
     "SWEEP_EVERY_SECONDS": int(os.environ.get("TRADING_SWEEP_EVERY_SECONDS", "10")),
     "MONITOR_EVERY_SECONDS": int(os.environ.get("TRADING_MONITOR_EVERY_SECONDS", "5")),
+    # Exits pursued until flat: a step every EXITS_EVERY_SECONDS; after failed attempts the next waits 0, 1, 2, 4 ...
+    # up to EXIT_RETRY_MAX_SECONDS; an exit order still working after EXIT_ORDER_TIMEOUT_SECONDS is canceled and
+    # sent again; each retry widens a market order's price bound by EXIT_WIDEN_BPS more (up to five times).
+    "EXITS_EVERY_SECONDS": int(os.environ.get("TRADING_EXITS_EVERY_SECONDS", "2")),
+    "EXIT_RETRY_MAX_SECONDS": int(os.environ.get("TRADING_EXIT_RETRY_MAX_SECONDS", "30")),
+    "EXIT_ORDER_TIMEOUT_SECONDS": int(os.environ.get("TRADING_EXIT_ORDER_TIMEOUT_SECONDS", "30")),
+    "EXIT_WIDEN_BPS": int(os.environ.get("TRADING_EXIT_WIDEN_BPS", "100")),
     "RECONCILE_EVERY_SECONDS": int(os.environ.get("TRADING_RECONCILE_EVERY_SECONDS", "60")),
     "SNAPSHOT_EVERY_SECONDS": int(os.environ.get("TRADING_SNAPSHOT_EVERY_SECONDS", "60")),
 }

@@ -19,7 +19,7 @@ from decimal import Decimal
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -331,10 +331,10 @@ def _signal_process(*, signal_id: int, now: datetime | None) -> Signal:
                     _order_send(order, connector=connector, now=timezone.now(),
                                 positions=book.positions if book else None, siblings=orders)
                 if orders:  # the decision and the stages, written once
-                    if signal.status == Signal.Status.ACCEPTED and all(o.is_final for o in orders):
-                        signal.status = Signal.Status.EXECUTED
+                    held = book.positions.get((signal.strategy_id, signal.symbol)) if book else None
+                    _signal_conclude(signal, orders, held.quantity if held else Decimal(0))
                     rows.save_fields(signal, [*_DECISION_FIELDS, "acknowledged_at", "filled_at"])
-        return signal
+        return _exit_follow(signal, now=now)
     with ExitStack() as leases:
         with transaction.atomic():
             signal, orders, _ = _signal_decide(signal_id=signal_id, account_id=account_id, now=now)
@@ -344,7 +344,14 @@ def _signal_process(*, signal_id: int, now: datetime | None) -> Signal:
             _order_send(order, connector=connector, now=order.submitted_at or timezone.now())
     if orders:
         signal.refresh_from_db()
-    return signal
+    return _exit_follow(signal, now=now)
+
+
+def _exit_follow(signal: Signal, *, now: datetime) -> Signal:
+    """An exit still working after its first step goes on at once (a refusal is retried, an entry canceled)."""
+    if signal.status != Signal.Status.WORKING:
+        return signal
+    return exit_drive(signal_id=signal.pk, now=now)
 
 
 _DECISION_FIELDS = ("attempts", "status", "decision_rule", "decision_detail", "accepted_at", "submitted_at",
@@ -387,6 +394,12 @@ def _signal_decide(*, signal_id: int, account_id: int, now: datetime, save: bool
             return _signal_reject(signal, rule="venue_unavailable", detail=str(exc), now=now), [], None
         signal.save(update_fields=["attempts"])
         raise
+    exiting = signal.action == Signal.Action.CLOSE
+    if exiting and any(o.strategy_id == signal.strategy_id and o.symbol == signal.symbol for o in book.view.pending):
+        # An entry (or an earlier exit) of this strategy is still working here: the exit driver cancels the entry's
+        # remainder, waits for what is in flight, then closes what filled.
+        return _signal_work(signal, now=now, detail=f"close: {signal.symbol} has working orders of this strategy; "
+                            "the entry's remainder is canceled, then what filled is closed"), [], book
     decision = risk.decide(
         intent=_intent(signal),
         strategy_id=signal.strategy_id,
@@ -414,7 +427,7 @@ def _signal_decide(*, signal_id: int, account_id: int, now: datetime, save: bool
     for order in orders:
         order.account = account  # the sender needs it: no second read
         order.signal = signal
-    signal.status = Signal.Status.ACCEPTED
+    signal.status = Signal.Status.WORKING if exiting else Signal.Status.ACCEPTED
     signal.decision_rule, signal.decision_detail = decision.rule, decision.detail
     signal.accepted_at = now  # submitted_at: when the first order goes to the venue (_order_send)
     if decision.stop_loss is not None or decision.take_profit is not None:
@@ -505,6 +518,15 @@ def _lock_sql(signal_id: int) -> tuple[str, list[object]]:
     return sql, [signal_id]
 
 
+def _signal_work(signal: Signal, *, detail: str, now: datetime) -> Signal:
+    """Accept an exit with no order yet: the exit driver pursues it (written at once, whatever the path)."""
+    signal.status, signal.decision_rule, signal.decision_detail = Signal.Status.WORKING, Rule.OK, detail
+    signal.accepted_at = now
+    rows.save_fields(signal, _DECISION_FIELDS)
+    audit(actor="engine", action="signal.working", entity="signal", entity_id=signal.pk, now=now, detail=detail)
+    return signal
+
+
 def _signal_reject(signal: Signal, *, rule: str, detail: str, now: datetime,
                    status: str = Signal.Status.REJECTED) -> Signal:
     signal.status = status
@@ -587,7 +609,7 @@ def order_submit(*, order_id: int, now: datetime | None = None) -> Order:
             order = Order.objects.select_for_update().get(pk=order_id)
             if order.status != Order.Status.NEW:
                 return order
-            if not order.reduce_only and kill_switch_engaged():
+            if order.purpose == Order.Purpose.ENTRY and kill_switch_engaged():
                 return _order_finish(order, Order.Status.CANCELED, "kill switch engaged before sending", now)
             _order_mark_submitting(order, now)
         return _order_send(order, now=now)
@@ -691,6 +713,9 @@ def _venue_state_record(account: VenueAccount, order: Order, venue_order: VenueO
     order.status = status
     if venue_order.reason and status in (Order.Status.REJECTED, Order.Status.CANCELED):
         order.reason = venue_order.reason
+    elif status == Order.Status.FILLED and order.filled_quantity < order.quantity:
+        order.reason = (f"the venue filled {_plain(order.filled_quantity)} of {_plain(order.quantity)} and closed "
+                        f"it{': ' + venue_order.reason if venue_order.reason else ''}")
     order.acknowledged_at = order.acknowledged_at or now
     order.updated_at = now
     rows.save_fields(order, ["venue_order_id", "status", "reason", "acknowledged_at", "updated_at",
@@ -723,26 +748,18 @@ def _signal_stages(order: Order, *, filled: bool, now: datetime, others_final: b
         signal.acknowledged_at = signal.acknowledged_at or now
         if filled:
             signal.filled_at = now
-        if order.is_final and others_final and signal.status == Signal.Status.ACCEPTED:
-            signal.status = Signal.Status.EXECUTED
-        return
+        return  # settled by the caller once every order was sent (_signal_conclude)
     changes: dict[str, object] = {"acknowledged_at": Coalesce("acknowledged_at", Value(now))}
     if filled:
         changes["filled_at"] = Value(now)
-    if others_final is None:
-        others_final = not Order.objects.filter(signal_id=order.signal_id).exclude(pk=order.pk).exclude(
-            status__in=Order.FINAL).exists()
-    settle = order.is_final and others_final
-    if settle:
-        changes["status"] = Case(When(status=Signal.Status.ACCEPTED, then=Value(Signal.Status.EXECUTED)),
-                                 default=F("status"))
     Signal.objects.filter(pk=order.signal_id).update(**changes)
+    settled = _signal_settle(order.signal_id, now) if order.is_final else None
     if signal is not None:  # the caller's copy (read under the account lock) says what the row now says
         signal.acknowledged_at = signal.acknowledged_at or now
         if filled:
             signal.filled_at = now
-        if settle and signal.status == Signal.Status.ACCEPTED:
-            signal.status = Signal.Status.EXECUTED
+        if settled is not None:
+            signal.status, signal.decision_detail = settled
 
 
 def _fills_record(account: VenueAccount, order: Order, fills: Sequence, recorded: list, now: datetime,
@@ -803,10 +820,61 @@ def _fills_record(account: VenueAccount, order: Order, fills: Sequence, recorded
     rows.save_fields(account, ["cash"])
 
 
-def _signal_settle(signal_id: int, now: datetime) -> None:
-    """Mark a signal EXECUTED once every one of its orders is final."""
-    if not Order.objects.filter(signal_id=signal_id).exclude(status__in=Order.FINAL).exists():
-        Signal.objects.filter(pk=signal_id, status=Signal.Status.ACCEPTED).update(status=Signal.Status.EXECUTED)
+def _signal_settle(signal_id: int, now: datetime) -> tuple[str, str] | None:
+    """Settle an accepted or working signal once every one of its orders is final; return (status, detail) when it
+    changed. An entry is EXECUTED when every order filled in full, else FAILED with what fell short; an exit is
+    EXECUTED once the strategy is flat in the market, else it stays WORKING for the exit driver."""
+    signal = Signal.objects.filter(pk=signal_id, status__in=(Signal.Status.ACCEPTED, Signal.Status.WORKING)).only(
+        "status", "decision_detail", "account_id", "strategy_id", "symbol").first()
+    if signal is None:
+        return None
+    orders = list(Order.objects.filter(signal_id=signal_id))
+    held = Position.objects.filter(account_id=signal.account_id, strategy_id=signal.strategy_id,
+                                   symbol=signal.symbol).values_list("quantity", flat=True).first()
+    before = signal.status
+    if not _signal_conclude(signal, orders, held or Decimal(0)):
+        return None
+    if Signal.objects.filter(pk=signal_id, status=before).update(status=signal.status,
+                                                                 decision_detail=signal.decision_detail):
+        audit(actor="engine", action=f"signal.{signal.status}", entity="signal", entity_id=signal_id, now=now,
+              detail=signal.decision_detail)
+    return signal.status, signal.decision_detail
+
+
+def _signal_conclude(signal: Signal, orders: Sequence[Order], held: Decimal) -> bool:
+    """Settle a signal in memory once all its orders are final (`held`: the strategy's position in the market
+    now); return whether its status changed. The caller writes it."""
+    if not all(o.is_final for o in orders):
+        return False
+    if signal.status == Signal.Status.WORKING:
+        if held != 0:
+            return False  # the exit goes on (an exit that never needed an order is done once flat)
+        signal.status = Signal.Status.EXECUTED
+        return True
+    if signal.status != Signal.Status.ACCEPTED or not orders:
+        return False
+    short = [o for o in orders if o.filled_quantity < o.quantity]
+    if not short:
+        signal.status = Signal.Status.EXECUTED
+        return True
+    signal.status = Signal.Status.FAILED
+    signal.decision_detail = f"{signal.decision_detail} | failed: {'; '.join(order_shortfall(o) for o in short)}"
+    return True
+
+
+def order_shortfall(order: Order) -> str:
+    """Say in words why a final order filled less than it asked for."""
+    said = f"{order.purpose} {order.side} {_plain(order.quantity)}"
+    filled = f"filled {_plain(order.filled_quantity)} of {_plain(order.quantity)}"
+    if order.status == Order.Status.FILLED:
+        return f"{said}: {filled} (the venue clipped it)"
+    done = f"{filled}, then {order.status}" if order.filled_quantity else order.status
+    return f"{said}: {done}" + (f": {order.reason}" if order.reason else "")
+
+
+def _plain(value: Decimal) -> str:
+    normal = value.normalize()
+    return format(normal if normal != 0 else Decimal(0), "f")
 
 
 # In the reason of an order we finished without the venue ever acknowledging it (it may still arrive there):
@@ -861,7 +929,7 @@ def _order_recover(order: Order, now: datetime) -> Order:
             if locked.attempts >= _cfg("MAX_SUBMIT_ATTEMPTS"):
                 return _order_finish(locked, Order.Status.REJECTED, f"venue never showed the order after "
                                      f"{locked.attempts} attempts; {UNACKNOWLEDGED}", now)
-            if not locked.reduce_only and kill_switch_engaged():
+            if locked.purpose == Order.Purpose.ENTRY and kill_switch_engaged():
                 return _order_finish(locked, Order.Status.CANCELED,
                                      f"kill switch engaged before resending; {UNACKNOWLEDGED}", now)
             _order_mark_submitting(locked, now)
@@ -980,6 +1048,171 @@ def startup_recover(*, stuck_after_seconds: int = 0) -> dict[str, int]:
             log.warning("order %s still waiting for its venue: %s", order_id, exc)
         except Exception:  # noqa: BLE001 - one order's fault (an account without credentials) must not stop the rest
             log.exception("start-up recovery of order %s failed; the sweeper tries again", order_id)
+    counts["exits"] = exits_drive()["working"]  # exits a dead worker left half done go on
+    return counts
+
+
+# --------------------------------------------------------------------------------------------- exits
+
+
+def exit_drive(*, signal_id: int, now: datetime | None = None) -> Signal:
+    """Take one step of a WORKING exit toward the strategy being flat in its market; return the signal.
+
+    A step never waits on the venue for long and never sends twice: the strategy's working entries in the market
+    are canceled; its exits in flight are asked about (and canceled once older than EXIT_ORDER_TIMEOUT_SECONDS);
+    only when nothing of the strategy is working there does a new exit order go out, under the account lock: a new
+    client id, the strategy's remaining position (never more), after a backoff that grows with each failed attempt,
+    reduce-only only where it reduces the venue's net, and never a plain order while the venue's net differs from
+    the book's (it could open a position the other way). A newer accepted signal of the strategy in that market
+    replaces the exit; a flat position executes it.
+    """
+    now = now or timezone.now()
+    with log_context(signal_id=signal_id):
+        signal = Signal.objects.select_related("strategy", "account").get(pk=signal_id)
+        if signal.status != Signal.Status.WORKING:
+            return signal
+        if _signal_replaced(signal, now=now):
+            return Signal.objects.get(pk=signal_id)
+        if _exit_wait_for_working(signal, now=now):
+            return signal
+        held = _held(signal)
+        if held == 0:
+            _signal_settle(signal.pk, now)
+            return Signal.objects.get(pk=signal_id)
+        failed = [o for o in signal.orders.order_by("pk") if o.is_final and o.filled_quantity < o.quantity]
+        if failed and now < failed[-1].updated_at + timedelta(seconds=_exit_backoff(len(failed))):
+            return signal
+        return _exit_attempt(signal, attempt=len(failed) + 1, now=now)
+
+
+def _exit_backoff(failures: int) -> float:
+    """Seconds between a failed exit attempt and the next: at once after the first, then doubling, capped."""
+    return 0.0 if failures <= 1 else min(2.0 ** (failures - 2), float(_cfg("EXIT_RETRY_MAX_SECONDS")))
+
+
+def _held(signal: Signal) -> Decimal:
+    return Position.objects.filter(account_id=signal.account_id, strategy_id=signal.strategy_id,
+                                   symbol=signal.symbol).values_list("quantity", flat=True).first() or Decimal(0)
+
+
+def _signal_replaced(signal: Signal, *, now: datetime) -> bool:
+    """Mark an exit REPLACED when a newer accepted signal of its strategy in the same market took over."""
+    newer = Signal.objects.filter(
+        strategy_id=signal.strategy_id, symbol=signal.symbol,
+        status__in=(Signal.Status.ACCEPTED, Signal.Status.WORKING, Signal.Status.EXECUTED),
+    ).filter(Q(received_at__gt=signal.received_at) | Q(received_at=signal.received_at, pk__gt=signal.pk)).exclude(
+        decision_rule="internal_error").order_by("received_at", "pk").first()
+    if newer is None:
+        return False
+    detail = f"{signal.decision_detail} | replaced by signal {newer.pk} ({newer.action})"
+    if Signal.objects.filter(pk=signal.pk, status=Signal.Status.WORKING).update(status=Signal.Status.REPLACED,
+                                                                              decision_detail=detail):
+        audit(actor="engine", action="signal.replaced", entity="signal", entity_id=signal.pk, now=now, by=newer.pk)
+    return True
+
+
+def _exit_wait_for_working(signal: Signal, *, now: datetime) -> bool:
+    """Move the strategy's working orders in the exit's market along; return whether any is still working."""
+    waiting = False
+    timeout = timedelta(seconds=_cfg("EXIT_ORDER_TIMEOUT_SECONDS"))
+    for order in Order.objects.filter(account_id=signal.account_id, strategy_id=signal.strategy_id,
+                                      symbol=signal.symbol, status__in=Order.WORKING).order_by("pk"):
+        try:
+            if order.purpose == Order.Purpose.ENTRY or order.signal_id != signal.pk:
+                # An entry's remainder (or an exit of a signal this one replaced) gives way to this exit.
+                order = order_cancel(order_id=order.pk, by=f"exit (signal {signal.pk})", now=now)
+            elif order.status in (Order.Status.NEW, Order.Status.SUBMITTING, Order.Status.UNKNOWN):
+                order = order_recover(order_id=order.pk, now=now)
+            else:
+                order = order_sync(order_id=order.pk, now=now)
+                if not order.is_final and now - (order.submitted_at or order.created_at) > timeout:
+                    order = order_cancel(order_id=order.pk, by=f"exit (signal {signal.pk}): working too long",
+                                         now=now)
+        except VenueError as exc:
+            log.warning("exit of signal %s: order %s could not be moved along: %s", signal.pk, order.pk, exc)
+        waiting = waiting or not order.is_final
+    return waiting
+
+
+def _exit_attempt(signal: Signal, *, attempt: int, now: datetime) -> Signal:
+    """Send the next exit order of a WORKING signal for the strategy's whole remaining position."""
+    account = signal.account
+    connector = connector_for(account)
+    try:
+        venue_net = _venue_net(connector, signal.symbol)
+        ticker = connector.ticker(signal.symbol)
+    except VenueError as exc:
+        log.warning("exit of signal %s waits for its venue: %s", signal.pk, exc)
+        return signal
+    with ExitStack() as leases:
+        with transaction.atomic():
+            VenueAccount.objects.select_for_update(no_key=True).filter(pk=account.pk).first()  # the account lock
+            locked = Signal.objects.select_for_update().get(pk=signal.pk)
+            if locked.status != Signal.Status.WORKING or Order.objects.filter(
+                    account_id=account.pk, strategy_id=signal.strategy_id, symbol=signal.symbol,
+                    status__in=Order.WORKING).exists():
+                return locked  # another step got here first
+            held = _held(signal)
+            if held == 0:
+                _signal_settle(signal.pk, now)
+                return Signal.objects.get(pk=signal.pk)
+            side = Side.SELL if held > 0 else Side.BUY
+            book = Position.objects.filter(account_id=account.pk, symbol=signal.symbol).values_list(
+                "quantity", flat=True)
+            book_net = sum(book, Decimal(0))
+            net = book_net if venue_net is None else venue_net
+            claimed = sum((o.quantity - o.filled_quantity for o in Order.objects.filter(
+                account_id=account.pk, symbol=signal.symbol, status__in=Order.WORKING, reduce_only=True, side=side)),
+                Decimal(0))
+            quantity = abs(held)
+            reduce_only = quantity <= -net * side.sign - claimed
+            if not reduce_only and venue_net is not None and venue_net != book_net:
+                # A plain order against a book that disagrees with the venue could open a position the other way.
+                note = (f"closing: attempt {attempt} waits: the venue's net {_plain(venue_net)} {signal.symbol} "
+                        f"differs from the book's {_plain(book_net)} (reconciliation finds out)")
+                Signal.objects.filter(pk=signal.pk).update(decision_detail=_with_note(locked.decision_detail, note))
+                log.warning("exit of signal %s: %s", signal.pk, note)
+                return Signal.objects.get(pk=signal.pk)
+            widen = Decimal(_cfg("EXIT_WIDEN_BPS")) * min(attempt - 1, 5) / Decimal(10000)
+            reference = ticker.price * (1 + widen * side.sign)
+            order = Order(client_order_id=new_client_order_id(), account=account, strategy_id=signal.strategy_id,
+                          signal=signal, symbol=signal.symbol, side=side.value, type=Order.Type.MARKET,
+                          purpose=_purpose(signal, "exit"), reduce_only=reduce_only, quantity=quantity,
+                          reference_price=reference, status=Order.Status.SUBMITTING, attempts=1, created_at=now,
+                          submitted_at=now, updated_at=now)
+            order.save()
+            audit(actor="engine", action="exit.attempt", entity="signal", entity_id=signal.pk, now=now,
+                  attempt=attempt, order=order.client_order_id, quantity=quantity, reduce_only=reduce_only)
+            leases.enter_context(order_send_lease(order.pk))
+        log.info("exit of signal %s: attempt %s, %s %s %s%s", signal.pk, attempt, side.value, quantity,
+                 signal.symbol, " reduce-only" if reduce_only else "")
+        _order_send(order, connector=connector, now=now)
+    return Signal.objects.get(pk=signal.pk)
+
+
+def _with_note(detail: str, note: str) -> str:
+    """The decision detail with the exit's latest note in place of the previous one."""
+    return f"{detail.split(' | closing: ')[0]} | {note}"
+
+
+def _venue_net(connector: Connector, symbol: str) -> Decimal | None:
+    """The venue's net position in a market, where the venue keeps positions (None on spot venues)."""
+    if not connector.capabilities.positions:
+        return None
+    return sum((p.quantity for p in connector.positions() if p.symbol == symbol), Decimal(0))
+
+
+def exits_drive(*, now: datetime | None = None) -> dict[str, int]:
+    """Take one step of every WORKING exit, oldest first (one broken account never holds up the others)."""
+    counts = {"working": 0, "executed": 0}
+    for signal_id in Signal.objects.filter(status=Signal.Status.WORKING).order_by("received_at", "pk").values_list(
+            "pk", flat=True)[:500]:
+        counts["working"] += 1
+        try:
+            if exit_drive(signal_id=signal_id, now=now or timezone.now()).status == Signal.Status.EXECUTED:
+                counts["executed"] += 1
+        except Exception:  # noqa: BLE001 - one exit's fault must not stop the others; the next tick tries again
+            log.exception("exit of signal %s failed this step; the next tick tries again", signal_id)
     return counts
 
 
@@ -1111,6 +1344,7 @@ def _exits_fire(account: VenueAccount, connector: Connector, *, now: datetime) -
         Q(stop_loss__isnull=False) | Q(take_profit__isnull=False)
     ).select_related("strategy")
     prices: dict[str, Decimal] = {}
+    exiting = _exits_working(account.pk)
     for position in positions:
         if position.symbol not in prices:
             try:
@@ -1124,11 +1358,14 @@ def _exits_fire(account: VenueAccount, connector: Connector, *, now: datetime) -
             price >= position.take_profit if long else price <= position.take_profit)
         if not (hit_stop or hit_tp):
             continue
+        if (position.strategy_id, position.symbol) in exiting:
+            continue  # an exit is already pursued: it goes on until flat
         kind = "sl" if hit_stop else "tp"  # when both are touched, the stop is taken first
-        opened = int(position.opened_at.timestamp() * 1000) if position.opened_at else 0
+        # One exit per state of the position: a position that changed since (added to) gets a new one.
+        state = int(position.updated_at.timestamp() * 1000)
         signal, created = signal_create(
             strategy=position.strategy, source=Signal.Source.MONITOR,
-            idempotency_key=f"{kind}:{position.pk}:{opened}", action=Signal.Action.CLOSE, symbol=position.symbol,
+            idempotency_key=f"{kind}:{position.pk}:{state}", action=Signal.Action.CLOSE, symbol=position.symbol,
             payload={"trigger": kind, "price": str(price)}, now=now, enqueue=False,
         )
         if created:
@@ -1136,6 +1373,14 @@ def _exits_fire(account: VenueAccount, connector: Connector, *, now: datetime) -
             log.info("%s hit for position %s at %s", "stop-loss" if hit_stop else "take-profit", position.pk, price)
             signal_process(signal_id=signal.pk)
     return fired
+
+
+def _exits_working(account_id: int, *, source: str | None = None) -> set[tuple[int, str]]:
+    """The (strategy, market) pairs of an account with an exit being pursued (of one source, if given)."""
+    working = Signal.objects.filter(account_id=account_id, status=Signal.Status.WORKING)
+    if source is not None:
+        working = working.filter(source=source)
+    return set(working.values_list("strategy_id", "symbol"))
 
 
 # --------------------------------------------------------------------------------------------- kill switch
@@ -1152,10 +1397,16 @@ def kill_switch_enforce(*, now: datetime | None = None) -> dict[str, int]:
     for order in Order.objects.filter(status__in=Order.WORKING).exclude(purpose=Order.Purpose.KILL_SWITCH):
         order_cancel(order_id=order.pk, by="kill_switch", now=now)
         counts["canceled"] += 1
+    exiting: dict[int, set[tuple[int, str]]] = {}
     for position in Position.objects.exclude(quantity=0).select_related("strategy"):
+        if position.account_id not in exiting:
+            exiting[position.account_id] = _exits_working(position.account_id, source=Signal.Source.KILL_SWITCH)
+        if (position.strategy_id, position.symbol) in exiting[position.account_id]:
+            continue  # the kill switch's exit for it is pursued until flat (exits_drive)
+        state = int(position.updated_at.timestamp() * 1000)
         signal, created = signal_create(
             strategy=position.strategy, source=Signal.Source.KILL_SWITCH,
-            idempotency_key=f"kill:{stamp}:{position.pk}", action=Signal.Action.CLOSE, symbol=position.symbol,
+            idempotency_key=f"kill:{stamp}:{position.pk}:{state}", action=Signal.Action.CLOSE, symbol=position.symbol,
             payload={"reason": switch.reason}, now=now, enqueue=False,
         )
         if created or signal.status == Signal.Status.RECEIVED:

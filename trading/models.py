@@ -144,8 +144,10 @@ class Signal(models.Model):
         ACCEPTED = "accepted"
         REJECTED = "rejected"
         IGNORED = "ignored"  # nothing to do (e.g. close while flat)
-        EXECUTED = "executed"  # every order reached a final state
-        FAILED = "failed"
+        WORKING = "working"  # an exit pursued until the strategy's position is flat
+        EXECUTED = "executed"  # its target was reached: every order filled in full, or the exit left it flat
+        FAILED = "failed"  # no longer pursued: an order refused, canceled or filled in part (the detail says why)
+        REPLACED = "replaced"  # a newer signal of the strategy in the same market took over before it was done
 
     class Action(models.TextChoices):
         OPEN_LONG = "open_long"

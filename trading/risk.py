@@ -30,6 +30,12 @@ Choices, so callers know what to expect:
 * Stops and take-profits are rounded to the tick towards the entry price (never further than
   computed), and RISK sizing uses the rounded stop, so a stop-out loses at most the risk budget
   (before slippage and fees). A price that rounds onto or past the entry is rejected as invalid.
+* Several strategies share one venue account, and the venue keeps one net position per market. An exit
+  is sized from the strategy's own position, and flagged reduce-only only when it reduces the account's
+  net in that market (the sum of every strategy's position) by no more than what the net has left after
+  the reduce-only orders already working on that side; otherwise it goes as a plain order of the same
+  size, which moves the net by exactly the strategy's share (a reduce-only close of a long against a net
+  that is short would be refused by the venue, or clipped).
 * Quantities are floored to the lot size with exact integer division. Whole-position closes are sent
   as held, without lot or minimum checks; partial exits (TARGET) are floored and checked like entries.
 * Orders carry the intent's type; a LIMIT order's price is the intent's limit price, a MARKET order's
@@ -38,7 +44,7 @@ Choices, so callers know what to expect:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import (
     ROUND_HALF_EVEN,
@@ -159,7 +165,9 @@ def _decide(
         exit_qty = plan.exit_qty
         if plan.partial_exit:
             exit_qty = _rounded_size(qty=exit_qty, price=price, market=market, what="exit")
-        orders.append(_order(intent=intent, side=plan.exit_side, qty=exit_qty, price=price, purpose=_EXIT))
+        exit_order = _order(intent=intent, side=plan.exit_side, qty=exit_qty, price=price, purpose=_EXIT)
+        orders.append(replace(exit_order, reduce_only=reduces_net(
+            account=account, symbol=intent.symbol, side=plan.exit_side, quantity=exit_qty)))
 
     if plan.entry_side is None:
         return Decision(accepted=True, rule=Rule.OK, detail=_accepted_detail(intent, orders), orders=tuple(orders))
@@ -389,6 +397,19 @@ def _sized(*, entry: Decimal, stop: Decimal | None, risk: StrategyRisk, equity: 
     if stop is None:
         raise _Rejected(Rule.NO_STOP, f"risk sizing ({sizing.value}% of equity) needs a stop-loss and there is none")
     return equity * sizing.value / _HUNDRED / abs(entry - stop)
+
+
+def reduces_net(*, account: AccountView, symbol: str, side: Side, quantity: Decimal) -> bool:
+    """Whether an exit of `quantity` on `side` only reduces the account's net position in `symbol`.
+
+    The net is the sum of every strategy's position; reduce-only orders already working on the same side have
+    claimed part of it, so only the rest is room for this one.
+    """
+    net = sum((p.quantity for p in account.positions if p.symbol == symbol), _ZERO)
+    claimed = sum((o.quantity for o in account.pending if o.symbol == symbol and o.reduce_only and o.side is side),
+                  _ZERO)
+    room = -net * side.sign - claimed  # how much the net can still shrink toward zero from this side
+    return _ZERO < quantity <= room
 
 
 def _rounded_size(*, qty: Decimal, price: Decimal, market: MarketRules, what: str) -> Decimal:

@@ -9,6 +9,7 @@ from django.conf import settings
 # name -> (task, seconds setting, queue)
 SCHEDULE = {
     "orders sweep": ("trading.tasks.orders_sweep", "SWEEP_EVERY_SECONDS", "execution"),
+    "exits drive": ("trading.tasks.exits_drive", "EXITS_EVERY_SECONDS", "execution"),
     "positions monitor": ("trading.tasks.positions_monitor", "MONITOR_EVERY_SECONDS", "monitoring"),
     "accounts reconcile": ("trading.tasks.accounts_reconcile", "RECONCILE_EVERY_SECONDS", "monitoring"),
     "equity snapshot": ("trading.tasks.equity_snapshot", "SNAPSHOT_EVERY_SECONDS", "monitoring"),

@@ -41,6 +41,14 @@ def orders_sweep_task() -> dict[str, int]:
     return engine.orders_sweep()
 
 
+@shared_task(name="trading.tasks.exits_drive", acks_late=True)
+def exits_drive_task() -> dict[str, int]:
+    """Take one step of every exit still pursued (until each strategy is flat)."""
+    from trading import engine
+
+    return engine.exits_drive()
+
+
 @shared_task(name="trading.tasks.positions_monitor", acks_late=True)
 def positions_monitor_task() -> dict[str, int]:
     """Match paper orders and fire stop-loss / take-profit exits."""

@@ -280,7 +280,8 @@ def test_a_venue_refusal_rejects_the_order_with_the_venues_reason_and_sends_noth
 
     order = Order.objects.get(signal=signal)
     assert order.status == Order.Status.REJECTED and order.reason.startswith(reason), order.reason
-    assert signal.status == Signal.Status.EXECUTED  # settled: every order of the signal is final
+    # Settled, and honest: its only order was refused, so the signal failed, with the venue's reason.
+    assert signal.status == Signal.Status.FAILED and reason in signal.decision_detail
     assert AuditEvent.objects.filter(action="order.rejected", entity_id=str(order.pk)).count() == 1
     assert not Position.objects.filter(strategy=strategy).exclude(quantity=0).exists()
     engine.orders_sweep()  # recovery has nothing to ask about and nothing to resend

@@ -864,11 +864,16 @@ def test_accepted_entries_never_breach_a_configured_limit(
         return
     price = D("30000")
     current = sum((p.quantity for p in positions if (p.strategy_id, p.symbol) == (1, BTC)), D(0))
-    entries = [o for o in decision.orders if not o.reduce_only]
-    exits = [o for o in decision.orders if o.reduce_only]
+    entries = [o for o in decision.orders if o.purpose == "entry"]
+    exits = [o for o in decision.orders if o.purpose == "exit"]
+    net = sum((p.quantity for p in positions if p.symbol == BTC), D(0))
+    claimed = {side: sum((o.quantity for o in orders if o.symbol == BTC and o.reduce_only and o.side is side), D(0))
+               for side in (Side.BUY, Side.SELL)}
     for o in decision.orders:
         assert o.quantity > 0
-        assert o.quantity % market.lot_size == 0 or (o.reduce_only and o.quantity == abs(current))
+        assert o.quantity % market.lot_size == 0 or (o.purpose == "exit" and o.quantity == abs(current))
+        # reduce-only exactly where it only shrinks the account's net (what the venue checks), never on an entry
+        assert o.reduce_only == (o.purpose == "exit" and o.quantity <= -net * o.side.sign - claimed[o.side])
     # exits only ever shrink the position toward zero
     assert sum((o.quantity for o in exits), D(0)) <= abs(current)
     for o in exits:

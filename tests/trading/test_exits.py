@@ -1,0 +1,148 @@
+"""Positions that always close: strategies netting on one account, exits pursued until flat, honest statuses."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from trading import engine, services
+from trading.models import Order, PaperPosition, Position, Signal
+
+pytestmark = pytest.mark.django_db
+
+
+def _signal(strategy, action: str, key: str, **fields):  # type: ignore[no-untyped-def]
+    signal, created = engine.signal_create(strategy=strategy, source="manual", idempotency_key=key, action=action,
+                                           enqueue=False, **fields)
+    assert created
+    return engine.signal_process(signal_id=signal.pk)
+
+
+def _venue_net(account, symbol: str = "BTC/USD") -> Decimal:  # type: ignore[no-untyped-def]
+    row = PaperPosition.objects.filter(account=account, symbol=symbol).first()
+    return row.quantity if row else Decimal(0)
+
+
+def _book(account, symbol: str = "BTC/USD") -> dict[int, Decimal]:  # type: ignore[no-untyped-def]
+    return dict(Position.objects.filter(account=account, symbol=symbol).values_list("strategy_id", "quantity"))
+
+
+def _faults():  # type: ignore[no-untyped-def]
+    from exchanges.paper import PAPER_FAULTS
+
+    return PAPER_FAULTS
+
+
+def test_opposite_strategies_on_one_account_each_close_flat(make_account, make_strategy, set_price) -> None:
+    account = make_account()
+    long_ = make_strategy(account, sizing_value="2")
+    short = make_strategy(account, sizing_value="1")
+    set_price("BTC/USD", "100")
+    _signal(long_, "open_long", "a1")
+    _signal(short, "open_short", "b1")
+    assert _venue_net(account) == Decimal("1") and _book(account) == {long_.pk: Decimal("2"), short.pk: Decimal("-1")}
+
+    closed = _signal(long_, "close", "a2")  # a reduce-only sell of 2 against a net of +1 would be clipped to 1
+    assert closed.status == Signal.Status.EXECUTED, closed.decision_detail
+    assert _book(account)[long_.pk] == 0 and _venue_net(account) == Decimal("-1")
+    closed = _signal(short, "close", "b2")
+    assert closed.status == Signal.Status.EXECUTED, closed.decision_detail
+    assert _book(account) == {long_.pk: 0, short.pk: 0} and _venue_net(account) == 0
+    # Each strategy's P&L is its own, to the cent: both traded at 100 in and out, so each lost exactly its fees.
+    for strategy, qty in ((long_, Decimal("2")), (short, Decimal("1"))):
+        position = Position.objects.get(strategy=strategy)
+        assert position.realized_pnl == 0
+        assert position.fees_paid == qty * 100 * Decimal("0.0005") * 2
+
+
+def test_the_close_of_a_long_is_plain_when_the_net_is_short(make_account, make_strategy, set_price) -> None:
+    account = make_account()
+    long_ = make_strategy(account, sizing_value="1")
+    short = make_strategy(account, sizing_value="3")
+    set_price("BTC/USD", "100")
+    _signal(long_, "open_long", "a1")
+    _signal(short, "open_short", "b1")
+    assert _venue_net(account) == Decimal("-2")
+    assert _signal(long_, "close", "a2").status == Signal.Status.EXECUTED  # reduce-only would be refused outright
+    order = Order.objects.get(signal__idempotency_key="a2")
+    assert not order.reduce_only and order.quantity == Decimal("1") and order.filled_quantity == Decimal("1")
+    assert _venue_net(account) == Decimal("-3") and _book(account)[long_.pk] == 0
+    assert Order.objects.get(signal__idempotency_key="a1").reduce_only is False
+
+
+@pytest.mark.parametrize("fault", ["refuse", "cancel", "partial", "expire", "drop"])
+def test_a_failed_stop_loss_exit_is_pursued_until_flat(fault, make_account, make_strategy, set_price) -> None:
+    from exchanges.base import Side
+    from exchanges.paper import PaperFault
+
+    account = make_account()
+    strategy = make_strategy(account, sizing_value="0.4", stop_loss_mode="percent", stop_loss_value="2")
+    set_price("BTC/USD", "100")
+    _signal(strategy, "open_long", "o1")
+    _faults().next(2, PaperFault(fault), match=lambda request: request.side is Side.SELL)
+    set_price("BTC/USD", "97")
+    engine.positions_monitor()
+    stop = Signal.objects.get(source=Signal.Source.MONITOR)
+    later = timezone.now()
+    for step in range(6):
+        if stop.status != Signal.Status.WORKING:
+            break
+        later += timedelta(seconds=40)
+        engine.orders_sweep(now=later)  # an order whose reply was lost is found on the venue by its client id
+        stop = engine.exit_drive(signal_id=stop.pk, now=later)
+    assert stop.status == Signal.Status.EXECUTED, stop.decision_detail
+    assert _book(account)[strategy.pk] == 0 and _venue_net(account) == 0
+    exits = list(Order.objects.filter(signal=stop).order_by("pk"))
+    assert all(o.purpose == Order.Purpose.STOP_LOSS for o in exits)
+    assert sum(o.filled_quantity for o in exits) == Decimal("0.4")  # exactly what was held, never more
+    assert len(exits) <= 3 and exits[-1].status == Order.Status.FILLED
+    assert not Order.objects.filter(status__in=Order.WORKING).exists()
+
+
+def test_a_close_while_the_entry_works_cancels_it_and_closes_what_filled(make_account, make_strategy,
+                                                                        set_price) -> None:
+    account = make_account()
+    strategy = make_strategy(account, sizing_value="1")
+    set_price("BTC/USD", "100")
+    resting = _signal(strategy, "open_long", "e1", order_type="limit", price=Decimal("90"))
+    entry = Order.objects.get(signal=resting)
+    assert entry.status == Order.Status.OPEN
+    closed = _signal(strategy, "close", "e2")  # the position is flat but the entry is working: never "ignored"
+    assert closed.status == Signal.Status.EXECUTED, closed.decision_detail
+    entry.refresh_from_db()
+    assert entry.status == Order.Status.CANCELED
+    set_price("BTC/USD", "80")
+    engine.positions_monitor()
+    assert _book(account).get(strategy.pk, Decimal(0)) == 0 and _venue_net(account) == 0
+
+
+def test_a_refused_only_order_fails_its_signal_with_the_venues_reason(make_account, make_strategy,
+                                                                     set_price) -> None:
+    from exchanges.paper import PaperFault
+
+    strategy = make_strategy(make_account())
+    set_price("BTC/USD", "100")
+    _faults().next(1, PaperFault.REFUSE)
+    signal = _signal(strategy, "open_long", "r1")
+    assert signal.status == Signal.Status.FAILED
+    assert "refused" in signal.decision_detail
+    assert Signal.objects.filter(status=Signal.Status.FAILED).count() == 1
+
+
+def test_kill_switch_flattens_two_opposite_strategies_on_one_account(make_account, make_strategy,
+                                                                      set_price) -> None:
+    account = make_account()
+    long_ = make_strategy(account, sizing_value="2")
+    short = make_strategy(account, sizing_value="2")
+    set_price("BTC/USD", "100")
+    _signal(long_, "open_long", "a1")
+    _signal(short, "open_short", "b1")
+    assert _venue_net(account) == 0
+    services.kill_switch_engage(by="test", reason="drill")
+    engine.kill_switch_enforce()
+    engine.exits_drive(now=timezone.now() + timedelta(seconds=5))
+    assert _book(account) == {long_.pk: 0, short.pk: 0} and _venue_net(account) == 0
+    assert not Signal.objects.filter(status=Signal.Status.WORKING).exists()
