@@ -536,6 +536,7 @@ class SignalFilter(serializers.Serializer):  # type: ignore[type-arg]
     decision_rule = serializers.CharField(required=False, max_length=32)
     received_after = serializers.DateTimeField(required=False)
     received_before = serializers.DateTimeField(required=False)
+    problem = serializers.ChoiceField(choices=list(selectors.SIGNAL_PROBLEMS.items()), required=False)
 
 
 class SignalListApi(APIView):

@@ -351,7 +351,7 @@ def _exit_follow(signal: Signal, *, now: datetime) -> Signal:
     """An exit still working after its first step goes on at once (a refusal is retried, an entry canceled)."""
     if signal.status != Signal.Status.WORKING:
         return signal
-    return exit_drive(signal_id=signal.pk, now=now)
+    return exit_drive(signal_id=signal.pk, now=max(now, timezone.now()))  # after what the first step recorded
 
 
 _DECISION_FIELDS = ("attempts", "status", "decision_rule", "decision_detail", "accepted_at", "submitted_at",

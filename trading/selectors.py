@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import Prefetch, QuerySet
+from django.db.models import F, Prefetch, QuerySet
 
 from trading import pnl
 from trading.fields import EXACT
@@ -64,15 +64,62 @@ def position_list(*, include_flat: bool = False) -> QuerySet[Position]:
     return qs if include_flat else qs.exclude(quantity=0)
 
 
+# The signals page's problem filter: what went wrong, in a trader's words.
+SIGNAL_PROBLEMS = {
+    "failed": "failed or refused",
+    "closing": "closing (an exit still pursued)",
+    "partly_filled": "an order filled in part",
+}
+
+
 def signal_list(*, strategy: int | None = None, source: str | None = None, status: str | None = None,
                 decision_rule: str | None = None, received_after: datetime | None = None,
-                received_before: datetime | None = None) -> QuerySet[Signal]:
+                received_before: datetime | None = None, problem: str | None = None) -> QuerySet[Signal]:
     """Signals, newest first, with their orders: the decision trail and stage times."""
     qs = (Signal.objects.select_related("strategy")
           .prefetch_related(Prefetch("orders", queryset=Order.objects.order_by("id")))
           .order_by("-received_at", "-id"))
+    if problem == "failed":
+        qs = qs.filter(status__in=(Signal.Status.FAILED, Signal.Status.REJECTED))
+    elif problem == "closing":
+        qs = qs.filter(status=Signal.Status.WORKING)
+    elif problem == "partly_filled":
+        # Money columns compare exactly as equal or not on every database (text on SQLite): no < on them here.
+        partly = (Order.objects.filter(status__in=Order.FINAL).exclude(filled_quantity=0)
+                  .exclude(filled_quantity=F("quantity")).values("signal_id"))
+        qs = qs.filter(pk__in=partly)
     return _where(qs, strategy_id=strategy, source=source, status=status, decision_rule=decision_rule,
                   received_at__gte=received_after, received_at__lt=received_before)
+
+
+@dataclass(frozen=True)
+class Closing:
+    """An exit pursued for a position: how many attempts so far and what the venue last said."""
+
+    signal_id: int
+    attempts: int
+    last_refusal: str
+
+
+def closings(positions: list[Position]) -> dict[tuple[int, int, str], Closing]:
+    """The exits being pursued for these positions, by (account, strategy, symbol) (one query)."""
+    if not positions:
+        return {}
+    accounts = {p.account_id for p in positions}
+    working = (Signal.objects.filter(status=Signal.Status.WORKING, account_id__in=accounts)
+               .prefetch_related(Prefetch("orders", queryset=Order.objects.order_by("id"))).order_by("pk"))
+    out: dict[tuple[int, int, str], Closing] = {}
+    for signal in working:
+        orders = list(signal.orders.all())
+        failed = [o for o in orders if o.is_final and o.filled_quantity != o.quantity]
+        last = failed[-1] if failed else None
+        refusal = ""
+        if last is not None:
+            refusal = f"{last.status}" + (f": {last.reason}" if last.reason else "")
+        elif " | closing: " in signal.decision_detail:
+            refusal = signal.decision_detail.split(" | closing: ", 1)[1]
+        out[(signal.account_id, signal.strategy_id, signal.symbol)] = Closing(signal.pk, len(orders), refusal)
+    return out
 
 
 def equity_series(*, account: int | None = None, strategy: int | None = None,
@@ -159,6 +206,7 @@ class PositionMark:
     position: Position
     mark: Decimal | None
     unrealized_pnl: Decimal
+    closing: Closing | None = None
 
 
 @dataclass(frozen=True)
@@ -173,15 +221,17 @@ class AccountToday:
 
 
 def positions_marked(*, strategy: int | None = None) -> list[PositionMark]:
-    """Open positions with the latest feed price and unrealized P&L (2 queries)."""
+    """Open positions with the latest feed price, unrealized P&L and any exit being pursued (4 queries)."""
     positions = list(_where(position_list(), strategy_id=strategy))
     symbols = {p.symbol for p in positions}
     marks = dict(MarketPrice.objects.filter(symbol__in=symbols).values_list("symbol", "price")) if symbols else {}
+    exits = closings(positions)
     out = []
     for p in positions:
         mark = marks.get(p.symbol)
         state = pnl.PositionState(p.quantity, p.cost_basis, p.realized_pnl, p.fees_paid)
-        out.append(PositionMark(p, mark, pnl.unrealized(state, mark) if mark is not None else _ZERO))
+        out.append(PositionMark(p, mark, pnl.unrealized(state, mark) if mark is not None else _ZERO,
+                                exits.get((p.account_id, p.strategy_id, p.symbol))))
     return out
 
 

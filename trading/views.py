@@ -421,7 +421,8 @@ def signal_list(request: HttpRequest) -> HttpResponse:
     signals = paginate(request, selectors.signal_list(**filters))
     context = {"page": signals, "filter_errors": filter_errors, "query": query_without_page(request),
                "strategies": Strategy.objects.order_by("slug").only("id", "slug"), "sources": Signal.Source.choices,
-               "statuses": Signal.Status.choices, "rules": DECISION_RULES, "f": request.GET}
+               "statuses": Signal.Status.choices, "rules": DECISION_RULES, "f": request.GET,
+               "problems": list(selectors.SIGNAL_PROBLEMS.items())}
     return render(request, "dashboard/signal_list.html", context)
 
 

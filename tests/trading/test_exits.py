@@ -146,3 +146,42 @@ def test_kill_switch_flattens_two_opposite_strategies_on_one_account(make_accoun
     engine.exits_drive(now=timezone.now() + timedelta(seconds=5))
     assert _book(account) == {long_.pk: 0, short.pk: 0} and _venue_net(account) == 0
     assert not Signal.objects.filter(status=Signal.Status.WORKING).exists()
+
+
+def test_the_positions_page_shows_a_closing_exit_and_the_signals_page_finds_it(make_account, make_strategy,
+                                                                              set_price, client) -> None:
+    from django.contrib.auth import get_user_model
+    from exchanges.paper import PaperFault
+
+    account = make_account()
+    strategy = make_strategy(account, sizing_value="1")
+    set_price("BTC/USD", "100")
+    _signal(strategy, "open_long", "p1")
+    _faults().next(10, PaperFault.REFUSE)
+    closing = _signal(strategy, "close", "p2")
+    assert closing.status == Signal.Status.WORKING
+    client.force_login(get_user_model().objects.create_user("trader", is_staff=True))
+    page = client.get("/positions/").content.decode()
+    assert "closing: attempt 2, last refusal: rejected: venue refused: sell 1.00000 BTC/USD refused" in page, page
+    found = client.get("/signals/?problem=closing").content.decode()
+    assert f'id="signal-{closing.pk}"' in found
+    assert f'id="signal-{closing.pk}"' not in client.get("/signals/?problem=failed").content.decode()
+    failed = client.get("/api/signals/?problem=failed")
+    assert failed.status_code == 200 and failed.json()["count"] == 0
+    assert client.get("/api/signals/?problem=closing").json()["count"] == 1
+    assert client.get("/api/signals/?problem=nonsense").status_code == 400
+
+
+def test_the_signals_problem_filter_finds_an_entry_filled_in_part(make_account, make_strategy, set_price) -> None:
+    from exchanges.paper import PaperFault
+    from trading import selectors
+
+    strategy = make_strategy(make_account(), sizing_value="1")
+    set_price("BTC/USD", "100")
+    _faults().next(1, PaperFault.PARTIAL)
+    signal = _signal(strategy, "open_long", "q1")
+    assert signal.status == Signal.Status.FAILED
+    assert "filled 0.5 of 1, then canceled: IOC partly filled" in signal.decision_detail
+    assert [s.pk for s in selectors.signal_list(problem="partly_filled")] == [signal.pk]
+    assert [s.pk for s in selectors.signal_list(problem="failed")] == [signal.pk]
+    assert Position.objects.get(strategy=strategy).quantity == Decimal("0.5")  # what filled is held, and shown
