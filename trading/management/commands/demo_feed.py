@@ -37,15 +37,23 @@ class Command(BaseCommand):
                 # The replay's clock is now: each candle is published as the current price.
                 price_set(options["symbol"], Decimal(row["close"]), volume=Decimal(row["volume"]), time=timezone.now())
                 count += 1
-                every = options["signal_every"]
-                if every and strategies and count % every == 0:
-                    strategy = strategies[(count // every) % len(strategies)]
-                    opening = (count // every // len(strategies)) % 2 == 0
-                    action = ("open_short" if strategy.slug.endswith("short") else "open_long") if opening else "close"
-                    stamp = datetime.fromtimestamp(int(row["timestamp"]) / 1000, tz=dt_timezone.utc).isoformat()
-                    engine.signal_create(strategy=strategy, source="manual", action=action,
-                                         idempotency_key=f"demo:{strategy.slug}:{stamp}:{count}",
-                                         payload={"demo": True, "candle": stamp})
+                demo_signal(strategies, row, count=count, every=options["signal_every"])
                 if options["limit"] and count >= options["limit"]:
                     return
                 time.sleep(options["interval"])
+
+
+def demo_signal(strategies: list[Strategy], row: dict[str, str], *, count: int, every: int,
+                enqueue: bool = True) -> int | None:
+    """Every `every` candles, one demo strategy in turn opens (long or short, by its slug) or closes; return the
+    stored signal's id (None when this candle sends none)."""
+    if not (every and strategies and count % every == 0):
+        return None
+    strategy = strategies[(count // every) % len(strategies)]
+    opening = (count // every // len(strategies)) % 2 == 0
+    action = ("open_short" if strategy.slug.endswith("short") else "open_long") if opening else "close"
+    stamp = datetime.fromtimestamp(int(row["timestamp"]) / 1000, tz=dt_timezone.utc).isoformat()
+    signal, _ = engine.signal_create(strategy=strategy, source="manual", action=action,
+                                     idempotency_key=f"demo:{strategy.slug}:{stamp}:{count}",
+                                     payload={"demo": True, "candle": stamp}, enqueue=enqueue)
+    return signal.pk

@@ -1,0 +1,82 @@
+"""Exits through real Celery workers, Redis and Postgres: a close racing a slow entry, a worker killed between."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import pytest
+
+from tests.conftest import wait_for
+from trading import engine
+from trading.models import Order, PaperOrder, PaperPosition, Position, Signal
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def _send(strategy, action: str, key: str):  # type: ignore[no-untyped-def]
+    signal, created = engine.signal_create(strategy=strategy, source="webhook", idempotency_key=key, action=action)
+    assert created
+    return signal
+
+
+def _beat_until_executed(signal_id: int, *, timeout: float = 60) -> None:
+    """Do beat's part (a step of every exit every half second, run by the worker) until the exit is done."""
+    from trading.tasks import exits_drive_task
+
+    def done() -> bool:
+        status = Signal.objects.values_list("status", flat=True).get(pk=signal_id)
+        if status == Signal.Status.WORKING:
+            exits_drive_task.delay()
+        return status == Signal.Status.EXECUTED
+
+    wait_for(done, timeout=timeout, every=0.5, what=f"exit signal {signal_id} executed")
+
+
+def _flat(account, strategy) -> None:  # type: ignore[no-untyped-def]
+    held = Position.objects.filter(strategy=strategy).values_list("quantity", flat=True).first()
+    assert not held, (held, list(Order.objects.filter(account=account).values_list("purpose", "status", "reason")))
+    venue = PaperPosition.objects.filter(account=account, symbol="BTC/USD").first()
+    assert venue is None or venue.quantity == 0
+    assert not Order.objects.filter(account=account, status__in=Order.WORKING).exists()
+
+
+def test_a_close_50ms_after_the_open_with_300ms_of_venue_latency_ends_flat(workers, make_account, make_strategy,
+                                                                            set_price) -> None:
+    workers.start()
+    account = make_account(paper_latency_ms=300)
+    strategy = make_strategy(account, sizing_value="0.01")
+    set_price("BTC/USD", "60000")
+    opened = _send(strategy, "open_long", "race-open")
+    time.sleep(0.05)
+    closed = _send(strategy, "close", "race-close")
+    _beat_until_executed(closed.pk)
+    _flat(account, strategy)
+    entry = Order.objects.get(signal=opened)
+    exits = Order.objects.filter(signal=closed)
+    # The entry filled (it reached the venue before the close) and one exit sold exactly that, or it was canceled
+    # before filling and nothing needed selling: never a second entry, never more sold than bought.
+    assert sum(o.filled_quantity for o in exits) == entry.filled_quantity
+    assert PaperOrder.objects.filter(account=account).count() == 1 + exits.count()
+
+
+def test_a_worker_killed_between_the_open_and_the_close_still_ends_flat(workers, make_account, make_strategy,
+                                                                         set_price) -> None:
+    workers.env["TRADING_RESEND_AFTER_SECONDS"] = "1"
+    first = workers.start()
+    account = make_account(paper_latency_ms=2000)
+    strategy = make_strategy(account, sizing_value="0.01")
+    set_price("BTC/USD", "60000")
+    opened = _send(strategy, "open_long", "kill-open")
+    wait_for(lambda: Order.objects.filter(signal=opened, status=Order.Status.SUBMITTING).exists(),
+             what="entry committed as SUBMITTING")
+    workers.kill(first)  # SIGKILL mid-send
+    closed = _send(strategy, "close", "kill-close")
+    workers.start()  # start-up recovery, then the exit goes on
+    _beat_until_executed(closed.pk, timeout=90)
+    _flat(account, strategy)
+    entry = Order.objects.get(signal=opened)
+    assert entry.is_final
+    assert sum(o.filled_quantity for o in Order.objects.filter(signal=closed)) == entry.filled_quantity
+    assert Signal.objects.get(pk=closed.pk).status == Signal.Status.EXECUTED
+    assert Decimal(0) == sum(Position.objects.filter(account=account).values_list("quantity", flat=True))
