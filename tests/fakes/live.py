@@ -157,7 +157,7 @@ def environment(values: dict[str, str]) -> Iterator[None]:
 
 def drive(until: Callable[[], Any], *, timeout: float, every: float = 0.2, sweep: bool = True,
           monitor: bool = True, seen: Callable[[], None] | None = None) -> Any:
-    """Run the beat's periodic work in this process (sweeper, monitor) until `until()` is truthy."""
+    """Run the beat's periodic work in this process (sweeper, exit driver, monitor) until `until()` is truthy."""
     from trading import engine
 
     deadline = time.monotonic() + timeout
@@ -171,6 +171,7 @@ def drive(until: Callable[[], Any], *, timeout: float, every: float = 0.2, sweep
             raise AssertionError(f"timed out after {timeout}s waiting for {until}")
         if sweep:
             engine.orders_sweep()
+            engine.exits_drive()
         if monitor:
             engine.positions_monitor()
         time.sleep(every)
