@@ -64,6 +64,7 @@ class StrategyForm(_ServiceForm):
         fields = [
             "name", "slug", "kind", "symbol", "timeframe", "params", "account", "mode", "sizing_mode",
             "sizing_value", "stop_loss_mode", "stop_loss_value", "take_profit_mode", "take_profit_value", "leverage",
+            "protective_orders", "trailing_stop_percent", "trailing_activation_percent",
         ]
 
 

@@ -127,6 +127,9 @@ class StrategyOutput(serializers.Serializer):  # type: ignore[type-arg]
     take_profit_mode = serializers.ChoiceField(choices=Strategy.ExitMode.choices)
     take_profit_value = MoneyField(allow_null=True)
     leverage = MoneyField()
+    protective_orders = serializers.ChoiceField(choices=Strategy.Protection.choices)
+    trailing_stop_percent = MoneyField(allow_null=True)
+    trailing_activation_percent = MoneyField(allow_null=True)
     last_error = serializers.CharField(allow_blank=True)
     webhook_secret_set_at = serializers.DateTimeField(allow_null=True, help_text="the secret itself is never shown")
     last_evaluated_at = serializers.DateTimeField(allow_null=True)
@@ -152,6 +155,11 @@ class StrategyInput(serializers.Serializer):  # type: ignore[type-arg]
     take_profit_mode = serializers.ChoiceField(choices=Strategy.ExitMode.choices, required=False)
     take_profit_value = MoneyField(required=False, allow_null=True)
     leverage = MoneyField(required=False)
+    protective_orders = serializers.ChoiceField(choices=Strategy.Protection.choices, required=False)
+    trailing_stop_percent = MoneyField(required=False, allow_null=True,
+                                       help_text="trail distance, % of the price; null: no trailing stop")
+    trailing_activation_percent = MoneyField(required=False, allow_null=True,
+                                             help_text="profit % from entry at which trailing starts; null or 0: at once")
 
 
 class StrategyValidateOutput(serializers.Serializer):  # type: ignore[type-arg]

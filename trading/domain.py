@@ -106,6 +106,7 @@ class PendingOrder:
     quantity: Decimal  # unfilled remainder
     price: Decimal  # limit price or reference price
     reduce_only: bool
+    protective: bool = False  # a stop-loss or take-profit resting on the venue (contingent: claims no net)
 
     @property
     def notional(self) -> Decimal:

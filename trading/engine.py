@@ -172,8 +172,9 @@ def _account_view(account: VenueAccount, connector: Connector, *, now: datetime,
             quantity=quantity - filled,
             price=price or reference or trigger or marks.get(symbol) or Decimal("0"),
             reduce_only=reduce_only,
+            protective=position_id is not None,
         )
-        for strategy_id, symbol, side, quantity, filled, price, reference, trigger, reduce_only
+        for strategy_id, symbol, side, quantity, filled, price, reference, trigger, reduce_only, position_id
         in _working_orders_of(account.pk)
     )
     unrealized = sum(
@@ -199,7 +200,7 @@ def _account_view(account: VenueAccount, connector: Connector, *, now: datetime,
 
 _POSITION_ROWS = Rows(Position)
 _PENDING_ROWS = Rows(Order, ["strategy", "symbol", "side", "quantity", "filled_quantity", "price", "reference_price",
-                             "trigger_price", "reduce_only"])
+                             "trigger_price", "reduce_only", "position"])
 
 
 def _positions_sql(account_id: int) -> tuple[str, list[object]]:
@@ -348,10 +349,31 @@ def _signal_process(*, signal_id: int, now: datetime | None) -> Signal:
 
 
 def _exit_follow(signal: Signal, *, now: datetime) -> Signal:
-    """An exit still working after its first step goes on at once (a refusal is retried, an entry canceled)."""
-    if signal.status != Signal.Status.WORKING:
-        return signal
-    return exit_drive(signal_id=signal.pk, now=max(now, timezone.now()))  # after what the first step recorded
+    """After a signal's first step: an exit still working goes on at once (a refusal is retried, an entry
+    canceled), and a protected strategy's orders on the venue follow its position."""
+    if signal.status == Signal.Status.WORKING:
+        signal = exit_drive(signal_id=signal.pk, now=max(now, timezone.now()))  # after what the first step recorded
+    if signal.status in (Signal.Status.ACCEPTED, Signal.Status.EXECUTED, Signal.Status.FAILED):
+        _protect_after(signal, now=now)
+    return signal
+
+
+def _protect_after(signal: Signal, *, now: datetime) -> None:
+    """Sync the protective orders of the position a signal traded, when its strategy keeps them on the venue."""
+    strategy = signal.strategy
+    if strategy.protective_orders == Strategy.Protection.OFF:
+        return
+    if not protection_enabled(strategy, VenueAccount(venue=VenueAccount.objects.values_list("venue", flat=True).get(
+            pk=signal.account_id))):
+        return
+    position_id = Position.objects.filter(account_id=signal.account_id, strategy_id=signal.strategy_id,
+                                          symbol=signal.symbol).values_list("pk", flat=True).first()
+    if position_id is None:
+        return
+    try:
+        protection_sync(position_id=position_id, now=now)
+    except VenueError as exc:  # the timer (reconcile) places them once the venue answers
+        log.warning("protective orders of position %s wait for the venue: %s", position_id, exc)
 
 
 _DECISION_FIELDS = ("attempts", "status", "decision_rule", "decision_detail", "accepted_at", "submitted_at",
@@ -800,6 +822,8 @@ def _fills_record(account: VenueAccount, order: Order, fills: Sequence, recorded
     position.realized_pnl, position.fees_paid = state.realized, state.fees
     position.average_entry = state.avg_entry
     signal = order.signal if order.purpose == Order.Purpose.ENTRY else None
+    if state.quantity == 0 or was_flat or flipped:
+        position.trail_peak = None
     if state.quantity == 0:
         position.stop_loss = position.take_profit = position.opened_at = None
     elif was_flat or flipped:
@@ -815,7 +839,7 @@ def _fills_record(account: VenueAccount, order: Order, fills: Sequence, recorded
         rows.insert([position])
     else:
         rows.save_fields(position, ["quantity", "cost_basis", "realized_pnl", "fees_paid", "average_entry",
-                                     "stop_loss", "take_profit", "opened_at", "updated_at"])
+                                     "stop_loss", "take_profit", "trail_peak", "opened_at", "updated_at"])
     account.cash += cash_delta
     rows.save_fields(account, ["cash"])
 
@@ -1216,6 +1240,141 @@ def exits_drive(*, now: datetime | None = None) -> dict[str, int]:
     return counts
 
 
+# --------------------------------------------------------------------------------------------- protective orders
+
+
+def protection_enabled(strategy: Strategy, account: VenueAccount) -> bool:
+    """Whether a strategy's stop-loss and take-profit rest on the venue (auto: on for live accounts only)."""
+    if strategy.protective_orders == Strategy.Protection.AUTO:
+        return account.venue != VenueAccount.Venue.PAPER
+    return strategy.protective_orders == Strategy.Protection.ON
+
+
+_PROTECTIVE = {Order.Purpose.STOP_LOSS: OrderType.STOP, Order.Purpose.TAKE_PROFIT: OrderType.TAKE_PROFIT}
+
+
+def protection_sync(*, position_id: int, now: datetime | None = None) -> dict[str, int]:
+    """Make the venue's protective orders of a position match it: a stop-loss and a take-profit trigger order, each
+    reduce-only for the strategy's whole position at the position's levels; moved (canceled and placed again) when
+    a level or the size changed; the sibling canceled once one filled; all removed when the position is flat, while
+    an exit is pursued, or under the kill switch.
+
+    Placed only where the venue has trigger orders and the order reduces the account's net (several strategies may
+    net the other way: then the bot's monitor alone guards that position); on a venue without reduce-only orders
+    (spot), only the stop-loss, as a resting order holds the coins it would sell.
+    """
+    now = now or timezone.now()
+    position = Position.objects.select_related("strategy", "account").get(pk=position_id)
+    account, strategy = position.account, position.strategy
+    connector = connector_for(account)
+    held = position.quantity
+    side = Side.SELL if held > 0 else Side.BUY
+    want: dict[str, Decimal] = {}
+    if (held != 0 and protection_enabled(strategy, account) and connector.capabilities.stop_orders
+            and not kill_switch_engaged()
+            and (strategy.pk, position.symbol) not in _exits_working(account.pk)):
+        if position.stop_loss is not None:
+            want[Order.Purpose.STOP_LOSS] = position.stop_loss
+        if position.take_profit is not None and connector.capabilities.reduce_only:
+            want[Order.Purpose.TAKE_PROFIT] = position.take_profit
+    counts = {"kept": 0, "canceled": 0, "placed": 0}
+    waiting = False
+    for order in Order.objects.filter(position_id=position.pk, status__in=Order.WORKING).order_by("pk"):
+        level = want.get(order.purpose)
+        if (level is not None and order.side == side.value and order.trigger_price == level
+                and order.quantity - order.filled_quantity == abs(held)):
+            del want[order.purpose]
+            counts["kept"] += 1
+            continue
+        try:
+            order = order_cancel(order_id=order.pk, by="protection (moved or no longer needed)", now=now)
+        except VenueError as exc:
+            log.warning("protective order %s could not be canceled: %s", order.pk, exc)
+        counts["canceled"] += 1
+        waiting = waiting or not order.is_final
+    if waiting or not want:
+        return counts  # a replacement goes out once the old order is gone (the next sync)
+    net = _venue_net(connector, position.symbol) if connector.capabilities.reduce_only else None
+    if net is not None and not abs(held) <= -net * side.sign:
+        log.info("position %s: no protective orders on the venue (the account's net %s would not be reduced); "
+                 "the bot's monitor guards it", position.pk, net)
+        return counts
+    for purpose, level in want.items():
+        _protective_place(position, purpose=purpose, side=side, trigger=level, connector=connector, now=now)
+        counts["placed"] += 1
+    return counts
+
+
+def _protective_place(position: Position, *, purpose: str, side: Side, trigger: Decimal, connector: Connector,
+                      now: datetime) -> Order:
+    """Place one protective trigger order for a position (committed with its client id before the venue call)."""
+    with ExitStack() as leases:
+        with transaction.atomic():
+            VenueAccount.objects.select_for_update(no_key=True).filter(pk=position.account_id).first()
+            order = Order(client_order_id=new_client_order_id(), account=position.account,
+                          strategy_id=position.strategy_id, position=position, symbol=position.symbol,
+                          side=side.value, type=_PROTECTIVE[purpose].value, purpose=purpose,
+                          reduce_only=connector.capabilities.reduce_only, quantity=abs(position.quantity),
+                          trigger_price=trigger, reference_price=trigger, status=Order.Status.SUBMITTING, attempts=1,
+                          created_at=now, submitted_at=now, updated_at=now)
+            order.save()
+            audit(actor="engine", action="protection.placed", entity="position", entity_id=position.pk, now=now,
+                  order=order.client_order_id, purpose=purpose, trigger=trigger, quantity=order.quantity)
+            leases.enter_context(order_send_lease(order.pk))
+        return _order_send(order, connector=connector, now=now)
+
+
+def protections_sync(*, account_id: int | None = None, now: datetime | None = None) -> int:
+    """Sync the protective orders of every position that has or should have them; return how many were looked at."""
+    positions = Position.objects.filter(Q(protective_orders__status__in=Order.WORKING) | ~Q(quantity=0))
+    if account_id is not None:
+        positions = positions.filter(account_id=account_id)
+    seen = 0
+    for position_id in positions.values_list("pk", flat=True).distinct():
+        position = Position.objects.select_related("strategy", "account").get(pk=position_id)
+        if position.quantity != 0 and not protection_enabled(position.strategy, position.account):
+            continue
+        seen += 1
+        try:
+            protection_sync(position_id=position_id, now=now)
+        except VenueError as exc:
+            log.warning("protective orders of position %s wait for the venue: %s", position_id, exc)
+        except Exception:  # noqa: BLE001 - one position's fault must not stop the others
+            log.exception("protective orders of position %s failed this round", position_id)
+    return seen
+
+
+def _trail(position: Position, price: Decimal, market_tick: Decimal, *, now: datetime) -> bool:
+    """Move a position's trailing stop with the price (only ever tighter); return whether the stop moved."""
+    strategy = position.strategy
+    distance = strategy.trailing_stop_percent
+    if distance is None or position.quantity == 0 or position.average_entry is None:
+        return False
+    long = position.quantity > 0
+    activation = (strategy.trailing_activation_percent or Decimal(0)) / 100
+    entry = position.average_entry
+    if position.trail_peak is None and not (price >= entry * (1 + activation) if long
+                                            else price <= entry * (1 - activation)):
+        return False
+    peak = price if position.trail_peak is None else (max(position.trail_peak, price) if long
+                                                      else min(position.trail_peak, price))
+    stop = peak * (1 - distance / 100) if long else peak * (1 + distance / 100)
+    # Onto the tick toward the price (never a looser stop than computed).
+    stop = (-((-stop) // market_tick) * market_tick) if long else (stop // market_tick) * market_tick
+    tighter = position.stop_loss is None or (stop > position.stop_loss if long else stop < position.stop_loss)
+    if peak == position.trail_peak and not tighter:
+        return False
+    changes: dict[str, object] = {"trail_peak": peak}
+    if tighter:
+        changes["stop_loss"] = stop
+    moved = Position.objects.filter(pk=position.pk, updated_at=position.updated_at, quantity=position.quantity).update(
+        **changes)
+    if moved and tighter:
+        audit(actor="engine", action="position.trailing_stop", entity="position", entity_id=position.pk, now=now,
+              stop_loss=stop, peak=peak)
+    return bool(moved and tighter)
+
+
 # --------------------------------------------------------------------------------------------- monitoring
 
 
@@ -1317,6 +1476,7 @@ def positions_monitor(*, now: datetime | None = None) -> dict[str, int]:
     for account in VenueAccount.objects.filter(
         Q(orders__status__in=(Order.Status.OPEN, Order.Status.PARTIALLY_FILLED))
         | Q(positions__stop_loss__isnull=False) | Q(positions__take_profit__isnull=False)
+        | Q(strategies__trailing_stop_percent__isnull=False, positions__quantity__isnull=False)
     ).distinct():
         try:
             connector = connector_for(account)
@@ -1328,20 +1488,38 @@ def positions_monitor(*, now: datetime | None = None) -> dict[str, int]:
 
                 changed = live_orders_changed(account=account, connector=connector)
             by_client_id = {o.client_order_id: o for o in changed}
+            touched: set[tuple[int, str]] = set()
             for order in Order.objects.filter(client_order_id__in=list(by_client_id)):
                 counts["matched"] += 1
                 order_apply_venue_state(order_id=order.pk, venue_order=by_client_id[order.client_order_id], now=now)
-            counts["exits"] += _exits_fire(account, connector, now=now)
+                touched.add((order.strategy_id, order.symbol))
+            counts["exits"] += _exits_fire(account, connector, now=now, touched=touched)
+            _protections_follow(account, touched, now=now)
         except VenueError as exc:
             # One venue down must not stop the other accounts' stop-losses; the next tick tries again.
             log.warning("monitor of account %s stopped by a venue error: %s", account.pk, exc)
     return counts
 
 
-def _exits_fire(account: VenueAccount, connector: Connector, *, now: datetime) -> int:
+def _protections_follow(account: VenueAccount, touched: set[tuple[int, str]], *, now: datetime) -> None:
+    """Sync the protective orders of the positions whose orders changed (a fill, a stop that fired, a trail)."""
+    if not touched:
+        return
+    for position in Position.objects.filter(account=account).select_related("strategy"):
+        if (position.strategy_id, position.symbol) in touched and (
+                protection_enabled(position.strategy, account)
+                or Order.objects.filter(position=position, status__in=Order.WORKING).exists()):
+            try:
+                protection_sync(position_id=position.pk, now=now)
+            except VenueError as exc:
+                log.warning("protective orders of position %s wait for the venue: %s", position.pk, exc)
+
+
+def _exits_fire(account: VenueAccount, connector: Connector, *, now: datetime,
+                touched: set[tuple[int, str]] | None = None) -> int:
     fired = 0
     positions = Position.objects.filter(account=account).exclude(quantity=0).filter(
-        Q(stop_loss__isnull=False) | Q(take_profit__isnull=False)
+        Q(stop_loss__isnull=False) | Q(take_profit__isnull=False) | Q(strategy__trailing_stop_percent__isnull=False)
     ).select_related("strategy")
     prices: dict[str, Decimal] = {}
     exiting = _exits_working(account.pk)
@@ -1352,6 +1530,11 @@ def _exits_fire(account: VenueAccount, connector: Connector, *, now: datetime) -
             except VenueError:
                 continue
         price = prices[position.symbol]
+        if position.strategy.trailing_stop_percent is not None and (position.strategy_id, position.symbol) \
+                not in exiting and _trail(position, price, connector.market(position.symbol).tick_size, now=now):
+            position.refresh_from_db(fields=["stop_loss", "trail_peak"])
+            if touched is not None:
+                touched.add((position.strategy_id, position.symbol))
         long = position.quantity > 0
         hit_stop = position.stop_loss is not None and (price <= position.stop_loss if long else price >= position.stop_loss)
         hit_tp = position.take_profit is not None and (

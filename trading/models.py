@@ -95,6 +95,11 @@ class Strategy(models.Model):
         PRICE = "price"
         ATR = "atr"
 
+    class Protection(models.TextChoices):
+        AUTO = "auto", "On for live accounts, off for paper"
+        ON = "on", "On: stop-loss and take-profit rest on the venue"
+        OFF = "off", "Off: the bot's monitor only"
+
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=64, unique=True)
     kind = models.CharField(max_length=32, default="webhook")
@@ -112,6 +117,13 @@ class Strategy(models.Model):
     take_profit_mode = models.CharField(max_length=8, choices=ExitMode.choices, default=ExitMode.NONE)
     take_profit_value = money_or_none()
     leverage = money(default=Decimal("1"))
+    # Protective orders: the position's stop-loss and take-profit placed on the venue as trigger orders (where the
+    # venue has them), besides the bot's own monitor.
+    protective_orders = models.CharField(max_length=4, choices=Protection.choices, default=Protection.AUTO)
+    # Trailing stop: once the price has moved trailing_activation_percent in the position's favour (0: at once), the
+    # stop follows the best price seen at trailing_stop_percent behind it, and only ever tightens.
+    trailing_stop_percent = money_or_none()
+    trailing_activation_percent = money_or_none()
 
     # SHA-256 hex of the TradingView webhook secret; the secret itself is shown once and never stored.
     webhook_secret_hash = models.CharField(max_length=64, blank=True, default="")
@@ -235,6 +247,9 @@ class Order(models.Model):
     account = models.ForeignKey(VenueAccount, on_delete=models.PROTECT, related_name="orders")
     strategy = models.ForeignKey(Strategy, on_delete=models.PROTECT, related_name="orders")
     signal = models.ForeignKey(Signal, on_delete=models.PROTECT, related_name="orders", null=True, blank=True)
+    # A protective order (a stop-loss or take-profit resting on the venue) names the position it protects.
+    position = models.ForeignKey("Position", on_delete=models.PROTECT, related_name="protective_orders", null=True,
+                                 blank=True)
     symbol = models.CharField(max_length=32)
     side = models.CharField(max_length=4, choices=Side.choices)
     type = models.CharField(max_length=12, choices=Type.choices, default=Type.MARKET)
@@ -313,6 +328,7 @@ class Position(models.Model):
     fees_paid = money(default=Decimal("0"))
     stop_loss = money_or_none()
     take_profit = money_or_none()
+    trail_peak = money_or_none()  # best price since the trailing stop activated (None: not active)
     opened_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField()
 

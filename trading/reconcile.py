@@ -66,6 +66,8 @@ def account_reconcile(*, account: VenueAccount, now: datetime | None = None) -> 
             diffs = _holdings_compare(connector, ours)
         if account.venue != VenueAccount.Venue.PAPER:
             report["cash"] = _cash_compare(account, connector, now=now)
+        # Protective orders follow their positions (placed after a restart, moved, removed once flat).
+        report["protected_positions"] = engine.protections_sync(account_id=account.pk, now=now)
     except VenueError as exc:
         report["error"] = f"{type(exc).__name__}: {exc}"
         log.warning("reconcile of account %s failed: %s", account.pk, exc)

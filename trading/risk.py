@@ -406,8 +406,8 @@ def reduces_net(*, account: AccountView, symbol: str, side: Side, quantity: Deci
     claimed part of it, so only the rest is room for this one.
     """
     net = sum((p.quantity for p in account.positions if p.symbol == symbol), _ZERO)
-    claimed = sum((o.quantity for o in account.pending if o.symbol == symbol and o.reduce_only and o.side is side),
-                  _ZERO)
+    claimed = sum((o.quantity for o in account.pending
+                   if o.symbol == symbol and o.reduce_only and o.side is side and not o.protective), _ZERO)
     room = -net * side.sign - claimed  # how much the net can still shrink toward zero from this side
     return _ZERO < quantity <= room
 

@@ -234,6 +234,21 @@ def strategy_validate(data: Mapping[str, Any], *, instance: Strategy | None = No
         ) if exit_mode != "none" else None
     if sizing_mode == "risk" and clean["stop_loss_mode"] == "none":
         errors.setdefault("stop_loss_mode", []).append("risk sizing needs a stop-loss")
+    protection = get("protective_orders", Strategy.Protection.AUTO) or Strategy.Protection.AUTO
+    if protection not in Strategy.Protection.values:
+        errors["protective_orders"] = [f"must be one of {', '.join(Strategy.Protection.values)}"]
+    clean["protective_orders"] = protection
+    trail = get("trailing_stop_percent")
+    clean["trailing_stop_percent"] = None if trail in (None, "") else _decimal(
+        errors, "trailing_stop_percent", trail, maximum=Decimal(100))
+    if clean["trailing_stop_percent"] is not None and clean["trailing_stop_percent"] >= 100:
+        errors.setdefault("trailing_stop_percent", []).append("must be below 100 (a percentage of the price)")
+    activation = get("trailing_activation_percent")
+    clean["trailing_activation_percent"] = None if activation in (None, "") else _decimal(
+        errors, "trailing_activation_percent", activation, allow_zero=True, maximum=Decimal(1000))
+    if clean["trailing_activation_percent"] is not None and clean["trailing_stop_percent"] is None \
+            and "trailing_stop_percent" not in errors:
+        errors["trailing_activation_percent"] = ["needs a trailing_stop_percent (the trail distance)"]
     clean["leverage"] = _decimal(errors, "leverage", get("leverage", "1"), maximum=Decimal(100))
     if account is not None and clean["leverage"] is not None and clean["leverage"] > account.max_leverage:
         errors.setdefault("leverage", []).append(f"must be at most the account's max leverage {account.max_leverage}")

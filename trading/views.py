@@ -185,9 +185,14 @@ STRATEGY_FIELDS: list[dict[str, Any]] = [
     {"name": "take_profit_mode", "label": "Take-profit", "choices": Strategy.ExitMode.choices},
     {"name": "take_profit_value", "label": "Take-profit value"},
     {"name": "leverage", "label": "Leverage"},
+    {"name": "protective_orders", "label": "Protective orders on the venue", "choices": Strategy.Protection.choices},
+    {"name": "trailing_stop_percent", "label": "Trailing stop (%)", "help": "trail distance; empty: none"},
+    {"name": "trailing_activation_percent", "label": "Trailing activation (%)",
+     "help": "profit from entry at which trailing starts; empty or 0: at once"},
 ]
 STRATEGY_DEFAULTS = {"kind": "webhook", "mode": "paper", "timeframe": "1m", "params": "{}", "sizing_mode": "notional",
-                     "sizing_value": "100", "stop_loss_mode": "none", "take_profit_mode": "none", "leverage": "1"}
+                     "sizing_value": "100", "stop_loss_mode": "none", "take_profit_mode": "none", "leverage": "1",
+                     "protective_orders": "auto"}
 
 
 def _strategy_form(values: dict[str, Any], errors: dict[str, list[str]]) -> list[dict[str, Any]]:
@@ -222,7 +227,7 @@ def _strategy_data(request: HttpRequest) -> tuple[dict[str, Any], dict[str, Any]
         errors["params"] = [f"not valid JSON: {exc}"]
     except RecursionError:
         errors["params"] = ["not valid JSON: nested too deeply"]
-    for name in ("stop_loss_value", "take_profit_value"):
+    for name in ("stop_loss_value", "take_profit_value", "trailing_stop_percent", "trailing_activation_percent"):
         data[name] = raw[name] or None
     return raw, data, errors
 
