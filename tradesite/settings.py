@@ -184,6 +184,7 @@ CELERY_TASK_ROUTES = {
     "trading.tasks.exits_drive": {"queue": "execution"},
     "trading.tasks.kill_switch_enforce": {"queue": "execution"},
     "trading.tasks.positions_monitor": {"queue": "monitoring"},
+    "trading.tasks.account_monitor": {"queue": "monitoring"},
     "trading.tasks.accounts_reconcile": {"queue": "monitoring"},
     "trading.tasks.equity_snapshot": {"queue": "monitoring"},
     "strategies.tasks.*": {"queue": "strategies"},

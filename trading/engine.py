@@ -1470,14 +1470,34 @@ def payload_redact(payload: dict[str, object]) -> dict[str, object]:
 
 
 def positions_monitor(*, now: datetime | None = None) -> dict[str, int]:
-    """Match working paper orders against prices, sync working orders, and fire stop-loss / take-profit exits."""
-    now = now or timezone.now()
+    """Match working paper orders against prices, sync working orders, and fire stop-loss / take-profit exits, for
+    every account in turn (the Celery task runs each account as a task of its own: see accounts_to_monitor)."""
     counts = {"matched": 0, "exits": 0}
-    for account in VenueAccount.objects.filter(
+    for account_id in accounts_to_monitor():
+        for key, value in account_monitor(account_id=account_id, now=now).items():
+            counts[key] += value
+    return counts
+
+
+def accounts_to_monitor() -> list[int]:
+    """Ids of the accounts with working orders, stops, take-profits or trailing stops to watch."""
+    return list(VenueAccount.objects.filter(
         Q(orders__status__in=(Order.Status.OPEN, Order.Status.PARTIALLY_FILLED))
         | Q(positions__stop_loss__isnull=False) | Q(positions__take_profit__isnull=False)
         | Q(strategies__trailing_stop_percent__isnull=False, positions__quantity__isnull=False)
-    ).distinct():
+    ).distinct().order_by("pk").values_list("pk", flat=True))
+
+
+def account_monitor(*, account_id: int, now: datetime | None = None) -> dict[str, int]:
+    """One account's monitor tick: its orders' changes recorded, its trailing stops moved, its exits fired.
+
+    A venue error ends this account's tick only; the next tick tries again."""
+    now = now or timezone.now()
+    counts = {"matched": 0, "exits": 0}
+    account = VenueAccount.objects.filter(pk=account_id).first()
+    if account is None:
+        return counts
+    with log_context(account_id=account_id):
         try:
             connector = connector_for(account)
             match = getattr(connector, "match", None)
@@ -1496,7 +1516,6 @@ def positions_monitor(*, now: datetime | None = None) -> dict[str, int]:
             counts["exits"] += _exits_fire(account, connector, now=now, touched=touched)
             _protections_follow(account, touched, now=now)
         except VenueError as exc:
-            # One venue down must not stop the other accounts' stop-losses; the next tick tries again.
             log.warning("monitor of account %s stopped by a venue error: %s", account.pk, exc)
     return counts
 

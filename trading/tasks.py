@@ -50,11 +50,27 @@ def exits_drive_task() -> dict[str, int]:
 
 
 @shared_task(name="trading.tasks.positions_monitor", acks_late=True)
-def positions_monitor_task() -> dict[str, int]:
-    """Match paper orders and fire stop-loss / take-profit exits."""
+def positions_monitor_task() -> int:
+    """Fan the monitor out: one task per account, so a slow or broken venue never delays another account's stops.
+
+    Each expires after one monitor interval: the next tick sends a fresh one, and a backlog never builds up."""
+    from django.conf import settings
+
     from trading import engine
 
-    return engine.positions_monitor()
+    every = int(settings.TRADING["MONITOR_EVERY_SECONDS"])
+    account_ids = engine.accounts_to_monitor()
+    for account_id in account_ids:
+        account_monitor_task.apply_async((account_id,), expires=every)
+    return len(account_ids)
+
+
+@shared_task(name="trading.tasks.account_monitor", acks_late=True)
+def account_monitor_task(account_id: int) -> dict[str, int]:
+    """One account's monitor tick: order changes recorded, trailing stops moved, stop-loss / take-profit fired."""
+    from trading import engine
+
+    return engine.account_monitor(account_id=account_id)
 
 
 @shared_task(name="trading.tasks.kill_switch_enforce", acks_late=True)

@@ -80,3 +80,33 @@ def test_a_worker_killed_between_the_open_and_the_close_still_ends_flat(workers,
     assert sum(o.filled_quantity for o in Order.objects.filter(signal=closed)) == entry.filled_quantity
     assert Signal.objects.get(pk=closed.pk).status == Signal.Status.EXECUTED
     assert Decimal(0) == sum(Position.objects.filter(account=account).values_list("quantity", flat=True))
+
+
+def test_a_slow_venue_never_delays_another_accounts_stop(workers, monkeypatch, make_account, make_strategy,
+                                                         set_price) -> None:
+    from tests.fakes import venues as fake_venues
+    from tests.fakes.live import live_setup
+    from trading.tasks import positions_monitor_task
+
+    with fake_venues.harness("hyperliquid") as harness:
+        live = live_setup(harness, setenv=monkeypatch.setenv, make_strategy=make_strategy,
+                          stop_loss_mode="percent", stop_loss_value="2")
+        slow, _ = engine.signal_create(strategy=live.strategy, source="manual", idempotency_key="slow-open",
+                                       action="open_long", enqueue=False)
+        assert engine.signal_process(signal_id=slow.pk).status == Signal.Status.EXECUTED
+        paper = make_account()
+        strategy = make_strategy(paper, sizing_value="0.01", stop_loss_mode="percent", stop_loss_value="2")
+        set_price("BTC/USD", "60000")
+        opened, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="fast-open",
+                                         action="open_long", enqueue=False)
+        engine.signal_process(signal_id=opened.pk)
+        assert Position.objects.get(strategy=strategy).quantity == Decimal("0.01")
+
+        workers.env.update(live.env)
+        workers.start()
+        harness.plan.latency = 20  # every call to the live venue now hangs for longer than its client waits
+        set_price("BTC/USD", "58000")  # the paper account's stop is crossed
+        positions_monitor_task.delay()
+        wait_for(lambda: Position.objects.get(strategy=strategy).quantity == 0, timeout=15,
+                 what="the paper account's stop-loss, while the live venue hangs")
+        harness.plan.latency = 0
