@@ -620,6 +620,9 @@ class KillSwitchOutput(serializers.Serializer):  # type: ignore[type-arg]
     reason = serializers.CharField(allow_blank=True)
     changed_at = serializers.DateTimeField(allow_null=True)
     changed_by = serializers.CharField(allow_blank=True)
+    flat_at = serializers.DateTimeField(allow_null=True, help_text="when every venue last said every market was flat")
+    still_open = serializers.ListField(child=serializers.DictField(child=serializers.CharField()),
+                                       help_text="per account and market: book and venue quantities, working orders")
 
 
 class KillSwitchEngageInput(serializers.Serializer):  # type: ignore[type-arg]

@@ -1614,4 +1614,39 @@ def kill_switch_enforce(*, now: datetime | None = None) -> dict[str, int]:
         if created or signal.status == Signal.Status.RECEIVED:
             counts["closing"] += 1
             signal_process(signal_id=signal.pk)
+    still_open = kill_switch_still_open()
+    KillSwitch.objects.filter(pk=1, engaged=True).update(
+        still_open=still_open, flat_at=None if still_open else (switch.flat_at or timezone.now()))
     return counts
+
+
+def kill_switch_still_open() -> list[dict[str, str]]:
+    """What is still open, per account and market, in our book and on the venue (where it keeps positions), and
+    the working orders: empty only when every venue says every market is flat.
+
+    A position the venue holds that no strategy owns is listed, never traded: a human decides (as reconciliation).
+    """
+    still: list[dict[str, str]] = []
+    for account in VenueAccount.objects.order_by("pk"):
+        book: dict[str, Decimal] = {}
+        for symbol, quantity in Position.objects.filter(account=account).exclude(quantity=0).values_list(
+                "symbol", "quantity"):
+            book[symbol] = book.get(symbol, Decimal(0)) + quantity
+        working = Order.objects.filter(account=account, status__in=Order.WORKING).count()
+        venue: dict[str, Decimal] = {}
+        known = "unknown"
+        try:
+            connector = connector_for(account)
+            if connector.capabilities.positions:
+                venue = {p.symbol: p.quantity for p in connector.positions() if p.quantity != 0}
+                known = "0"
+            else:
+                known = "n/a (spot)"
+        except VenueError as exc:
+            still.append({"account": account.name, "error": f"the venue could not be asked: {type(exc).__name__}"})
+        for symbol in sorted(set(book) | set(venue)):
+            still.append({"account": account.name, "symbol": symbol, "book": _plain(book.get(symbol, Decimal(0))),
+                          "venue": _plain(venue[symbol]) if symbol in venue else known})
+        if working:
+            still.append({"account": account.name, "working_orders": str(working)})
+    return still

@@ -409,6 +409,9 @@ class KillSwitch(models.Model):
     reason = models.TextField(blank=True, default="")
     changed_at = models.DateTimeField(null=True, blank=True)
     changed_by = models.CharField(max_length=150, blank=True, default="")
+    # While engaged: when the venues last said every market was flat (None: not yet), and what was still open then.
+    flat_at = models.DateTimeField(null=True, blank=True)
+    still_open = models.JSONField(default=list, blank=True)
 
     class Meta:
         verbose_name_plural = "kill switch"

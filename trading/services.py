@@ -364,6 +364,7 @@ def kill_switch_engage(*, by: str, reason: str = "", now: datetime | None = None
         switch, _ = KillSwitch.objects.select_for_update().get_or_create(pk=1)
         if not switch.engaged:
             switch.engaged, switch.reason, switch.changed_at, switch.changed_by = True, reason, now, by
+            switch.flat_at, switch.still_open = None, []
             switch.save()
             audit(actor=by, action="kill_switch.engaged", entity="kill_switch", entity_id=1, now=now, reason=reason)
         # Wait for every in-flight risk decision: each holds its account lock, and none can pass once we commit.

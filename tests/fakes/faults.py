@@ -9,6 +9,12 @@ reply (accept-then-drop: the venue took the order, the client never hears). Ever
     plan.next(3, Fault.RATE_LIMIT, retry_after=1)
     plan.next(1, Fault.ACCEPT_THEN_DROP, match=lambda r: r.path.endswith("/orders"))
     plan.latency = 0.05
+
+Order faults are the venue's own: `OrderFaultPlan` (each fake's `order_faults`) is consulted by the fake's order
+create path with the order it read off the wire (`WireOrder`), and the fake answers in its venue's words (a refusal,
+an order canceled or expired unfilled, an IOC filled in part, a reply lost after the order was worked):
+
+    fake.order_faults.next(2, OrderFault.REFUSE, match=lambda order: order.side is Side.SELL)
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from exchanges.base import OrderType, Side
 
 
 class Fault(enum.Enum):
@@ -50,6 +59,7 @@ class Reply:
     status: int
     body: Any = None  # JSON-serialisable, or bytes sent as they are
     headers: dict[str, str] = field(default_factory=dict)
+    drop: bool = False  # the request was worked, but the connection closes without this answer
 
 
 Matcher = Callable[[Request], bool]
@@ -105,6 +115,69 @@ class FaultPlan:
         return None
 
 
+class OrderFault(enum.Enum):
+    """What a fake venue does with an order it is asked to create, in its own wire format."""
+
+    REFUSE = "refuse"  # the venue's own refusal: nothing is created
+    CANCEL = "cancel"  # taken, then canceled with nothing filled (an IOC with nothing to match)
+    PARTIAL = "partial"  # half filled (floored to the lot), the rest canceled
+    EXPIRE = "expire"  # taken, then expired by the venue with nothing filled
+    DROP = "drop"  # taken and worked as usual, but the reply is lost (the connection closes unanswered)
+
+
+@dataclass(frozen=True)
+class WireOrder:
+    """An order-creating request as a fake venue read it off the wire (venue-neutral, for fault predicates)."""
+
+    side: Side
+    type: OrderType
+    quantity: Decimal  # in base units
+    market: str  # the venue's own market name (BTC-USD, BTC, ETH-PERP)
+    client_order_id: str
+    reduce_only: bool = False
+
+
+OrderMatcher = Callable[[WireOrder], bool]
+
+
+class OrderFaultPlan:
+    """Order faults a fake venue plays on its next matching creates, in the order they were planned; thread-safe.
+
+    `unsupported` names the faults the venue cannot play, each with the reason (planning one raises ValueError).
+    """
+
+    def __init__(self, unsupported: Mapping[OrderFault, str] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._planned: list[list[Any]] = []  # [fault, matcher, remaining]
+        self.unsupported: dict[OrderFault, str] = dict(unsupported or {})
+
+    def next(self, count: int, fault: OrderFault, *, match: OrderMatcher | None = None) -> None:
+        """Play `fault` on the next `count` created orders that `match` accepts (every order when None)."""
+        if fault in self.unsupported:
+            raise ValueError(f"{fault.value}: {self.unsupported[fault]}")
+        with self._lock:
+            self._planned.append([fault, match or (lambda order: True), count])
+
+    def take(self, order: WireOrder) -> OrderFault | None:
+        """Return the fault planned for this order, if any, and count it as played."""
+        with self._lock:
+            for planned in self._planned:
+                fault, match, remaining = planned
+                if remaining > 0 and match(order):
+                    planned[2] = remaining - 1
+                    return fault  # type: ignore[no-any-return]
+        return None
+
+    def remaining(self) -> int:
+        """How many planned faults are still to be played."""
+        with self._lock:
+            return sum(int(p[2]) for p in self._planned)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._planned.clear()
+
+
 class FakeHTTPServer(ThreadingHTTPServer):
     """A loopback HTTP server; subclasses implement `route`."""
 
@@ -114,6 +187,7 @@ class FakeHTTPServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.plan = FaultPlan()
+        self.order_faults = OrderFaultPlan()  # played by the venue's create path (subclasses)
         self.journal: list[Request] = []
         self.journal_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -186,7 +260,7 @@ class _Handler(BaseHTTPRequestHandler):
             if fault.fault is Fault.TIMEOUT:
                 time.sleep(fault.hold)
         reply = self.server.route(request)
-        if fault is not None and fault.fault is Fault.ACCEPT_THEN_DROP:
+        if (fault is not None and fault.fault is Fault.ACCEPT_THEN_DROP) or reply.drop:
             self._drop()
             return
         self._send(reply)

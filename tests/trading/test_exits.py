@@ -185,3 +185,35 @@ def test_the_signals_problem_filter_finds_an_entry_filled_in_part(make_account, 
     assert [s.pk for s in selectors.signal_list(problem="partly_filled")] == [signal.pk]
     assert [s.pk for s in selectors.signal_list(problem="failed")] == [signal.pk]
     assert Position.objects.get(strategy=strategy).quantity == Decimal("0.5")  # what filled is held, and shown
+
+
+def test_the_kill_switch_says_flat_only_once_the_venue_is_flat(make_account, make_strategy, set_price,
+                                                                client) -> None:
+    from django.contrib.auth import get_user_model
+    from exchanges.paper import PaperFault
+    from trading.models import KillSwitch
+
+    account = make_account()
+    strategy = make_strategy(account, sizing_value="1")
+    set_price("BTC/USD", "100")
+    _signal(strategy, "open_long", "k1")
+    _faults().next(3, PaperFault.REFUSE)  # the venue refuses the kill switch's first exits
+    services.kill_switch_engage(by="test", reason="drill")
+    engine.kill_switch_enforce()
+    switch = KillSwitch.objects.get(pk=1)
+    assert switch.flat_at is None
+    assert {"account": account.name, "symbol": "BTC/USD", "book": "1", "venue": "1"} in switch.still_open
+    client.force_login(get_user_model().objects.create_user("boss", is_staff=True))
+    page = client.get("/").content.decode()
+    assert "not flat yet" in page and "BTC/USD: book 1, venue 1" in page
+    assert client.get("/api/kill-switch/").json()["flat_at"] is None
+    later = timezone.now()
+    for _ in range(4):  # it keeps trying until the venue is flat
+        later += timedelta(seconds=40)
+        engine.exits_drive(now=later)
+        engine.kill_switch_enforce(now=later)
+    switch.refresh_from_db()
+    assert switch.still_open == [] and switch.flat_at is not None
+    assert _venue_net(account) == 0
+    assert 'id="kill-flat"' in client.get("/").content.decode()
+    assert client.get("/api/kill-switch/").json()["still_open"] == []
