@@ -335,7 +335,7 @@ def _signal_process(*, signal_id: int, now: datetime | None) -> Signal:
                     held = book.positions.get((signal.strategy_id, signal.symbol)) if book else None
                     _signal_conclude(signal, orders, held.quantity if held else Decimal(0))
                     rows.save_fields(signal, [*_DECISION_FIELDS, "acknowledged_at", "filled_at"])
-        return _exit_follow(signal, now=now)
+        return _exit_follow(signal, now=now, live=connector.capabilities.live)
     with ExitStack() as leases:
         with transaction.atomic():
             signal, orders, _ = _signal_decide(signal_id=signal_id, account_id=account_id, now=now)
@@ -345,26 +345,22 @@ def _signal_process(*, signal_id: int, now: datetime | None) -> Signal:
             _order_send(order, connector=connector, now=order.submitted_at or timezone.now())
     if orders:
         signal.refresh_from_db()
-    return _exit_follow(signal, now=now)
+    return _exit_follow(signal, now=now, live=connector.capabilities.live)
 
 
-def _exit_follow(signal: Signal, *, now: datetime) -> Signal:
+def _exit_follow(signal: Signal, *, now: datetime, live: bool) -> Signal:
     """After a signal's first step: an exit still working goes on at once (a refusal is retried, an entry
     canceled), and a protected strategy's orders on the venue follow its position."""
     if signal.status == Signal.Status.WORKING:
         signal = exit_drive(signal_id=signal.pk, now=max(now, timezone.now()))  # after what the first step recorded
     if signal.status in (Signal.Status.ACCEPTED, Signal.Status.EXECUTED, Signal.Status.FAILED):
-        _protect_after(signal, now=now)
+        _protect_after(signal, now=now, live=live)
     return signal
 
 
-def _protect_after(signal: Signal, *, now: datetime) -> None:
+def _protect_after(signal: Signal, *, now: datetime, live: bool) -> None:
     """Sync the protective orders of the position a signal traded, when its strategy keeps them on the venue."""
-    strategy = signal.strategy
-    if strategy.protective_orders == Strategy.Protection.OFF:
-        return
-    if not protection_enabled(strategy, VenueAccount(venue=VenueAccount.objects.values_list("venue", flat=True).get(
-            pk=signal.account_id))):
+    if not protection_enabled(signal.strategy, live=live):
         return
     position_id = Position.objects.filter(account_id=signal.account_id, strategy_id=signal.strategy_id,
                                           symbol=signal.symbol).values_list("pk", flat=True).first()
@@ -1104,14 +1100,15 @@ def exit_drive(*, signal_id: int, now: datetime | None = None) -> Signal:
             _signal_settle(signal.pk, now)
             return Signal.objects.get(pk=signal_id)
         failed = [o for o in signal.orders.order_by("pk") if o.is_final and o.filled_quantity < o.quantity]
-        if failed and now < failed[-1].updated_at + timedelta(seconds=_exit_backoff(len(failed))):
+        if failed and now < failed[-1].updated_at + _exit_backoff(len(failed)):
             return signal
         return _exit_attempt(signal, attempt=len(failed) + 1, now=now)
 
 
-def _exit_backoff(failures: int) -> float:
-    """Seconds between a failed exit attempt and the next: at once after the first, then doubling, capped."""
-    return 0.0 if failures <= 1 else min(2.0 ** (failures - 2), float(_cfg("EXIT_RETRY_MAX_SECONDS")))
+def _exit_backoff(failures: int) -> timedelta:
+    """The wait between a failed exit attempt and the next: none after the first, then 1, 2, 4 ... s, capped."""
+    seconds = 0 if failures <= 1 else min(2 ** (failures - 2), int(_cfg("EXIT_RETRY_MAX_SECONDS")))
+    return timedelta(seconds=seconds)
 
 
 def _held(signal: Signal) -> Decimal:
@@ -1243,10 +1240,11 @@ def exits_drive(*, now: datetime | None = None) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------- protective orders
 
 
-def protection_enabled(strategy: Strategy, account: VenueAccount) -> bool:
-    """Whether a strategy's stop-loss and take-profit rest on the venue (auto: on for live accounts only)."""
+def protection_enabled(strategy: Strategy, account: VenueAccount | None = None, *, live: bool | None = None) -> bool:
+    """Whether a strategy's stop-loss and take-profit rest on the venue (auto: on for live accounts only); `live`
+    (the connector's word) spares reading the account."""
     if strategy.protective_orders == Strategy.Protection.AUTO:
-        return account.venue != VenueAccount.Venue.PAPER
+        return live if live is not None else account is not None and account.venue != VenueAccount.Venue.PAPER
     return strategy.protective_orders == Strategy.Protection.ON
 
 

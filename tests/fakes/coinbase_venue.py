@@ -9,6 +9,13 @@ ES256 (CDP key, P-256) or EdDSA (Ed25519), with the right issuer, audience, subj
 The matching engine trades each product against one settable price: market orders fill at it (IOC), limits rest
 until the price reaches them, stop-limits trigger on their direction; client order ids are idempotent (the same id
 again returns the existing order), and knobs add partial fills, status lag and forced refusals.
+
+Order faults (`order_faults`, tests/fakes/faults.py), in the shapes ccxt's coinbase.py records for the venue:
+refuse is `success: false` with an `error_response` (INSUFFICIENT_FUND, "Insufficient balance in source account",
+preview PREVIEW_INSUFFICIENT_FUND); cancel is a created order that ends CANCELLED with `filled_size` "0"; partial is an
+IOC that fills half and ends CANCELLED; expire is a created order the create's own read still sees OPEN (the venue
+works orders after acknowledging them) and every later read sees EXPIRED, nothing filled; drop works the order and
+closes the connection unanswered.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from tests.fakes.faults import FakeHTTPServer, Reply, Request, _Handler
+from exchanges.base import OrderType, Side
+from tests.fakes.faults import FakeHTTPServer, OrderFault, Reply, Request, WireOrder, _Handler
 from tests.fakes.venues import VenueHarness
 
 API = "/api/v3/brokerage/"
@@ -129,6 +137,7 @@ class _Order:
     status: str = "OPEN"
     triggered: bool = False
     cap: Decimal | None = None  # partial fill: how much may fill the first time the order trades
+    expire_reads: int | None = None  # planned expiry: reads that still see it OPEN before the venue expires it
     fills: list[_Fill] = field(default_factory=list)
 
     @property
@@ -200,7 +209,7 @@ class CoinbaseFake(FakeHTTPServer):
         with self.lock:
             self.prices[product_id] = Decimal(price)
             for order in list(self.orders.values()):
-                if order.product_id == product_id and not order.final:
+                if order.product_id == product_id and not order.final and order.expire_reads is None:
                     self._work(order, placing=False)
 
     def partial_fills(self, count: int, fraction: Decimal) -> None:
@@ -388,6 +397,7 @@ class CoinbaseFake(FakeHTTPServer):
             if order is None:
                 return Reply(404, {"error": "NOT_FOUND", "error_details": "order with this orderID was not found",
                                    "message": "order with this orderID was not found"})
+            self._aged(order)
             return Reply(200, {"order": self._wire(order)})
         return Reply(404, {"error": "NOT_FOUND", "message": "Not Found"})
 
@@ -519,6 +529,10 @@ class CoinbaseFake(FakeHTTPServer):
             return self._refusal("INVALID_LIMIT_PRICE_POST_ONLY", "Invalid limit price for post only order",
                                  preview="PREVIEW_INVALID_LIMIT_PRICE_POST_ONLY", configuration=configuration)
         base, quote = product_id.split("-")
+        fault = self.order_faults.take(self._wire_order(body, kind, config, price))
+        if fault is OrderFault.REFUSE:
+            return self._refusal("INSUFFICIENT_FUND", "Insufficient balance in source account",
+                                 preview="PREVIEW_INSUFFICIENT_FUND", configuration=configuration)
         if side == "BUY":
             cost = (quote_size if quote_size is not None else size * (limit or price))  # type: ignore[operator]
             need, currency = cost * (1 + TAKER_FEE), quote
@@ -534,13 +548,48 @@ class CoinbaseFake(FakeHTTPServer):
             order.cap = self._partials.pop(0)
         self.orders[order.order_id] = order
         self.by_client[client_id] = order.order_id
-        self._work(order, placing=True)
+        if fault is OrderFault.CANCEL:
+            order.status = "CANCELLED"  # taken, nothing matched
+        elif fault is OrderFault.EXPIRE:
+            order.expire_reads = 1
+        else:
+            if fault is OrderFault.PARTIAL:
+                order.cap = Decimal("0.5")
+            self._work(order, placing=True)
+            if fault is OrderFault.PARTIAL and not order.final:
+                order.status = "CANCELLED"  # a resting order's rest is canceled too
         return Reply(200, {"success": True, "success_response": {
             "order_id": order.order_id, "product_id": product_id, "side": side, "client_order_id": client_id},
-            "order_configuration": {kind: config}})
+            "order_configuration": {kind: config}}, drop=fault is OrderFault.DROP)
+
+    def _wire_order(self, body: dict[str, Any], kind: str, config: dict[str, Any], price: Decimal) -> WireOrder:
+        """The order a create body asks for, as fault predicates see it."""
+        side = Side.BUY if body["side"] == "BUY" else Side.SELL
+        if kind == "market_market_ioc":
+            type_ = OrderType.MARKET
+        elif kind == "limit_limit_gtc":
+            type_ = OrderType.LIMIT
+        else:
+            falling = config.get("stop_direction") == "STOP_DIRECTION_STOP_DOWN"
+            type_ = OrderType.STOP if falling == (side is Side.SELL) else OrderType.TAKE_PROFIT
+        quantity = Decimal(config["base_size"]) if "base_size" in config else Decimal(config["quote_size"]) / price
+        return WireOrder(side=side, type=type_, quantity=quantity, market=str(body["product_id"]),
+                         client_order_id=str(body["client_order_id"]))
+
+    @staticmethod
+    def _aged(order: _Order) -> None:
+        """Play a planned expiry: the reads it had left see the order OPEN; the next one finds it EXPIRED."""
+        if order.expire_reads is None or order.final:
+            return
+        if order.expire_reads > 0:
+            order.expire_reads -= 1
+        else:
+            order.status = "EXPIRED"
 
     def _work(self, order: _Order, *, placing: bool) -> None:
         """Trade an order against its product's price (taker when placing or triggering, maker when resting)."""
+        if order.expire_reads is not None:
+            return  # planned to expire unfilled
         price = self.prices[order.product_id]
         lot = Decimal(self.products[order.product_id]["base_increment"])
         if order.stop is not None and not order.triggered:
@@ -592,6 +641,8 @@ class CoinbaseFake(FakeHTTPServer):
         return Reply(200, {"results": results})
 
     def _list(self, query: dict[str, list[str]]) -> Reply:
+        for order in self.orders.values():
+            self._aged(order)
         orders = sorted(self.orders.values(), key=lambda o: o.created, reverse=True)
         if "order_status" in query:
             orders = [o for o in orders if o.status in query["order_status"]]
@@ -671,5 +722,6 @@ def harness(*, algorithm: str = "ES256") -> Iterator[VenueHarness]:
             plan=fake.plan,
             created_client_ids=fake.created_client_ids,
             partial_fills=fake.partial_fills,
+            order_faults=fake.order_faults,
             extra={"fake": fake},
         )

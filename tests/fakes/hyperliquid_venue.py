@@ -11,6 +11,14 @@ cloid answers with the existing order. Per-order failures come back inside a top
 Knobs: `set_price`, `partial_fills(n, fraction)`, `lag_status(n)` (orderStatus answers unknownOid n times),
 `lag_fills(n)` (fill queries answer no fill n times),
 `script(match, reply)` (answer one request with a canned reply), and the shared `plan` (tests/fakes/faults.py).
+
+Order faults (`order_faults`) play on IOC orders (what a market order is here), each in the venue's words (gitbook
+"Error responses"; statuses as in the SDK's recorded historicalOrders cassette): refuse is a per-order PerpMargin
+error "Insufficient margin to place order." (ReduceOnly "Reduce only order would increase position." for a
+reduce-only order), nothing created; cancel is IocCancel "Order could not immediately match against any resting
+orders.", the order kept with an oid and status iocCancelRejected; partial fills half at the mark and the rest is
+canceled ({"filled": {"totalSz"...}}, status canceled); drop works the order and closes the connection unanswered.
+Expire is not played: an IOC is decided inside the create reply and never rests, so nothing can expire later.
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ from typing import Any
 from eth_account import Account
 from hyperliquid.utils.signing import recover_agent_or_user_from_l1_action, recover_user_from_user_signed_action
 
-from tests.fakes.faults import FakeHTTPServer, Reply, Request
+from exchanges.base import OrderType, Side
+from exchanges.hyperliquid import client_id_for
+from tests.fakes.faults import FakeHTTPServer, OrderFault, OrderFaultPlan, Reply, Request, WireOrder
 from tests.fakes.venues import VenueHarness
 
 UNIVERSE = [
@@ -42,6 +52,9 @@ TAKER_FEE = Decimal("0.00045")
 MAKER_FEE = Decimal("0.00015")
 FEE_QUANTUM = Decimal("0.000001")
 NEVER_PLACED = "Order was never placed, already canceled, or filled."
+IOC_CANCEL = "Order could not immediately match against any resting orders."
+NO_EXPIRY = ("an IOC (a market order here) is decided inside the create reply and never rests, so the venue cannot "
+             "take it and expire it later")
 APPROVE_AGENT_TYPES = [  # the EIP-712 fields of a user-signed approveAgent (as the SDK's sign_agent)
     {"name": "hyperliquidChain", "type": "string"},
     {"name": "agentAddress", "type": "address"},
@@ -137,6 +150,7 @@ class HyperliquidFake(FakeHTTPServer):
         self._status_lag = 0
         self._fills_lag = 0
         self._scripted: list[tuple[Callable[[Request], bool], Reply]] = []
+        self.order_faults = OrderFaultPlan({OrderFault.EXPIRE: NO_EXPIRY})
 
     def serve_forever(self, poll_interval: float = 0.05) -> None:
         # A short poll makes stop() (shutdown) return in ~50 ms instead of the default half second.
@@ -366,8 +380,10 @@ class HyperliquidFake(FakeHTTPServer):
         used.add(nonce)
         kind = action.get("type")
         if kind == "order":
-            statuses = [self._place(user, o) for o in action.get("orders", [])]
-            return Reply(200, {"status": "ok", "response": {"type": "order", "data": {"statuses": statuses}}})
+            placed = [self._place(user, o) for o in action.get("orders", [])]
+            statuses = [status for status, _ in placed]
+            return Reply(200, {"status": "ok", "response": {"type": "order", "data": {"statuses": statuses}}},
+                         drop=any(fault is OrderFault.DROP for _, fault in placed))
         if kind in ("cancel", "cancelByCloid"):
             statuses = [self._cancel(user, c) for c in action.get("cancels", [])]
             return Reply(200, {"status": "ok", "response": {"type": "cancel", "data": {"statuses": statuses}}})
@@ -398,49 +414,58 @@ class HyperliquidFake(FakeHTTPServer):
         self.agents[str(action["agentAddress"]).lower()] = signer
         return Reply(200, {"status": "ok", "response": {"type": "default"}})
 
-    def _place(self, user: str, w: dict[str, Any]) -> Any:
+    def _place(self, user: str, w: dict[str, Any]) -> tuple[Any, OrderFault | None]:
+        """One order of an order action: its status in the reply, and the order fault played on it (if any)."""
         asset = int(w["a"])
         if not 0 <= asset < len(self.universe):
-            return {"error": f"Invalid asset {asset}"}
+            return {"error": f"Invalid asset {asset}"}, None
         coin = str(self.universe[asset]["name"])
         tag = f" asset={asset}"
         cloid = str(w["c"]).lower() if w.get("c") else None
         if cloid is not None:
             for existing in self.orders.values():
                 if existing.user == user and existing.cloid == cloid:
-                    return self._status_of(existing, tag, duplicate=True)
+                    return self._status_of(existing, tag, duplicate=True), None
         p, s = str(w["p"]), str(w["s"])
         if wire(Decimal(p)) != p or wire(Decimal(s)) != s:
             # The venue re-serializes the action before checking the signature: a non-canonical number
             # recovers another signer.
-            return {"error": f"Order has invalid price or size encoding.{tag}"}
+            return {"error": f"Order has invalid price or size encoding.{tag}"}, None
         price, size, szd = Decimal(p), Decimal(s), self.sz_decimals[coin]
         if size <= 0 or size != size.quantize(Decimal(1).scaleb(-szd), rounding=ROUND_DOWN):
-            return {"error": f"Order has invalid size.{tag}"}
+            return {"error": f"Order has invalid size.{tag}"}, None
         if not price_ok(price, szd):
-            return {"error": f"Price must be divisible by tick size.{tag}"}
+            return {"error": f"Price must be divisible by tick size.{tag}"}, None
         account = self.users[user]
         szi = account.positions.get(coin, (Decimal(0), Decimal(0)))[0]
         is_buy, reduce_only = bool(w["b"]), bool(w["r"])
         if reduce_only:
             if szi == 0 or (szi > 0) == is_buy:
-                return {"error": f"Reduce only order would increase position.{tag}"}
+                return {"error": f"Reduce only order would increase position.{tag}"}, None
             size = min(size, abs(szi))
         elif price * size < 10:
-            return {"error": f"Order must have minimum value of $10.{tag}"}
+            return {"error": f"Order must have minimum value of $10.{tag}"}, None
         t = w["t"]
         trigger = t.get("trigger")
         tif = None if trigger else str(t["limit"]["tif"])
         mark = self.prices[coin]
         marketable = (is_buy and price >= mark) or (not is_buy and price <= mark)
         if tif == "Alo" and marketable:
-            return {"error": f"Post only order would have immediately matched, bbo was {wire(mark)}@{wire(mark)}.{tag}"}
+            return {"error": f"Post only order would have immediately matched, bbo was {wire(mark)}@{wire(mark)}.{tag}"}, None
         if tif == "Ioc" and not marketable:
-            return {"error": f"Order could not immediately match against any resting orders.{tag}"}
+            return {"error": f"Order could not immediately match against any resting orders.{tag}"}, None
+        fault = None
+        if tif == "Ioc":
+            fault = self.order_faults.take(WireOrder(
+                side=Side.BUY if is_buy else Side.SELL, type=OrderType.MARKET, quantity=size, market=coin,
+                client_order_id=client_id_for(cloid), reduce_only=reduce_only))
+        if fault is OrderFault.REFUSE:
+            refusal = "Reduce only order would increase position." if reduce_only else "Insufficient margin to place order."
+            return {"error": f"{refusal}{tag}"}, fault
         if not reduce_only:
             _, lev = account.leverage.get(coin, ("cross", 20))
             if self._free_margin(account) < price * size / lev:
-                return {"error": f"Insufficient margin to place order.{tag}"}
+                return {"error": f"Insufficient margin to place order.{tag}"}, fault
         order = _Order(oid=self._next_oid, user=user, coin=coin, is_buy=is_buy, limit_px=price, orig_sz=size, sz=size,
                        tif=tif, reduce_only=reduce_only, cloid=cloid, timestamp=_now_ms(), trigger=trigger)
         self._next_oid += 1
@@ -450,12 +475,25 @@ class HyperliquidFake(FakeHTTPServer):
             if self._trigger_hit(order, mark):
                 order.status = "triggered"
                 self._take(order, reduce_clip=True)
-            return {"resting": {"oid": order.oid, **({"cloid": cloid} if cloid else {})}}
+            return {"resting": {"oid": order.oid, **({"cloid": cloid} if cloid else {})}}, fault
+        if fault is OrderFault.CANCEL:
+            # Kept with its oid, as the venue's order history shows an IOC that found nothing to match.
+            order.status, order.status_ts = "iocCancelRejected", _now_ms()
+            return {"error": f"{IOC_CANCEL}{tag}"}, fault
+        if fault is OrderFault.PARTIAL:
+            half = (size / 2).quantize(Decimal(1).scaleb(-szd), rounding=ROUND_DOWN)
+            if half > 0:
+                self._fill(order, half, mark, crossed=True)
+            order.status, order.status_ts = "canceled", _now_ms()  # the rest of an IOC never rests
+            if half == 0:
+                order.status = "iocCancelRejected"
+                return {"error": f"{IOC_CANCEL}{tag}"}, fault
+            return self._status_of(order, tag), fault
         if marketable:
             self._take(order, reduce_clip=False)
             if tif == "Ioc" and order.status == "open":
                 order.status, order.status_ts = "canceled", _now_ms()  # the rest of an IOC never rests
-        return self._status_of(order, tag)
+        return self._status_of(order, tag), fault
 
     def _status_of(self, order: _Order, tag: str, duplicate: bool = False) -> Any:
         if order.filled > 0 and order.status != "open":

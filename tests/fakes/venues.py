@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from tests.fakes.faults import FaultPlan
+from tests.fakes.faults import FaultPlan, OrderFaultPlan
 
 # venue -> "module:function" returning a context manager that yields a VenueHarness
 HARNESSES: dict[str, str] = {
@@ -38,6 +38,8 @@ class VenueHarness:
     created_client_ids: Callable[[], list[str]]
     # make the next `n` market/limit orders fill only `fraction` of their size now (the rest later or never)
     partial_fills: Callable[[int, Decimal], None] = field(default=lambda n, fraction: None)
+    # the venue's own order faults (refuse, cancel, partial, expire, drop) on its next matching creates
+    order_faults: OrderFaultPlan = field(default_factory=OrderFaultPlan)
     extra: dict[str, object] = field(default_factory=dict)
 
     def env(self, prefix: str) -> dict[str, str]:

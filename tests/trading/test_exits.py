@@ -217,3 +217,54 @@ def test_the_kill_switch_says_flat_only_once_the_venue_is_flat(make_account, mak
     assert _venue_net(account) == 0
     assert 'id="kill-flat"' in client.get("/").content.decode()
     assert client.get("/api/kill-switch/").json()["still_open"] == []
+
+
+ACTIONS = ("open_long", "open_short", "close")
+FAULTS = (None, None, "refuse", "cancel", "partial", "expire", "drop")
+
+
+def _steps():  # type: ignore[no-untyped-def]
+    from hypothesis import strategies as st
+
+    return st.lists(st.tuples(st.integers(0, 2), st.sampled_from(ACTIONS), st.sampled_from(FAULTS)),
+                    min_size=1, max_size=12)
+
+
+@pytest.mark.django_db
+def test_any_interleaving_with_refusals_ends_with_the_books_summing_to_the_venues_net(make_account, make_strategy,
+                                                                                     set_price) -> None:
+    from hypothesis import given, settings
+
+    from exchanges.paper import PaperFault
+
+    set_price("BTC/USD", "100")
+
+    @settings(max_examples=60, deadline=None, database=None)
+    @given(steps=_steps())
+    def run(steps) -> None:  # type: ignore[no-untyped-def]
+        _faults().clear()
+        account = make_account()
+        strategies = [make_strategy(account, sizing_value=size) for size in ("1", "2", "3")]
+        last: dict[int, str] = {}
+        for n, (who, action, fault) in enumerate(steps):
+            if fault is not None:
+                _faults().next(1, PaperFault(fault))
+            signal, _ = engine.signal_create(strategy=strategies[who], source="manual", action=action,
+                                             idempotency_key=f"{account.pk}:{n}", enqueue=False)
+            engine.signal_process(signal_id=signal.pk)
+            last[who] = action
+        _faults().clear()
+        later = timezone.now()
+        for _ in range(8):  # the beat's work until every exit is done and every lost reply found
+            later += timedelta(seconds=40)
+            engine.orders_sweep(now=later)
+            engine.exits_drive(now=later)
+        assert not Signal.objects.filter(account=account, status=Signal.Status.WORKING).exists()
+        assert not Order.objects.filter(account=account, status__in=Order.WORKING).exists()
+        book = _book(account)
+        assert sum(book.values(), Decimal(0)) == _venue_net(account)
+        for who, action in last.items():
+            if action == "close":
+                assert book.get(strategies[who].pk, Decimal(0)) == 0, (steps, book)
+
+    run()

@@ -66,8 +66,9 @@ def test_a_live_cash_book_opens_once_at_the_venue_balance(db, monkeypatch, venue
 
 def test_stop_loss_on_a_live_account_fires_from_the_venue_ticker(db, monkeypatch, venue, make_strategy) -> None:
     account = _live_account(monkeypatch, venue)
-    strategy = make_strategy(account, mode="live", sizing_value="0.1", stop_loss_mode="percent",
-                             stop_loss_value="2")
+    # the bot's own monitor, not the venue's trigger orders (tests/trading/test_protection.py has those)
+    strategy = make_strategy(account, mode="live", sizing_value="0.1", protective_orders="off",
+                             stop_loss_mode="percent", stop_loss_value="2")
     opened = _send(strategy, "open_long", "live-open")
     assert opened.status == Signal.Status.EXECUTED
     assert Position.objects.get(strategy=strategy).stop_loss == Decimal("49000")
@@ -91,8 +92,8 @@ def test_stop_loss_on_a_live_account_fires_from_the_venue_ticker(db, monkeypatch
 def test_a_resting_live_limit_that_fills_between_ticks_is_followed_by_the_monitor(db, monkeypatch, venue,
                                                                                    make_strategy) -> None:
     account = _live_account(monkeypatch, venue)
-    strategy = make_strategy(account, mode="live", sizing_value="0.1", take_profit_mode="percent",
-                             take_profit_value="4")
+    strategy = make_strategy(account, mode="live", sizing_value="0.1", protective_orders="off",
+                             take_profit_mode="percent", take_profit_value="4")
     signal = _send(strategy, "open_long", "live-limit", order_type="limit", price=Decimal("49000"))
     order = Order.objects.get(signal=signal)
     assert order.status == Order.Status.OPEN
@@ -116,8 +117,8 @@ def test_a_venue_that_is_down_does_not_stop_the_other_accounts_exits(db, monkeyp
     account_down = _live_account(monkeypatch, down, name="down", env="LIVE_DOWN")
     account_up = _live_account(monkeypatch, venue, name="up", env="LIVE_UP")
     for account, key in ((account_down, "d"), (account_up, "u")):
-        strategy = make_strategy(account, mode="live", sizing_value="0.1", stop_loss_mode="percent",
-                                 stop_loss_value="2")
+        strategy = make_strategy(account, mode="live", sizing_value="0.1", protective_orders="off",
+                                 stop_loss_mode="percent", stop_loss_value="2")
         _send(strategy, "open_long", f"open-{key}")
     down.set_price(SYMBOL, "40000")
     venue.set_price(SYMBOL, "40000")

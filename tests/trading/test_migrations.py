@@ -29,9 +29,11 @@ def _manage(url: str, *args: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-# An account and a strategy made by the ORM (their tables are the same before and after the signal's migration).
-BOOK = ("from trading.models import Strategy, VenueAccount; a = VenueAccount.objects.create(name='a'); "
-        "Strategy.objects.create(id=1, name='s', slug='s', symbol='BTC/USD', account=a)")
+# An account and a strategy made by the models as they were at 0004 (later migrations add columns to both).
+BOOK = ("from django.db import connection; from django.db.migrations.loader import MigrationLoader; "
+        "apps = MigrationLoader(connection).project_state(('trading', '0004_order_working_index')).apps; "
+        "a = apps.get_model('trading', 'VenueAccount').objects.create(name='a'); "
+        "apps.get_model('trading', 'Strategy').objects.create(id=1, name='s', slug='s', symbol='BTC/USD', account=a)")
 
 
 def _signal_row(conn: psycopg.Connection, key: str) -> None:

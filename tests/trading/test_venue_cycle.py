@@ -50,6 +50,11 @@ def _round_trip(live: LiveSetup, key: str, exit_kind: str) -> tuple[Decimal, Dec
     assert position.quantity == live.quantity
     level = position.stop_loss if exit_kind == "sl" else position.take_profit
     assert level is not None
+    capabilities = bare_connector(live.harness).capabilities
+    if capabilities.stop_orders:  # the protective orders rest on the venue before the price moves
+        resting = 2 if capabilities.reduce_only else 1  # spot: the stop-loss only
+        wait_for(lambda: Order.objects.filter(position=position, status=Order.Status.OPEN).count() == resting,
+                 timeout=30, what="the protective orders resting on the venue")
     beyond = level * (Decimal("0.99") if exit_kind == "sl" else Decimal("1.01"))
     live.harness.set_price(live.harness.symbol, live.market.round_price(beyond))
 
@@ -60,6 +65,8 @@ def _round_trip(live: LiveSetup, key: str, exit_kind: str) -> tuple[Decimal, Dec
         return False
 
     wait_for(closed, timeout=60, every=0.5, what=f"the {exit_kind} exit filled by the worker")
+    wait_for(lambda: not Order.objects.filter(account=live.account, status__in=Order.WORKING).exists(), timeout=30,
+             what="the other protective order canceled")
     purpose = Order.Purpose.STOP_LOSS if exit_kind == "sl" else Order.Purpose.TAKE_PROFIT
     entry = list(Order.objects.filter(signal=signal))
     exit_ = list(Order.objects.filter(strategy=live.strategy, purpose=purpose, status=Order.Status.FILLED)
@@ -97,6 +104,15 @@ def test_full_cycle_through_the_real_connector_and_a_worker(harness, workers, mo
     assert VenueAccount.objects.get(pk=live.account.pk).cash == cash + gross_sl + gross_tp - fees_sl - fees_tp
     fills = Fill.objects.filter(account=live.account)
     assert sum((f.fee for f in fills), Decimal(0)) == fees_sl + fees_tp
-    assert Order.objects.filter(account=live.account).count() == 4 == len(harness.created_client_ids())
+    # Live accounts keep the stop-loss and take-profit on the venue (protective orders, auto): each round trip has
+    # its entry and one exit filled, and every other protective order canceled once the position was flat.
+    orders = Order.objects.filter(account=live.account)
+    assert orders.filter(purpose=Order.Purpose.ENTRY, status=Order.Status.FILLED).count() == 2
+    assert orders.exclude(purpose=Order.Purpose.ENTRY).filter(status=Order.Status.FILLED).count() == 2
+    assert set(orders.values_list("status", flat=True)) <= {Order.Status.FILLED, Order.Status.CANCELED}, [
+        (o.purpose, o.type, o.status, o.reason, o.created_at.time()) for o in orders]
+    if bare_connector(harness).capabilities.stop_orders:
+        assert orders.filter(position__isnull=False).exists()  # the protective orders rested on the venue
+    assert orders.count() == len(harness.created_client_ids())
     assert set(harness.created_client_ids()) == set(Order.objects.filter(account=live.account)
                                                      .values_list("client_order_id", flat=True))
