@@ -210,6 +210,10 @@ def replay_step(
             price_set(symbol, next_candle.open, volume=next_candle.volume, time=now)
     if next_candle is None:
         return StepResult(candle, 0)
+    if dispatch is Dispatch.TASKS:
+        from trading.tasks import price_arrived
+
+        price_arrived(symbol, next_candle.open)  # a stop this price crosses leaves now, not at the next tick
 
     if strategy_ids is None:
         from strategies.selectors import strategies_for_market

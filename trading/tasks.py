@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 
 from celery import shared_task
 from celery.signals import worker_ready
@@ -60,6 +61,20 @@ def positions_monitor_task() -> int:
 
     every = int(settings.TRADING["MONITOR_EVERY_SECONDS"])
     account_ids = engine.accounts_to_monitor()
+    for account_id in account_ids:
+        account_monitor_task.apply_async((account_id,), expires=every)
+    return len(account_ids)
+
+
+def price_arrived(symbol: str, price: Decimal) -> int:
+    """A new price of `symbol` arrived (the paper feed, a replay, a venue's stream): send the monitor of every account
+    whose stop-loss or take-profit it crosses at once, rather than at the next tick. Returns how many were sent."""
+    from django.conf import settings
+
+    from trading import engine
+
+    every = int(settings.TRADING["MONITOR_EVERY_SECONDS"])
+    account_ids = engine.stops_crossed(symbol=symbol, price=price)
     for account_id in account_ids:
         account_monitor_task.apply_async((account_id,), expires=every)
     return len(account_ids)

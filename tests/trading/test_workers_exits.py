@@ -6,6 +6,7 @@ import time
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
 from tests.conftest import wait_for
 from trading import engine
@@ -110,3 +111,42 @@ def test_a_slow_venue_never_delays_another_accounts_stop(workers, monkeypatch, m
         wait_for(lambda: Position.objects.get(strategy=strategy).quantity == 0, timeout=15,
                  what="the paper account's stop-loss, while the live venue hangs")
         harness.plan.latency = 0
+
+
+def test_stops_crossed_names_the_accounts_a_new_price_reaches(make_account, make_strategy, set_price) -> None:
+    long_account, short_account, far_account, trail_account = (make_account() for _ in range(4))
+    set_price("BTC/USD", "50000")
+    for account, action, stop in ((long_account, "open_long", "2"), (short_account, "open_short", "2"),
+                                  (far_account, "open_long", "10")):
+        strategy = make_strategy(account, sizing_value="0.01", stop_loss_mode="percent", stop_loss_value=stop)
+        engine.signal_process(signal_id=engine.signal_create(strategy=strategy, source="manual", action=action,
+                                                             idempotency_key=f"s-{account.pk}", enqueue=False)[0].pk)
+    trailing = make_strategy(trail_account, sizing_value="0.01", trailing_stop_percent="3")
+    engine.signal_process(signal_id=engine.signal_create(strategy=trailing, source="manual", action="open_long",
+                                                         idempotency_key="trail", enqueue=False)[0].pk)
+    assert engine.stops_crossed(symbol="BTC/USD", price=Decimal("50000")) == [trail_account.pk]
+    assert engine.stops_crossed(symbol="BTC/USD", price=Decimal("48999")) == [long_account.pk, trail_account.pk]
+    assert engine.stops_crossed(symbol="BTC/USD", price=Decimal("51001")) == [short_account.pk, trail_account.pk]
+    assert engine.stops_crossed(symbol="ETH/USD", price=Decimal("1")) == []
+
+
+def test_a_price_that_crosses_a_stop_sends_the_exit_without_waiting_for_the_monitor_tick(
+        workers, make_account, make_strategy, set_price) -> None:
+    """No beat runs here: only the price's arrival (price_arrived, as the paper feed calls it) can send the exit."""
+    from trading.tasks import price_arrived
+    from trading.venues import price_set
+
+    workers.start()
+    account = make_account()
+    strategy = make_strategy(account, sizing_value="0.01", stop_loss_mode="percent", stop_loss_value="2")
+    set_price("BTC/USD", "50000")
+    opened = engine.signal_create(strategy=strategy, source="manual", action="open_long", idempotency_key="o",
+                                  enqueue=False)[0]
+    engine.signal_process(signal_id=opened.pk)
+    assert price_arrived("BTC/USD", Decimal("49500")) == 0  # above the stop: nothing to send
+    price_set("BTC/USD", Decimal("48900"), time=timezone.now())
+    assert price_arrived("BTC/USD", Decimal("48900")) == 1
+    wait_for(lambda: Order.objects.filter(strategy=strategy, purpose=Order.Purpose.STOP_LOSS,
+                                          status=Order.Status.FILLED).exists(), timeout=30,
+             what="the stop-loss exit filled by the worker")
+    _flat(account, strategy)

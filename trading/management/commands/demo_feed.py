@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from trading import engine
 from trading.models import Strategy
+from trading.tasks import price_arrived
 from trading.venues import price_set
 
 
@@ -35,7 +36,9 @@ class Command(BaseCommand):
         while True:
             for row in rows:
                 # The replay's clock is now: each candle is published as the current price.
-                price_set(options["symbol"], Decimal(row["close"]), volume=Decimal(row["volume"]), time=timezone.now())
+                price = Decimal(row["close"])
+                price_set(options["symbol"], price, volume=Decimal(row["volume"]), time=timezone.now())
+                price_arrived(options["symbol"], price)  # a stop this price crosses leaves now, not at the next tick
                 count += 1
                 demo_signal(strategies, row, count=count, every=options["signal_every"])
                 if options["limit"] and count >= options["limit"]:
