@@ -163,6 +163,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_out": str(BROKER_DIR / "queue"),
         "processed_folder": str(BROKER_DIR / "processed"),
         "store_processed": False,
+        "polling_interval": 0.1,  # kombu's default is 1 s: a signal or a crossed stop would wait up to a second
     }
 else:
     # Longer than any task may take, so a message of a killed worker is redelivered, never lost.

@@ -166,3 +166,11 @@ def test_todays_realized_pnl_is_summed_exactly_on_sqlite(tmp_path: Path) -> None
         "print([str(t.realized_today) for t in selectors.accounts_today(now=now)])"
     )
     assert _shell(env, code) == "['123456789012.323456789012345677']"
+
+
+def test_the_embedded_broker_delivers_a_task_within_a_tenth_of_a_second(tmp_path: Path) -> None:
+    """kombu's filesystem transport polls its folder (once a second by default): the embedded default polls every
+    0.1 s, so a signal or a crossed stop waits for the broker a tenth of a second at most, not a second."""
+    interval = _shell(_embedded_env(tmp_path), "from tradesite.celery import app; "
+                      "print(app.conf.broker_transport_options.get('polling_interval'))")
+    assert interval == "0.1"
