@@ -457,27 +457,33 @@ class HyperliquidConnector(Connector):
         return candles[:limit] if since is not None else candles[-limit:]
 
     def _fills(self, since_ms: int) -> dict[int, list[VenueFill]]:
-        """Our account's fills since a time (ms), grouped by venue order id, oldest first."""
+        """Our account's fills since a time (ms), grouped by venue order id, oldest first.
+
+        The venue answers newest first, at most FILLS_PAGE fills a call: a full page is followed by the next older
+        one (the same start, the end moved back to the page's oldest time; fills on that millisecond come twice and
+        are kept once)."""
         by_oid: dict[int, list[VenueFill]] = {}
         seen: set[str] = set()
-        start = since_ms
+        end: int | None = None
         for _ in range(10):
-            rows = self._read({"type": "userFillsByTime", "user": self._user(), "startTime": start,
-                               "endTime": None, "aggregateByTime": False}, "userFillsByTime")
+            rows = self._read({"type": "userFillsByTime", "user": self._user(), "startTime": since_ms,
+                               "endTime": end, "aggregateByTime": False}, "userFillsByTime")
             with self._boundary("read", "userFillsByTime"):
+                new = 0
                 for r in rows:
-                    fill_id = str(r["tid"]) if r.get("tid") is not None else f"{r['hash']}:{r['startPosition']}"
+                    fill_id = _fill_id(r)
                     if fill_id in seen:
                         continue
                     seen.add(fill_id)
+                    new += 1
                     by_oid.setdefault(int(r["oid"]), []).append(VenueFill(
                         fill_id=fill_id, quantity=_dec(r["sz"]), price=_dec(r["px"]), fee=_dec(r.get("fee", "0")),
                         fee_currency=str(r.get("feeToken") or QUOTE), time=_ms_to_dt(int(r["time"])),
                         liquidity="taker" if r.get("crossed", True) else "maker",
                     ))
-                if len(rows) < FILLS_PAGE:
+                if len(rows) < FILLS_PAGE or not new:
                     break
-                start = max(int(r["time"]) for r in rows)
+                end = min(int(r["time"]) for r in rows)
         for fills in by_oid.values():
             fills.sort(key=lambda f: (f.time, f.fill_id))
         return by_oid
@@ -783,6 +789,18 @@ def _order_type(order_type: str, tif: Any) -> OrderType:
         return OrderType.MARKET
     return OrderType.LIMIT
 
+
+
+def _fill_id(row: Mapping[str, Any]) -> str:
+    """A fill's id: the venue's trade id, or for replies without one (older ones) the order, the transaction and
+    what the fill did (position before it, size, price). One transaction holds several fills of one order and of
+    other orders, so neither the hash nor hash:startPosition is unique (104 of 500 recorded real fills collide);
+    this is unique on the recorded data and the same each time the fill is read."""
+    if row.get("tid") is not None:
+        return str(row["tid"])
+    found = f"{row['oid']}:{row['hash']}:{row['startPosition']}:{row['sz']}@{row['px']}"
+    # The column holds 128 characters; a longer id (huge sizes) is kept as its digest, still stable.
+    return found if len(found) <= 128 else "sha256:" + hashlib.sha256(found.encode()).hexdigest()
 
 def _status(venue_status: str, quantity: Decimal, filled: Decimal,
             remaining: Decimal) -> tuple[VenueOrderStatus, str]:

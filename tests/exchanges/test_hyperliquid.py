@@ -30,7 +30,7 @@ from exchanges.errors import (
     VenueError,
 )
 from exchanges.hyperliquid import HyperliquidConnector, cloid_for, decimal_to_wire, round_price
-from tests.conftest import wait_for
+from tests.conftest import ROOT, wait_for
 from tests.exchanges.contract import ConnectorContract, ContractVenue
 from tests.fakes.faults import Fault, Reply
 from tests.fakes.hyperliquid_venue import HyperliquidFake, harness, price_ok
@@ -544,3 +544,37 @@ def test_a_duplicate_client_id_the_venue_does_not_show_yet_is_ambiguous_not_refu
     monkeypatch.setattr(c, "fetch_order_by_client_id", lambda symbol, cid: None)  # the status read lags
     with pytest.raises(OrderStatusUnknownError, match="Duplicate cloid"):
         c.create_order(resting)
+
+
+REAL_FILLS = ROOT / "tests" / "fixtures" / "venues" / "hyperliquid" / "user_fills.json"
+
+
+@pytest.mark.parametrize("page", [2000, 120])
+def test_real_fills_without_a_trade_id_are_each_kept_once(hl: VenueHarness, monkeypatch: pytest.MonkeyPatch,
+                                                          page: int) -> None:
+    """500 real fills recorded by the SDK (no `tid`, newest first, several per transaction and per order), served
+    by the fake as the venue serves them, in pages: every fill is kept once and every order gets all of its size."""
+    import json
+    from collections import defaultdict
+
+    from exchanges import hyperliquid
+
+    recorded = json.loads(REAL_FILLS.read_text())
+    connector = connect(hl)
+    assert isinstance(connector, HyperliquidConnector)
+    fake = fake_of(hl)
+    user = connector._user()
+    fake.fills.extend({**row, "user": user} for row in recorded)
+    fake.fills_page = page
+    monkeypatch.setattr(hyperliquid, "FILLS_PAGE", page)
+
+    by_oid = connector._fills(min(int(r["time"]) for r in recorded))
+
+    assert sum(len(f) for f in by_oid.values()) == len(recorded) == 500
+    expected: dict[int, Decimal] = defaultdict(Decimal)
+    for row in recorded:
+        expected[int(row["oid"])] += Decimal(row["sz"])
+    assert {oid: sum((f.quantity for f in fills), Decimal(0)) for oid, fills in by_oid.items()} == expected
+    again = connector._fills(min(int(r["time"]) for r in recorded))  # read again: the same ids
+    assert {f.fill_id for fs in again.values() for f in fs} == {f.fill_id for fs in by_oid.values() for f in fs}
+    assert max(len(f.fill_id) for fs in by_oid.values() for f in fs) <= 128

@@ -46,8 +46,17 @@ UNIVERSE = [
     {"name": "ETH", "szDecimals": 4, "maxLeverage": 25},
     {"name": "SOL", "szDecimals": 2, "maxLeverage": 20},
     {"name": "DOGE", "szDecimals": 0, "maxLeverage": 10, "onlyIsolated": True},
+    # Ten markets for benchmarks/stop_to_exit.py: names, szDecimals and maxLeverage as the venue's meta answered in
+    # the SDK's recorded cassette (hyperliquid-python-sdk tests/cassettes/info_test/test_get_info.yaml).
+    {"name": "AVAX", "szDecimals": 2, "maxLeverage": 50},
+    {"name": "BNB", "szDecimals": 3, "maxLeverage": 50},
+    {"name": "LTC", "szDecimals": 2, "maxLeverage": 50},
+    {"name": "XRP", "szDecimals": 0, "maxLeverage": 50},
+    {"name": "LINK", "szDecimals": 1, "maxLeverage": 50},
+    {"name": "ARB", "szDecimals": 1, "maxLeverage": 50},
 ]
-PRICES = {"BTC": "43210", "ETH": "2345.6", "SOL": "98.765", "DOGE": "0.081234"}
+PRICES = {"BTC": "43210", "ETH": "2345.6", "SOL": "98.765", "DOGE": "0.081234", "AVAX": "35.123", "BNB": "612.34",
+          "LTC": "84.512", "XRP": "0.61234", "LINK": "14.567", "ARB": "1.1234"}
 TAKER_FEE = Decimal("0.00045")
 MAKER_FEE = Decimal("0.00015")
 FEE_QUANTUM = Decimal("0.000001")
@@ -140,6 +149,7 @@ class HyperliquidFake(FakeHTTPServer):
         self.agents: dict[str, str] = {}  # API wallet -> user
         self.orders: dict[int, _Order] = {}
         self.fills: list[dict[str, Any]] = []
+        self.fills_page = 2000  # fills per userFills(ByTime) reply, as the venue documents
         self.nonces: dict[str, set[int]] = {}
         self.candles: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.created: list[str | None] = []  # cloid of every order created, in order
@@ -288,7 +298,9 @@ class HyperliquidFake(FakeHTTPServer):
                     and (end is None or int(f["time"]) <= int(end))]
             for r in rows:
                 del r["user"]
-            return Reply(200, rows[:2000])
+            # As the venue (the SDK's recorded userFills / userFillsByTime): newest first, the newest page only.
+            rows.sort(key=lambda r: -int(r["time"]))
+            return Reply(200, rows[:self.fills_page])
         if kind == "candleSnapshot":
             return Reply(200, self._candles(body.get("req") or {}))
         if kind == "userRole":
@@ -612,5 +624,6 @@ def harness(*, network: str = "testnet") -> Iterator[VenueHarness]:
             plan=fake.plan,
             created_client_ids=lambda: [client_id_for(c) for c in fake.created_cloids()],
             partial_fills=fake.partial_fills,
+            order_faults=fake.order_faults,
             extra={"fake": fake, "owner": owner, "agent": agent, "client_timeout": 5},
         )
