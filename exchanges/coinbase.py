@@ -26,7 +26,7 @@ import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
@@ -320,6 +320,16 @@ def _time(value: Any) -> datetime:
         parsed = datetime.fromisoformat(_FRACTION.sub(r"\1", value.replace("Z", "+00:00")))
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
     return datetime.fromtimestamp(int(value), tz=timezone.utc)
+
+
+def _order_reason(raw: Mapping[str, Any]) -> str:
+    """Why the venue refused or canceled an order: the first of its messages that is not a placeholder (every
+    order carries reject_reason "REJECT_REASON_UNSPECIFIED", and empty messages, as recorded)."""
+    for key in ("reject_message", "cancel_message", "reject_reason"):
+        text = str(raw.get(key) or "")
+        if text and text != "REJECT_REASON_UNSPECIFIED" and not text.startswith("UNKNOWN_"):
+            return text
+    return ""
 
 
 def _configuration(raw: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -745,22 +755,11 @@ class CoinbaseConnector(Connector):
         fills: list[VenueFill] = []
         if filled_size > 0:
             market = self._market_tables().markets.get(symbol)
-            fee_currency = market.quote if market else symbol.split("/")[-1]
-            for f in self._fills(order_id):
-                price = _dec(f["price"])
-                qty = _dec(f["size"])
-                if f.get("size_in_quote"):
-                    # The venue fills the base amount the quote buys, floored to its lot: never more.
-                    qty = (qty / price).quantize(market.lot_size if market else Decimal("1e-8"),
-                                                 rounding=ROUND_DOWN)
-                fills.append(VenueFill(
-                    fill_id=str(f.get("trade_id") or f.get("entry_id")), quantity=qty, price=price,
-                    fee=_dec(f.get("commission"), ZERO), fee_currency=fee_currency, time=_time(f["trade_time"]),
-                    liquidity="maker" if f.get("liquidity_indicator") == "MAKER" else "taker",
-                ))
-            fills.sort(key=lambda x: (x.time, x.fill_id))
+            fills = self._parse_fills(self._fills(order_id), raw, filled_size,
+                                      fee_currency=market.quote if market else symbol.split("/")[-1],
+                                      lot=market.lot_size if market else Decimal("1e-8"))
         filled = sum((f.quantity for f in fills), ZERO)
-        reason = str(raw.get("reject_message") or raw.get("reject_reason") or raw.get("cancel_message") or "")
+        reason = _order_reason(raw)
         if filled < filled_size and status.is_final:
             # The fills list lags the order: keep the order working until every fill is readable.
             status, reason = VenueOrderStatus.PARTIALLY_FILLED, "fills still arriving"
@@ -787,8 +786,36 @@ class CoinbaseConnector(Connector):
             price=_dec(config["limit_price"]) if config.get("limit_price") else None,
             trigger_price=_dec(config["stop_price"]) if config.get("stop_price") else None,
             fills=tuple(fills),
-            reason=reason if reason not in ("REJECT_REASON_UNSPECIFIED",) else "",
+            reason=reason,
         )
+
+    @staticmethod
+    def _parse_fills(rows: Sequence[Mapping[str, Any]], raw: Mapping[str, Any], filled_size: Decimal, *,
+                     fee_currency: str, lot: Decimal) -> list[VenueFill]:
+        """An order's fills, oldest first. A fill sized in quote (`size_in_quote`) is converted to base, floored to
+        the lot; once every fill is readable (as many as the order's number_of_fills), the last one takes what the
+        flooring left over, so the fills add up to the order's filled_size (the venue's own base amount) exactly."""
+        fills: list[VenueFill] = []
+        in_quote = False
+        for f in rows:
+            price = _dec(f["price"])
+            qty = _dec(f["size"])
+            if f.get("size_in_quote"):
+                in_quote = True
+                qty = (qty / price).quantize(lot, rounding=ROUND_DOWN)  # never more than the venue filled
+            fills.append(VenueFill(
+                fill_id=str(f.get("trade_id") or f.get("entry_id")), quantity=qty, price=price,
+                fee=_dec(f.get("commission"), ZERO), fee_currency=fee_currency, time=_time(f["trade_time"]),
+                liquidity="maker" if f.get("liquidity_indicator") == "MAKER" else "taker",
+            ))
+        fills.sort(key=lambda x: (x.time, x.fill_id))
+        expected = raw.get("number_of_fills")
+        complete = expected not in (None, "") and len(fills) >= int(str(expected))
+        if in_quote and complete and fills:
+            rest = filled_size - sum((f.quantity for f in fills[:-1]), ZERO)
+            if rest > 0:
+                fills[-1] = replace(fills[-1], quantity=rest)
+        return fills
 
     # ------------------------------------------------------------------ checks
 

@@ -534,3 +534,30 @@ def test_an_accepted_order_is_never_refused_by_a_failed_follow_up_read(coinbase:
     placed = coinbase.create_order(buy(client_order_id="after-accept-1"))
     assert placed.status is VenueOrderStatus.OPEN and placed.venue_order_id
     assert fake.created_client_ids() == ["after-accept-1"]
+
+
+def test_a_cancel_message_reaches_the_reason_past_the_venues_placeholder(coinbase: CoinbaseConnector,
+                                                                         fake: CoinbaseFake) -> None:
+    """The venue sends reject_reason "REJECT_REASON_UNSPECIFIED" on every order (as recorded): it must not hide
+    the cancel_message of an order the venue canceled."""
+    fake.fund("BTC", "1")
+    fake.partial_fills(1, Decimal("0.5"))
+    fake.cancel_message = "Order canceled: insufficient liquidity for the rest"
+    order = coinbase.create_order(OrderRequest("s-cm", "BTC/USD", Side.SELL, OrderType.MARKET, Decimal("0.01")))
+    assert order.status is VenueOrderStatus.CANCELED
+    assert coinbase.fetch_order("BTC/USD", order.venue_order_id).reason == fake.cancel_message
+
+
+def test_fills_reported_in_quote_add_up_to_the_orders_filled_size(coinbase: CoinbaseConnector,
+                                                                  fake: CoinbaseFake) -> None:
+    """Fills sized in quote, each floored to the lot on its own, lost base size: a filled order waited for "fills
+    still arriving" for ever. The fills now add up to the venue's filled_size exactly and the order is FILLED."""
+    fake.report_fills_in_quote(3)
+    fake.set_price("BTC/USD", Decimal("30007"))
+    order = coinbase.create_order(buy("0.0033", price="30007"))
+    found = coinbase.fetch_order("BTC/USD", order.venue_order_id)
+    venue = fake.orders[order.venue_order_id]
+    assert found.status is VenueOrderStatus.FILLED, found.reason
+    assert len(found.fills) == 3
+    assert sum((f.quantity for f in found.fills), Decimal(0)) == found.filled_quantity == venue.filled
+    assert all(f.quantity > 0 for f in found.fills)

@@ -165,6 +165,8 @@ class CoinbaseFake(FakeHTTPServer):
         self.candle_rows: dict[str, list[dict[str, str]]] = {}  # product -> candles in the wire shape
         self.clock_offset = 0.0  # seconds the venue's clock runs ahead of ours
         self.auth_failures: list[str] = []
+        self._quote_pieces = 0
+        self.cancel_message = ""  # the venue's cancel_message on the orders it cancels (empty, as recorded)
         self._partials: list[Decimal] = []
         self._lag = 0
         self._rejections: list[dict[str, str]] = []
@@ -211,6 +213,11 @@ class CoinbaseFake(FakeHTTPServer):
             for order in list(self.orders.values()):
                 if order.product_id == product_id and not order.final and order.expire_reads is None:
                     self._work(order, placing=False)
+
+    def report_fills_in_quote(self, pieces: int) -> None:
+        """Report each fill of a quote-sized market order as `pieces` fills sized in quote (`size_in_quote`), as
+        the venue may: their base amounts are not multiples of the lot, only their sum (the order's filled_size)."""
+        self._quote_pieces = pieces
 
     def partial_fills(self, count: int, fraction: Decimal) -> None:
         """The next `count` orders fill only `fraction` of their size when they first trade."""
@@ -664,14 +671,26 @@ class CoinbaseFake(FakeHTTPServer):
             if wanted and o.order_id not in wanted:
                 continue
             for f in o.fills:
-                fills.append({
-                    "entry_id": f.trade_id + "-e", "trade_id": f.trade_id, "order_id": o.order_id,
-                    "trade_time": _iso(f.time), "trade_type": "FILL", "price": fmt(f.price), "size": fmt(f.size),
-                    "commission": fmt(f.commission), "product_id": o.product_id, "sequence_timestamp": _iso(f.time),
-                    "liquidity_indicator": f.liquidity, "size_in_quote": False, "user_id": "fake-user",
-                    "side": o.side, "retail_portfolio_id": "default",
-                })
+                for n, (size, commission, in_quote) in enumerate(self._reported(o, f)):
+                    trade_id = f.trade_id if n == 0 else f"{f.trade_id}-{n}"
+                    fills.append({
+                        "entry_id": trade_id + "-e", "trade_id": trade_id, "order_id": o.order_id,
+                        "trade_time": _iso(f.time), "trade_type": "FILL", "price": fmt(f.price), "size": fmt(size),
+                        "commission": fmt(commission), "product_id": o.product_id,
+                        "sequence_timestamp": _iso(f.time), "liquidity_indicator": f.liquidity,
+                        "size_in_quote": in_quote, "user_id": "fake-user", "side": o.side,
+                        "retail_portfolio_id": "default",
+                    })
         return Reply(200, {"fills": fills, "cursor": ""})
+
+    def _reported(self, o: _Order, f: _Fill) -> list[tuple[Decimal, Decimal, bool]]:
+        """How one fill is reported: (size, commission, size_in_quote) per reported fill."""
+        if not (self._quote_pieces and o.quote_size is not None):
+            return [(f.size, f.commission, False)]
+        quote = f.size * f.price
+        share = (quote / self._quote_pieces).quantize(Decimal("0.00000001"), rounding=ROUND_DOWN)
+        sizes = [share] * (self._quote_pieces - 1) + [quote - share * (self._quote_pieces - 1)]
+        return [(size, (f.commission * size / quote).quantize(Decimal("0.00000001")), True) for size in sizes]
 
     def _wire(self, o: _Order) -> dict[str, Any]:
         filled = o.filled
@@ -688,11 +707,13 @@ class CoinbaseFake(FakeHTTPServer):
             "time_in_force": "IMMEDIATE_OR_CANCEL" if o.kind == "market_market_ioc" else "GOOD_UNTIL_CANCELLED",
             "created_time": _iso(o.created), "completion_percentage": fmt(done), "filled_size": fmt(filled),
             "average_filled_price": fmt(value / filled) if filled else "0", "fee": "",
-            "number_of_fills": str(len(o.fills)), "filled_value": fmt(value), "pending_cancel": False,
+            "number_of_fills": str(sum(len(self._reported(o, f)) for f in o.fills)), "filled_value": fmt(value), "pending_cancel": False,
             "size_in_quote": o.quote_size is not None, "total_fees": fmt(fees), "size_inclusive_of_fees": False,
             "total_value_after_fees": fmt(value + fees if o.side == "BUY" else value - fees),
-            "trigger_status": trigger, "order_type": order_type, "reject_reason": "", "settled": o.final,
-            "product_type": "SPOT", "reject_message": "", "cancel_message": "",
+            "trigger_status": trigger, "order_type": order_type,
+            # Placeholders as the venue sends them (ccxt's recorded coinbase replies), never empty strings.
+            "reject_reason": "REJECT_REASON_UNSPECIFIED", "settled": o.final, "product_type": "SPOT",
+            "reject_message": "", "cancel_message": self.cancel_message if o.status == "CANCELLED" else "",
             "order_placement_source": "RETAIL_ADVANCED", "outstanding_hold_amount": "0", "is_liquidation": False,
             "last_fill_time": _iso(o.fills[-1].time) if o.fills else None, "leverage": "", "margin_type": "",
             "retail_portfolio_id": "default", "originating_order_id": "", "attached_order_id": "",
