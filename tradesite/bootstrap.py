@@ -1,6 +1,7 @@
 """Start one role of tradesite the way a container does: `python -m tradesite.bootstrap web|worker|beat|...`.
 
-1. Reads the environment and refuses to start on what must not be missing or weak (production = DEBUG off):
+1. Reads the environment (and the secrets given as files, NAME_FILE: see SECRET_FILE_NAMES) and refuses to start on
+   what must not be missing or weak (production = DEBUG off):
    SECRET_KEY (a real key, or `generate`), ALLOWED_HOSTS, webhook/metrics tokens of at least 32 bytes, an admin
    password of at least 12 characters. Each refusal is one line naming the variable, and the exit status is 2.
 2. Generates what may be generated: the secret key on first start, kept in TRADESITE_VAR_DIR (the volume).
@@ -29,6 +30,13 @@ MIN_ADMIN_PASSWORD_CHARS = 12
 _PLACEHOLDER = re.compile(r"change.?me|changeme|example|secret.?key|insecure|xxx", re.I)
 _TOKEN_NAME = re.compile(r"WEBHOOK.*(SECRET|PASSPHRASE|TOKEN)|METRICS_TOKEN")
 _LOCK_ID = 74110007  # advisory lock of the bootstrap's set-up step
+# The secrets that may be given as files (NAME_FILE=/path, Docker secrets style): these names, and a venue account's
+# credentials, <PREFIX>_<SUFFIX> with one of SECRET_FILE_SUFFIXES (the prefix is the account's credentials_env).
+# Any other *_FILE variable belongs to someone else (SSL_CERT_FILE names the system's CA bundle) and is left alone.
+SECRET_FILE_NAMES = ("SECRET_KEY", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "ADMIN_PASSWORD", "METRICS_TOKEN")
+SECRET_FILE_SUFFIXES = ("_API_KEY", "_API_SECRET", "_SECRET_KEY", "_PRIVATE_KEY")
+# A secret is one short value (a PEM key is a few KB); an environment string longer than 128 KiB fails execve.
+MAX_SECRET_FILE_BYTES = 64 * 1024
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -76,19 +84,30 @@ def problems(env: Mapping[str, str]) -> list[str]:
     return found
 
 
-def env_files_load(env: dict[str, str]) -> list[str]:
-    """Fill NAME from the file named by NAME_FILE (Docker secrets, the mounted config volume); return the names.
+def is_secret_file_target(name: str) -> bool:
+    """Whether NAME may be read from the file named by NAME_FILE (a documented secret)."""
+    if name in SECRET_FILE_NAMES:
+        return True
+    return any(name.endswith(suffix) and re.fullmatch(r"[A-Z][A-Z0-9_]*", name[: -len(suffix)])
+               for suffix in SECRET_FILE_SUFFIXES)
 
-    A value set directly wins over a file. Trailing newlines are dropped.
+
+def env_files_load(env: dict[str, str]) -> list[str]:
+    """Fill each documented secret NAME from the file named by NAME_FILE (Docker secrets, the mounted config volume);
+    return the names.
+
+    A value set directly wins over a file. Trailing newlines are dropped. Other *_FILE variables are not ours.
     """
     loaded = []
     for name, path in sorted(env.items()):
-        if not name.endswith("_FILE") or name == "_FILE" or not path:
-            continue
         target = name[: -len("_FILE")]
-        if env.get(target):
+        if not name.endswith("_FILE") or not path or not is_secret_file_target(target) or env.get(target):
             continue
         try:
+            size = Path(path).stat().st_size
+            if size > MAX_SECRET_FILE_BYTES:
+                raise Refused(f"{name} points at {path}, which holds {size} bytes: a secret file holds one value "
+                              f"(at most {MAX_SECRET_FILE_BYTES} bytes)")
             env[target] = Path(path).read_text().rstrip("\r\n")
         except OSError as exc:
             raise Refused(f"{name} points at {path}, which cannot be read ({exc.strerror})") from None

@@ -268,3 +268,69 @@ def test_worker_and_beat_roles_start(fresh_db: str, var_dir: Path, tmp_path: Pat
     assert "-Q execution " in (tmp_path / "worker-execution.log").read_text()
     assert "-Q strategies,monitoring " in (tmp_path / "worker-monitoring.log").read_text()
     assert "DatabaseScheduler" in (tmp_path / "beat.log").read_text()
+
+
+# --------------------------------------------------------------------------------------------- secret files
+
+
+def test_only_the_documented_secrets_are_read_from_files(tmp_path: Path) -> None:
+    """NAME_FILE is read for the project's secrets only: SSL_CERT_FILE (the CA bundle) and the like are left alone."""
+    from tradesite.bootstrap import env_files_load
+
+    def secret(name: str, value: str) -> str:
+        (tmp_path / name).write_text(value + "\n")
+        return str(tmp_path / name)
+
+    bundle = tmp_path / "ca-bundle.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n" + "A" * 219_000 + "\n")
+    env = {
+        "SECRET_KEY_FILE": secret("secret_key", "k" * 60),
+        "DATABASE_URL_FILE": secret("database_url", "postgres://app:pw@db:5432/app"),
+        "ADMIN_PASSWORD_FILE": secret("admin_password", "a-long-admin-password"),
+        "COINBASE_MAIN_API_KEY_FILE": secret("cb_key", "organizations/o/apiKeys/k"),
+        "COINBASE_MAIN_API_SECRET_FILE": secret("cb_secret", "-----BEGIN EC PRIVATE KEY-----"),
+        "HL_MAIN_SECRET_KEY_FILE": secret("hl_key", "0x" + "1" * 64),
+        "SNX_MAIN_PRIVATE_KEY_FILE": secret("snx_key", "0x" + "2" * 64),
+        # Not ours: a variable of the system or of another tool, whatever its file holds or whether it exists.
+        "SSL_CERT_FILE": str(bundle),
+        "PIP_CONFIG_FILE": str(tmp_path / "does-not-exist"),
+        "COINBASE_MAIN_ENDPOINT_FILE": str(tmp_path / "does-not-exist"),
+    }
+    loaded = env_files_load(env)
+    assert loaded == ["ADMIN_PASSWORD", "COINBASE_MAIN_API_KEY", "COINBASE_MAIN_API_SECRET", "DATABASE_URL",
+                      "HL_MAIN_SECRET_KEY", "SECRET_KEY", "SNX_MAIN_PRIVATE_KEY"]
+    assert env["SECRET_KEY"] == "k" * 60 and env["SNX_MAIN_PRIVATE_KEY"] == "0x" + "2" * 64
+    assert "SSL_CERT" not in env and "PIP_CONFIG" not in env and "COINBASE_MAIN_ENDPOINT" not in env
+
+
+def test_a_secret_file_that_is_missing_or_too_large_refuses_the_start(tmp_path: Path) -> None:
+    from tradesite.bootstrap import Refused, env_files_load
+
+    with pytest.raises(Refused, match="METRICS_TOKEN_FILE points at .*, which cannot be read"):
+        env_files_load({"METRICS_TOKEN_FILE": str(tmp_path / "nope")})
+    big = tmp_path / "ca-bundle.pem"
+    big.write_text("A" * 219_000)
+    with pytest.raises(Refused, match="COINBASE_MAIN_API_SECRET_FILE points at .* 219000 bytes"):
+        env_files_load({"COINBASE_MAIN_API_SECRET_FILE": str(big)})
+
+
+@pytest.mark.parametrize("unrelated", [
+    {"SSL_CERT_FILE": "ca-bundle"},  # the system CA bundle (~220 KB): too large for one environment variable
+    {"SOME_TOOL_CONFIG_FILE": "/nonexistent/tool.conf"},
+], ids=["ca-bundle", "missing"])
+def test_an_unrelated_file_variable_does_not_stop_a_role(fresh_db: str, var_dir: Path, tmp_path: Path,
+                                                         unrelated: dict[str, str]) -> None:
+    import certifi
+
+    extra = {k: (certifi.where() if v == "ca-bundle" else v) for k, v in unrelated.items()}
+    log = tmp_path / "beat.log"
+    proc = _start("beat", clean_env(fresh_db, var_dir, **extra), log)
+    try:
+        def started() -> bool:
+            text = log.read_text(errors="replace")
+            assert proc.poll() is None, text[-3000:]
+            return "beat: Starting..." in text
+
+        wait_for(started, timeout=90, every=0.3, what="beat started")
+    finally:
+        _stop(proc)

@@ -173,8 +173,8 @@ def test_secret_files_fill_variables(tmp_path: Path) -> None:
 
     (tmp_path / "secret").write_text("from-a-file-0123456789\n")
     env = {"COINBASE_MAIN_API_SECRET_FILE": str(tmp_path / "secret"), "KEEP": "x",
-           "REDIS_PASSWORD": "direct", "REDIS_PASSWORD_FILE": str(tmp_path / "secret")}
+           "DATABASE_URL": "direct", "DATABASE_URL_FILE": str(tmp_path / "secret")}
     assert env_files_load(env) == ["COINBASE_MAIN_API_SECRET"]
-    assert env["COINBASE_MAIN_API_SECRET"] == "from-a-file-0123456789" and env["REDIS_PASSWORD"] == "direct"
-    with pytest.raises(Refused, match="MISSING_FILE points at"):
-        env_files_load({"MISSING_FILE": str(tmp_path / "nope")})
+    assert env["COINBASE_MAIN_API_SECRET"] == "from-a-file-0123456789" and env["DATABASE_URL"] == "direct"
+    with pytest.raises(Refused, match="SECRET_KEY_FILE points at"):
+        env_files_load({"SECRET_KEY_FILE": str(tmp_path / "nope")})
