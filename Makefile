@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
 
-.PHONY: run test install migrate demo lint benchmark clean
+.PHONY: run test install migrate demo lint benchmark benchmark-exits clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ lint: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/signal_to_fill.py --rate 100 --seconds 60
+
+# A stop crossed -> its exit order at the venue, with price_arrived and with the 5 s monitor tick only (docs/benchmarks.md)
+benchmark-exits: $(STAMP)
+	$(BIN)/python benchmarks/stop_to_exit.py
 
 clean:
 	rm -rf $(VENV) var
