@@ -141,11 +141,15 @@ class TradingCollector:
                                    "failed.", labels=["account", "venue"])
         age = GaugeMetricFamily("tradesite_reconcile_age_seconds", "Seconds since an account was last reconciled.",
                                 labels=["account", "venue"])
+        snapshots = GaugeMetricFamily("tradesite_equity_snapshot_failures", "Consecutive equity snapshots that "
+                                      "could not value an account (no row written; 0: the last one did).",
+                                      labels=["account", "venue"])
         now = timezone.now()
         for line in selectors.venue_health_list():
             if line.breaker_state in BREAKER_STATES:  # "none": paper accounts have no breaker
                 breaker.add_metric([line.account_name, line.venue], BREAKER_STATES[line.breaker_state])
                 failures.add_metric([line.account_name, line.venue], line.consecutive_failures)
+            snapshots.add_metric([line.account_name, line.venue], line.snapshot_failures)
         for account in selectors.account_list():
             labels = [account.name, account.venue]
             report = account.last_reconcile_report or {}
@@ -154,7 +158,7 @@ class TradingCollector:
             errors.add_metric(labels, 1 if report.get("error") else 0)
             if account.last_reconciled_at is not None:
                 age.add_metric(labels, (now - account.last_reconciled_at).total_seconds())
-        yield from (breaker, failures, diffs, errors, age)
+        yield from (breaker, failures, snapshots, diffs, errors, age)
 
     def _pnl(self) -> Iterator[Metric]:
         from trading.selectors import pnl_summary

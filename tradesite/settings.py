@@ -188,6 +188,7 @@ CELERY_TASK_ROUTES = {
     "trading.tasks.account_monitor": {"queue": "monitoring"},
     "trading.tasks.accounts_reconcile": {"queue": "monitoring"},
     "trading.tasks.equity_snapshot": {"queue": "monitoring"},
+    "trading.tasks.account_equity_snapshot": {"queue": "monitoring"},
     "strategies.tasks.*": {"queue": "strategies"},
 }
 CELERY_TASK_SERIALIZER = "json"

@@ -678,10 +678,17 @@ class VenueHealthOutput(serializers.Serializer):  # type: ignore[type-arg]
     reconcile_summary = serializers.DictField(
         help_text="ok, error, and counts of the last reconciliation report (unknown venue orders, position "
                   "differences, updated orders, ...)")
+    snapshot_failures = serializers.IntegerField(
+        help_text="consecutive equity snapshots that could not value the account (no row written); 0 when the last "
+                  "one did")
+    snapshot_error = serializers.CharField(allow_blank=True, help_text="the latest failed snapshot's error, never a "
+                                                                       "secret; empty once one succeeds again")
+    snapshot_failed_at = serializers.DateTimeField(allow_null=True)
 
 
 class VenueHealthListApi(APIView):
     @extend_schema(operation_id="venues_list", responses=VenueHealthOutput(many=True), tags=["venues"],
-                   description="Per account: venue, network, circuit-breaker state, last error, last reconciliation.")
+                   description="Per account: venue, network, circuit-breaker state, last error, last reconciliation, "
+                               "equity snapshot failures.")
     def get(self, request: Request) -> Response:
         return Response(VenueHealthOutput(selectors.venue_health_list(), many=True).data)

@@ -472,6 +472,12 @@ class VenueHealth(models.Model):
     last_error = models.TextField(blank=True, default="")  # error class and message, secret-looking values removed
     reporter = models.CharField(max_length=100, blank=True, default="")  # host:pid of the reporting process
     updated_at = models.DateTimeField()
+    # The equity snapshot of the account, apart from the breaker: consecutive snapshots that could not value it (0:
+    # the last one did), the latest one's error (secret-free) and when it failed. Database defaults, because
+    # venue_health_record inserts breaker rows in raw SQL without these columns.
+    snapshot_failures = models.PositiveIntegerField(default=0, db_default=0)
+    snapshot_error = models.TextField(blank=True, default="", db_default="")
+    snapshot_failed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name_plural = "venue health"

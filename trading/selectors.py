@@ -354,6 +354,9 @@ class VenueHealthLine:
     reported_by: str  # host:pid of the process that saw the last transition
     last_reconciled_at: datetime | None
     reconcile_summary: dict[str, Any]
+    snapshot_failures: int = 0  # consecutive equity snapshots that could not value the account (0: the last did)
+    snapshot_error: str = ""  # the latest failed snapshot's error, secret-free
+    snapshot_failed_at: datetime | None = None
 
 
 def venue_health_list() -> list[VenueHealthLine]:
@@ -371,6 +374,9 @@ def venue_health_list() -> list[VenueHealthLine]:
             reported_by=health.reporter if health else "",
             last_reconciled_at=account.last_reconciled_at,
             reconcile_summary=reconcile_summary(account.last_reconcile_report),
+            snapshot_failures=health.snapshot_failures if health else 0,
+            snapshot_error=health.snapshot_error if health else "",
+            snapshot_failed_at=health.snapshot_failed_at if health else None,
         ))
     return lines
 

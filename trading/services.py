@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -16,6 +17,8 @@ from trading import pnl
 from trading.engine import audit
 from trading.fields import INT32_MAX, column_error, parse_id
 from trading.models import EquitySnapshot, KillSwitch, Position, Strategy, VenueAccount
+
+log = logging.getLogger("trading.services")
 
 Errors = dict[str, list[str]]
 ParamValidator = Callable[[Mapping[str, Any]], Errors]
@@ -391,39 +394,68 @@ def kill_switch_release(*, by: str, now: datetime | None = None) -> KillSwitch:
 
 
 def equity_snapshot_take(*, now: datetime | None = None) -> int:
-    """Record equity and P&L per account and per strategy at the current marks; return rows written."""
-    from exchanges.errors import VenueError
+    """Record equity and P&L of every account and its strategies at the current marks; return rows written.
+
+    Each account is valued on its own (account_equity_snapshot_take): one that cannot be never costs another its
+    snapshot.
+    """
+    now = now or timezone.now()
+    return sum(account_equity_snapshot_take(account_id=pk, now=now)
+               for pk in VenueAccount.objects.order_by("id").values_list("pk", flat=True))
+
+
+def account_equity_snapshot_take(*, account_id: int, now: datetime) -> int:
+    """Record equity and P&L of one account and its strategies at `now`, at the current marks; return rows written.
+
+    An account that cannot be valued (no credentials, its venue down, no price for a market it holds) gets no row
+    (a gap in its curve, never a guessed equity) and is reported: a warning in the log and a failure counted in its
+    venue health (the overview, GET /api/venues/, /metrics). Idempotent: a second call for the same `now` writes
+    nothing.
+    """
+    from trading.venuecheck import account_error_text
+    from trading.venues import venue_health_snapshot_record
+
+    account = VenueAccount.objects.filter(pk=account_id).first()
+    if account is None or EquitySnapshot.objects.filter(account=account, strategy=None, time=now).exists():
+        return 0
+    try:
+        rows = _account_snapshot(account, list(Position.objects.filter(account=account)), now=now)
+        with transaction.atomic():  # a savepoint when the caller holds a transaction: a failure stays here
+            EquitySnapshot.objects.bulk_create(rows)
+    except Exception as exc:  # noqa: BLE001 - reported, never raised: the other accounts' snapshots go on
+        error = account_error_text(account, exc)
+        log.warning("equity snapshot of account %s (id %s, %s) failed, no row written: %s", account.name,
+                    account.pk, account.venue, error)
+        venue_health_snapshot_record(account_id=account.pk, error=error, now=now)
+        return 0
+    venue_health_snapshot_record(account_id=account.pk, error=None, now=now)
+    return len(rows)
+
+
+def _account_snapshot(account: VenueAccount, positions: list[Position], *, now: datetime) -> list[EquitySnapshot]:
+    """The account's own snapshot row and one per strategy, marked at the venue's prices (raises when it cannot)."""
     from trading.venues import connector_for
 
-    now = now or timezone.now()
-    rows: list[EquitySnapshot] = []
-    for account in VenueAccount.objects.all():
-        positions = list(Position.objects.filter(account=account))
-        marks: dict[str, Decimal] = {}
-        connector = connector_for(account)
-        for symbol in {p.symbol for p in positions if p.quantity != 0}:
-            try:
-                marks[symbol] = connector.ticker(symbol).price
-            except VenueError:
-                marks[symbol] = (next(p for p in positions if p.symbol == symbol).average_entry or Decimal(0))
-        per_strategy: dict[int, list[Decimal]] = {}
-        for p in positions:
-            state = pnl.PositionState(p.quantity, p.cost_basis, p.realized_pnl, p.fees_paid)
-            upnl = pnl.unrealized(state, marks[p.symbol]) if p.quantity != 0 else Decimal(0)
-            acc = per_strategy.setdefault(p.strategy_id, [Decimal(0), Decimal(0)])
-            acc[0] += state.realized - state.fees
-            acc[1] += upnl
-        unrealized = sum((v[1] for v in per_strategy.values()), Decimal(0))
-        realized = sum((v[0] for v in per_strategy.values()), Decimal(0))
-        rows.append(EquitySnapshot(account=account, time=now, equity=account.cash + unrealized, cash=account.cash,
-                                   realized_pnl=realized, unrealized_pnl=unrealized))
-        rows.extend(
-            EquitySnapshot(account=account, strategy_id=sid, time=now, equity=r + u, cash=account.cash,
-                           realized_pnl=r, unrealized_pnl=u)
-            for sid, (r, u) in per_strategy.items()
-        )
-    EquitySnapshot.objects.bulk_create(rows)
-    return len(rows)
+    # Built even for a flat account, so one that could not trade (no credentials) is reported before it must.
+    connector = connector_for(account)
+    marks = {symbol: connector.ticker(symbol).price for symbol in sorted({p.symbol for p in positions if p.quantity})}
+    per_strategy: dict[int, list[Decimal]] = {}
+    for p in positions:
+        state = pnl.PositionState(p.quantity, p.cost_basis, p.realized_pnl, p.fees_paid)
+        upnl = pnl.unrealized(state, marks[p.symbol]) if p.quantity != 0 else Decimal(0)
+        acc = per_strategy.setdefault(p.strategy_id, [Decimal(0), Decimal(0)])
+        acc[0] += state.realized - state.fees
+        acc[1] += upnl
+    unrealized = sum((v[1] for v in per_strategy.values()), Decimal(0))
+    realized = sum((v[0] for v in per_strategy.values()), Decimal(0))
+    rows = [EquitySnapshot(account=account, time=now, equity=account.cash + unrealized, cash=account.cash,
+                           realized_pnl=realized, unrealized_pnl=unrealized)]
+    rows.extend(
+        EquitySnapshot(account=account, strategy_id=sid, time=now, equity=r + u, cash=account.cash,
+                       realized_pnl=r, unrealized_pnl=u)
+        for sid, (r, u) in per_strategy.items()
+    )
+    return rows
 
 
 # --------------------------------------------------------------------------------------------- manual close

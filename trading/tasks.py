@@ -106,10 +106,29 @@ def accounts_reconcile_task() -> dict[str, object]:
 
 @shared_task(name="trading.tasks.equity_snapshot", acks_late=True)
 def equity_snapshot_task() -> int:
-    """Record equity and P&L of every account and strategy."""
+    """Fan the equity snapshot out: one task per account, all at this tick's time, so a slow or broken venue never
+    costs another account its snapshot. Each expires after one snapshot interval."""
+    from django.conf import settings
+    from django.utils import timezone
+
+    from trading import selectors
+
+    now = timezone.now().isoformat()
+    account_ids = [account.pk for account in selectors.account_list()]
+    for account_id in account_ids:
+        account_equity_snapshot_task.apply_async((account_id, now),
+                                                 expires=int(settings.TRADING["SNAPSHOT_EVERY_SECONDS"]))
+    return len(account_ids)
+
+
+@shared_task(name="trading.tasks.account_equity_snapshot", acks_late=True)
+def account_equity_snapshot_task(account_id: int, at: str) -> int:
+    """Record equity and P&L of one account and its strategies at `at` (ISO 8601); return rows written."""
+    from datetime import datetime
+
     from trading import services
 
-    return services.equity_snapshot_take()
+    return services.account_equity_snapshot_take(account_id=account_id, now=datetime.fromisoformat(at))
 
 
 @worker_ready.connect

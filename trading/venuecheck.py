@@ -52,6 +52,21 @@ def _credential_vars(prefix: str, environ: Mapping[str, str]) -> dict[str, str]:
     return {k[len(start):]: v for k, v in environ.items() if k.startswith(start)}
 
 
+def account_error_text(account: VenueAccount, error: BaseException, *,
+                       environ: Mapping[str, str] | None = None) -> str:
+    """An account's error for logs and the health page: secret-looking values, the account's credential values and
+    its endpoint's path (an RPC URL's path often carries an API key) removed."""
+    from exchanges.resilience import error_text
+
+    environ = os.environ if environ is None else environ
+    variables = _credential_vars(account.credentials_env, environ) if account.credentials_env else {}
+    text = scrub(error_text(error), [v for k, v in variables.items() if k not in _NOT_SECRET])
+    endpoint = variables.get("ENDPOINT", "").strip()
+    if endpoint and _origin(endpoint) and endpoint.rstrip("/") != _origin(endpoint):
+        text = text.replace(endpoint, _origin(endpoint))
+    return text
+
+
 def scrub(text: str, secrets: Sequence[str]) -> str:
     """Replace every secret in text, whatever its letter case or 0x prefix (and every long piece of a multi-line
     secret, such as a PEM body line); values shorter than 6 characters are settings, not secrets."""

@@ -404,6 +404,30 @@ def venue_health_record(*, account_id: int, event: BreakerEvent, secrets: Sequen
     VenueHealth.objects.update_or_create(account_id=account_id, defaults=fields)
 
 
+def venue_health_snapshot_record(*, account_id: int, error: str | None, now: datetime) -> None:
+    """Record an equity snapshot's outcome in the account's venue health: a failure (`error`, secret-free) counts up
+    with its error and time; a success (None) clears them. Durable like the breaker's reports."""
+    table = VenueHealth._meta.db_table
+    if error is None:
+        sql = f"UPDATE {table} SET snapshot_failures = 0, snapshot_error = '' WHERE account_id = %s " \
+              f"AND snapshot_failures > 0"
+        params: list[Any] = [account_id]
+    else:
+        at = connection.ops.adapt_datetimefield_value(now)
+        # The row may not exist yet: no breaker transition was ever reported, or no connector could be built.
+        sql = (f"INSERT INTO {table} (account_id, state, since, consecutive_failures, last_error, reporter, "
+               f"updated_at, snapshot_failures, snapshot_error, snapshot_failed_at) "
+               f"VALUES (%s, %s, %s, 0, '', '', %s, 1, %s, %s) ON CONFLICT (account_id) DO UPDATE SET "
+               f"snapshot_failures = {table}.snapshot_failures + 1, snapshot_error = EXCLUDED.snapshot_error, "
+               f"snapshot_failed_at = EXCLUDED.snapshot_failed_at")
+        params = [account_id, VenueHealth.State.CLOSED.value, at, at, error, at]
+    if _needs_side_connection():
+        _durable_sql(sql, params)
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
 def _health_reporter(account_id: int, *, secrets: Sequence[str]) -> Callable[[BreakerEvent], None]:
     def report(event: BreakerEvent) -> None:
         venue_health_record(account_id=account_id, event=event, secrets=secrets)
