@@ -39,7 +39,8 @@ RUN python -m compileall -q -x '(\.venv|tests)/' /app \
 USER tradesite:tradesite
 VOLUME ["/var/lib/tradesite", "/var/log/tradesite"]
 EXPOSE 8000
-# web: GET /healthz; workers and beat: the broker answers (tradesite/healthcheck.py reads TRADESITE_COMPONENT).
+# web: GET /healthz; a worker: its own fresh heartbeat for each of its queues; beat: it ticked lately
+# (tradesite/healthcheck.py reads TRADESITE_COMPONENT).
 HEALTHCHECK --interval=15s --timeout=6s --start-period=90s --retries=3 CMD ["python", "-m", "tradesite.healthcheck"]
 ENTRYPOINT ["python", "-m", "tradesite.bootstrap"]
 CMD ["web"]

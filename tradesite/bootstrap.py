@@ -8,7 +8,8 @@
 3. Under a Postgres advisory lock (so replicas starting together take turns): migrates, creates the admin user from
    ADMIN_USERNAME / ADMIN_PASSWORD / ADMIN_EMAIL if it does not exist, and runs `check_venues` when a live
    account's credentials are in the environment (a failed check refuses the start).
-4. Replaces itself (exec) with the role's process: gunicorn, a Celery worker, or Celery beat.
+4. Replaces itself (exec) with the role's process: gunicorn, a Celery worker, or Celery beat (workers and beat write
+   heartbeats that /readyz and the container probe read: tradesite/heartbeat.py).
 
 Roles: web, worker-execution, worker-monitoring, worker (every queue), beat, migrate (set up, then exit).
 """
@@ -24,6 +25,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 ROLES = ("web", "intake", "worker-execution", "worker-monitoring", "worker", "beat", "migrate")
+# Each worker role: its node name (before @host) and the queues it consumes (the health probe checks these).
+WORKER_ROLES = {
+    "worker-execution": ("execution", ("execution",)),
+    "worker-monitoring": ("monitoring", ("strategies", "monitoring")),
+    "worker": ("all", ("execution", "strategies", "monitoring")),
+}
 MIN_TOKEN_BYTES = 32
 MIN_SECRET_KEY_CHARS = 50
 MIN_ADMIN_PASSWORD_CHARS = 12
@@ -171,16 +178,13 @@ def role_command(role: str, env: Mapping[str, str]) -> list[str]:
                 # queue without bound.
                 "--limit-concurrency", "4096",
                 "--timeout-graceful-shutdown", "30", "--log-level", env.get("LOG_LEVEL", "info").lower()]
-    if role == "worker-execution":
-        return celery + ["worker", "-Q", "execution", "-n", "execution@%h", *worker]
-    if role == "worker-monitoring":
-        return celery + ["worker", "-Q", "strategies,monitoring", "-n", "monitoring@%h", *worker]
-    if role == "worker":
-        return celery + ["worker", "-Q", "execution,strategies,monitoring", "-n", "all@%h", *worker]
+    if role in WORKER_ROLES:
+        name, queues = WORKER_ROLES[role]
+        return celery + ["worker", "-Q", ",".join(queues), "-n", f"{name}@%h", *worker]
     if role == "beat":
-        # One beat only (duplicate beats duplicate ticks); its schedule lives in the database.
-        return celery + ["beat", "-l", env.get("LOG_LEVEL", "INFO"), "-S",
-                         "django_celery_beat.schedulers:DatabaseScheduler", "--pidfile="]
+        # One beat only (duplicate beats duplicate ticks); its schedule lives in the database (django-celery-beat's
+        # scheduler, which also writes beat's heartbeat).
+        return celery + ["beat", "-l", env.get("LOG_LEVEL", "INFO"), "-S", "tradesite.beat:Scheduler", "--pidfile="]
     raise Refused(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
 
 

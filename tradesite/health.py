@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
+from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+
+_stores: dict[tuple[str, str, str], Any] = {}
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -11,9 +17,21 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+def _heartbeats() -> Any:
+    """This process's heartbeat store, kept across requests (its Redis connection pool with it)."""
+    from tradesite.celery import heartbeat_store
+
+    key = (settings.CELERY_BROKER_URL, settings.HEARTBEAT_REDIS_PREFIX, str(settings.VAR_DIR))
+    if key not in _stores:
+        _stores[key] = heartbeat_store()
+    return _stores[key]
+
+
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Answer 200 when the database and the broker answer, else 503 naming which failed."""
+    """Answer 200 when the database and the broker answer, a worker of each queue has a fresh heartbeat and beat
+    ticked recently; else 503, naming each check that failed (`worker:<queue>`, `beat`)."""
     from tradesite.celery import app
+    from tradesite.heartbeat import QUEUES, verdicts
 
     checks: dict[str, str] = {}
     try:
@@ -28,5 +46,10 @@ def readyz(request: HttpRequest) -> JsonResponse:
         checks["broker"] = "ok"
     except Exception:  # noqa: BLE001
         checks["broker"] = "failing"
+    try:
+        seen = _heartbeats().seen(QUEUES)
+        checks.update(verdicts(seen, now=time.time(), stale_after=settings.HEARTBEAT_STALE_SECONDS))
+    except Exception:  # noqa: BLE001 - heartbeats unreadable: no worker or beat can be vouched for
+        checks.update({**{f"worker:{q}": "failing" for q in QUEUES}, "beat": "failing"})
     ready = all(v == "ok" for v in checks.values())
     return JsonResponse({"status": "ok" if ready else "failing", "checks": checks}, status=200 if ready else 503)

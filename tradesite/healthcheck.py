@@ -1,5 +1,5 @@
-"""Container health probe (`python -m tradesite.healthcheck`): web and intake answer /healthz; workers and beat
-reach Redis.
+"""Container health probe (`python -m tradesite.healthcheck`): web and intake answer /healthz; a worker has a fresh
+heartbeat of its own (this container's node) for each queue it consumes; beat ticked recently (tradesite/heartbeat.py).
 
 Stdlib and redis-py only, no Django start-up: it runs every few seconds in every container.
 """
@@ -7,8 +7,31 @@ Stdlib and redis-py only, no Django start-up: it runs every few seconds in every
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import time
 import urllib.request
+
+from tradesite.bootstrap import WORKER_ROLES, var_dir
+from tradesite.heartbeat import store_open
+
+
+def _heartbeat_problem(role: str) -> str:
+    """Why this worker or beat is unhealthy ('' when its heartbeat is fresh)."""
+    stale_after = float(os.environ.get("TRADESITE_HEARTBEAT_STALE_SECONDS", "20"))
+    broker = os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL", "") or "filesystem://"
+    store = store_open(broker_url=broker, redis_prefix=os.environ.get("REDIS_KEY_PREFIX", ""),
+                       var_dir=var_dir(os.environ), timeout=4)
+    now = time.time()
+    if role == "beat":
+        at = store.seen(()).beat
+        return "" if at is not None and now - at <= stale_after else \
+            f"beat has not ticked for {'ever' if at is None else f'{now - at:.0f} s'}"
+    name, queues = WORKER_ROLES[role]
+    node = f"{name}@{socket.gethostname()}"  # the worker's -n name@%h in this container
+    seen = store.seen(queues, node=node)
+    stale = [q for q, at in seen.queues.items() if at is None or now - at > stale_after]
+    return f"no heartbeat from {node} for queue {', '.join(stale)} in {stale_after:.0f} s" if stale else ""
 
 
 def main() -> int:
@@ -26,12 +49,14 @@ def main() -> int:
                                              headers={"Host": hosts[0]} if hosts else {})
             with urllib.request.urlopen(request, timeout=4) as response:
                 return 0 if response.status == 200 else 1
-        url = os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL", "")
-        if not url.startswith(("redis://", "rediss://")):
-            return 0  # the embedded filesystem broker: nothing to reach
-        import redis
-
-        return 0 if redis.Redis.from_url(url, socket_timeout=4, socket_connect_timeout=4).ping() else 1
+        if role != "beat" and role not in WORKER_ROLES:
+            print(f"unhealthy ({role}): not a role this probe knows", file=sys.stderr)
+            return 1
+        problem = _heartbeat_problem(role)
+        if problem:
+            print(f"unhealthy ({role}): {problem}", file=sys.stderr)
+            return 1
+        return 0
     except Exception as exc:  # noqa: BLE001 - any failure is unhealthy
         print(f"unhealthy ({role}): {type(exc).__name__}", file=sys.stderr)
         return 1

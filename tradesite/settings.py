@@ -195,10 +195,18 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# django-celery-beat's database scheduler, which also writes beat's heartbeat (tradesite/beat.py).
+CELERY_BEAT_SCHEDULER = "tradesite.beat:Scheduler"
 CELERY_TIMEZONE = "UTC"
 # Celery's Django fixup closes the DB connection around every task unless told otherwise: reuse it.
 CELERY_DB_REUSE_MAX = 1000
+
+# --- Worker and beat heartbeats (tradesite/heartbeat.py), read by /readyz and the container health checks ---
+# Each worker writes one per queue every HEARTBEAT_SECONDS, beat after its ticks; older than HEARTBEAT_STALE_SECONDS
+# means that queue has no live worker (or beat is not ticking). Redis with a Redis broker, else files under VAR_DIR.
+HEARTBEAT_SECONDS = float(os.environ.get("TRADESITE_HEARTBEAT_SECONDS", "5"))
+HEARTBEAT_STALE_SECONDS = float(os.environ.get("TRADESITE_HEARTBEAT_STALE_SECONDS", "20"))
+HEARTBEAT_REDIS_PREFIX = os.environ.get("REDIS_KEY_PREFIX", "")
 
 # --- Cache (rate limits and dedup need one shared store across processes) ---
 if REDIS_URL:

@@ -182,9 +182,14 @@ def test_web_role_serves_healthz_behind_gunicorn(fresh_db: str, var_dir: Path, t
             return healthcheck.main() == 0  # the container HEALTHCHECK's own probe
 
         wait_for(up, timeout=90, every=0.3, what="gunicorn answering /healthz")
+        # Ready needs a worker per queue and beat as well: this web role alone names what is missing.
         request = urllib.request.Request(f"http://127.0.0.1:{port}/readyz", headers={"Host": "trade.example.com"})
-        with urllib.request.urlopen(request, timeout=5) as r:
-            assert r.status == 200
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(request, timeout=5)
+        assert answer.value.code == 503
+        checks = json.loads(answer.value.read())["checks"]
+        assert checks["database"] == checks["broker"] == "ok" and checks["worker:execution"] == checks["beat"] == \
+            "failing"
         # /metrics from loopback (no token set): gunicorn's workers share request metrics (multiprocess mode).
         request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Host": "trade.example.com",
                                                                                      "X-Forwarded-Proto": "https"})
@@ -251,9 +256,22 @@ def test_intake_role_serves_the_webhook_on_uvicorn(fresh_db: str, var_dir: Path,
     assert "starting intake:" in log and "uvicorn" in log
 
 
-def test_worker_and_beat_roles_start(fresh_db: str, var_dir: Path, tmp_path: Path) -> None:
+def test_worker_and_beat_roles_start_and_their_probes_follow_their_heartbeats(
+        fresh_db: str, var_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each container's HEALTHCHECK (tradesite.healthcheck) is healthy while its worker or beat writes heartbeats,
+    and unhealthy once the process is killed, though Redis still answers."""
+    from tradesite import healthcheck
+
     expected = {"worker-execution": "ready.", "worker-monitoring": "ready.", "beat": "beat: Starting..."}
-    procs = {role: _start(role, clean_env(fresh_db, var_dir), tmp_path / f"{role}.log") for role in expected}
+    env = clean_env(fresh_db, var_dir, TRADESITE_HEARTBEAT_SECONDS="0.5", TRADESITE_HEARTBEAT_STALE_SECONDS="3")
+    procs = {role: _start(role, env, tmp_path / f"{role}.log") for role in expected}
+    for name in ("REDIS_URL", "REDIS_KEY_PREFIX", "TRADESITE_HEARTBEAT_STALE_SECONDS"):
+        monkeypatch.setenv(name, env[name])
+
+    def probe(role: str) -> int:
+        monkeypatch.setenv("TRADESITE_COMPONENT", role)
+        return healthcheck.main()
+
     try:
         for role, marker in expected.items():
             def started(role: str = role, marker: str = marker) -> bool:
@@ -262,12 +280,18 @@ def test_worker_and_beat_roles_start(fresh_db: str, var_dir: Path, tmp_path: Pat
                 return marker in text
 
             wait_for(started, timeout=90, every=0.3, what=f"{role} started")
+            wait_for(lambda role=role: probe(role) == 0, timeout=30, every=0.3, what=f"{role} probe healthy")
+        for role in ("worker-execution", "beat"):
+            os.killpg(procs[role].pid, signal.SIGKILL)
+            procs[role].wait(timeout=10)
+            wait_for(lambda role=role: probe(role) == 1, timeout=15, every=0.3, what=f"killed {role} unhealthy")
+        assert probe("worker-monitoring") == 0
     finally:
         for proc in procs.values():
             _stop(proc)
     assert "-Q execution " in (tmp_path / "worker-execution.log").read_text()
     assert "-Q strategies,monitoring " in (tmp_path / "worker-monitoring.log").read_text()
-    assert "DatabaseScheduler" in (tmp_path / "beat.log").read_text()
+    assert "-S tradesite.beat:Scheduler" in (tmp_path / "beat.log").read_text()
 
 
 # --------------------------------------------------------------------------------------------- secret files

@@ -155,17 +155,46 @@ def test_dockerfile_installs_only_pinned_requirements_from_the_build_stage() -> 
     assert runtime.index("USER tradesite") > runtime.index("COPY . .")
 
 
-def test_healthcheck_probe_for_workers_pings_the_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_and_beat_probes_need_their_own_fresh_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker container is healthy when its own node (name@this host) wrote a heartbeat for each of its queues
+    lately, not when Redis merely answers (it did with every worker dead); beat when it ticked lately."""
     import os
+    import socket
+    import time
+
+    import redis
 
     from tradesite import healthcheck
+    from tradesite.heartbeat import RedisHeartbeats
 
-    monkeypatch.setenv("TRADESITE_COMPONENT", "worker-execution")
+    prefix = f"{os.environ['REDIS_KEY_PREFIX']}probe-test:"
     monkeypatch.setenv("REDIS_URL", os.environ["REDIS_URL"])
+    monkeypatch.setenv("REDIS_KEY_PREFIX", prefix)
+    monkeypatch.setenv("TRADESITE_HEARTBEAT_STALE_SECONDS", "20")
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
-    assert healthcheck.main() == 0
-    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
-    assert healthcheck.main() == 1
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    store = RedisHeartbeats(client, prefix)
+    host = socket.gethostname()
+    try:
+        monkeypatch.setenv("TRADESITE_COMPONENT", "worker-monitoring")
+        assert healthcheck.main() == 1  # Redis answers, but no worker does
+        store.worker_beat(f"monitoring@other-{host}", ["monitoring", "strategies"], time.time())
+        assert healthcheck.main() == 1  # another container's worker does not vouch for this one
+        store.worker_beat(f"monitoring@{host}", ["monitoring"], time.time())
+        assert healthcheck.main() == 1  # one of its two queues only
+        store.worker_beat(f"monitoring@{host}", ["monitoring", "strategies"], time.time() - 30)
+        assert healthcheck.main() == 1  # stale
+        store.worker_beat(f"monitoring@{host}", ["monitoring", "strategies"], time.time())
+        assert healthcheck.main() == 0
+        monkeypatch.setenv("TRADESITE_COMPONENT", "beat")
+        assert healthcheck.main() == 1
+        store.beat_tick(time.time())
+        assert healthcheck.main() == 0
+        monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+        assert healthcheck.main() == 1
+    finally:
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
 
 
 def test_secret_files_fill_variables(tmp_path: Path) -> None:

@@ -54,9 +54,12 @@ def test_run_command_trades_the_demo_on_sqlite_and_the_filesystem_broker(tmp_pat
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: _get_ok(f"http://127.0.0.1:{port}/healthz"), timeout=90, every=0.5, what="web up")
+        # Ready once the worker and beat started by run write their heartbeats (files under var/heartbeats).
+        wait_for(lambda: _get(f"http://127.0.0.1:{port}/readyz")[0] == 200, timeout=60, every=0.5, what="ready")
         status, body = _get(f"http://127.0.0.1:{port}/readyz")
-        assert status == 200, body
-        assert body["checks"] == {"database": "ok", "broker": "ok"}
+        assert body["checks"] == {"database": "ok", "broker": "ok", "worker:execution": "ok",
+                                  "worker:monitoring": "ok", "worker:strategies": "ok", "beat": "ok"}
+        assert {p.name for p in (tmp_path / "var" / "heartbeats").iterdir()} >= {"beat", "queue-execution"}
         query = ("from trading.models import Fill, Order; "
                  "print(Fill.objects.count(), Order.objects.filter(status='filled').count())")
         wait_for(lambda: int(_shell(env, query).split()[0]) >= 2, timeout=120, every=2,

@@ -17,12 +17,6 @@ def test_healthz_answers_without_authentication(db) -> None:
     assert response.status_code == 200 and response.json() == {"status": "ok"}
 
 
-def test_readyz_checks_postgres_and_redis(db) -> None:
-    response = Client().get("/readyz")
-    assert response.status_code == 200
-    assert response.json()["checks"] == {"database": "ok", "broker": "ok"}
-
-
 def test_readyz_reports_a_broker_that_is_down(db, settings) -> None:
     from tradesite.celery import app
 
