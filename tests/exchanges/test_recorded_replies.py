@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -264,3 +265,122 @@ def test_every_recorded_reply_is_json() -> None:
                  "coinbase/products.json", "coinbase/orders_batch.json", "coinbase/fills.json", "coinbase/ticker.json",
                  "coinbase/quoted/accounts.json", "coinbase/quoted/candles.json", "coinbase/quoted/order_open.json"):
         assert recorded_json(name) is not None, name
+
+
+# ------------------------------------------------------------------------------------------- the fakes' fields
+
+
+def _keys(rows: Any) -> set[str]:
+    """Every key of a reply's rows (a dict or a list of dicts)."""
+    return set(rows) if isinstance(rows, dict) else set().union(*(set(r) for r in rows))
+
+
+def test_the_hyperliquid_fake_sends_every_field_of_the_recorded_replies() -> None:
+    """The fake's replies carry every field the recorded ones do (README: what each adds and why)."""
+    import requests
+
+    from tests.fakes.hyperliquid_venue import harness
+
+    def info(url: str, **payload: Any) -> Any:
+        return requests.post(url + "/info", json=payload, timeout=5).json()
+
+    with harness() as h:
+        fake, owner = h.extra["fake"], h.extra["owner"].address.lower()
+        connector = HyperliquidConnector(network="testnet", secret_key=h.credentials["secret_key"],
+                                         account_address=owner, base_url=h.endpoint, timeout=5)
+        from exchanges.base import OrderRequest
+        connector.create_order(OrderRequest("ab" * 16, "BTC/USDC:USDC", Side.BUY, OrderType.MARKET, D("0.01")))
+        connector.create_order(OrderRequest("cd" * 16, "BTC/USDC:USDC", Side.BUY, OrderType.LIMIT, D("0.01"),
+                                            price=D("40000")))
+        state = info(h.endpoint, type="clearinghouseState", user=owner)
+        recorded_state = recorded_json("hyperliquid/clearinghouse_state.json")
+        assert _keys(recorded_state) <= _keys(state)
+        position = state["assetPositions"][0]["position"]
+        assert {"maxTradeSzs", "cumFunding", "maxLeverage"} <= set(position)
+        assert _keys([p["position"] for p in recorded_state["assetPositions"]]) <= set(position)
+        assert position["maxLeverage"] == 40 and position["leverage"]["value"] == 20  # the asset's, not the position's
+        assert {"allTime", "sinceOpen", "sinceChange"} == set(position["cumFunding"])
+        assert len(position["maxTradeSzs"]) == 2
+
+        # The 2023 recording has no `cloid` key on orders placed without one; the 2025 one has "cloid": null.
+        assert _keys(recorded_json("hyperliquid/frontend_open_orders.json")) | {"cloid"} == _keys(
+            info(h.endpoint, type="frontendOpenOrders", user=owner))
+        history = info(h.endpoint, type="historicalOrders", user=owner)
+        recorded_history = recorded_json("hyperliquid/historical_orders.json")
+        assert _keys(recorded_history) == _keys(history)
+        assert _keys([e["order"] for e in recorded_history]) == _keys([e["order"] for e in history])
+        assert [e["status"] for e in history] == ["open", "filled"]  # newest first
+        fills = info(h.endpoint, type="userFillsByTime", user=owner, startTime=0)
+        assert _keys(recorded_json("hyperliquid/user_fills.json")) <= _keys(fills)
+        candles = info(h.endpoint, type="candleSnapshot",
+                       req={"coin": "BTC", "interval": "1h", "startTime": 0, "endTime": 7_200_000})
+        assert _keys(recorded_json("hyperliquid/candle_snapshot.json")) == _keys(candles)
+        meta = info(h.endpoint, type="meta")
+        assert _keys(recorded_json("hyperliquid/meta.json")["universe"]) <= _keys(meta["universe"])
+        assert "marginTables" in meta and all("marginTableId" in u for u in meta["universe"])
+        assert fake.fills_page == 2000
+
+
+def test_the_hyperliquid_fake_nests_children_as_the_venue_does_and_they_are_read_once() -> None:
+    """A parent with its take-profit and stop as `children`, listed again at the top level, as recorded."""
+    import requests
+
+    from exchanges.base import OrderRequest
+    from tests.fakes.hyperliquid_venue import harness
+
+    with harness() as h:
+        fake, owner = h.extra["fake"], h.extra["owner"].address.lower()
+        connector = HyperliquidConnector(network="testnet", secret_key=h.credentials["secret_key"],
+                                         account_address=owner, base_url=h.endpoint, timeout=5)
+        btc = "BTC/USDC:USDC"
+        parent = connector.create_order(OrderRequest("a1" * 16, btc, Side.BUY, OrderType.LIMIT, D("0.01"),
+                                                     price=D("40000")))
+        stop = connector.create_order(OrderRequest("a2" * 16, btc, Side.SELL, OrderType.STOP, D("0.01"),
+                                                   trigger_price=D("39000")))
+        take = connector.create_order(OrderRequest("a3" * 16, btc, Side.SELL, OrderType.TAKE_PROFIT, D("0.01"),
+                                                   trigger_price=D("45000")))
+        fake.nest(int(parent.venue_order_id), [int(stop.venue_order_id), int(take.venue_order_id)])
+        rows = requests.post(h.endpoint + "/info", json={"type": "frontendOpenOrders", "user": owner}, timeout=5).json()
+        assert len(rows) == 3
+        (top,) = [r for r in rows if r["children"]]
+        assert [c["oid"] for c in top["children"]] == [int(stop.venue_order_id), int(take.venue_order_id)]
+        orders = connector.open_orders()
+        assert sorted(o.venue_order_id for o in orders) == sorted(
+            [parent.venue_order_id, stop.venue_order_id, take.venue_order_id])
+        assert {o.type for o in orders} == {OrderType.LIMIT, OrderType.STOP, OrderType.TAKE_PROFIT}
+
+
+def test_the_coinbase_fake_sends_every_field_of_the_recorded_replies() -> None:
+    import requests
+
+    from exchanges import registry
+    from exchanges.base import OrderRequest
+    from tests.fakes.coinbase_venue import harness
+
+    with harness() as h:
+        fake = h.extra["fake"]
+        fake.fund("BTC", "1")
+        connector = registry.build(venue="coinbase", network=h.network, credentials=h.credentials,
+                                   endpoint=h.endpoint)
+        order = connector.create_order(OrderRequest("cb-shape-1", "BTC/USD", Side.SELL, OrderType.MARKET, D("0.01")))
+        products = requests.get(h.endpoint + "/api/v3/brokerage/market/products", timeout=5).json()["products"]
+        recorded_products = recorded_json("coinbase/products.json")["products"]
+        assert _keys([p for p in recorded_products if p["product_type"] == "SPOT"]) <= _keys(products)
+        wire_order = fake._wire(fake.orders[order.venue_order_id])
+        listed = fake._list({})
+        assert _keys(recorded_json("coinbase/orders_batch.json")["orders"]) <= _keys(listed.body["orders"])
+        assert set(recorded_json("coinbase/orders_batch.json")) <= set(listed.body)
+        assert set(recorded_json("coinbase/quoted/order_open.json")["order"]) <= set(wire_order)
+        assert (wire_order["reject_reason"], wire_order["margin_type"], wire_order["edit_history"]) == (
+            "REJECT_REASON_UNSPECIFIED", "UNKNOWN_MARGIN_TYPE", [])
+        fills = fake._fills({"order_ids": [order.venue_order_id]}).body
+        assert _keys(recorded_json("coinbase/fills.json")["fills"]) <= _keys(fills["fills"])
+        accounts = fake._accounts({}).body
+        assert _keys(recorded_json("coinbase/quoted/accounts.json")["accounts"]) <= _keys(accounts["accounts"])
+        assert {a["hold"]["value"] for a in accounts["accounts"]} == {"0.0000000000000000"}
+        candles = requests.get(h.endpoint + "/api/v3/brokerage/market/products/BTC-USD/candles",
+                               params={"granularity": "ONE_MINUTE", "start": "0", "end": "120"}, timeout=5).json()
+        assert _keys(recorded_json("coinbase/quoted/candles.json")["candles"]) == _keys(candles["candles"])
+        ticker = requests.get(h.endpoint + "/api/v3/brokerage/market/products/BTC-USD/ticker", timeout=5).json()
+        assert set(recorded_json("coinbase/ticker.json")) <= set(ticker)
+        assert _keys(recorded_json("coinbase/ticker.json")["trades"]) <= _keys(ticker["trades"])

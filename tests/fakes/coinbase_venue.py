@@ -10,6 +10,17 @@ The matching engine trades each product against one settable price: market order
 until the price reaches them, stop-limits trigger on their direction; client order ids are idempotent (the same id
 again returns the existing order), and knobs add partial fills, status lag and forced refusals.
 
+Wire shapes, compared field by field with the replies in tests/fixtures/venues/coinbase (README there): products
+carry every field of the recorded spot products (full `base_name`/`quote_name`, `approximate_quote_24h_volume`,
+`new_at`); orders every field of the recorded and quoted ones, with the venue's placeholders where it sends them
+(`reject_reason` "REJECT_REASON_UNSPECIFIED", `margin_type` "UNKNOWN_MARGIN_TYPE", `fee` "", `edit_history` [],
+a `cursor` on each listed order) and, as knobs, a `cancel_message` on canceled orders and
+`filled_market_cancel_message` on filled market orders (ccxt quotes "Internal error" on one); fills the recorded
+fields (a 64-hex `entry_id`, a `cursor` on each), reported in quote with `report_fills_in_quote`; balances written
+with 16 decimals as quoted ("0.0000000000000000"). Left different: timestamps have microseconds (the venue writes
+milliseconds to nanoseconds), ids are fake, `completion_percentage` has no fixed decimals, and the fee tier is the
+fake's own (no recording of transaction_summary was found).
+
 Order faults (`order_faults`, tests/fakes/faults.py), in the shapes ccxt's coinbase.py records for the venue:
 refuse is `success: false` with an `error_response` (INSUFFICIENT_FUND, "Insufficient balance in source account",
 preview PREVIEW_INSUFFICIENT_FUND); cancel is a created order that ends CANCELLED with `filled_size` "0"; partial is an
@@ -21,6 +32,7 @@ closes the connection unanswered.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import threading
 import time
@@ -54,6 +66,14 @@ def fmt(value: Decimal) -> str:
     return format(value.normalize(), "f") if value else "0"
 
 
+def fmt_balance(value: Decimal) -> str:
+    """A balance as the accounts endpoint writes it: 16 decimals ("0.0000000000000000"), more only when needed."""
+    return format(value if -value.as_tuple().exponent > 16 else value.quantize(Decimal("1e-16")), "f")  # type: ignore[operator]
+
+
+NAMES = {"BTC": "Bitcoin", "ETH": "Ethereum", "XLM": "Stellar", "USD": "US Dollar", "USDC": "USDC", "USDT": "Tether"}
+
+
 def _iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -75,12 +95,13 @@ def product(product_id: str, *, base_increment: str, price_increment: str, quote
         "product_id": product_id, "price": "", "price_percentage_change_24h": "0", "volume_24h": "0",
         "volume_percentage_change_24h": "0", "base_increment": base_increment, "quote_increment": quote_increment,
         "quote_min_size": quote_min_size, "quote_max_size": "150000000", "base_min_size": base_min_size,
-        "base_max_size": "3400", "base_name": base, "quote_name": quote, "watched": False, "is_disabled": False,
+        "base_max_size": "3400", "base_name": NAMES.get(base, base), "quote_name": NAMES.get(quote, quote), "watched": False, "is_disabled": False,
         "new": False, "status": "online", "cancel_only": False, "limit_only": False, "post_only": False,
         "trading_disabled": False, "auction_mode": False, "product_type": "SPOT", "quote_currency_id": quote,
         "base_currency_id": base, "fcm_trading_session_details": None, "mid_market_price": "", "alias": "",
         "alias_to": [], "base_display_symbol": base, "quote_display_symbol": quote, "view_only": False,
         "price_increment": price_increment, "display_name": product_id, "product_venue": "CBE",
+        "approximate_quote_24h_volume": "0", "new_at": "2023-01-01T00:00:00Z",
     }
 
 
@@ -167,6 +188,9 @@ class CoinbaseFake(FakeHTTPServer):
         self.auth_failures: list[str] = []
         self._quote_pieces = 0
         self.cancel_message = ""  # the venue's cancel_message on the orders it cancels (empty, as recorded)
+        # The cancel_message of filled market orders: empty as recorded, but ccxt quotes a FILLED quote-sized market
+        # buy carrying "Internal error" (ccxt coinbase.py, fetch_orders).
+        self.filled_market_cancel_message = ""
         self._partials: list[Decimal] = []
         self._lag = 0
         self._rejections: list[dict[str, str]] = []
@@ -438,11 +462,11 @@ class CoinbaseFake(FakeHTTPServer):
             accounts.append({
                 "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, currency)), "name": f"{currency} Wallet",
                 "currency": currency,
-                "available_balance": {"value": fmt(self.balances[currency] - held), "currency": currency},
+                "available_balance": {"value": fmt_balance(self.balances[currency] - held), "currency": currency},
                 "default": True, "active": True, "created_at": "2024-01-01T00:00:00Z",
                 "updated_at": "2024-01-01T00:00:00Z", "deleted_at": None,
                 "type": "ACCOUNT_TYPE_FIAT" if currency in ("USD", "EUR", "GBP") else "ACCOUNT_TYPE_CRYPTO",
-                "ready": True, "hold": {"value": fmt(held), "currency": currency}, "retail_portfolio_id": "default",
+                "ready": True, "hold": {"value": fmt_balance(held), "currency": currency}, "retail_portfolio_id": "default",
             })
         more = offset + limit < len(currencies)
         return Reply(200, {"accounts": accounts, "has_next": more, "cursor": str(offset + limit) if more else "",
@@ -661,7 +685,8 @@ class CoinbaseFake(FakeHTTPServer):
         offset = int(query.get("cursor", ["0"])[0] or 0)
         page = orders[offset:offset + limit]
         more = offset + limit < len(orders)
-        return Reply(200, {"orders": [self._wire(o) for o in page], "sequence": "0", "has_next": more,
+        items = [dict(self._wire(o), cursor=str(offset + n + 1)) for n, o in enumerate(page)]  # as recorded
+        return Reply(200, {"orders": items, "sequence": "0", "has_next": more,
                            "cursor": str(offset + limit) if more else ""})
 
     def _fills(self, query: dict[str, list[str]]) -> Reply:
@@ -674,12 +699,13 @@ class CoinbaseFake(FakeHTTPServer):
                 for n, (size, commission, in_quote) in enumerate(self._reported(o, f)):
                     trade_id = f.trade_id if n == 0 else f"{f.trade_id}-{n}"
                     fills.append({
-                        "entry_id": trade_id + "-e", "trade_id": trade_id, "order_id": o.order_id,
+                        "entry_id": hashlib.sha256(trade_id.encode()).hexdigest(), "trade_id": trade_id,
+                        "order_id": o.order_id,
                         "trade_time": _iso(f.time), "trade_type": "FILL", "price": fmt(f.price), "size": fmt(size),
                         "commission": fmt(commission), "product_id": o.product_id,
                         "sequence_timestamp": _iso(f.time), "liquidity_indicator": f.liquidity,
                         "size_in_quote": in_quote, "user_id": "fake-user", "side": o.side,
-                        "retail_portfolio_id": "default",
+                        "retail_portfolio_id": "default", "cursor": str(len(fills) + 1),
                     })
         return Reply(200, {"fills": fills, "cursor": ""})
 
@@ -691,6 +717,11 @@ class CoinbaseFake(FakeHTTPServer):
         share = (quote / self._quote_pieces).quantize(Decimal("0.00000001"), rounding=ROUND_DOWN)
         sizes = [share] * (self._quote_pieces - 1) + [quote - share * (self._quote_pieces - 1)]
         return [(size, (f.commission * size / quote).quantize(Decimal("0.00000001")), True) for size in sizes]
+
+    def _cancel_message(self, o: _Order) -> str:
+        if o.status == "CANCELLED":
+            return self.cancel_message
+        return self.filled_market_cancel_message if o.status == "FILLED" and o.kind == "market_market_ioc" else ""
 
     def _wire(self, o: _Order) -> dict[str, Any]:
         filled = o.filled
@@ -713,9 +744,9 @@ class CoinbaseFake(FakeHTTPServer):
             "trigger_status": trigger, "order_type": order_type,
             # Placeholders as the venue sends them (ccxt's recorded coinbase replies), never empty strings.
             "reject_reason": "REJECT_REASON_UNSPECIFIED", "settled": o.final, "product_type": "SPOT",
-            "reject_message": "", "cancel_message": self.cancel_message if o.status == "CANCELLED" else "",
+            "reject_message": "", "cancel_message": self._cancel_message(o),
             "order_placement_source": "RETAIL_ADVANCED", "outstanding_hold_amount": "0", "is_liquidation": False,
-            "last_fill_time": _iso(o.fills[-1].time) if o.fills else None, "leverage": "", "margin_type": "",
+            "last_fill_time": _iso(o.fills[-1].time) if o.fills else None, "edit_history": [], "leverage": "", "margin_type": "UNKNOWN_MARGIN_TYPE",
             "retail_portfolio_id": "default", "originating_order_id": "", "attached_order_id": "",
         }
 

@@ -9,8 +9,19 @@ reduce-only; $10 minimum; tick and size rules checked independently of the conne
 cloid answers with the existing order. Per-order failures come back inside a top-level "ok", as on the venue.
 
 Knobs: `set_price`, `partial_fills(n, fraction)`, `lag_status(n)` (orderStatus answers unknownOid n times),
-`lag_fills(n)` (fill queries answer no fill n times),
-`script(match, reply)` (answer one request with a canned reply), and the shared `plan` (tests/fakes/faults.py).
+`lag_fills(n)` (fill queries answer no fill n times), `fills_page` (fills per reply), `nest(parent, children)` (show
+orders as a grouped order's children), `script(match, reply)` (answer one request with a canned reply), and the
+shared `plan` (tests/fakes/faults.py).
+
+Wire shapes, compared field by field with the real replies in tests/fixtures/venues/hyperliquid (README there):
+clearinghouseState positions carry every field of the recorded one (`maxTradeSzs` as [buy, sell] sizes the free
+margin allows) and those the venue's docs add since (`cumFunding` all zero: the fake charges no funding;
+`maxLeverage` the asset's; `leverage.rawUsd` when isolated), with `time` and `withdrawable` at the top level;
+frontendOpenOrders / orderStatus / historicalOrders orders have the recorded fields, `cloid` null when none, and
+`children` (via `nest`: nested in the parent and listed again at the top level, as recorded); userFills rows have
+the recorded fields plus `tid` and `feeToken` (newer replies), newest first, `fills_page` a reply; candles and
+allMids as recorded; meta adds today's `marginTableId` and `marginTables`. Left different: `liquidationPx` is
+always null (the fake computes no liquidation), and `openOrders` rows are the short recorded shape only.
 
 Order faults (`order_faults`) play on IOC orders (what a market order is here), each in the venue's words (gitbook
 "Error responses"; statuses as in the SDK's recorded historicalOrders cassette): refuse is a per-order PerpMargin
@@ -112,6 +123,7 @@ class _Order:
     status_ts: int = 0
     filled: Decimal = Decimal("0")
     notional: Decimal = Decimal("0")
+    children: list[_Order] = field(default_factory=list)  # a grouped order's take-profit and stop (see `nest`)
 
     def frontend(self) -> dict[str, Any]:
         trigger = self.trigger
@@ -124,7 +136,8 @@ class _Order:
             condition = f"Price {'above' if above else 'below'} {trigger['triggerPx']}"
             trigger_px = trigger["triggerPx"]
         return {
-            "children": [], "cloid": self.cloid, "coin": self.coin, "isPositionTpsl": False,
+            "children": [c.frontend() for c in self.children if c.status in ("open", "triggered")],
+            "cloid": self.cloid, "coin": self.coin, "isPositionTpsl": False,
             "isTrigger": trigger is not None, "limitPx": wire(self.limit_px), "oid": self.oid,
             "orderType": order_type, "origSz": wire(self.orig_sz), "reduceOnly": self.reduce_only,
             "side": "B" if self.is_buy else "A", "sz": wire(self.sz), "tif": self.tif, "timestamp": self.timestamp,
@@ -205,6 +218,12 @@ class HyperliquidFake(FakeHTTPServer):
         with self.lock:
             self._scripted.append((match, reply))
 
+    def nest(self, parent_oid: int, child_oids: list[int]) -> None:
+        """Show orders as the children of another, as the venue shows a grouped order's take-profit and stop: nested
+        in the parent's `children` and listed again at the top level (the SDK's recorded frontendOpenOrders)."""
+        with self.lock:
+            self.orders[parent_oid].children = [self.orders[oid] for oid in child_oids]
+
     def created_cloids(self) -> list[str | None]:
         with self.lock:
             return list(self.created)
@@ -261,13 +280,13 @@ class HyperliquidFake(FakeHTTPServer):
         kind = body.get("type")
         user = str(body.get("user", "")).lower()
         if kind == "meta":
-            return Reply(200, {"universe": self.universe})
+            return Reply(200, self._meta())
         if kind == "metaAndAssetCtxs":
             ctxs = [{"markPx": wire(self.prices[u["name"]]), "midPx": wire(self.prices[u["name"]]),
                      "oraclePx": wire(self.prices[u["name"]]), "funding": "0.0000125", "openInterest": "1000.0",
                      "dayNtlVlm": "0.0", "premium": "0.0", "prevDayPx": wire(self.prices[u["name"]]),
                      "impactPxs": None} for u in self.universe]
-            return Reply(200, [{"universe": self.universe}, ctxs])
+            return Reply(200, [self._meta(), ctxs])
         if kind == "spotMeta":
             return Reply(200, {"universe": [], "tokens": []})
         if kind == "allMids":
@@ -288,6 +307,9 @@ class HyperliquidFake(FakeHTTPServer):
             return Reply(200, sorted(rows, key=lambda r: -int(r["timestamp"])))
         if kind == "orderStatus":
             return Reply(200, self._order_status(user, body.get("oid")))
+        if kind == "historicalOrders":
+            mine = sorted((o for o in self.orders.values() if o.user == user), key=lambda o: -o.oid)
+            return Reply(200, [self._history_entry(o) for o in mine][:2000])
         if kind in ("userFills", "userFillsByTime"):
             if self._fills_lag > 0:
                 self._fills_lag -= 1
@@ -326,11 +348,20 @@ class HyperliquidFake(FakeHTTPServer):
             margin = value / lev
             used += margin
             notional += value
+            pnl = ((mark - entry) * szi).quantize(FEE_QUANTUM)
+            leverage: dict[str, Any] = {"type": mode, "value": lev}
+            if mode == "isolated":  # the isolated margin's raw USD (docs: leverage.rawUsd)
+                leverage["rawUsd"] = wire((margin - value * (1 if szi > 0 else -1)).quantize(FEE_QUANTUM))
+            meta = next(u for u in self.universe if u["name"] == coin)
             positions.append({"type": "oneWay", "position": {
-                "coin": coin, "szi": wire(szi), "entryPx": wire(entry), "leverage": {"type": mode, "value": lev},
+                "coin": coin, "szi": wire(szi), "entryPx": wire(entry), "leverage": leverage,
                 "liquidationPx": None, "marginUsed": wire(margin.quantize(FEE_QUANTUM)),
-                "positionValue": wire(value.quantize(FEE_QUANTUM)), "returnOnEquity": "0.0",
-                "unrealizedPnl": wire(((mark - entry) * szi).quantize(FEE_QUANTUM)), "maxLeverage": lev,
+                "positionValue": wire(value.quantize(FEE_QUANTUM)),
+                "returnOnEquity": wire((pnl * lev / (abs(szi) * entry)).quantize(Decimal("1e-8"))),
+                "unrealizedPnl": wire(pnl), "maxLeverage": int(meta["maxLeverage"]),
+                # The venue's funding accrual; the fake charges no funding.
+                "cumFunding": {"allTime": "0.0", "sinceOpen": "0.0", "sinceChange": "0.0"},
+                "maxTradeSzs": self._max_trade_sizes(account, coin, szi),
             }})
         value = self._account_value(account)
         summary = {"accountValue": wire(value.quantize(FEE_QUANTUM)), "totalMarginUsed": wire(used.quantize(FEE_QUANTUM)),
@@ -338,6 +369,15 @@ class HyperliquidFake(FakeHTTPServer):
         return {"assetPositions": positions, "marginSummary": summary, "crossMarginSummary": summary,
                 "crossMaintenanceMarginUsed": "0.0", "withdrawable": wire(max(Decimal(0), value - used).quantize(FEE_QUANTUM)),
                 "time": _now_ms()}
+
+    def _max_trade_sizes(self, account: _User, coin: str, szi: Decimal) -> list[str]:
+        """[largest buy, largest sell] the free margin allows at the mark, closing the position counting as free."""
+        lot = Decimal(1).scaleb(-self.sz_decimals[coin])
+        _, lev = account.leverage.get(coin, ("cross", 20))
+        opening = max(Decimal(0), self._free_margin(account)) * lev / self.prices[coin]
+        buy = opening + (abs(szi) if szi < 0 else 0)
+        sell = opening + (szi if szi > 0 else 0)
+        return [wire(buy.quantize(lot, rounding=ROUND_DOWN)), wire(sell.quantize(lot, rounding=ROUND_DOWN))]
 
     def _account_value(self, account: _User) -> Decimal:
         return account.usdc + sum(((self.prices[c] - e) * s for c, (s, e) in account.positions.items()), Decimal(0))
@@ -352,8 +392,20 @@ class HyperliquidFake(FakeHTTPServer):
                 found = order
         if found is None:
             return {"status": "unknownOid"}
-        return {"status": "order", "order": {"order": found.frontend(), "status": found.status,
-                                             "statusTimestamp": found.status_ts or found.timestamp}}
+        return {"status": "order", "order": self._history_entry(found)}
+
+    @staticmethod
+    def _history_entry(order: _Order) -> dict[str, Any]:
+        """An order as orderStatus's `order` and each historicalOrders entry carry it."""
+        return {"order": order.frontend(), "status": order.status,
+                "statusTimestamp": order.status_ts or order.timestamp}
+
+    def _meta(self) -> dict[str, Any]:
+        """meta as the venue answers today: each asset names its margin table (here one tier per max leverage)."""
+        universe = [dict(u, marginTableId=int(u["maxLeverage"])) for u in self.universe]
+        tables = [[lev, {"description": "", "marginTiers": [{"lowerBound": "0.0", "maxLeverage": lev}]}]
+                  for lev in sorted({int(u["maxLeverage"]) for u in self.universe})]
+        return {"universe": universe, "marginTables": tables}
 
     def _candles(self, req: dict[str, Any]) -> list[dict[str, Any]]:
         coin, interval = str(req.get("coin")), str(req.get("interval"))
