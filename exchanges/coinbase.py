@@ -759,7 +759,9 @@ class CoinbaseConnector(Connector):
                                       fee_currency=market.quote if market else symbol.split("/")[-1],
                                       lot=market.lot_size if market else Decimal("1e-8"))
         filled = sum((f.quantity for f in fills), ZERO)
-        reason = _order_reason(raw)
+        # A filled order has no refusal or cancel reason, whatever text it carries (a filled market buy can come with
+        # cancel_message "Internal error", as ccxt quotes one).
+        reason = "" if status is VenueOrderStatus.FILLED else _order_reason(raw)
         if filled < filled_size and status.is_final:
             # The fills list lags the order: keep the order working until every fill is readable.
             status, reason = VenueOrderStatus.PARTIALLY_FILLED, "fills still arriving"

@@ -561,3 +561,14 @@ def test_fills_reported_in_quote_add_up_to_the_orders_filled_size(coinbase: Coin
     assert len(found.fills) == 3
     assert sum((f.quantity for f in found.fills), Decimal(0)) == found.filled_quantity == venue.filled
     assert all(f.quantity > 0 for f in found.fills)
+
+
+def test_a_filled_orders_cancel_message_is_no_reason(coinbase: CoinbaseConnector, fake: CoinbaseFake) -> None:
+    """ccxt quotes a FILLED quote-sized market buy whose cancel_message is "Internal error": the connector gave a
+    filled order that text as its reason (the engine then says of a buy that came short "the venue filled ... and
+    closed it: Internal error"). A filled order has no refusal or cancel reason."""
+    fake.filled_market_cancel_message = "Internal error"
+    order = coinbase.create_order(buy("0.001"))
+    assert order.status is VenueOrderStatus.FILLED
+    assert fake.orders[order.venue_order_id].status == "FILLED"
+    assert order.reason == ""
