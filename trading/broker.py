@@ -307,8 +307,17 @@ class AsyncRedisLink:
         self._fail(redis.ConnectionError("closed"))
 
 
+class BrokerSkipped(redis.ConnectionError):
+    """Not sent: the broker failed moments ago (see TaskPublisher.RETRY_AFTER_SECONDS)."""
+
+
 class TaskPublisher:
     """Publish one task by name with a single LPUSH of a Celery protocol-2 message onto its queue's Redis list."""
+
+    # After a failed LPUSH the broker is not tried again for this long: each publish meanwhile raises BrokerSkipped
+    # at once (the caller's row stays as it is for the sweeper), so a Redis that hangs costs one publish its timeout
+    # every few seconds instead of every publish (the web role answers an alert only after its enqueue).
+    RETRY_AFTER_SECONDS = 5.0
 
     def __init__(self, *, app: Any, task_name: str, client: Any) -> None:
         task = app.tasks[task_name]
@@ -318,6 +327,7 @@ class TaskPublisher:
         prefix = str((conf.broker_transport_options or {}).get("global_keyprefix", ""))
         self.key = (prefix + queue.name).encode()
         self.link = RedisLink(client)
+        self._skip_until = 0.0  # time.monotonic() before which the broker is not tried (it just failed)
         headers = {
             "lang": "py", "task": task_name, "id": "@ID@", "shadow": None, "eta": None, "expires": None,
             "group": None, "group_index": None, "retries": 0,
@@ -358,8 +368,20 @@ class TaskPublisher:
         self.publish_many([args])
 
     def publish_many(self, calls: list[tuple[int, ...]]) -> None:
-        """LPUSH one message per call's arguments with a single command (the first is consumed first)."""
-        self.link.call(command(b"LPUSH", self.key, *(self.message(*args) for args in calls)), 1)
+        """LPUSH one message per call's arguments with a single command (the first is consumed first).
+
+        Raises redis errors; within RETRY_AFTER_SECONDS of a failure, BrokerSkipped without trying."""
+        if self._skip_until:
+            now = time.monotonic()
+            if now < self._skip_until:
+                raise BrokerSkipped(f"the broker failed less than {self.RETRY_AFTER_SECONDS:g} s ago; not sent")
+            self._skip_until = now + self.RETRY_AFTER_SECONDS  # this publish tries it; the others meanwhile do not
+        try:
+            self.link.call(command(b"LPUSH", self.key, *(self.message(*args) for args in calls)), 1)
+        except redis.RedisError:
+            self._skip_until = time.monotonic() + self.RETRY_AFTER_SECONDS
+            raise
+        self._skip_until = 0.0
 
 
 _publishers: dict[str, TaskPublisher | None] = {}

@@ -107,6 +107,7 @@ class PendingOrder:
     price: Decimal  # limit price or reference price
     reduce_only: bool
     protective: bool = False  # a stop-loss or take-profit resting on the venue (contingent: claims no net)
+    exit: bool = False  # an exit in flight (close, stop-loss, take-profit, kill switch): the strategy's next signal waits
 
     @property
     def notional(self) -> Decimal:
@@ -179,4 +180,5 @@ class Rule:
     ACCOUNT_EXPOSURE = "max_account_exposure"
     LEVERAGE = "max_leverage"
     MIN_SIZE = "min_size"
+    DUST = "dust"  # an exit's remainder below the venue's smallest order: it cannot be closed by an order
     NO_STOP = "stop_required"

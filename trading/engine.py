@@ -15,6 +15,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -173,8 +174,9 @@ def _account_view(account: VenueAccount, connector: Connector, *, now: datetime,
             price=price or reference or trigger or marks.get(symbol) or Decimal("0"),
             reduce_only=reduce_only,
             protective=position_id is not None,
+            exit=position_id is None and purpose != Order.Purpose.ENTRY,
         )
-        for strategy_id, symbol, side, quantity, filled, price, reference, trigger, reduce_only, position_id
+        for strategy_id, symbol, side, quantity, filled, price, reference, trigger, reduce_only, position_id, purpose
         in _working_orders_of(account.pk)
     )
     unrealized = sum(
@@ -200,7 +202,7 @@ def _account_view(account: VenueAccount, connector: Connector, *, now: datetime,
 
 _POSITION_ROWS = Rows(Position)
 _PENDING_ROWS = Rows(Order, ["strategy", "symbol", "side", "quantity", "filled_quantity", "price", "reference_price",
-                             "trigger_price", "reduce_only", "position"])
+                             "trigger_price", "reduce_only", "position", "purpose"])
 
 
 def _positions_sql(account_id: int) -> tuple[str, list[object]]:
@@ -359,17 +361,21 @@ def _exit_follow(signal: Signal, *, now: datetime, live: bool) -> Signal:
 
 
 def _protect_after(signal: Signal, *, now: datetime, live: bool) -> None:
-    """Sync the protective orders of the position a signal traded, when its strategy keeps them on the venue."""
-    if not protection_enabled(signal.strategy, live=live):
+    """Sync the protective orders of the position a signal traded, when its strategy keeps them on the venue, and
+    those resting for the account's other strategies in that market: the trade moved the account's net, and one
+    that would no longer only reduce it is removed (the venue would clip it when it fires)."""
+    own = protection_enabled(signal.strategy, live=live)
+    if not (own or live):
         return
-    position_id = Position.objects.filter(account_id=signal.account_id, strategy_id=signal.strategy_id,
-                                          symbol=signal.symbol).values_list("pk", flat=True).first()
-    if position_id is None:
-        return
-    try:
-        protection_sync(position_id=position_id, now=now)
-    except VenueError as exc:  # the timer (reconcile) places them once the venue answers
-        log.warning("protective orders of position %s wait for the venue: %s", position_id, exc)
+    wanted = Q(protective_orders__status__in=Order.WORKING)
+    if own:
+        wanted |= Q(strategy_id=signal.strategy_id)
+    for position_id in Position.objects.filter(account_id=signal.account_id, symbol=signal.symbol).filter(
+            wanted).order_by("pk").values_list("pk", flat=True).distinct():
+        try:
+            protection_sync(position_id=position_id, now=now)
+        except VenueError as exc:  # the timer (reconcile) places them once the venue answers
+            log.warning("protective orders of position %s wait for the venue: %s", position_id, exc)
 
 
 _DECISION_FIELDS = ("attempts", "status", "decision_rule", "decision_detail", "accepted_at", "submitted_at",
@@ -409,11 +415,23 @@ def _signal_decide(*, signal_id: int, account_id: int, now: datetime, save: bool
         book = _account_view(account, connector, now=now, marks=marks)
     except VenueError as exc:
         if signal.attempts >= _cfg("MAX_SUBMIT_ATTEMPTS") or not exc.retryable:
+            if signal.action == Signal.Action.CLOSE:  # an exit is never given up: the exit driver goes on trying
+                return _signal_work(signal, now=now, detail=f"close: the venue did not answer ({exc}); "
+                                    "the exit is retried until the strategy is flat"), [], None
             return _signal_reject(signal, rule="venue_unavailable", detail=str(exc), now=now), [], None
         signal.save(update_fields=["attempts"])
         raise
     exiting = signal.action == Signal.Action.CLOSE
-    if exiting and any(o.strategy_id == signal.strategy_id and o.symbol == signal.symbol for o in book.view.pending):
+    mine = [o for o in book.view.pending if o.strategy_id == signal.strategy_id and o.symbol == signal.symbol]
+    if not exiting and any(o.exit for o in mine):
+        # The strategy's exit is still in flight: deciding now would size against a position about to change (and
+        # could sell twice). The signal stays RECEIVED; it is decided once the exit is done (the exit's settlement
+        # or the sweeper sends it again).
+        signal.attempts -= 1
+        signal.decision_detail = "waits for the strategy's exit in flight in this market"
+        rows.save_fields(signal, ["decision_detail"])
+        return signal, [], None
+    if exiting and mine:
         # An entry (or an earlier exit) of this strategy is still working here: the exit driver cancels the entry's
         # remainder, waits for what is in flight, then closes what filled.
         return _signal_work(signal, now=now, detail=f"close: {signal.symbol} has working orders of this strategy; "
@@ -717,6 +735,7 @@ def _venue_state_record(account: VenueAccount, order: Order, venue_order: VenueO
     """Record new fills, status and stages of a locked order (fills already `recorded` are skipped)."""
     known = {row[0] for row in recorded}
     fresh = [f for f in venue_order.fills if f.fill_id not in known]
+    was_final = order.is_final
     status = _VENUE_STATUS[venue_order.status]
     if order.is_final and order.venue_order_id and status not in Order.FINAL:
         # An older reply (sent before the one that finished the order) never reopens it. An order we finished
@@ -740,10 +759,30 @@ def _venue_state_record(account: VenueAccount, order: Order, venue_order: VenueO
                               "filled_quantity", "fees", "average_fill_price"])
     if order.signal_id:
         _signal_stages(order, filled=bool(fresh), now=now, others_final=others_final)
+    if fresh and was_final and order.purpose == Order.Purpose.ENTRY:
+        _late_entry_close(order, now=now)
     if previous != status:
         audit(actor="engine", action=f"order.{status}", entity="order", entity_id=order.pk, now=now,
               venue_order_id=venue_order.venue_order_id, filled=order.filled_quantity)
     return order
+
+
+def _late_entry_close(order: Order, *, now: datetime) -> None:
+    """An entry finished here (the venue had not acknowledged it) turned out to have filled. If its strategy was
+    closed since, its last target in the market is flat: a new close goes after what the entry bought (stored in
+    the fill's transaction; the worker, or else the sweeper, takes it)."""
+    last = Signal.objects.filter(strategy_id=order.strategy_id, symbol=order.symbol).exclude(
+        pk=order.signal_id).order_by("-received_at", "-pk").only("action", "received_at").first()
+    if last is None or last.action != Signal.Action.CLOSE or last.received_at < order.created_at:
+        return
+    strategy = Strategy.objects.get(pk=order.strategy_id)
+    signal, created = signal_create(strategy=strategy, source=Signal.Source.MONITOR,
+                                    idempotency_key=f"late:{order.pk}:{_plain(order.filled_quantity)}",
+                                    action=Signal.Action.CLOSE, symbol=order.symbol, now=now,
+                                    payload={"trigger": "late_fill", "order": order.client_order_id})
+    if created:
+        log.warning("entry %s filled after its strategy was closed: close signal %s goes after it",
+                    order.client_order_id, signal.pk)
 
 
 def _commit_without_fsync_wait() -> None:
@@ -858,6 +897,11 @@ def _signal_settle(signal_id: int, now: datetime) -> tuple[str, str] | None:
                                                                  decision_detail=signal.decision_detail):
         audit(actor="engine", action=f"signal.{signal.status}", entity="signal", entity_id=signal_id, now=now,
               detail=signal.decision_detail)
+        if before == Signal.Status.WORKING:  # the exit is done: the strategy's signals that waited for it go on
+            for waiting in Signal.objects.filter(strategy_id=signal.strategy_id, symbol=signal.symbol,
+                                                 status=Signal.Status.RECEIVED).order_by(
+                                                     "received_at", "pk").values_list("pk", flat=True)[:20]:
+                transaction.on_commit(lambda waiting=waiting: signal_enqueue(signal_id=waiting))
     return signal.status, signal.decision_detail
 
 
@@ -1097,6 +1141,8 @@ def exit_drive(*, signal_id: int, now: datetime | None = None) -> Signal:
             return signal
         held = _held(signal)
         if held == 0:
+            if _exit_unacknowledged_recently(signal, now=now):
+                return signal
             _signal_settle(signal.pk, now)
             return Signal.objects.get(pk=signal_id)
         failed = [o for o in signal.orders.order_by("pk") if o.is_final and o.filled_quantity < o.quantity]
@@ -1132,6 +1178,26 @@ def _signal_replaced(signal: Signal, *, now: datetime) -> bool:
     return True
 
 
+def _exit_unacknowledged_recently(signal: Signal, *, now: datetime) -> bool:
+    """Whether an order of the strategy in the exit's market was finished here without the venue ever having
+    acknowledged it, less than EXIT_ORDER_TIMEOUT_SECONDS ago: a venue's order lookup can lag its acceptance, so
+    the venue is asked again each step, and the exit is done only once that window has passed with nothing found
+    (an entry that shows up after all is recorded, and the exit closes what it bought)."""
+    window = now - timedelta(seconds=_cfg("EXIT_ORDER_TIMEOUT_SECONDS"))
+    recent = list(Order.objects.filter(
+        account_id=signal.account_id, strategy_id=signal.strategy_id, symbol=signal.symbol,
+        status=Order.Status.CANCELED, venue_order_id="", updated_at__gte=window, reason__contains=UNACKNOWLEDGED))
+    for order in recent:
+        try:
+            found = connector_for(signal.account).fetch_order_by_client_id(order.symbol, order.client_order_id)
+        except VenueError as exc:
+            log.warning("exit of signal %s: order %s could not be asked about: %s", signal.pk, order.pk, exc)
+            continue
+        if found is not None:
+            order_apply_venue_state(order_id=order.pk, venue_order=found, now=now)
+    return bool(recent)
+
+
 def _exit_wait_for_working(signal: Signal, *, now: datetime) -> bool:
     """Move the strategy's working orders in the exit's market along; return whether any is still working."""
     waiting = False
@@ -1162,6 +1228,7 @@ def _exit_attempt(signal: Signal, *, attempt: int, now: datetime) -> Signal:
     try:
         venue_net = _venue_net(connector, signal.symbol)
         ticker = connector.ticker(signal.symbol)
+        market = connector.market(signal.symbol)
     except VenueError as exc:
         log.warning("exit of signal %s waits for its venue: %s", signal.pk, exc)
         return signal
@@ -1178,6 +1245,18 @@ def _exit_attempt(signal: Signal, *, attempt: int, now: datetime) -> Signal:
                 _signal_settle(signal.pk, now)
                 return Signal.objects.get(pk=signal.pk)
             side = Side.SELL if held > 0 else Side.BUY
+            quantity = market.round_qty(abs(held))
+            if quantity <= 0 or quantity < market.min_qty:
+                # No order can close it: retrying would be refused for ever. Said plainly, for a human to act on.
+                detail = (f"{locked.decision_detail.split(' | closing: ')[0]} | dust: {_plain(abs(held))} "
+                          f"{signal.symbol} is left, below the venue's smallest order ({_plain(market.min_qty)}, lot "
+                          f"{_plain(market.lot_size)}): close it on the venue by hand")
+                Signal.objects.filter(pk=signal.pk).update(status=Signal.Status.FAILED, decision_rule=Rule.DUST,
+                                                           decision_detail=detail)
+                audit(actor="engine", action="signal.failed", entity="signal", entity_id=signal.pk, now=now,
+                      rule=Rule.DUST, detail=detail)
+                log.error("exit of signal %s: %s", signal.pk, detail)
+                return Signal.objects.get(pk=signal.pk)
             book = Position.objects.filter(account_id=account.pk, symbol=signal.symbol).values_list(
                 "quantity", flat=True)
             book_net = sum(book, Decimal(0))
@@ -1185,7 +1264,6 @@ def _exit_attempt(signal: Signal, *, attempt: int, now: datetime) -> Signal:
             claimed = sum((o.quantity - o.filled_quantity for o in Order.objects.filter(
                 account_id=account.pk, symbol=signal.symbol, status__in=Order.WORKING, reduce_only=True, side=side)),
                 Decimal(0))
-            quantity = abs(held)
             reduce_only = quantity <= -net * side.sign - claimed
             if not reduce_only and venue_net is not None and venue_net != book_net:
                 # A plain order against a book that disagrees with the venue could open a position the other way.
@@ -1275,6 +1353,13 @@ def protection_sync(*, position_id: int, now: datetime | None = None) -> dict[st
             want[Order.Purpose.STOP_LOSS] = position.stop_loss
         if position.take_profit is not None and connector.capabilities.reduce_only:
             want[Order.Purpose.TAKE_PROFIT] = position.take_profit
+    if want and connector.capabilities.reduce_only:
+        # Checked for the orders already resting too: other strategies' trades move the account's net.
+        net = _venue_net(connector, position.symbol)
+        if net is not None and not abs(held) <= -net * side.sign:
+            log.info("position %s: no protective orders on the venue (the account's net %s would not be reduced); "
+                     "the bot's monitor guards it", position.pk, net)
+            want = {}
     counts = {"kept": 0, "canceled": 0, "placed": 0}
     waiting = False
     for order in Order.objects.filter(position_id=position.pk, status__in=Order.WORKING).order_by("pk"):
@@ -1292,11 +1377,6 @@ def protection_sync(*, position_id: int, now: datetime | None = None) -> dict[st
         waiting = waiting or not order.is_final
     if waiting or not want:
         return counts  # a replacement goes out once the old order is gone (the next sync)
-    net = _venue_net(connector, position.symbol) if connector.capabilities.reduce_only else None
-    if net is not None and not abs(held) <= -net * side.sign:
-        log.info("position %s: no protective orders on the venue (the account's net %s would not be reduced); "
-                 "the bot's monitor guards it", position.pk, net)
-        return counts
     for purpose, level in want.items():
         _protective_place(position, purpose=purpose, side=side, trigger=level, connector=connector, now=now)
         counts["placed"] += 1
@@ -1530,12 +1610,13 @@ def account_monitor(*, account_id: int, now: datetime | None = None) -> dict[str
 
 
 def _protections_follow(account: VenueAccount, touched: set[tuple[int, str]], *, now: datetime) -> None:
-    """Sync the protective orders of the positions whose orders changed (a fill, a stop that fired, a trail)."""
+    """Sync the protective orders of the positions whose orders changed (a fill, a stop that fired, a trail), and
+    those resting for other strategies in the same markets (a fill moved the account's net there)."""
     if not touched:
         return
-    for position in Position.objects.filter(account=account).select_related("strategy"):
-        if (position.strategy_id, position.symbol) in touched and (
-                protection_enabled(position.strategy, account)
+    symbols = {symbol for _, symbol in touched}
+    for position in Position.objects.filter(account=account, symbol__in=symbols).select_related("strategy"):
+        if ((position.strategy_id, position.symbol) in touched and protection_enabled(position.strategy, account)
                 or Order.objects.filter(position=position, status__in=Order.WORKING).exists()):
             try:
                 protection_sync(position_id=position.pk, now=now)
@@ -1574,15 +1655,15 @@ def _exits_fire(account: VenueAccount, connector: Connector, *, now: datetime,
         kind = "sl" if hit_stop else "tp"  # when both are touched, the stop is taken first
         # One exit per state of the position: a position that changed since (added to) gets a new one.
         state = int(position.updated_at.timestamp() * 1000)
-        signal, created = signal_create(
-            strategy=position.strategy, source=Signal.Source.MONITOR,
-            idempotency_key=f"{kind}:{position.pk}:{state}", action=Signal.Action.CLOSE, symbol=position.symbol,
-            payload={"trigger": kind, "price": str(price)}, now=now, enqueue=False,
-        )
-        if created:
-            fired += 1
+        signal, created = _exit_signal(position, source=Signal.Source.MONITOR, key=f"{kind}:{position.pk}:{state}",
+                                       payload={"trigger": kind, "price": str(price)}, now=now)
+        if created or signal.status == Signal.Status.RECEIVED:
+            fired += int(created)
             log.info("%s hit for position %s at %s", "stop-loss" if hit_stop else "take-profit", position.pk, price)
-            signal_process(signal_id=signal.pk)
+            try:
+                signal_process(signal_id=signal.pk)
+            except VenueError as exc:  # stored: the sweeper and the next tick drive it on
+                log.warning("exit of position %s waits for its venue: %s", position.pk, exc)
     return fired
 
 
@@ -1606,27 +1687,49 @@ def kill_switch_enforce(*, now: datetime | None = None) -> dict[str, int]:
         return counts
     stamp = int((switch.changed_at or now).timestamp() * 1000)
     for order in Order.objects.filter(status__in=Order.WORKING).exclude(purpose=Order.Purpose.KILL_SWITCH):
-        order_cancel(order_id=order.pk, by="kill_switch", now=now)
-        counts["canceled"] += 1
+        try:
+            order_cancel(order_id=order.pk, by="kill_switch", now=now)
+            counts["canceled"] += 1
+        except Exception:  # noqa: BLE001 - one venue's fault must not stop the others; the next tick tries again
+            log.exception("kill switch: order %s could not be canceled this tick", order.pk)
     exiting: dict[int, set[tuple[int, str]]] = {}
     for position in Position.objects.exclude(quantity=0).select_related("strategy"):
-        if position.account_id not in exiting:
-            exiting[position.account_id] = _exits_working(position.account_id, source=Signal.Source.KILL_SWITCH)
-        if (position.strategy_id, position.symbol) in exiting[position.account_id]:
-            continue  # the kill switch's exit for it is pursued until flat (exits_drive)
-        state = int(position.updated_at.timestamp() * 1000)
-        signal, created = signal_create(
-            strategy=position.strategy, source=Signal.Source.KILL_SWITCH,
-            idempotency_key=f"kill:{stamp}:{position.pk}:{state}", action=Signal.Action.CLOSE, symbol=position.symbol,
-            payload={"reason": switch.reason}, now=now, enqueue=False,
-        )
-        if created or signal.status == Signal.Status.RECEIVED:
-            counts["closing"] += 1
-            signal_process(signal_id=signal.pk)
+        try:
+            if position.account_id not in exiting:
+                exiting[position.account_id] = _exits_working(position.account_id, source=Signal.Source.KILL_SWITCH)
+            if (position.strategy_id, position.symbol) in exiting[position.account_id]:
+                continue  # the kill switch's exit for it is pursued until flat (exits_drive)
+            state = int(position.updated_at.timestamp() * 1000)
+            signal, created = _exit_signal(position, source=Signal.Source.KILL_SWITCH,
+                                           key=f"kill:{stamp}:{position.pk}:{state}",
+                                           payload={"reason": switch.reason}, now=now)
+            if created or signal.status == Signal.Status.RECEIVED:
+                counts["closing"] += 1
+                signal_process(signal_id=signal.pk)
+        except Exception:  # noqa: BLE001 - one venue's fault must not stop the others; the next tick tries again
+            log.exception("kill switch: position %s could not be closed this tick", position.pk)
     still_open = kill_switch_still_open()
     KillSwitch.objects.filter(pk=1, engaged=True).update(
         still_open=still_open, flat_at=None if still_open else (switch.flat_at or timezone.now()))
     return counts
+
+
+def _exit_signal(position: Position, *, source: str, key: str, payload: dict[str, Any],
+                 now: datetime) -> tuple[Signal, bool]:
+    """The close signal `key` of a position, created once. If it ended refused or failed while the position is
+    still open, a new one follows it (the key and the refused signal's id): an exit is never given up, except on
+    dust, which no order can close (a human must)."""
+    signal, created = signal_create(strategy=position.strategy, source=source, idempotency_key=key,
+                                    action=Signal.Action.CLOSE, symbol=position.symbol, payload=payload, now=now,
+                                    enqueue=False)
+    for _ in range(100):
+        if created or signal.status not in (Signal.Status.REJECTED, Signal.Status.FAILED) \
+                or signal.decision_rule == Rule.DUST:
+            break
+        signal, created = signal_create(strategy=position.strategy, source=source,
+                                        idempotency_key=f"{key}:after:{signal.pk}", action=Signal.Action.CLOSE,
+                                        symbol=position.symbol, payload=payload, now=now, enqueue=False)
+    return signal, created
 
 
 def kill_switch_still_open() -> list[dict[str, str]]:

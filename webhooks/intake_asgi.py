@@ -7,7 +7,7 @@ an alert from a strategy whose passphrase matches this process's copy (`services
 event loop:
 
 1. both rate limits in one Redis round trip (`services.rate_pair_command`), pipelined with every other request's
-   on one connection;
+   on one connection (while that Redis fails, counted in this process instead: `services.rate_pair_local`);
 2. the checks and the row of `alert_intake`'s own path for such an alert (`services.alert_fast_row`);
 3. the guarded INSERT, shared by every alert waiting at that moment: one statement and one COMMIT (durable,
    synchronous_commit), at most two such writes at once (each on its own PostgreSQL connection, so that an alert
@@ -166,7 +166,9 @@ class IntakeApp:
             await self._webhook(scope, receive, send)
         elif scope["path"] == "/healthz":
             await self._send(send, 200, {"status": "ok", "fast_path": self.fast, "alerts": self.counts,
-                                         "batches": self.batcher.batches, "rows": self.batcher.rows}, counted=False)
+                                         "batches": self.batcher.batches, "rows": self.batcher.rows,
+                                         "rate_limits": "local" if services.rate_limits_down() else "redis"},
+                             counted=False)
         else:
             await self._send(send, 404, {"error": "not_found", "detail": "this server takes TradingView alerts only "
                                          f"(POST {self.path})", "fields": {}}, counted=False)
@@ -233,13 +235,18 @@ class IntakeApp:
         known = services.strategy_known(data) if isinstance(data, dict) else None
         if known is None:  # refused, or not this process's copy: body_intake decides, as the web role does
             return await self._slow(services.body_intake, body=body, content_type=content_type, meta=meta)
-        try:
-            command_ = services.rate_pair_command(ip, known.pk, backend=self.cache_backend)
-            (count,) = await self.cache.call(command_, 1)  # type: ignore[union-attr]
-            limited = services.rate_pair_verdict(count)
-        except redis.RedisError:
-            log.exception("webhook intake: rate limits unavailable")
-            return services.INTAKE_FAILED
+        if services.rate_limits_local():  # the cache's Redis is failing: this process counts (services._outage)
+            limited = services.rate_pair_local(ip, known.pk)
+        else:
+            try:
+                command_ = services.rate_pair_command(ip, known.pk, backend=self.cache_backend)
+                (count,) = await self.cache.call(command_, 1)  # type: ignore[union-attr]
+                limited = services.rate_pair_verdict(count)
+            except redis.RedisError as exc:
+                services.rate_limits_failed(exc)
+                limited = services.rate_pair_local(ip, known.pk)
+            else:
+                services.rate_limits_answered()
         if limited is not None:
             return limited
         now = timezone.now()

@@ -61,6 +61,7 @@ class MemoryVenue(Connector):
         self.configs: list[VenueConfig] = []
         self._failures: list[tuple[str | None, BaseException]] = []
         self._dropped: list[tuple[str, BaseException]] = []
+        self._lookup_lag = 0
         self._lock = threading.Lock()
 
     # -- test controls ------------------------------------------------------------------------------------
@@ -85,6 +86,11 @@ class MemoryVenue(Connector):
         """Let the next `times` calls of `call` take effect on the venue, then raise `exc` (the reply was lost)."""
         with self._lock:
             self._dropped.extend([(call, exc)] * times)
+
+    def lag_lookups(self, times: int) -> None:
+        """The next `times` lookups by client id answer "not found" (a venue whose reads lag its acceptance)."""
+        with self._lock:
+            self._lookup_lag += times
 
     def _lost(self, call: str) -> None:
         with self._lock:
@@ -139,6 +145,10 @@ class MemoryVenue(Connector):
 
     def fetch_order_by_client_id(self, symbol: str, client_order_id: str) -> VenueOrder | None:
         self._enter("fetch_order_by_client_id")
+        with self._lock:
+            if self._lookup_lag > 0:
+                self._lookup_lag -= 1
+                return None
         return self.paper.fetch_order_by_client_id(symbol, client_order_id)
 
     def open_orders(self, symbol: str | None = None) -> Sequence[VenueOrder]:

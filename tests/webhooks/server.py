@@ -1,10 +1,12 @@
-"""A real gunicorn server on 127.0.0.1 against the test database and Redis, for webhook tests and benchmarks."""
+"""Real servers on 127.0.0.1 for webhook tests and benchmarks: gunicorn (the web role) and uvicorn (the intake
+role) against the test database and Redis, and a private redis-server that a test can stop and start."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -79,6 +81,66 @@ def _serving(argv: list[str], env: dict[str, str], port: int, log_path: Path | N
             pass
         proc.wait(timeout=30)
         log.close()
+
+
+class RedisServer:
+    """A redis-server of our own on a free port (no persistence: a restart starts empty), stopped and started again
+    by the test, on the same port, as an operator's restart would."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start it and wait until it answers PING."""
+        import redis
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        conf = self.directory / "redis.conf"
+        conf.write_text(f'port {self.port}\nbind 127.0.0.1\nsave ""\nappendonly no\ndir {self.directory}\n')
+        self.proc = subprocess.Popen(["redis-server", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        deadline = time.monotonic() + 20
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    pass
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server on port {self.port} did not come up")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def pause(self) -> None:
+        """Freeze it (SIGSTOP): connections are still accepted by the kernel, and nothing is answered."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a frozen one run again (SIGCONT), with its data and connections."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        """Stop it (SIGTERM, as a service stop does) and wait until it is gone: connections are then refused."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGCONT)  # a frozen one would never act on SIGTERM
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=20)
+        self.proc = None
 
 
 def request(port: int, method: str, path: str, body: bytes = b"",
