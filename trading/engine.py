@@ -1378,9 +1378,18 @@ def protection_sync(*, position_id: int, now: datetime | None = None) -> dict[st
     if waiting or not want:
         return counts  # a replacement goes out once the old order is gone (the next sync)
     for purpose, level in want.items():
-        _protective_place(position, purpose=purpose, side=side, trigger=level, connector=connector, now=now)
+        try:
+            _protective_place(position, purpose=purpose, side=side, trigger=level, connector=connector, now=now)
+        except _ProtectionStale:
+            log.info("position %s changed while its protective orders were decided; the next sync decides again",
+                     position.pk)
+            break
         counts["placed"] += 1
     return counts
+
+
+class _ProtectionStale(Exception):
+    """The position changed, or an exit or the kill switch started, after its protective orders were decided."""
 
 
 def _protective_place(position: Position, *, purpose: str, side: Side, trigger: Decimal, connector: Connector,
@@ -1388,7 +1397,15 @@ def _protective_place(position: Position, *, purpose: str, side: Side, trigger: 
     """Place one protective trigger order for a position (committed with its client id before the venue call)."""
     with ExitStack() as leases:
         with transaction.atomic():
-            VenueAccount.objects.select_for_update(no_key=True).filter(pk=position.account_id).first()
+            locked = VenueAccount.objects.select_for_update(no_key=True).filter(pk=position.account_id).values_list(
+                "pk", flat=True).first()
+            # Decided outside the lock: under it, the position must be as it was and no exit under way (an exit
+            # sent meanwhile would leave this stop resting for a size that is gone, free to sell another's share).
+            current = Position.objects.filter(pk=position.pk).values_list("quantity", flat=True).first()
+            if (locked is None or current != position.quantity or kill_switch_engaged()
+                    or Signal.objects.filter(account_id=position.account_id, strategy_id=position.strategy_id,
+                                             symbol=position.symbol, status=Signal.Status.WORKING).exists()):
+                raise _ProtectionStale
             order = Order(client_order_id=new_client_order_id(), account=position.account,
                           strategy_id=position.strategy_id, position=position, symbol=position.symbol,
                           side=side.value, type=_PROTECTIVE[purpose].value, purpose=purpose,
@@ -1515,6 +1532,8 @@ def signal_enqueue(*, signal_id: int, raw: bool = True) -> None:
             publisher.publish(signal_id)
         else:
             signal_process_task.delay(signal_id)
+    except broker.BrokerSkipped as exc:  # the broker failed moments ago: already logged with its traceback
+        log.warning("signal %s not queued (%s); the sweeper will pick it up", signal_id, exc)
     except Exception:  # noqa: BLE001 - the row is committed: RECEIVED signals are re-driven by the sweeper
         log.exception("enqueue of signal %s failed; the sweeper will pick it up", signal_id)
 
@@ -1530,6 +1549,8 @@ def signals_enqueue(*, signal_ids: list[int], raw: bool = True) -> bool:
         return False
     try:
         publisher.publish_many([(pk,) for pk in signal_ids])
+    except broker.BrokerSkipped as exc:  # the broker failed moments ago: already logged with its traceback
+        log.warning("signals %s not queued (%s); the sweeper will pick them up", signal_ids, exc)
     except Exception:  # noqa: BLE001 - the rows are committed: RECEIVED signals are re-driven by the sweeper
         log.exception("enqueue of signals %s failed; the sweeper will pick them up", signal_ids)
     return True
