@@ -62,6 +62,7 @@ class MemoryVenue(Connector):
         self._failures: list[tuple[str | None, BaseException]] = []
         self._dropped: list[tuple[str, BaseException]] = []
         self._lookup_lag = 0
+        self._hooks: list[tuple[str, Callable[[], object]]] = []
         self._lock = threading.Lock()
 
     # -- test controls ------------------------------------------------------------------------------------
@@ -87,6 +88,11 @@ class MemoryVenue(Connector):
         with self._lock:
             self._dropped.extend([(call, exc)] * times)
 
+    def on_next(self, call: str, action: Callable[[], object]) -> None:
+        """Run `action` when `call` is next made, before it answers (another process acting meanwhile)."""
+        with self._lock:
+            self._hooks.append((call, action))
+
     def lag_lookups(self, times: int) -> None:
         """The next `times` lookups by client id answer "not found" (a venue whose reads lag its acceptance)."""
         with self._lock:
@@ -102,10 +108,14 @@ class MemoryVenue(Connector):
     def _enter(self, call: str) -> None:
         with self._lock:
             self.calls.append(call)
+            hooks = [action for name, action in self._hooks if name == call]
+            self._hooks = [(name, action) for name, action in self._hooks if name != call]
             for i, (name, exc) in enumerate(self._failures):
                 if name is None or name == call:
                     del self._failures[i]
                     raise exc
+        for action in hooks:
+            action()
 
     # -- the connector interface ----------------------------------------------------------------------------
 

@@ -154,3 +154,37 @@ def test_dust_below_the_smallest_order_fails_once_with_a_plain_reason(make_accou
     for _ in range(3):
         engine.kill_switch_enforce()
     assert Signal.objects.filter(source=Signal.Source.KILL_SWITCH).count() == 1  # reported, not retried for ever
+
+
+def test_a_protective_order_is_not_placed_once_an_exit_started_after_it_was_decided(monkeypatch, venue,
+                                                                                     make_strategy) -> None:
+    """protection_sync decides outside the lock; an exit that starts before the placement (here: while the venue
+    is asked for its net) must stop it, or a stop rests for a size that is being sold."""
+    account = _live_account(monkeypatch, venue)
+    strategy = make_strategy(account, mode="live", sizing_value="0.1", protective_orders="off",
+                             stop_loss_mode="percent", stop_loss_value="2", take_profit_mode="percent",
+                             take_profit_value="2")
+    opened = _send(strategy, "open_long", "o")
+    position = Position.objects.get(strategy=strategy)
+    type(strategy).objects.filter(pk=strategy.pk).update(protective_orders="on")
+
+    def an_exit_starts() -> None:
+        signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="c", action="close",
+                                         enqueue=False)
+        Signal.objects.filter(pk=signal.pk).update(status=Signal.Status.WORKING)
+
+    venue.on_next("positions", an_exit_starts)
+    counts = engine.protection_sync(position_id=position.pk)
+    assert counts["placed"] == 0 and opened.status == Signal.Status.EXECUTED
+    assert not Order.objects.filter(position=position).exists()
+
+
+def test_the_monitor_watches_only_accounts_with_something_to_watch(make_account, make_strategy, set_price) -> None:
+    set_price("BTC/USD", "100")
+    guarded, flat_trailing, idle = make_account(), make_account(), make_account()
+    _send(make_strategy(guarded, sizing_value="0.1", stop_loss_mode="percent", stop_loss_value="2"), "open_long", "g")
+    trailing = make_strategy(flat_trailing, sizing_value="0.1", trailing_stop_percent="2")
+    _send(trailing, "open_long", "t1")
+    _send(trailing, "close", "t2")  # flat: its trailing stop has nothing to guard
+    make_strategy(idle)
+    assert engine.accounts_to_monitor() == [guarded.pk]

@@ -124,10 +124,13 @@ def test_stops_crossed_names_the_accounts_a_new_price_reaches(make_account, make
     trailing = make_strategy(trail_account, sizing_value="0.01", trailing_stop_percent="3")
     engine.signal_process(signal_id=engine.signal_create(strategy=trailing, source="manual", action="open_long",
                                                          idempotency_key="trail", enqueue=False)[0].pk)
-    assert engine.stops_crossed(symbol="BTC/USD", price=Decimal("50000")) == [trail_account.pk]
-    assert engine.stops_crossed(symbol="BTC/USD", price=Decimal("48999")) == [long_account.pk, trail_account.pk]
+    assert engine.stops_crossed(symbol="BTC/USD", price=Decimal("49500")) == []  # the trail waits to be in profit
+    assert engine.stops_crossed(symbol="BTC/USD", price=Decimal("48999")) == [long_account.pk]
     assert engine.stops_crossed(symbol="BTC/USD", price=Decimal("51001")) == [short_account.pk, trail_account.pk]
     assert engine.stops_crossed(symbol="ETH/USD", price=Decimal("1")) == []
+    Position.objects.filter(strategy=trailing).update(trail_peak=Decimal("50800"))  # the best price seen so far
+    assert engine.stops_crossed(symbol="BTC/USD", price=Decimal("50700")) == []  # no new best: nothing to move
+    assert engine.stops_crossed(symbol="BTC/USD", price=Decimal("50900")) == [trail_account.pk]
 
 
 def test_a_price_that_crosses_a_stop_sends_the_exit_without_waiting_for_the_monitor_tick(
