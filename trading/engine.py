@@ -1532,6 +1532,8 @@ def signal_enqueue(*, signal_id: int, raw: bool = True) -> None:
             publisher.publish(signal_id)
         else:
             signal_process_task.delay(signal_id)
+    except broker.BrokerSkipped as exc:  # the broker failed moments ago: already logged with its traceback
+        log.warning("signal %s not queued (%s); the sweeper will pick it up", signal_id, exc)
     except Exception:  # noqa: BLE001 - the row is committed: RECEIVED signals are re-driven by the sweeper
         log.exception("enqueue of signal %s failed; the sweeper will pick it up", signal_id)
 
@@ -1547,6 +1549,8 @@ def signals_enqueue(*, signal_ids: list[int], raw: bool = True) -> bool:
         return False
     try:
         publisher.publish_many([(pk,) for pk in signal_ids])
+    except broker.BrokerSkipped as exc:  # the broker failed moments ago: already logged with its traceback
+        log.warning("signals %s not queued (%s); the sweeper will pick them up", signal_ids, exc)
     except Exception:  # noqa: BLE001 - the rows are committed: RECEIVED signals are re-driven by the sweeper
         log.exception("enqueue of signals %s failed; the sweeper will pick them up", signal_ids)
     return True
