@@ -5,6 +5,22 @@ connector's traffic, and a keeper thread that settles committed orders at the or
     with harness() as h:            # h.endpoint is the faulty front; h.extra["chain"] talks to anvil directly
         connector = registry.build(venue="synthetix", network=h.network, credentials=h.credentials,
                                    endpoint=h.endpoint)
+
+Order faults (`order_faults`, tests/fakes/faults.py) play on a commitOrder broadcast (eth_sendRawTransaction, to the
+market or through the multicall forwarder), decoded off the signed transaction. Every outcome is the contracts' own:
+the front only moves the oracle price, chain time or the keeper, with the keeper held off meanwhile:
+- refuse: the price is moved past the order's acceptable price while the commit is mined, so it reverts on chain
+  with AcceptablePriceExceeded(fillPrice, acceptablePrice) (the nonce is spent, nothing is committed), then it is
+  moved back;
+- cancel: the commit is mined, then the price moves past its acceptable price and the keeper calls cancelOrder
+  (OrderCancelled, nothing filled), then the price moves back;
+- expire: the commit is mined, no keeper settles it, and chain time passes its settlement window (settlement delay
+  + window + 1 s), so it is expired unsettled when the reply arrives (the next commit replaces it:
+  PreviousOrderExpired);
+- drop: the commit is mined and settled as usual, and the reply is lost (the connection closes unanswered).
+Partial fills cannot be played: a Synthetix async order settles whole or not at all (settleOrder applies the
+commitment's entire sizeDelta). `WireOrder.reduce_only` is always False here: the contract has no such flag (the
+connector checks the open position before committing).
 """
 
 from __future__ import annotations
@@ -22,10 +38,14 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+import rlp
 from eth_account import Account
+from eth_account.typed_transactions import TypedTransaction
+from hexbytes import HexBytes
 from web3 import Web3
 
-from tests.fakes.faults import FakeHTTPServer, Reply, Request
+from exchanges.base import OrderType, Side
+from tests.fakes.faults import FakeHTTPServer, OrderFault, OrderFaultPlan, Reply, Request, WireOrder
 from tests.fakes.synthetix import Anvil, anvil_path, load_artifact
 from tests.fakes.venues import VenueHarness
 
@@ -38,6 +58,8 @@ CHAIN_IDS = {"testnet": 84532, "mainnet": 8453}
 # a fixed test key (never used anywhere real)
 TRADER_KEY = "0x" + "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
 OTHER_KEY = "0x" + "8da4ef21b864d2cc526dbdb2a120bd2874c36c9d0a1fb7f8c63d7f7a8b41de8f"
+NO_PARTIAL = ("a Synthetix async order settles whole or not at all: settleOrder applies the commitment's entire "
+              "sizeDelta")
 
 
 def units(value: Decimal | str) -> int:
@@ -48,12 +70,15 @@ def units(value: Decimal | str) -> int:
 class RpcFront(FakeHTTPServer):
     """Forwards JSON-RPC bodies to anvil; the fault plan and the journal apply on the way."""
 
-    def __init__(self, upstream_port: int, on_broadcast: threading.Event | None = None) -> None:
+    def __init__(self, upstream_port: int, on_broadcast: threading.Event | None = None,
+                 chain: Chain | None = None) -> None:
         super().__init__()
         self.upstream_port = upstream_port
         self.on_broadcast = on_broadcast or threading.Event()
         self._local = threading.local()
         self.hide_logs = 0  # answer this many eth_getLogs calls with no logs: a node whose log index trails
+        self.chain = chain  # order faults need it (they move the oracle price, chain time and the keeper)
+        self.order_faults = OrderFaultPlan({OrderFault.PARTIAL: NO_PARTIAL})
 
     def get_request(self) -> tuple[socket.socket, Any]:
         # The base handler writes headers and body separately: without TCP_NODELAY, Nagle's algorithm and the
@@ -66,6 +91,13 @@ class RpcFront(FakeHTTPServer):
         if self.hide_logs and b'"eth_getLogs"' in request.body and request.body.lstrip().startswith(b"{"):
             self.hide_logs -= 1
             return Reply(200, {"jsonrpc": "2.0", "id": request.json()["id"], "result": []})
+        commit = self._commit_in(request) if self.chain is not None else None
+        fault = None if commit is None else self.order_faults.take(commit[0])
+        if fault is None or self.chain is None or commit is None:
+            return self._forward(request)
+        return self._play(fault, request, commit[1])
+
+    def _forward(self, request: Request) -> Reply:
         for attempt in (1, 2):  # one keep-alive connection to anvil per handler thread; reopen once if stale
             conn = getattr(self._local, "conn", None)
             if conn is None:
@@ -83,6 +115,65 @@ class RpcFront(FakeHTTPServer):
         if b"eth_sendRawTransaction" in request.body:
             self.on_broadcast.set()  # wake the keeper
         return reply
+
+    def _commit_in(self, request: Request) -> tuple[WireOrder, dict[str, Any]] | None:
+        """The commitOrder a broadcast carries (directly or inside the forwarder's multicall), if any."""
+        if b'"eth_sendRawTransaction"' not in request.body:
+            return None
+        body = request.json()
+        if not isinstance(body, dict) or not body.get("params"):
+            return None
+        assert self.chain is not None
+        raw = HexBytes(str(body["params"][0]))
+        tx = TypedTransaction.from_bytes(raw).as_dict() if raw[0] < 0xC0 else dict(
+            zip(("nonce", "gasPrice", "gas", "to", "value", "data"), rlp.decode(bytes(raw))[:6]))
+        to, data = Web3.to_checksum_address(bytes(tx["to"])), bytes(tx["data"])
+        calls = [(to, data)]
+        if to == self.chain.forwarder.address:
+            _, args = self.chain.forwarder.decode_function_input(data)
+            calls = [(Web3.to_checksum_address(c["target"]), bytes(c["callData"])) for c in args["calls"]]
+        for target, calldata in calls:
+            if target != self.chain.market.address:
+                continue
+            fn, args = self.chain.market.decode_function_input(calldata)
+            if fn.fn_name != "commitOrder":
+                continue
+            c = args["commitment"]  # a struct: decoded by name
+            market_id, account_id, size_delta = int(c["marketId"]), int(c["accountId"]), int(c["sizeDelta"])
+            symbol = self.chain.market.functions.metadata(market_id).call()[1]
+            order = WireOrder(side=Side.BUY if size_delta > 0 else Side.SELL, type=OrderType.MARKET,
+                              quantity=Decimal(abs(size_delta)).scaleb(-18), market=f"{symbol}-PERP",
+                              client_order_id=bytes(c["trackingCode"]).rstrip(b"\x00").decode("ascii", "replace"))
+            return order, {"market_id": market_id, "account_id": account_id, "buy": size_delta > 0,
+                           "acceptable": int(c["acceptablePrice"])}
+        return None
+
+    def _play(self, fault: OrderFault, request: Request, commit: dict[str, Any]) -> Reply:
+        """Broadcast a commit with its planned fault (the keeper held off meanwhile); see the module docstring."""
+        chain = self.chain
+        assert chain is not None
+        market_id, acceptable = commit["market_id"], commit["acceptable"]
+        price = int(chain.market.functions.indexPrice(market_id).call())
+        # 1% past the acceptable price: a buy cannot fill above it, a sell below it.
+        beyond = acceptable * (101 if commit["buy"] else 99) // 100
+        with chain.keeper_lock:
+            if fault is OrderFault.REFUSE:
+                chain.send(chain.market.functions.fake_set_price(market_id, beyond))
+                try:
+                    return self._forward(request)  # mined, and reverted by the contract
+                finally:
+                    chain.send(chain.market.functions.fake_set_price(market_id, price))
+            reply = self._forward(request)
+            if fault is OrderFault.CANCEL:
+                chain.send(chain.market.functions.fake_set_price(market_id, beyond))
+                chain.send(chain.market.functions.cancelOrder(commit["account_id"]), chain.keeper_address)
+                chain.send(chain.market.functions.fake_set_price(market_id, price))
+            elif fault is OrderFault.EXPIRE:
+                strategy = chain.market.functions.getSettlementStrategy(market_id, 0).call()
+                chain.mine(int(strategy[1]) + int(strategy[2]) + 1)
+            elif fault is OrderFault.DROP:
+                return Reply(reply.status, reply.body, reply.headers, drop=True)
+            return reply
 
     def rpc_methods(self) -> list[str]:
         """JSON-RPC methods received, in order."""
@@ -123,6 +214,7 @@ class Chain:
     keeper_paused: threading.Event = field(default_factory=threading.Event)
     wake: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    keeper_lock: Any = field(default_factory=threading.RLock)  # held by the keeper while it works
 
     def send(self, call: Any, sender: str | None = None) -> dict[str, Any]:
         """Send a transaction from an unlocked anvil account and return its receipt."""
@@ -209,7 +301,8 @@ def _keeper(chain: Chain, stop: threading.Event) -> None:
         if chain.keeper_paused.is_set() or stop.is_set():
             continue
         try:
-            chain.settle_pending()
+            with chain.keeper_lock:  # an order fault being played holds the keeper off
+                chain.settle_pending()
         except Exception:  # noqa: BLE001 - the node is going away at teardown
             if stop.is_set():
                 return
@@ -256,7 +349,7 @@ def harness(network: str = "testnet", **options: str) -> Iterator[VenueHarness]:
     """A funded Synthetix account on ETH-PERP behind the faulty JSON-RPC front; `options` go to credentials."""
     with chain(network) as c:
         account_id = c.open_account(TRADER_KEY, DEPOSIT)
-        front = RpcFront(c.anvil.port, on_broadcast=c.wake).start()
+        front = RpcFront(c.anvil.port, on_broadcast=c.wake, chain=c).start()
         prices = PriceService().start()
         try:
             def set_price(symbol: str, price: Decimal) -> None:
@@ -271,6 +364,7 @@ def harness(network: str = "testnet", **options: str) -> Iterator[VenueHarness]:
             yield VenueHarness(
                 venue="synthetix", network=network, endpoint=front.url, credentials=credentials, symbol="ETH-PERP",
                 price=START_PRICE, set_price=set_price, plan=front.plan, created_client_ids=c.created_client_ids,
+                order_faults=front.order_faults,
                 extra={"chain": c, "front": front, "prices": prices, "account_id": account_id},
             )
         finally:

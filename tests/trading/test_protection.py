@@ -153,3 +153,23 @@ def test_protection_settings_are_checked_per_field(make_account) -> None:
     with pytest.raises(ValidationError) as refused:
         services.strategy_create(data={**base, "trailing_activation_percent": "1"}, by="test")
     assert "trailing_activation_percent" in refused.value.message_dict
+
+
+def test_a_protective_order_another_strategys_trade_leaves_larger_than_the_net_is_removed(
+        make_account, make_strategy, set_price) -> None:
+    account = make_account()
+    long_ = make_strategy(account, sizing_value="3", stop_loss_mode="percent", stop_loss_value="2",
+                          protective_orders="on")
+    short = make_strategy(account, sizing_value="2", protective_orders="on")
+    set_price("BTC/USD", "100")
+    _signal(long_, "open_long", "l1")
+    assert _resting(long_) == {"stop_loss": ("sell", Decimal("3"), Decimal("98"), True)}
+    _signal(short, "open_short", "s1")  # the net is 1 now: a reduce-only sell of 3 would be clipped when it fires
+    assert _resting(long_) == {}
+    assert not PaperOrder.objects.filter(account=account, is_open=True).exists()
+    set_price("BTC/USD", "97")
+    engine.positions_monitor()  # the bot's monitor guards it instead
+    engine.exits_drive()
+    assert Position.objects.get(strategy=long_).quantity == 0
+    assert Position.objects.get(strategy=short).quantity == Decimal("-2")
+    assert PaperPosition.objects.get(account=account, symbol="BTC/USD").quantity == Decimal("-2")
