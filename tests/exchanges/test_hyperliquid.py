@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_UP, Decimal
@@ -578,3 +579,22 @@ def test_real_fills_without_a_trade_id_are_each_kept_once(hl: VenueHarness, monk
     again = connector._fills(min(int(r["time"]) for r in recorded))  # read again: the same ids
     assert {f.fill_id for fs in again.values() for f in fs} == {f.fill_id for fs in by_oid.values() for f in fs}
     assert max(len(f.fill_id) for fs in by_oid.values() for f in fs) <= 128
+
+
+def test_an_order_filled_long_ago_whose_fills_fall_short_is_final_not_working_for_ever(hl: VenueHarness) -> None:
+    """A reduce-only trigger the venue clipped to the position left is "filled" with fewer fills than its size.
+    Just after the fill that looks like fills still arriving (working); a minute later it is final, with what the
+    fills add up to, so an exit waiting on it goes on."""
+    connector = connect(hl)
+    fake = fake_of(hl)
+    placed = connector.create_order(order(qty="0.002"))
+    assert placed.status is VenueOrderStatus.FILLED
+    venue = fake.orders[int(placed.venue_order_id)]
+    fake.fills[:] = [f for f in fake.fills if f["oid"] != venue.oid] + [
+        {**f, "sz": "0.001"} for f in fake.fills if f["oid"] == venue.oid]  # the venue filled 0.001 of 0.002
+    venue.status_ts = int(time.time() * 1000)
+    assert connector.fetch_order(BTC, placed.venue_order_id).status is VenueOrderStatus.PARTIALLY_FILLED  # lag
+    venue.status_ts -= 120_000
+    found = connector.fetch_order(BTC, placed.venue_order_id)
+    assert (found.status, found.filled_quantity) == (VenueOrderStatus.FILLED, Decimal("0.001"))
+    assert "0.001 of 0.002" in found.reason
