@@ -7,6 +7,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from whitenoise.compress import Compressor
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 if os.environ.get("TRADESITE_NETWORK_GUARD") == "loopback":  # set by the test suite: reach loopback only
@@ -82,6 +83,8 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # whitenoise serves /static/ under runserver too (with DEBUG on, runserver's own static view would otherwise).
+    "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
@@ -95,8 +98,12 @@ INSTALLED_APPS = [
     "webhooks.apps.WebhooksConfig",
 ]
 
+# whitenoise serves /static/ (see STATIC_ROOT below) unless TRADESITE_SERVE_STATIC=0 leaves it to the proxy.
+SERVE_STATIC = env_bool("TRADESITE_SERVE_STATIC", True)
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files, right after the HTTPS redirect and the security headers.
+    *(["whitenoise.middleware.WhiteNoiseMiddleware"] if SERVE_STATIC else []),
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -269,10 +276,24 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
 STATICFILES_DIRS = [BASE_DIR / "static"]  # the dashboard's CSS/JS and vendored htmx + uPlot (no CDN)
-# Django serves /static/ itself (the API docs' Swagger UI files) unless a proxy serves STATIC_ROOT after collectstatic.
-SERVE_STATIC = env_bool("TRADESITE_SERVE_STATIC", True)
+# collectstatic's output: each file under a content-hashed name with gzip and brotli copies, and the manifest that
+# maps names to hashed names (the image collects into /app/staticfiles at build). whitenoise serves it, hashed names
+# cached for a year (immutable), unless TRADESITE_SERVE_STATIC=0 leaves STATIC_ROOT to the proxy. Without a manifest
+# there (`manage.py run`, the test suite) pages link each file's own name and whitenoise finds it in the source
+# folders, cached for a minute, so an edited file shows at the next reload.
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT") or VAR_DIR / "static")
+if not STATIC_ROOT.is_dir():
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # an empty one: whitenoise warns of a missing folder
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "tradesite.staticfiles.StaticStorage"},
+}
+WHITENOISE_USE_FINDERS = not (STATIC_ROOT / "staticfiles.json").is_file()
+# Pages link hashed names only, so collectstatic keeps (and compresses) only those; source maps, fetched by a
+# browser's developer tools alone, are not compressed (brotli at its best ratio took most of a minute on them).
+WHITENOISE_KEEP_ONLY_HASHED_FILES = True
+WHITENOISE_SKIP_COMPRESS_EXTENSIONS = (*Compressor.SKIP_COMPRESS_EXTENSIONS, "map")
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 
 # --- Trading ---

@@ -5,9 +5,8 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import admin
-from django.contrib.staticfiles.views import serve as static_serve
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
-from django.urls import include, path, re_path
+from django.urls import include, path
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -106,8 +105,5 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("api/", include(api_patterns)),
 ]
-if settings.SERVE_STATIC:
-    # Without a proxy (make run, DEBUG off) the docs page still loads its local Swagger UI files.
-    urlpatterns.append(re_path(r"^static/(?P<path>.*)$", static_serve, {"insecure": True}))
 urlpatterns.append(path("api/", include("webhooks.urls")))  # the TradingView webhook
 urlpatterns += page_patterns

@@ -28,6 +28,7 @@ LEAN_SKIPPED_MIDDLEWARE = frozenset({
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "axes.middleware.AxesMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # the lane serves its one URL, never a static file
 })
 _PROMETHEUS = ("django_prometheus.middleware.PrometheusBeforeMiddleware",
                "django_prometheus.middleware.PrometheusAfterMiddleware")

@@ -358,3 +358,77 @@ def test_an_unrelated_file_variable_does_not_stop_a_role(fresh_db: str, var_dir:
         wait_for(started, timeout=90, every=0.3, what="beat started")
     finally:
         _stop(proc)
+
+
+# --------------------------------------------------------------------------------------------- static files
+
+
+def _collectstatic_as_the_image_build_does(static_root: Path, build_var: Path) -> None:
+    """The Dockerfile's collectstatic step: a throwaway key and var dir, STATIC_ROOT inside the image."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "    STATIC_ROOT=/app/staticfiles\n" in dockerfile.split("AS runtime", 1)[1]
+    assert ("RUN SECRET_KEY=collectstatic-only TRADESITE_VAR_DIR=/tmp/build-var LOG_DIR=/tmp/build-var/logs \\\n"
+            "    python manage.py collectstatic --noinput -v 0") in dockerfile
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(build_var), "STATIC_ROOT": str(static_root),
+           "SECRET_KEY": "collectstatic-only", "TRADESITE_VAR_DIR": str(build_var), "LOG_DIR": str(build_var / "logs")}
+    subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=ROOT, env=env,
+                   check=True, timeout=300, capture_output=True)
+
+
+def _fetch(url: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+
+
+def test_web_role_serves_collected_static_files_hashed_compressed_and_cached_for_ever(
+        fresh_db: str, var_dir: Path, tmp_path: Path) -> None:
+    """Production (DEBUG off, gunicorn): pages link content-hashed names, served by whitenoise with a far-future
+    immutable Cache-Control and their brotli or gzip copy, never by Django's development view."""
+    import brotli
+    import gzip
+    import re
+
+    static_root = tmp_path / "staticfiles"
+    _collectstatic_as_the_image_build_does(static_root, tmp_path / "build-var")
+    assert not (tmp_path / "build-var" / "secret_key").exists()  # no key baked into the image
+    port = _free_port()
+    env = clean_env(fresh_db, var_dir, WEB_BIND=f"127.0.0.1:{port}", STATIC_ROOT=str(static_root))
+    proc = _start("web", env, tmp_path / "web.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            assert proc.poll() is None, (tmp_path / "web.log").read_text()[-3000:]
+            try:
+                return _fetch(f"{base}/healthz")[0] == 200
+            except OSError:
+                return False
+
+        wait_for(up, timeout=90, every=0.3, what="gunicorn up")
+        status, _, page = _fetch(f"{base}/login/")
+        assert status == 200
+        css = re.search(r'href="(/static/dashboard/dashboard\.([0-9a-f]{12})\.css)"', page.decode())
+        assert css, page.decode()[:800]  # a content-hashed name
+        source = (ROOT / "static" / "dashboard" / "dashboard.css").read_bytes()
+
+        status, headers, body = _fetch(base + css.group(1), **{"Accept-Encoding": "br, gzip"})
+        assert status == 200 and headers["content-encoding"] == "br" and brotli.decompress(body) == source
+        assert headers["cache-control"] == "max-age=315360000, public, immutable"
+        assert "Accept-Encoding" in headers["vary"] and headers["content-type"].startswith("text/css")
+        status, headers, body = _fetch(base + css.group(1), **{"Accept-Encoding": "gzip"})
+        assert status == 200 and headers["content-encoding"] == "gzip" and gzip.decompress(body) == source
+        status, headers, body = _fetch(base + css.group(1))
+        assert status == 200 and "content-encoding" not in headers and body == source
+        # The API docs' Swagger UI files (drf-spectacular-sidecar) are collected and served the same way.
+        swagger = next(static_root.glob("drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.*.js"))
+        status, headers, _ = _fetch(f"{base}/static/{swagger.relative_to(static_root)}", **{"Accept-Encoding": "br"})
+        assert status == 200 and headers["content-encoding"] == "br"
+        assert headers["cache-control"] == "max-age=315360000, public, immutable"
+        # Only hashed names are kept: a page of this release never links an older or an unhashed one.
+        assert _fetch(f"{base}/static/dashboard/dashboard.css")[0] == 404
+        assert not (static_root / "dashboard" / "dashboard.css").exists()
+    finally:
+        _stop(proc)

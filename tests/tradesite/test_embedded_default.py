@@ -60,6 +60,13 @@ def test_run_command_trades_the_demo_on_sqlite_and_the_filesystem_broker(tmp_pat
         assert body["checks"] == {"database": "ok", "broker": "ok", "worker:execution": "ok",
                                   "worker:monitoring": "ok", "worker:strategies": "ok", "beat": "ok"}
         assert {p.name for p in (tmp_path / "var" / "heartbeats").iterdir()} >= {"beat", "queue-execution"}
+        # Styled pages: the login page's stylesheet is served (from the source folder: nothing was collected).
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/login/", timeout=10) as response:
+            page = response.read().decode()
+        assert 'href="/static/dashboard/dashboard.css"' in page
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/static/dashboard/dashboard.css", timeout=10) as response:
+            assert response.headers["Content-Type"].startswith("text/css")
+            assert response.read() == (ROOT / "static" / "dashboard" / "dashboard.css").read_bytes()
         query = ("from trading.models import Fill, Order; "
                  "print(Fill.objects.count(), Order.objects.filter(status='filled').count())")
         wait_for(lambda: int(_shell(env, query).split()[0]) >= 2, timeout=120, every=2,
