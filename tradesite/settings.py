@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 from whitenoise.compress import Compressor
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 if os.environ.get("TRADESITE_NETWORK_GUARD") == "loopback":  # set by the test suite: reach loopback only
@@ -87,7 +89,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",  # API tokens: only a digest of each key is stored (trading/auth.py)
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_beat",
@@ -235,9 +237,19 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 # The real client address behind our proxy (the same trusted-proxy rule as the webhook).
 AXES_CLIENT_IP_CALLABLE = "tradesite.auth.client_ip"
+# API tokens (django-rest-knox): `Authorization: Token <key>`; only a SHA-512 digest of the key is stored. A new
+# token expires after API_TOKEN_TTL_DAYS (90; "none" or 0: never), unless its creator says otherwise.
+_token_days = os.environ.get("API_TOKEN_TTL_DAYS", "90").strip().lower()
+if _token_days in ("", "none", "never", "0"):
+    API_TOKEN_TTL: timedelta | None = None
+elif _token_days.isdigit():
+    API_TOKEN_TTL = timedelta(days=int(_token_days))
+else:
+    raise ImproperlyConfigured(f"API_TOKEN_TTL_DAYS must be a whole number of days or 'none', not {_token_days!r}")
+REST_KNOX = {"TOKEN_TTL": API_TOKEN_TTL, "AUTH_HEADER_PREFIX": "Token", "AUTO_REFRESH": False}
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "trading.auth.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

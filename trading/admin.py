@@ -231,10 +231,87 @@ __all__ = ["ValidationError"]
 
 # --------------------------------------------------------------------------------------------- API tokens
 
-from rest_framework.authtoken.models import TokenProxy  # noqa: E402 - DRF's admin registered it before this module
+from django.template.response import TemplateResponse  # noqa: E402
+from knox.models import AuthToken  # noqa: E402
 
-# Not in the admin: a token's key is its primary key, so every admin page of one (the list's links and checkboxes
-# included) would show it whole to every staff user, as DRF's own admin does. `manage.py drf_create_token <user>`
-# makes one and prints it once; `-r` replaces it (the old key stops working); deactivating the user revokes access.
-if admin.site.is_registered(TokenProxy):
-    admin.site.unregister(TokenProxy)
+
+class ApiTokenAddForm(forms.ModelForm):  # type: ignore[type-arg]
+    days = forms.IntegerField(
+        required=False, min_value=0, max_value=36500,
+        help_text="Days until the token expires. Blank: the default (API_TOKEN_TTL_DAYS); 0: it never expires.")
+
+    class Meta:
+        model = AuthToken
+        fields = ["user"]
+
+
+# knox's own admin shows a new key in a flash message (kept in a cookie or the session until shown): ours shows it
+# once on the page that answers the creation, never cached. Only the digest and a short prefix are stored.
+if admin.site.is_registered(AuthToken):
+    admin.site.unregister(AuthToken)
+
+
+@admin.register(AuthToken)
+class ApiTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("prefix", "user", "created", "expiry", "expired")
+    list_select_related = ("user",)
+    search_fields = ("token_key", "user__username")
+    readonly_fields = ("prefix", "user", "created", "expiry")
+    fields = ("prefix", "user", "created", "expiry")
+    raw_id_fields = ("user",)
+    actions = ["revoke_tokens"]
+
+    @admin.display(description="prefix")
+    def prefix(self, obj: Any) -> str:
+        return f"{obj.token_key[:services.TOKEN_PREFIX_LENGTH]}…"
+
+    @admin.display(boolean=True)
+    def expired(self, obj: Any) -> bool:
+        return obj.expiry is not None and obj.expiry <= timezone.now()
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = ApiTokenAddForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return ("user", "days") if obj is None else self.fields
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return () if obj is None else self.readonly_fields
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a token is issued or revoked, never edited
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        from datetime import timedelta
+
+        days = form.cleaned_data.get("days")
+        ttl: Any = services._DEFAULT_TTL if days is None else (timedelta(days=days) if days else None)
+        token, key = services.api_token_create(user=form.cleaned_data["user"], by=_actor(request), ttl=ttl)
+        obj.digest, obj.token_key, obj.created, obj.expiry = token.digest, token.token_key, token.created, token.expiry
+        obj._state.adding, obj._state.db = False, token._state.db
+        request._api_token_key = key  # type: ignore[attr-defined]  # for response_add only
+
+    def response_add(self, request: HttpRequest, obj: Any, post_url_continue: str | None = None) -> Any:
+        key = getattr(request, "_api_token_key", None)
+        if key is None:
+            return super().response_add(request, obj, post_url_continue)
+        response = TemplateResponse(request, "admin/api_token_created.html", {
+            **self.admin_site.each_context(request), "title": "API token created", "key": key, "token": obj,
+            "opts": self.opts, "prefix": self.prefix(obj)})
+        response["Cache-Control"] = "no-store, private"
+        return response
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        services.api_token_revoke(token=obj, by=_actor(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        for token in queryset.select_related("user"):
+            services.api_token_revoke(token=token, by=_actor(request))
+
+    @admin.action(description="Revoke selected tokens (their keys stop working at once)", permissions=["delete"])
+    def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        count = queryset.count()
+        self.delete_queryset(request, queryset)
+        self.message_user(request, f"Revoked {count} token(s).", messages.SUCCESS)

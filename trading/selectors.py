@@ -410,3 +410,25 @@ def reconcile_summary(report: dict[str, Any] | None) -> dict[str, Any]:
 def fills_latest(*, limit: int = 10) -> list[Fill]:
     """The newest recorded fills (by id: the primary-key index, no sort of the whole table)."""
     return list(Fill.objects.select_related("order", "strategy").order_by("-id")[:limit])
+
+
+# --------------------------------------------------------------------------------------------- API tokens
+
+
+def api_token_list(*, user: Any = None) -> QuerySet[Any]:
+    """API tokens, newest first: a user's, else everyone's (their keys are never stored, so never here)."""
+    from knox.models import AuthToken
+
+    tokens = AuthToken.objects.select_related("user").order_by("-created", "digest")
+    return tokens.filter(user=user) if user is not None else tokens
+
+
+def api_token_find(*, prefix: str, user: Any = None) -> Any | None:
+    """The token whose key starts with `prefix` (8 to 15 characters; a user's only, when given); None when no one
+    token matches (none, or more than one)."""
+    from knox.settings import CONSTANTS
+
+    if not 8 <= len(prefix) <= CONSTANTS.TOKEN_KEY_LENGTH:
+        return None
+    found = list(api_token_list(user=user).filter(token_key__startswith=prefix)[:2])
+    return found[0] if len(found) == 1 else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -499,3 +499,38 @@ def strategy_webhook_secret_rotate(*, strategy: Strategy, by: str, now: datetime
               entity="strategy", entity_id=locked.pk, now=now)
     strategy.webhook_secret_hash, strategy.webhook_secret_set_at = locked.webhook_secret_hash, now
     return secret
+
+
+# --------------------------------------------------------------------------------------------- API tokens
+
+TOKEN_PREFIX_LENGTH = 8  # characters of a key shown to name its token (lists, audit rows, revocation)
+_DEFAULT_TTL: Any = object()
+
+
+def api_token_create(*, user: Any, by: str, ttl: timedelta | None = _DEFAULT_TTL,
+                     now: datetime | None = None) -> tuple[Any, str]:
+    """Issue an API token for `user`, expiring after `ttl` (default API_TOKEN_TTL; None: never). Only its SHA-512
+    digest and a 15-character lookup prefix are stored; return the row and the key, which is shown this once."""
+    from django.conf import settings
+    from knox.models import AuthToken
+
+    now = now or timezone.now()
+    if ttl is _DEFAULT_TTL:
+        ttl = settings.API_TOKEN_TTL
+    if ttl is not None and ttl <= timedelta(0):
+        raise ValidationError({"ttl": ["must be positive (or none: never expires)"]})
+    with transaction.atomic():
+        token, key = AuthToken.objects.create(user=user, expiry=ttl)
+        audit(actor=by, action="api_token.created", entity="api_token", entity_id=key[:TOKEN_PREFIX_LENGTH], now=now,
+              user=user.get_username(), expiry=token.expiry.isoformat() if token.expiry else None)
+    return token, key
+
+
+def api_token_revoke(*, token: Any, by: str, now: datetime | None = None) -> None:
+    """Revoke an API token: its row is deleted, so its key is refused (401) from the next request on."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        deleted, _ = type(token).objects.filter(pk=token.pk).delete()
+        if deleted:
+            audit(actor=by, action="api_token.revoked", entity="api_token",
+                  entity_id=token.token_key[:TOKEN_PREFIX_LENGTH], now=now, user=token.user.get_username())

@@ -6,11 +6,11 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
-from rest_framework.authentication import TokenAuthentication
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from trading.auth import ApiTokenAuthentication
 from webhooks import parsers, services
 from webhooks.parsers import Rejection
 
@@ -41,9 +41,9 @@ def tradingview_webhook(request: HttpRequest) -> HttpResponse:
 
 
 class SignalCreateApi(APIView):
-    """Submit a signal from a script: the webhook's fields without passphrase, DRF token auth."""
+    """Submit a signal from a script: the webhook's fields without passphrase, API token auth."""
 
-    authentication_classes = [TokenAuthentication]
+    authentication_classes = [ApiTokenAuthentication]
     permission_classes = [IsAuthenticated]
     parser_classes: list[Any] = []  # the body is decoded by webhooks.parsers, like the webhook's
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 
@@ -25,16 +24,29 @@ def user(django_user_model: Any) -> Any:
     return django_user_model.objects.create_user("viewer", password="pw-viewer-123")
 
 
-def token_client(user: Any) -> APIClient:
+def api_key(user: Any) -> str:
+    """A new API token's key for `user` (only its digest is stored)."""
+    from trading import services
+
+    return str(services.api_token_create(user=user, by="test")[1])
+
+
+def token_client(user: Any, key: str | None = None) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key or api_key(user)}")
     return client
 
 
 @pytest.fixture
-def api(staff: Any) -> APIClient:
+def staff_key(staff: Any) -> str:
+    """The staff user's API token key."""
+    return api_key(staff)
+
+
+@pytest.fixture
+def api(staff: Any, staff_key: str) -> APIClient:
     """A client authenticated as staff with a token."""
-    return token_client(staff)
+    return token_client(staff, staff_key)
 
 
 @pytest.fixture

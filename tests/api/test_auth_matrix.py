@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from tests.api.conftest import api_key
 from trading.models import KillSwitch, Strategy
 
 READS = ["/api/strategies/", "/api/accounts/", "/api/orders/", "/api/positions/", "/api/signals/", "/api/pnl/",
@@ -29,14 +29,14 @@ def test_bad_token_is_401(db: Any, url: str) -> None:
 
 
 @pytest.mark.parametrize("header", ["Bearer {key}", "Token", "Token {key} extra", "token{key}"])
-def test_malformed_authorization_header_is_401(api: Any, staff: Any, header: str) -> None:
+def test_malformed_authorization_header_is_401(api: Any, staff_key: str, header: str) -> None:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=header.format(key=Token.objects.get(user=staff).key))
+    client.credentials(HTTP_AUTHORIZATION=header.format(key=staff_key))
     assert client.get("/api/strategies/").status_code == 401
 
 
-def test_token_in_the_query_string_is_ignored(api: Any, staff: Any) -> None:
-    key = Token.objects.get(user=staff).key
+def test_token_in_the_query_string_is_ignored(api: Any, staff_key: str) -> None:
+    key = staff_key
     assert APIClient().get(f"/api/strategies/?token={key}").status_code == 401
     assert APIClient().get(f"/api/strategies/?auth_token={key}").status_code == 401
 
@@ -62,7 +62,7 @@ def test_session_with_csrf_token_can_post(staff: Any, make_account: Any, make_st
 
 def test_removed_user_token_is_401(user: Any) -> None:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_key(user)}")
     assert client.get("/api/orders/").status_code == 200
     user.delete()
     assert client.get("/api/orders/").status_code == 401
@@ -70,7 +70,7 @@ def test_removed_user_token_is_401(user: Any) -> None:
 
 def test_deactivated_user_token_is_401(user: Any) -> None:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_key(user)}")
     user.is_active = False
     user.save()
     assert client.get("/api/orders/").status_code == 401

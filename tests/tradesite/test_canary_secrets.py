@@ -35,7 +35,6 @@ from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 
 from tests.conftest import WorkerGroup, wait_for
 from tests.fakes.coinbase_venue import harness as coinbase_harness
@@ -267,7 +266,7 @@ def test_no_canary_leaks_anywhere(private_redis, make_account, make_strategy, se
         canaries["webhook passphrase"] = passphrase
         canaries["doomed webhook passphrase"] = doomed_passphrase
         staff = User.objects.create_user("canary-staff", password="canary-staff-pass-123", is_staff=True)
-        api_token = Token.objects.create(user=staff).key
+        api_token = services.api_token_create(user=staff, by="test")[1]
 
         group = WorkerGroup(env={**env, "TRADESITE_COMPONENT": "worker"}, log_dir=tmp_path)
         bodies: list[str] = []

@@ -89,16 +89,16 @@ def test_admin_strategy_form_shows_errors_per_field_and_saves_nothing(admin_clie
 
 
 def test_the_admin_never_shows_an_api_token(admin_client: Client, django_user_model: Any) -> None:
-    """DRF's stock token admin showed every user's full key to any staff user (the key is the row's primary key,
-    so it is in every link): tokens are not in the admin."""
-    from rest_framework.authtoken.models import Token
-
-    token = Token.objects.create(user=django_user_model.objects.create_user("bob", password="x" * 20))
+    """DRF's stock token admin showed every user's full key to any staff user (the key was the row's primary key,
+    so it was in every link): now only a digest is stored, and the admin shows a token's 8-character prefix."""
+    token, key = services.api_token_create(user=django_user_model.objects.create_user("bob", password="x" * 20),
+                                           by="test")
     index = admin_client.get("/admin/")
     assert index.status_code == 200 and "tokenproxy" not in index.content.decode().lower()
-    for path in ("/admin/authtoken/tokenproxy/", f"/admin/authtoken/tokenproxy/{token.key}/change/"):
+    for path in ("/admin/knox/authtoken/", f"/admin/knox/authtoken/{token.pk}/change/", "/admin/authtoken/tokenproxy/"):
         response = admin_client.get(path)
-        assert response.status_code in (302, 404) and token.key not in response.content.decode(), path
+        assert response.status_code in (200, 302, 404) and key not in response.content.decode(), path
+    assert key[:8] in admin_client.get("/admin/knox/authtoken/").content.decode()
 
 
 def test_deleting_in_the_admin_leaves_an_audit_row(admin_client: Client, make_account: Any) -> None:

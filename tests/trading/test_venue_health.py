@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from django.db import connection, connections, transaction
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from exchanges import registry
@@ -19,7 +18,7 @@ from exchanges.base import Connector, VenueConfig
 from exchanges.errors import TemporaryError, VenueUnavailableError
 from exchanges.resilience import BreakerState, ResilientConnector
 from tests.exchanges.test_resilience import REQUEST, ScriptedConnector
-from trading import selectors
+from trading import selectors, services
 from trading.models import VenueAccount, VenueHealth, VenueJournalEntry
 from trading.venues import DjangoVenueJournal, _build
 
@@ -202,7 +201,7 @@ def test_breaker_transitions_are_persisted_even_when_the_callers_transaction_rol
 
 def client_for(user: Any) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {services.api_token_create(user=user, by='test')[1]}")
     return client
 
 

@@ -171,10 +171,10 @@ def test_inactive_strategy_or_kill_switch_is_409_and_stored_rejected(state: str,
 
 @pytest.fixture
 def token(django_user_model) -> str:
-    from rest_framework.authtoken.models import Token
+    from trading import services
 
     user = django_user_model.objects.create_user(username="script", password="x" * 20)
-    return Token.objects.create(user=user).key
+    return services.api_token_create(user=user, by="test")[1]
 
 
 @pytest.mark.urls("tests.webhooks.urls")
