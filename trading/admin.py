@@ -13,7 +13,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from trading import services
-from trading.engine import audit
+from trading.audit import audit
 from trading.models import (
     AuditEvent,
     EquitySnapshot,

@@ -8,7 +8,6 @@ venue failure makes the order UNKNOWN, and recovery asks the venue by client id 
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -51,8 +50,9 @@ from trading.domain import (
     SizingRule,
     StrategyRisk,
 )
-from trading.models import AuditEvent, Fill, KillSwitch, Order, Position, Signal, Strategy, VenueAccount
+from trading.models import Fill, KillSwitch, Order, Position, Signal, Strategy, VenueAccount
 from trading import broker, rows
+from trading.audit import _audit_batch, audit
 from trading.rows import Rows, fetch_all, fetch_one, lock_clause
 from trading.venues import connector_for, connector_for_id, order_send_lease
 
@@ -77,39 +77,6 @@ def _allowed_when_inactive(signal: Signal) -> bool:
 
 def _cfg(name: str) -> int:
     return int(settings.TRADING[name])
-
-
-_batch = threading.local()
-
-
-def audit(*, actor: str, action: str, entity: str, entity_id: object, now: datetime, **data: object) -> None:
-    """Append one audit row (inside the caller's transaction; in an `_audit_batch`, at its end)."""
-    event = AuditEvent(time=now, actor=actor, action=action, entity=entity, entity_id=str(entity_id),
-                       data=_jsonable(data))
-    pending: list[AuditEvent] | None = getattr(_batch, "events", None)
-    if pending is not None:
-        pending.append(event)
-    else:
-        event.save()
-
-
-@contextmanager
-def _audit_batch() -> Iterator[None]:
-    """Collect the audit rows written inside and insert them in one statement (inside the same transaction)."""
-    if getattr(_batch, "events", None) is not None:
-        yield
-        return
-    _batch.events = []
-    try:
-        yield
-        if _batch.events:
-            rows.insert(_batch.events, returning=False)
-    finally:
-        _batch.events = None
-
-
-def _jsonable(data: dict[str, object]) -> dict[str, object]:
-    return {k: (str(v) if isinstance(v, (Decimal, datetime)) else v) for k, v in data.items()}
 
 
 def new_client_order_id() -> str:

@@ -26,6 +26,7 @@ from django.utils import timezone
 from exchanges.base import Connector, VenueOrder
 from exchanges.errors import OrderNotFoundError, VenueError
 from trading import engine
+from trading.audit import audit
 from trading.models import AuditEvent, Fill, Order, Position, VenueAccount
 from trading.venues import connector_for
 
@@ -149,8 +150,8 @@ def _unknown_orders_audit(account: VenueAccount, unknown: Sequence[str], *, now:
                .values_list("data__order", flat=True))
     for order_id in unknown:
         if order_id not in seen:
-            engine.audit(actor="reconcile", action="reconcile.unknown_venue_order", entity="account",
-                         entity_id=account.pk, now=now, order=order_id)
+            audit(actor="reconcile", action="reconcile.unknown_venue_order", entity="account",
+                  entity_id=account.pk, now=now, order=order_id)
 
 
 def _cash_compare(account: VenueAccount, connector: Connector, *, now: datetime) -> dict[str, str | None]:
@@ -172,8 +173,8 @@ def account_cash_from_venue(*, account: VenueAccount, venue_cash: Decimal, now: 
             return False
         locked.cash = venue_cash
         locked.save(update_fields=["cash"])
-        engine.audit(actor="reconcile", action="account.cash_from_venue", entity="account", entity_id=locked.pk,
-                     now=now, cash=venue_cash, asset=locked.quote_asset)
+        audit(actor="reconcile", action="account.cash_from_venue", entity="account", entity_id=locked.pk,
+              now=now, cash=venue_cash, asset=locked.quote_asset)
     log.info("account %s cash book opened at the venue's %s %s", account.pk, venue_cash, account.quote_asset)
     return True
 

@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from trading import pnl
-from trading.engine import audit
+from trading.audit import audit
 from trading.fields import INT32_MAX, column_error, parse_id
 from trading.models import EquitySnapshot, KillSwitch, Position, Strategy, VenueAccount
 

@@ -27,6 +27,7 @@ from django.utils import timezone
 from prometheus_client import Counter
 
 from trading import engine
+from trading.audit import audit
 from trading.engine import payload_redact
 from trading.models import KillSwitch, MarketPrice, Signal, Strategy
 from webhooks import parsers
@@ -657,9 +658,9 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
             with transaction.atomic():
                 signal_id, queued = _insert(signal, guard=None, enqueue=enqueue and not refusal)
                 if signal_id is not None:
-                    engine.audit(actor=actor, action="signal.submitted", entity="signal", entity_id=signal_id,
-                                 now=now, strategy=strategy.slug, action_requested=alert.action,
-                                 refused=refusal[0] if refusal else "")
+                    audit(actor=actor, action="signal.submitted", entity="signal", entity_id=signal_id,
+                          now=now, strategy=strategy.slug, action_requested=alert.action,
+                          refused=refusal[0] if refusal else "")
         else:
             # One statement in autocommit: the INSERT and its COMMIT (durable, synchronous_commit) in one round trip.
             signal_id, queued = _insert(signal, guard=strategy if cached else None, enqueue=enqueue and not refusal)
