@@ -32,8 +32,8 @@ from strategies.base import last_bar_action
 from strategies.marketdata import CandleRow, RowError, atr_value, datetime_to_ms
 from strategies.models import BacktestRun, Candle, StrategyEvaluation
 from trading.audit import audit
-from trading.engine import signal_create
 from trading.fields import column_error
+from trading.intake import signal_create
 from trading.models import Order, Position, Strategy, VenueAccount
 from trading.services import TIMEFRAMES
 

@@ -26,9 +26,8 @@ from django.dispatch import receiver
 from django.utils import timezone
 from prometheus_client import Counter
 
-from trading import engine
 from trading.audit import audit
-from trading.engine import payload_redact
+from trading.intake import payload_redact, signal_enqueue, signals_enqueue
 from trading.models import KillSwitch, MarketPrice, Signal, Strategy
 from webhooks import parsers
 from trading.broker import RedisLink, command
@@ -474,7 +473,7 @@ def _rows_write(rows: list[_Row]) -> list[tuple[int | None, bool] | BaseExceptio
         return out
     ids = rows_ids(rows, stored)
     queue = [pk for pk, row in zip(ids, rows, strict=True) if pk is not None and row.enqueue]
-    queued = bool(queue) and engine.signals_enqueue(signal_ids=queue, raw=flag("WEBHOOK_RAW_ENQUEUE"))
+    queued = bool(queue) and signals_enqueue(signal_ids=queue, raw=flag("WEBHOOK_RAW_ENQUEUE"))
     return [(pk, queued and pk is not None and row.enqueue) for pk, row in zip(ids, rows, strict=True)]
 
 
@@ -750,7 +749,7 @@ def strategy_forget(slug: str) -> None:
 
 def _enqueue(signal_id: int) -> None:
     """Queue signal_process for a committed signal; a failure is logged, never raised (the sweeper re-drives it)."""
-    engine.signal_enqueue(signal_id=signal_id, raw=flag("WEBHOOK_RAW_ENQUEUE"))
+    signal_enqueue(signal_id=signal_id, raw=flag("WEBHOOK_RAW_ENQUEUE"))
 
 
 def body_intake(*, body: bytes, content_type: str | None, meta: dict[str, Any],
