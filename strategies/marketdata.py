@@ -196,7 +196,7 @@ def replay_step(
     """Close candle t, publish candle t+1's open as the price, and have the market's strategies evaluate t."""
     from strategies import services
     from strategies.models import Candle
-    from trading.engine import positions_monitor
+    from trading.monitor import positions_monitor
     from trading.venues import price_set
 
     now = now or timezone.now()
@@ -236,7 +236,7 @@ def replay_step(
         if evaluation.signal_id is not None:
             signal_ids.append(evaluation.signal_id)
             if inline:
-                from trading.engine import signal_process
+                from trading.execution import signal_process
 
                 signal_process(signal_id=evaluation.signal_id, now=now)
     if monitor:
@@ -300,7 +300,7 @@ def atr_provider_connect() -> None:
     global _connected
     if _connected:
         return
-    from trading.engine import atr_provider_register
+    from trading.decision import atr_provider_register
 
     atr_provider_register(atr_from_store)
     _connected = True

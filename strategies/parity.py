@@ -36,7 +36,7 @@ from strategies.models import Candle
 from strategies.selectors import candles_from_rows
 from strategies.services import CandleImportError, candles_import
 from trading import services as trading_services
-from trading.engine import account_limits, strategy_risk
+from trading.decision import account_limits, strategy_risk
 from trading.fields import tidy
 from trading.models import Fill, Signal, Strategy, VenueAccount
 from trading.venues import connector_for

@@ -31,8 +31,9 @@ from exchanges.base import Side
 from strategies.base import last_bar_action
 from strategies.marketdata import CandleRow, RowError, atr_value, datetime_to_ms
 from strategies.models import BacktestRun, Candle, StrategyEvaluation
-from trading.engine import audit, signal_create
+from trading.audit import audit
 from trading.fields import column_error
+from trading.intake import signal_create
 from trading.models import Order, Position, Strategy, VenueAccount
 from trading.services import TIMEFRAMES
 

@@ -13,7 +13,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from trading import services
-from trading.engine import audit
+from trading.audit import audit
 from trading.models import (
     AuditEvent,
     EquitySnapshot,
@@ -26,6 +26,7 @@ from trading.models import (
     Strategy,
     VenueAccount,
 )
+from trading.orders import order_cancel
 
 
 class _ServiceForm(forms.ModelForm):  # type: ignore[type-arg]
@@ -170,10 +171,8 @@ class OrderAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Cancel selected orders")
     def cancel(self, request: HttpRequest, queryset: QuerySet[Order]) -> None:
-        from trading import engine
-
         for order in queryset:
-            engine.order_cancel(order_id=order.pk, by=_actor(request))
+            order_cancel(order_id=order.pk, by=_actor(request))
 
 
 @admin.register(Fill)

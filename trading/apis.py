@@ -27,7 +27,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from trading import engine, selectors, services
+from trading import orders, selectors, services
 from trading.fields import ID_MAX, INT32_MAX, tidy
 from trading.models import Order, Position, Signal, Strategy, VenueAccount
 
@@ -428,7 +428,7 @@ class OrderCancelApi(APIView):
         order = get_object_or_404(Order, pk=order_id)
         if order.is_final:
             return Response({"detail": f"the order is already {order.status}"}, status=status.HTTP_409_CONFLICT)
-        engine.order_cancel(order_id=order.pk, by=actor(request))
+        orders.order_cancel(order_id=order.pk, by=actor(request))
         return Response(OrderOutput(selectors.order_list().get(pk=order_id)).data)
 
 

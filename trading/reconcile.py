@@ -25,8 +25,11 @@ from django.utils import timezone
 
 from exchanges.base import Connector, VenueOrder
 from exchanges.errors import OrderNotFoundError, VenueError
-from trading import engine
+from trading.audit import audit
 from trading.models import AuditEvent, Fill, Order, Position, VenueAccount
+from trading.orders import UNACKNOWLEDGED, UNACKNOWLEDGED_WATCH_HOURS, order_cancel, order_sync
+from trading.protection import protections_sync
+from trading.recording import order_apply_venue_state
 from trading.venues import connector_for
 
 log = logging.getLogger("trading.reconcile")
@@ -42,7 +45,7 @@ def account_reconcile(*, account: VenueAccount, now: datetime | None = None) -> 
         for order in Order.objects.filter(account=account, status__in=(Order.Status.OPEN,
                                                                         Order.Status.PARTIALLY_FILLED)):
             before = order.status, order.filled_quantity
-            refreshed = engine.order_sync(order_id=order.pk, now=now)
+            refreshed = order_sync(order_id=order.pk, now=now)
             if (refreshed.status, refreshed.filled_quantity) != before:
                 report["updated_orders"] = int(report["updated_orders"]) + 1  # type: ignore[call-overload]
         report["recovered_orders"] = _unacknowledged_lookup(account, connector, now=now)
@@ -67,7 +70,7 @@ def account_reconcile(*, account: VenueAccount, now: datetime | None = None) -> 
         if account.venue != VenueAccount.Venue.PAPER:
             report["cash"] = _cash_compare(account, connector, now=now)
         # Protective orders follow their positions (placed after a restart, moved, removed once flat).
-        report["protected_positions"] = engine.protections_sync(account_id=account.pk, now=now)
+        report["protected_positions"] = protections_sync(account_id=account.pk, now=now)
     except VenueError as exc:
         report["error"] = f"{type(exc).__name__}: {exc}"
         log.warning("reconcile of account %s failed: %s", account.pk, exc)
@@ -120,8 +123,8 @@ def _unacknowledged_lookup(account: VenueAccount, connector: Connector, *, now: 
     orders = (Order.objects.filter(account=account, status=Order.Status.UNKNOWN)
               | Order.objects.filter(account=account, status=Order.Status.SUBMITTING, updated_at__lt=stuck_before)
               | Order.objects.filter(account=account, status__in=(Order.Status.REJECTED, Order.Status.CANCELED),
-                                     venue_order_id="", reason__contains=engine.UNACKNOWLEDGED,
-                                     updated_at__gte=now - timedelta(hours=engine.UNACKNOWLEDGED_WATCH_HOURS)))
+                                     venue_order_id="", reason__contains=UNACKNOWLEDGED,
+                                     updated_at__gte=now - timedelta(hours=UNACKNOWLEDGED_WATCH_HOURS)))
     for order in orders:
         try:
             venue_order = connector.fetch_order_by_client_id(order.symbol, order.client_order_id)
@@ -132,10 +135,10 @@ def _unacknowledged_lookup(account: VenueAccount, connector: Connector, *, now: 
             if order.is_final:
                 log.warning("order %s (%s here) is on the venue after all: %s", order.pk, order.status,
                             venue_order.status)
-            recorded = engine.order_apply_venue_state(order_id=order.pk, venue_order=venue_order, now=now)
+            recorded = order_apply_venue_state(order_id=order.pk, venue_order=venue_order, now=now)
             if order.status == Order.Status.CANCELED and not recorded.is_final:
-                engine.order_cancel(order_id=order.pk, by="reconcile (canceled here before the venue acknowledged "
-                                                         "it)", now=now)
+                order_cancel(order_id=order.pk, by="reconcile (canceled here before the venue acknowledged "
+                                                  "it)", now=now)
             found += 1
     return found
 
@@ -149,8 +152,8 @@ def _unknown_orders_audit(account: VenueAccount, unknown: Sequence[str], *, now:
                .values_list("data__order", flat=True))
     for order_id in unknown:
         if order_id not in seen:
-            engine.audit(actor="reconcile", action="reconcile.unknown_venue_order", entity="account",
-                         entity_id=account.pk, now=now, order=order_id)
+            audit(actor="reconcile", action="reconcile.unknown_venue_order", entity="account",
+                  entity_id=account.pk, now=now, order=order_id)
 
 
 def _cash_compare(account: VenueAccount, connector: Connector, *, now: datetime) -> dict[str, str | None]:
@@ -172,8 +175,8 @@ def account_cash_from_venue(*, account: VenueAccount, venue_cash: Decimal, now: 
             return False
         locked.cash = venue_cash
         locked.save(update_fields=["cash"])
-        engine.audit(actor="reconcile", action="account.cash_from_venue", entity="account", entity_id=locked.pk,
-                     now=now, cash=venue_cash, asset=locked.quote_asset)
+        audit(actor="reconcile", action="account.cash_from_venue", entity="account", entity_id=locked.pk,
+              now=now, cash=venue_cash, asset=locked.quote_asset)
     log.info("account %s cash book opened at the venue's %s %s", account.pk, venue_cash, account.quote_asset)
     return True
 

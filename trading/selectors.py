@@ -313,7 +313,8 @@ def signal_decision_preview(*, strategy: Strategy, intent: Any, atr: Decimal | N
     """
     from django.db import transaction
 
-    from trading import engine, risk
+    from trading import risk
+    from trading.decision import _account_view, _atr, account_limits, strategy_risk
     from trading.domain import MarketRules, Quote
     from trading.venues import connector_for
 
@@ -324,16 +325,16 @@ def signal_decision_preview(*, strategy: Strategy, intent: Any, atr: Decimal | N
             market = connector.market(intent.symbol)
             ticker = connector.ticker(intent.symbol)
             marks = {intent.symbol: ticker.price}
-            book = engine._account_view(account, connector, now=now, marks=marks)  # noqa: SLF001 - the engine's read
+            book = _account_view(account, connector, now=now, marks=marks)  # the engine's own read
             # The ATR an ATR-multiple exit needs: the alert's, else market data's, as the engine finds it.
-            atr = engine._atr(Signal(strategy=strategy, atr=atr), now)  # noqa: SLF001
+            atr = _atr(Signal(strategy=strategy, atr=atr), now)
             return risk.decide(
                 intent=intent, strategy_id=strategy.pk, account=book.view,
                 market=MarketRules(symbol=market.symbol, lot_size=market.lot_size, min_qty=market.min_qty,
                                    tick_size=market.tick_size, min_notional=market.min_notional,
                                    max_leverage=market.max_leverage),
-                quote=Quote(ticker.price, ticker.time), atr=atr, risk=engine.strategy_risk(strategy),
-                limits=engine.account_limits(account), now=now,
+                quote=Quote(ticker.price, ticker.time), atr=atr, risk=strategy_risk(strategy),
+                limits=account_limits(account), now=now,
             )
         finally:
             transaction.set_rollback(True)

@@ -14,8 +14,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from trading import pnl
-from trading.engine import audit
+from trading.audit import audit
 from trading.fields import INT32_MAX, column_error, parse_id
+from trading.intake import signal_create
 from trading.models import EquitySnapshot, KillSwitch, Position, Strategy, VenueAccount
 
 log = logging.getLogger("trading.services")
@@ -464,8 +465,6 @@ def _account_snapshot(account: VenueAccount, positions: list[Position], *, now: 
 def position_close(*, position: Position, by: str, now: datetime | None = None) -> Any:
     """Ask to close an open position: store a manual `close` signal (fresh idempotency key) and audit who asked."""
     import uuid
-
-    from trading.engine import signal_create
 
     now = now or timezone.now()
     if position.quantity == 0:

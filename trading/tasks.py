@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from decimal import Decimal
 
 from celery import shared_task
 from celery.signals import worker_ready
+from django.conf import settings
+from django.utils import timezone
 
 from exchanges.errors import VenueError
+from trading import reconcile, selectors, services
+from trading.execution import signal_process
+from trading.exits import exits_drive
+from trading.killswitch import kill_switch_enforce
+from trading.monitor import account_monitor, accounts_to_monitor, stops_crossed
+from trading.orders import order_submit
+from trading.recovery import orders_sweep, startup_recover
 
 log = logging.getLogger("trading.tasks")
 
@@ -16,10 +26,8 @@ log = logging.getLogger("trading.tasks")
 @shared_task(name="trading.tasks.signal_process", acks_late=True, bind=True, max_retries=5)
 def signal_process_task(self, signal_id: int) -> str:  # type: ignore[no-untyped-def]
     """Process one stored signal (a no-op when it was already processed)."""
-    from trading import engine
-
     try:
-        return engine.signal_process(signal_id=signal_id).status
+        return signal_process(signal_id=signal_id).status
     except VenueError as exc:
         if exc.retryable:
             raise self.retry(countdown=min(2 ** self.request.retries, 30), exc=exc) from exc
@@ -29,25 +37,19 @@ def signal_process_task(self, signal_id: int) -> str:  # type: ignore[no-untyped
 @shared_task(name="trading.tasks.order_submit", acks_late=True)
 def order_submit_task(order_id: int) -> str:
     """Send one NEW order (a no-op when it was already sent)."""
-    from trading import engine
-
-    return engine.order_submit(order_id=order_id).status
+    return order_submit(order_id=order_id).status
 
 
 @shared_task(name="trading.tasks.orders_sweep", acks_late=True)
 def orders_sweep_task() -> dict[str, int]:
     """Re-drive stuck signals and orders."""
-    from trading import engine
-
-    return engine.orders_sweep()
+    return orders_sweep()
 
 
 @shared_task(name="trading.tasks.exits_drive", acks_late=True)
 def exits_drive_task() -> dict[str, int]:
     """Take one step of every exit still pursued (until each strategy is flat)."""
-    from trading import engine
-
-    return engine.exits_drive()
+    return exits_drive()
 
 
 @shared_task(name="trading.tasks.positions_monitor", acks_late=True)
@@ -55,12 +57,8 @@ def positions_monitor_task() -> int:
     """Fan the monitor out: one task per account, so a slow or broken venue never delays another account's stops.
 
     Each expires after one monitor interval: the next tick sends a fresh one, and a backlog never builds up."""
-    from django.conf import settings
-
-    from trading import engine
-
     every = int(settings.TRADING["MONITOR_EVERY_SECONDS"])
-    account_ids = engine.accounts_to_monitor()
+    account_ids = accounts_to_monitor()
     for account_id in account_ids:
         account_monitor_task.apply_async((account_id,), expires=every)
     return len(account_ids)
@@ -69,12 +67,8 @@ def positions_monitor_task() -> int:
 def price_arrived(symbol: str, price: Decimal) -> int:
     """A new price of `symbol` arrived (the paper feed, a replay, a venue's stream): send the monitor of every account
     whose stop-loss or take-profit it crosses at once, rather than at the next tick. Returns how many were sent."""
-    from django.conf import settings
-
-    from trading import engine
-
     every = int(settings.TRADING["MONITOR_EVERY_SECONDS"])
-    account_ids = engine.stops_crossed(symbol=symbol, price=price)
+    account_ids = stops_crossed(symbol=symbol, price=price)
     for account_id in account_ids:
         account_monitor_task.apply_async((account_id,), expires=every)
     return len(account_ids)
@@ -83,24 +77,18 @@ def price_arrived(symbol: str, price: Decimal) -> int:
 @shared_task(name="trading.tasks.account_monitor", acks_late=True)
 def account_monitor_task(account_id: int) -> dict[str, int]:
     """One account's monitor tick: order changes recorded, trailing stops moved, stop-loss / take-profit fired."""
-    from trading import engine
-
-    return engine.account_monitor(account_id=account_id)
+    return account_monitor(account_id=account_id)
 
 
 @shared_task(name="trading.tasks.kill_switch_enforce", acks_late=True)
 def kill_switch_enforce_task() -> dict[str, int]:
     """Cancel orders and close positions while the kill switch is engaged."""
-    from trading import engine
-
-    return engine.kill_switch_enforce()
+    return kill_switch_enforce()
 
 
 @shared_task(name="trading.tasks.accounts_reconcile", acks_late=True)
 def accounts_reconcile_task() -> dict[str, object]:
     """Compare every account's orders and positions with its venue."""
-    from trading import reconcile
-
     return reconcile.accounts_reconcile()
 
 
@@ -108,11 +96,6 @@ def accounts_reconcile_task() -> dict[str, object]:
 def equity_snapshot_task() -> int:
     """Fan the equity snapshot out: one task per account, all at this tick's time, so a slow or broken venue never
     costs another account its snapshot. Each expires after one snapshot interval."""
-    from django.conf import settings
-    from django.utils import timezone
-
-    from trading import selectors
-
     now = timezone.now().isoformat()
     account_ids = [account.pk for account in selectors.account_list()]
     for account_id in account_ids:
@@ -124,20 +107,14 @@ def equity_snapshot_task() -> int:
 @shared_task(name="trading.tasks.account_equity_snapshot", acks_late=True)
 def account_equity_snapshot_task(account_id: int, at: str) -> int:
     """Record equity and P&L of one account and its strategies at `at` (ISO 8601); return rows written."""
-    from datetime import datetime
-
-    from trading import services
-
     return services.account_equity_snapshot_take(account_id=account_id, now=datetime.fromisoformat(at))
 
 
 @worker_ready.connect
 def _recover_on_start(sender: object = None, **kwargs: object) -> None:
     """On worker start, finish what a crashed worker left half done, then reconcile with the venues."""
-    from trading import engine, reconcile
-
     try:
-        counts = engine.startup_recover()
+        counts = startup_recover()
         log.info("startup recovery: %s", counts)
         reconcile.accounts_reconcile()
     except Exception:  # noqa: BLE001 - a failed recovery must not stop the worker; the sweeper retries

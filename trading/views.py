@@ -23,7 +23,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 from rest_framework import serializers
 
-from trading import engine, selectors, services
+from trading import orders, selectors, services
 from trading.apis import OrderFilter, SignalFilter
 from trading.domain import Rule
 from trading.models import Order, Position, Signal, Strategy
@@ -388,7 +388,7 @@ def order_cancel(request: HttpRequest, order_id: int) -> HttpResponse:
     """Cancel a working order."""
     order = get_object_or_404(Order, pk=order_id)
     if not order.is_final:
-        engine.order_cancel(order_id=order.pk, by=actor(request))
+        orders.order_cancel(order_id=order.pk, by=actor(request))
     return HttpResponseRedirect(reverse("dashboard-orders"))
 
 

@@ -26,8 +26,8 @@ from django.dispatch import receiver
 from django.utils import timezone
 from prometheus_client import Counter
 
-from trading import engine
-from trading.engine import payload_redact
+from trading.audit import audit
+from trading.intake import payload_redact, signal_enqueue, signals_enqueue
 from trading.models import KillSwitch, MarketPrice, Signal, Strategy
 from webhooks import parsers
 from trading.broker import RedisLink, command
@@ -473,7 +473,7 @@ def _rows_write(rows: list[_Row]) -> list[tuple[int | None, bool] | BaseExceptio
         return out
     ids = rows_ids(rows, stored)
     queue = [pk for pk, row in zip(ids, rows, strict=True) if pk is not None and row.enqueue]
-    queued = bool(queue) and engine.signals_enqueue(signal_ids=queue, raw=flag("WEBHOOK_RAW_ENQUEUE"))
+    queued = bool(queue) and signals_enqueue(signal_ids=queue, raw=flag("WEBHOOK_RAW_ENQUEUE"))
     return [(pk, queued and pk is not None and row.enqueue) for pk, row in zip(ids, rows, strict=True)]
 
 
@@ -657,9 +657,9 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
             with transaction.atomic():
                 signal_id, queued = _insert(signal, guard=None, enqueue=enqueue and not refusal)
                 if signal_id is not None:
-                    engine.audit(actor=actor, action="signal.submitted", entity="signal", entity_id=signal_id,
-                                 now=now, strategy=strategy.slug, action_requested=alert.action,
-                                 refused=refusal[0] if refusal else "")
+                    audit(actor=actor, action="signal.submitted", entity="signal", entity_id=signal_id,
+                          now=now, strategy=strategy.slug, action_requested=alert.action,
+                          refused=refusal[0] if refusal else "")
         else:
             # One statement in autocommit: the INSERT and its COMMIT (durable, synchronous_commit) in one round trip.
             signal_id, queued = _insert(signal, guard=strategy if cached else None, enqueue=enqueue and not refusal)
@@ -749,7 +749,7 @@ def strategy_forget(slug: str) -> None:
 
 def _enqueue(signal_id: int) -> None:
     """Queue signal_process for a committed signal; a failure is logged, never raised (the sweeper re-drives it)."""
-    engine.signal_enqueue(signal_id=signal_id, raw=flag("WEBHOOK_RAW_ENQUEUE"))
+    signal_enqueue(signal_id=signal_id, raw=flag("WEBHOOK_RAW_ENQUEUE"))
 
 
 def body_intake(*, body: bytes, content_type: str | None, meta: dict[str, Any],

@@ -12,7 +12,7 @@ from django.db import transaction
 from django.test import TestCase
 from django.utils import timezone
 
-from trading import engine, services
+from trading import decision, engine, services
 from trading.models import AuditEvent, Fill, Order, PaperOrder, Position, Signal, VenueAccount
 
 pytestmark = pytest.mark.django_db
@@ -196,7 +196,7 @@ def test_kill_switch_blocks_entries_cancels_orders_and_closes_positions(make_acc
 def _decide_only(signal: Signal) -> list[Order]:
     """Commit the decision and its SUBMITTING orders, and stop there (a worker that died before sending)."""
     with transaction.atomic():
-        _, orders, _ = engine._signal_decide(signal_id=signal.pk, account_id=signal.account_id, now=timezone.now())
+        _, orders, _ = decision._signal_decide(signal_id=signal.pk, account_id=signal.account_id, now=timezone.now())
     return orders
 
 
@@ -210,9 +210,10 @@ def test_ambiguous_submit_is_recovered_by_client_id_without_a_second_order(make_
     order = Order.objects.get(pk=orders[0].pk)
     assert order.status == Order.Status.SUBMITTING  # committed with the decision, before any venue call
     # The venue got the order but the reply was lost: the row says UNKNOWN, the venue has it.
+    from trading.orders import _request
     from trading.venues import connector_for
 
-    connector_for(order.account).create_order(engine._request(order))
+    connector_for(order.account).create_order(_request(order))
     Order.objects.filter(pk=order.pk).update(status=Order.Status.UNKNOWN)
     engine.orders_sweep(now=timezone.now() + timedelta(seconds=30))
     order.refresh_from_db()
@@ -397,14 +398,14 @@ def test_an_internal_error_fails_that_signal_only(make_account, make_strategy, s
     account = make_account()
     strategy = make_strategy(account, sizing_value="0.1")
     set_price("BTC/USD", "30000")
-    real_intent = engine._intent
+    real_intent = decision._intent
 
     def intent_with_a_bug(signal):  # type: ignore[no-untyped-def]
         if signal.idempotency_key == "poison":
             raise ValueError("secret-looking detail that must not reach the signal row")
         return real_intent(signal)
 
-    monkeypatch.setattr(engine, "_intent", intent_with_a_bug)
+    monkeypatch.setattr(decision, "_intent", intent_with_a_bug)
     t0 = timezone.now() - timedelta(minutes=10)  # old enough for the sweeper
     poison, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="poison",
                                      action="open_long", now=t0, enqueue=False)

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
-from trading import engine
+from trading.intake import signal_create
 from trading.models import Strategy
 from trading.tasks import price_arrived
 from trading.venues import price_set
@@ -56,7 +56,7 @@ def demo_signal(strategies: list[Strategy], row: dict[str, str], *, count: int, 
     opening = (count // every // len(strategies)) % 2 == 0
     action = ("open_short" if strategy.slug.endswith("short") else "open_long") if opening else "close"
     stamp = datetime.fromtimestamp(int(row["timestamp"]) / 1000, tz=dt_timezone.utc).isoformat()
-    signal, _ = engine.signal_create(strategy=strategy, source="manual", action=action,
-                                     idempotency_key=f"demo:{strategy.slug}:{stamp}:{count}",
-                                     payload={"demo": True, "candle": stamp}, enqueue=enqueue)
+    signal, _ = signal_create(strategy=strategy, source="manual", action=action,
+                              idempotency_key=f"demo:{strategy.slug}:{stamp}:{count}",
+                              payload={"demo": True, "candle": stamp}, enqueue=enqueue)
     return signal.pk
