@@ -11,17 +11,19 @@ holds one long position in each of `--markets` markets (10 x 10 = 100 positions)
 stop-loss 1 % below the entry and `protective_orders="off"`: only the bot's own monitor guards them, which is the
 path measured.
 
-A thread of this process sends `positions_monitor_task` every TRADING_MONITOR_EVERY_SECONDS (5 s) with the expiry
-beat gives it, for the whole run: beat's tick, as deployed. Then rounds, one market at a time in turn, two kinds
-interleaved:
+A thread of this process does beat's part for the whole run, as deployed: `positions_monitor_task` every
+TRADING_MONITOR_EVERY_SECONDS (5 s, the tick) and `exits_drive_task` every TRADING_EXITS_EVERY_SECONDS (2 s: an exit
+the venue refused is tried again), each with the expiry beat gives it. Then rounds, one market at a time in turn,
+two kinds interleaved:
 
 * arrival: the market's price is set 2 % lower at the venue (t0, just before the fake's `set_price`), then
   `trading.tasks.price_arrived(symbol, price)` is called at once, as the paper feed and the replay do;
 * poll: the same crossing after a random pause (uniform over one tick interval, so the crossing falls anywhere
   in the tick's cycle), with no price_arrived: only the tick can see it (the code before price_arrived).
 
-t1 is the moment each exit's order request reached the venue: the fake's journal stamp (`time.monotonic()` of this
-process, taken when the request's body has been read, before the venue handles it). After every position of the
+t1 is the moment each position's first exit order request reached the venue: the fake's journal stamp
+(`time.monotonic()` of this process, taken when the request's body has been read, before the venue handles it),
+matched to its position through our order row's client id. After every position of the
 market is flat again (exits filled and recorded), the price goes back and the positions are reopened through the
 worker. The first `--warmup-rounds` rounds are not counted (connections, connector caches in both pool processes).
 
@@ -48,6 +50,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -229,7 +232,7 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, worker: stf.Wor
         time.sleep(every)
 
 
-def positions_open(book: Book, coin: str, tag: str, worker: stf.Worker) -> None:
+def positions_open(book: Book, coin: str, tag: str, worker: stf.Worker, timeout: float = 120) -> None:
     """Open (again) every position in `coin` through the worker; wait until each holds a stop-loss."""
     from trading import engine
     from trading.models import Position, Signal
@@ -241,7 +244,7 @@ def positions_open(book: Book, coin: str, tag: str, worker: stf.Worker) -> None:
     def done() -> bool:
         return not Signal.objects.filter(pk__in=ids).exclude(status__in=stf.FINAL).exists()
 
-    wait_until(done, timeout=120, worker=worker, what=f"the {coin} entries", every=0.01)
+    wait_until(done, timeout=timeout, worker=worker, what=f"the {coin} entries", every=0.01)
     failed = list(Signal.objects.filter(pk__in=ids).exclude(status="executed").values_list(
         "status", "decision_rule", "decision_detail"))
     if failed:
@@ -252,28 +255,33 @@ def positions_open(book: Book, coin: str, tag: str, worker: stf.Worker) -> None:
         raise RuntimeError(f"{held} of {len(strategies)} {coin} positions hold a stop-loss after the entries")
 
 
-# --------------------------------------------------------------------------------------------- the tick
+# --------------------------------------------------------------------------------------------- beat
 
 
-class Tick(threading.Thread):
-    """Beat's monitor tick: positions_monitor_task every `every` s, expiring after one interval, as beat sends it."""
+class Beat(threading.Thread):
+    """Beat's two ticks that move exits, sent as beat sends them (each expiring after its interval): the monitor
+    (positions_monitor_task every TRADING_MONITOR_EVERY_SECONDS) and the exit driver (exits_drive_task every
+    TRADING_EXITS_EVERY_SECONDS, which tries a refused exit again)."""
 
-    def __init__(self, every: float) -> None:
-        super().__init__(name="bench-tick", daemon=True)
-        self.every = every
+    def __init__(self, monitor_every: float, exits_every: float) -> None:
+        super().__init__(name="bench-beat", daemon=True)
+        self.every = {"monitor": monitor_every, "exits": exits_every}
         self.stop_event = threading.Event()
-        self.sent = 0
+        self.sent = {"monitor": 0, "exits": 0}
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        from trading.tasks import positions_monitor_task
+        from trading.tasks import exits_drive_task, positions_monitor_task
 
-        next_at = time.monotonic()
+        tasks = {"monitor": positions_monitor_task, "exits": exits_drive_task}
+        due = dict.fromkeys(tasks, time.monotonic())
         try:
-            while not self.stop_event.wait(max(next_at - time.monotonic(), 0)):
-                positions_monitor_task.apply_async(expires=self.every)
-                self.sent += 1
-                next_at += self.every
+            while not self.stop_event.wait(max(min(due.values()) - time.monotonic(), 0)):
+                for name, task in tasks.items():
+                    if due[name] <= time.monotonic():
+                        task.apply_async(expires=self.every[name])
+                        self.sent[name] += 1
+                        due[name] += self.every[name]
         except BaseException as exc:  # noqa: BLE001 - surfaced by the main thread
             self.error = exc
 
@@ -298,7 +306,7 @@ class Round:
 
 
 def round_run(book: Book, venue: Venue, worker: stf.Worker, *, kind: str, coin: str, tag: str, every: float,
-              measured: bool) -> Round:
+              measured: bool, timeout: float) -> Round:
     """Cross the stops of every position in `coin`, time each exit to the venue, then reopen the positions."""
     from exchanges.hyperliquid import cloid_for
     from trading.models import Order, Position, Signal
@@ -322,34 +330,54 @@ def round_run(book: Book, venue: Venue, worker: stf.Worker, *, kind: str, coin: 
         result.sent_by_arrival = price_arrived(symbol_of(coin), crossing)
         result.price_arrived_ms = (time.monotonic() - t0) * 1000
 
-    exits: dict[str, float] = {}  # cloid -> first time it reached the venue
+    since = datetime.fromtimestamp(wall0, tz=timezone.utc)  # an exit is decided after the price moved
+    ids = [s.pk for s in strategies]
+    seen: dict[str, float] = {}  # cloid of each sell order request -> when it reached the venue
+    strategy_of: dict[str, int] = {}  # cloid -> strategy (from our order rows, committed before each send)
+    first: dict[int, float] = {}  # strategy -> when its first exit order reached the venue
     cursor = [start]
 
     def all_sent() -> bool:
         end = venue.journal_length()
         for at, cloid in venue.exits_since(cursor[0], asset, end):
-            exits.setdefault(cloid, at)
+            seen.setdefault(cloid, at)
         cursor[0] = end
-        return len(exits) >= expected
+        if any(c not in strategy_of for c in seen):
+            strategy_of.update((cloid_for(client_id), strategy_id) for client_id, strategy_id in Order.objects.filter(
+                strategy_id__in=ids, created_at__gte=since).values_list("client_order_id", "strategy_id"))
+        for cloid, at in seen.items():
+            sid = strategy_of.get(cloid)
+            if sid is not None and at < first.get(sid, float("inf")):
+                first[sid] = at  # a refused exit tried again by the exit driver counts from its first attempt
+        return len(first) >= expected
+
+    def state() -> str:
+        return repr(list(Signal.objects.filter(strategy_id__in=ids, received_at__gte=since).values_list(
+            "source", "status", "decision_detail"))[:5])
 
     # The poll interval only costs this process's CPU: each exit's time is the journal's stamp.
-    wait_until(all_sent, timeout=60 + 2 * every, worker=worker, what=f"{expected} {coin} exits at the venue",
-               every=0.01)
-    result.latencies_ms = sorted((at - t0) * 1000 for at in exits.values())
+    try:
+        wait_until(all_sent, timeout=timeout, worker=worker, what=f"{expected} {coin} exits at the venue",
+                   every=0.01)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}\nsignals since the crossing: {state()}") from None
+    result.latencies_ms = sorted((at - t0) * 1000 for at in first.values())
 
     def flat() -> bool:
         return not Position.objects.filter(strategy__in=strategies, symbol=symbol_of(coin)).exclude(
             quantity=0).exists() and not Signal.objects.filter(
             strategy__in=strategies, source="monitor", status__in=("received", "accepted", "working")).exists()
 
-    wait_until(flat, timeout=60, worker=worker, what=f"the {coin} positions flat", every=0.01)
+    try:
+        wait_until(flat, timeout=timeout, worker=worker, what=f"the {coin} positions flat", every=0.01)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}\nsignals since the crossing: {state()}") from None
 
     # Stages of each exit, from the rows (wall clock of each process, one machine): t0 -> the exit signal stored by
     # the account's monitor -> the order marked SUBMITTING -> the request at the venue.
     offset = wall0 - t0
-    exits_wall = {cloid: at + offset for cloid, at in exits.items()}
+    exits_wall = {cloid: at + offset for cloid, at in seen.items()}
     stages: dict[str, list[float]] = {"detect": [], "decide": [], "send": [], "acknowledged": []}
-    since = datetime.fromtimestamp(wall0, tz=timezone.utc)  # an exit signal is stored after the price moved
     for signal_id, received_at, submitted_at, acknowledged_at in Signal.objects.filter(
             strategy__in=strategies, source="monitor", received_at__gte=since).values_list(
             "id", "received_at", "submitted_at", "acknowledged_at"):
@@ -368,7 +396,7 @@ def round_run(book: Book, venue: Venue, worker: stf.Worker, *, kind: str, coin: 
     result.stages = stages
 
     venue.fake.set_price(coin, base)
-    positions_open(book, coin, tag, worker)
+    positions_open(book, coin, tag, worker, timeout=max(timeout, 120))
     return result
 
 
@@ -451,6 +479,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--markets", type=int, default=10, help=f"markets (default 10, at most {len(COINS)})")
     p.add_argument("--venue-budget", choices=("lifted", "real"), default="lifted",
                    help="Hyperliquid's per-IP budget in the worker (default lifted: the bot's own path)")
+    p.add_argument("--round-timeout", type=float, default=70,
+                   help="most seconds for a round's exits to reach the venue and fill (default 70; raise it with "
+                        "--venue-budget real)")
     p.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
     p.add_argument("--seed", type=int, default=None, help="random pauses (default: not seeded)")
@@ -459,7 +490,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--db-name", default="tradesite_bench_stops")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
     args = p.parse_args(argv)
-    if "bench" not in args.db_name or not args.db_name.replace("_", "").isalnum() or args.db_name != args.db_name.lower():
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*bench[a-z0-9_]*", args.db_name):
         p.error("--db-name must be a plain lower-case name containing 'bench' (it is dropped)")
     if args.redis_url.rstrip("/").endswith(("/0", ":6379")):
         p.error("--redis-url must name a dedicated db index such as /12 (it is flushed)")
@@ -473,7 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     random.seed(args.seed)
     every = float(os.environ.get("TRADING_MONITOR_EVERY_SECONDS", "5"))
     rounds_total = args.rounds + args.poll_rounds + args.warmup_rounds
-    budget = args.timeout or 600 + rounds_total * (20 + 3 * every) + args.accounts * args.markets * 2
+    budget = args.timeout or (600 + rounds_total * (20 + 3 * every + 2 * args.round_timeout)
+                              + args.accounts * args.markets * 5)
     output: dict[str, Any] = {"benchmark": "stop_to_exit", "date": datetime.now().astimezone().isoformat(
         timespec="seconds"), "accounts": args.accounts, "markets": args.markets,
         "positions": args.accounts * args.markets, "venue_budget": args.venue_budget, "monitor_every_s": every}
@@ -526,30 +558,31 @@ def _main_body(args: argparse.Namespace, stack: contextlib.ExitStack, every: flo
     worker.start()
     stack.callback(worker.stop)
     for coin in coins:
-        positions_open(book, coin, "setup", worker)
+        positions_open(book, coin, "setup", worker, timeout=max(args.round_timeout, 120) * 5)
     output["setup_s"] = round(time.monotonic() - started, 1)
     output["machine"] = stf.machine_info()
     print(f"stop_to_exit: {args.accounts} Hyperliquid accounts x {len(coins)} markets = "
           f"{args.accounts * len(coins)} positions (stop-loss {STOP_PERCENT} % below entry, protective orders off), "
           f"1 worker -Q execution,monitoring -c {args.concurrency} {args.pool}, budget {args.venue_budget}, "
-          f"tick every {every:g} s; setup {output['setup_s']} s; {output['machine']}", flush=True)
-    tick = Tick(every)
-    tick.start()
-    stack.callback(tick.stop)
+          f"monitor tick every {every:g} s; setup {output['setup_s']} s; {output['machine']}", flush=True)
+    beat = Beat(every, float(os.environ.get("TRADING_EXITS_EVERY_SECONDS", "2")))
+    beat.start()
+    stack.callback(beat.stop)
     busy0 = stf._machine_cpu()
     for i, (kind, measured) in enumerate(schedule(args.rounds, args.poll_rounds, args.warmup_rounds)):
         coin = coins[i % len(coins)]
-        result = round_run(book, venue, worker, kind=kind, coin=coin, tag=f"r{i}", every=every, measured=measured)
+        result = round_run(book, venue, worker, kind=kind, coin=coin, tag=f"r{i}", every=every, measured=measured,
+                           timeout=args.round_timeout)
         rounds.append(result)
         print(f"round {i:>3} {kind:<8}{'' if measured else ' (warm-up)':<11}{coin:<5} exits "
               f"{len(result.latencies_ms)}: first {result.latencies_ms[0]:.1f} ms, last {result.latencies_ms[-1]:.1f} "
               f"ms; load {result.loadavg:.2f}", flush=True)
-        if tick.error is not None:
-            raise RuntimeError(f"the tick thread failed: {tick.error!r}")
+        if beat.error is not None:
+            raise RuntimeError(f"the beat thread failed: {beat.error!r}")
     busy1 = stf._machine_cpu()
     output["machine"]["loadavg_end"] = os.getloadavg()[0]
     output["machine"]["busy_pct_during_rounds"] = round(100 * (busy1[0] - busy0[0]) / (busy1[1] - busy0[1]), 1)
-    output["ticks_sent"] = tick.sent
+    output["beat_sent"] = beat.sent
     output["worker_errors_logged"] = worker.errors_logged()
     if output["worker_errors_logged"]:
         print(f"worker logged {output['worker_errors_logged']} error line(s):\n{worker.log_tail()}")
