@@ -330,7 +330,7 @@ def round_run(book: Book, venue: Venue, worker: stf.Worker, *, kind: str, coin: 
         result.sent_by_arrival = price_arrived(symbol_of(coin), crossing)
         result.price_arrived_ms = (time.monotonic() - t0) * 1000
 
-    since = datetime.fromtimestamp(wall0, tz=timezone.utc)  # an exit is decided after the price moved
+    since = datetime.fromtimestamp(wall0, tz=timezone.utc)
     ids = [s.pk for s in strategies]
     seen: dict[str, float] = {}  # cloid of each sell order request -> when it reached the venue
     strategy_of: dict[str, int] = {}  # cloid -> strategy (from our order rows, committed before each send)
@@ -344,7 +344,7 @@ def round_run(book: Book, venue: Venue, worker: stf.Worker, *, kind: str, coin: 
         cursor[0] = end
         if any(c not in strategy_of for c in seen):
             strategy_of.update((cloid_for(client_id), strategy_id) for client_id, strategy_id in Order.objects.filter(
-                strategy_id__in=ids, created_at__gte=since).values_list("client_order_id", "strategy_id"))
+                strategy_id__in=ids, side="sell").values_list("client_order_id", "strategy_id"))
         for cloid, at in seen.items():
             sid = strategy_of.get(cloid)
             if sid is not None and at < first.get(sid, float("inf")):
@@ -373,26 +373,26 @@ def round_run(book: Book, venue: Venue, worker: stf.Worker, *, kind: str, coin: 
     except RuntimeError as exc:
         raise RuntimeError(f"{exc}\nsignals since the crossing: {state()}") from None
 
-    # Stages of each exit, from the rows (wall clock of each process, one machine): t0 -> the exit signal stored by
-    # the account's monitor -> the order marked SUBMITTING -> the request at the venue.
+    # Stages of each position's exit, from the rows (wall clock of each process, one machine): t0 -> the start of the
+    # account's monitor that fired it (its exit signals are stamped received_at with the monitor's start) -> its
+    # first order marked SUBMITTING (the monitor's price reads, the decision) -> that order's request at the venue.
     offset = wall0 - t0
-    exits_wall = {cloid: at + offset for cloid, at in seen.items()}
-    stages: dict[str, list[float]] = {"detect": [], "decide": [], "send": [], "acknowledged": []}
-    for signal_id, received_at, submitted_at, acknowledged_at in Signal.objects.filter(
-            strategy__in=strategies, source="monitor", received_at__gte=since).values_list(
-            "id", "received_at", "submitted_at", "acknowledged_at"):
-        cloids = [cloid_for(c) for c in Order.objects.filter(signal_id=signal_id).order_by("pk").values_list(
-            "client_order_id", flat=True)]
-        at = next((exits_wall[c] for c in cloids if c in exits_wall), None)
-        if at is None:
-            continue  # not one of this round's exits
-        stages["detect"].append((received_at.timestamp() - wall0) * 1000)
+    signal_of = dict(Order.objects.filter(strategy_id__in=ids, signal__source="monitor").values_list(
+        "client_order_id", "signal_id"))
+    first_cloid = {cloid: at for cloid, at in seen.items() if first.get(strategy_of.get(cloid, -1)) == at}
+    stages: dict[str, list[float]] = {"monitor_start": [], "decide": [], "send": []}
+    rows = dict((pk, (received, submitted)) for pk, received, submitted in Signal.objects.filter(
+        pk__in=[signal_of[c] for c in signal_of if cloid_for(c) in first_cloid]).values_list(
+        "id", "received_at", "submitted_at"))
+    for client_id, signal_id in signal_of.items():
+        at = first_cloid.get(cloid_for(client_id))
+        if at is None or signal_id not in rows:
+            continue  # not one of this round's first exit orders
+        received_at, submitted_at = rows[signal_id]
+        stages["monitor_start"].append((received_at.timestamp() - wall0) * 1000)
         if submitted_at is not None:
             stages["decide"].append((submitted_at - received_at).total_seconds() * 1000)
-            if at is not None:
-                stages["send"].append((at - submitted_at.timestamp()) * 1000)
-        if acknowledged_at is not None:
-            stages["acknowledged"].append((acknowledged_at.timestamp() - wall0) * 1000)
+            stages["send"].append((at + offset - submitted_at.timestamp()) * 1000)
     result.stages = stages
 
     venue.fake.set_price(coin, base)
@@ -428,7 +428,7 @@ def report(rounds: Sequence[Round]) -> dict[str, Any]:
             continue
         every_exit = [v for r in mine for v in r.latencies_ms]
         stages = {name: summary([v for r in mine for v in r.stages.get(name, [])])
-                  for name in ("detect", "decide", "send", "acknowledged")}
+                  for name in ("monitor_start", "decide", "send")}
         figures[kind] = {
             "rounds": len(mine), "exits": len(every_exit), "latency_ms": summary(every_exit),
             "first_exit_of_round_ms": summary([r.latencies_ms[0] for r in mine]),
@@ -454,8 +454,8 @@ def report_print(figures: dict[str, Any]) -> None:
                           (f"{label}: last exit of a round", "last_exit_of_round_ms")):
             s = k[key]
             print(f"{name:<48}{s['n']:>6}{f(s['p50']):>9}{f(s['p90']):>9}{f(s['p99']):>9}{f(s['max']):>9}")
-        for stage, what in (("detect", "t0 -> exit signal stored"), ("decide", "  -> order SUBMITTING"),
-                            ("send", "  -> request at the venue")):
+        for stage, what in (("monitor_start", "t0 -> the account's monitor starts"),
+                            ("decide", "  -> order SUBMITTING"), ("send", "  -> request at the venue")):
             s = k["stages_ms"][stage]
             print(f"  {what:<46}{s['n']:>6}{f(s['p50']):>9}{f(s['p90']):>9}{f(s['p99']):>9}{f(s['max']):>9}")
     if "arrival" in figures:
