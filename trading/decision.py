@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from django.conf import settings
 from django.db import connection
 
 from exchanges.base import Connector, OrderType, Side
@@ -37,7 +36,7 @@ from trading.domain import (
     StrategyRisk,
 )
 from trading.models import KillSwitch, Order, Position, Signal, Strategy, VenueAccount
-from trading.orders import _purpose, kill_switch_engaged, new_client_order_id
+from trading.orders import _purpose, kill_switch_engaged, new_client_order_id, trading_setting
 from trading.rows import Rows, fetch_all, fetch_one, lock_clause
 from trading.venues import connector_for
 
@@ -52,10 +51,6 @@ def _allowed_when_inactive(signal: Signal) -> bool:
     """Exits a human asks for (a manual close), and the monitor's and kill switch's, run whatever the status."""
     return signal.source in _ALWAYS_ALLOWED or (
         signal.source == Signal.Source.MANUAL and signal.action == Signal.Action.CLOSE)
-
-
-def _cfg(name: str) -> int:
-    return int(settings.TRADING[name])
 
 
 def strategy_risk(strategy: Strategy) -> StrategyRisk:
@@ -77,7 +72,7 @@ def account_limits(account: VenueAccount) -> RiskLimits:
         max_symbol_exposure=account.max_symbol_exposure,
         max_account_exposure=account.max_account_exposure,
         daily_loss_limit=account.daily_loss_limit,
-        max_price_age_seconds=_cfg("MAX_PRICE_AGE_SECONDS"),
+        max_price_age_seconds=trading_setting("MAX_PRICE_AGE_SECONDS"),
     )
 
 
@@ -226,7 +221,7 @@ def _signal_decide(*, signal_id: int, account_id: int, now: datetime, save: bool
         marks = {signal.symbol: ticker.price}
         book = _account_view(account, connector, now=now, marks=marks)
     except VenueError as exc:
-        if signal.attempts >= _cfg("MAX_SUBMIT_ATTEMPTS") or not exc.retryable:
+        if signal.attempts >= trading_setting("MAX_SUBMIT_ATTEMPTS") or not exc.retryable:
             if signal.action == Signal.Action.CLOSE:  # an exit is never given up: the exit driver goes on trying
                 return _signal_work(signal, now=now, detail=f"close: the venue did not answer ({exc}); "
                                     "the exit is retried until the strategy is flat"), [], None

@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -26,6 +25,7 @@ from trading.intake import signal_create
 from trading.logcontext import log_context
 from trading.models import Order, Position, Signal, VenueAccount
 from trading.orders import (
+    trading_setting,
     UNACKNOWLEDGED,
     _order_send,
     _purpose,
@@ -38,10 +38,6 @@ from trading.recording import _plain, _signal_settle, order_apply_venue_state
 from trading.venues import connector_for, order_send_lease
 
 log = logging.getLogger("trading.engine")  # one logger for every room of the engine (log routing keys on it)
-
-
-def _cfg(name: str) -> int:
-    return int(settings.TRADING[name])
 
 
 def exit_drive(*, signal_id: int, now: datetime | None = None) -> Signal:
@@ -78,7 +74,7 @@ def exit_drive(*, signal_id: int, now: datetime | None = None) -> Signal:
 
 def _exit_backoff(failures: int) -> timedelta:
     """The wait between a failed exit attempt and the next: none after the first, then 1, 2, 4 ... s, capped."""
-    seconds = 0 if failures <= 1 else min(2 ** (failures - 2), int(_cfg("EXIT_RETRY_MAX_SECONDS")))
+    seconds = 0 if failures <= 1 else min(2 ** (failures - 2), int(trading_setting("EXIT_RETRY_MAX_SECONDS")))
     return timedelta(seconds=seconds)
 
 
@@ -108,7 +104,7 @@ def _exit_unacknowledged_recently(signal: Signal, *, now: datetime) -> bool:
     acknowledged it, less than EXIT_ORDER_TIMEOUT_SECONDS ago: a venue's order lookup can lag its acceptance, so
     the venue is asked again each step, and the exit is done only once that window has passed with nothing found
     (an entry that shows up after all is recorded, and the exit closes what it bought)."""
-    window = now - timedelta(seconds=_cfg("EXIT_ORDER_TIMEOUT_SECONDS"))
+    window = now - timedelta(seconds=trading_setting("EXIT_ORDER_TIMEOUT_SECONDS"))
     recent = list(Order.objects.filter(
         account_id=signal.account_id, strategy_id=signal.strategy_id, symbol=signal.symbol,
         status=Order.Status.CANCELED, venue_order_id="", updated_at__gte=window, reason__contains=UNACKNOWLEDGED))
@@ -126,7 +122,7 @@ def _exit_unacknowledged_recently(signal: Signal, *, now: datetime) -> bool:
 def _exit_wait_for_working(signal: Signal, *, now: datetime) -> bool:
     """Move the strategy's working orders in the exit's market along; return whether any is still working."""
     waiting = False
-    timeout = timedelta(seconds=_cfg("EXIT_ORDER_TIMEOUT_SECONDS"))
+    timeout = timedelta(seconds=trading_setting("EXIT_ORDER_TIMEOUT_SECONDS"))
     for order in Order.objects.filter(account_id=signal.account_id, strategy_id=signal.strategy_id,
                                       symbol=signal.symbol, status__in=Order.WORKING).order_by("pk"):
         try:
@@ -197,7 +193,7 @@ def _exit_attempt(signal: Signal, *, attempt: int, now: datetime) -> Signal:
                 Signal.objects.filter(pk=signal.pk).update(decision_detail=_with_note(locked.decision_detail, note))
                 log.warning("exit of signal %s: %s", signal.pk, note)
                 return Signal.objects.get(pk=signal.pk)
-            widen = Decimal(_cfg("EXIT_WIDEN_BPS")) * min(attempt - 1, 5) / Decimal(10000)
+            widen = Decimal(trading_setting("EXIT_WIDEN_BPS")) * min(attempt - 1, 5) / Decimal(10000)
             reference = ticker.price * (1 + widen * side.sign)
             order = Order(client_order_id=new_client_order_id(), account=account, strategy_id=signal.strategy_id,
                           signal=signal, symbol=signal.symbol, side=side.value, type=Order.Type.MARKET,

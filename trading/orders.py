@@ -28,7 +28,8 @@ from trading.venues import connector_for, order_send_lease
 log = logging.getLogger("trading.engine")  # one logger for every room of the engine (log routing keys on it)
 
 
-def _cfg(name: str) -> int:
+def trading_setting(name: str) -> int:
+    """One of the engine's TRADING settings (tradesite/settings.py), as an int."""
     return int(settings.TRADING[name])
 
 
@@ -188,13 +189,13 @@ def _order_recover(order: Order, now: datetime) -> Order:
         # The venue has never seen this client id. Resend it (same id: a venue that did get it dedupes) once
         # the venue had time to show it, and give up cleanly after the attempt cap.
         since = order.updated_at if order.status == Order.Status.UNKNOWN else (order.submitted_at or order.updated_at)
-        if now - since < timedelta(seconds=_cfg("RESEND_AFTER_SECONDS")):
+        if now - since < timedelta(seconds=trading_setting("RESEND_AFTER_SECONDS")):
             return order
         with transaction.atomic():
             locked = Order.objects.select_for_update().get(pk=order.pk)
             if locked.status not in (Order.Status.SUBMITTING, Order.Status.UNKNOWN) or locked.updated_at != order.updated_at:
                 return locked  # someone else moved it since our lookup: theirs to finish
-            if locked.attempts >= _cfg("MAX_SUBMIT_ATTEMPTS"):
+            if locked.attempts >= trading_setting("MAX_SUBMIT_ATTEMPTS"):
                 return _order_finish(locked, Order.Status.REJECTED, f"venue never showed the order after "
                                      f"{locked.attempts} attempts; {UNACKNOWLEDGED}", now)
             if locked.purpose == Order.Purpose.ENTRY and kill_switch_engaged():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
@@ -13,19 +12,15 @@ from exchanges.errors import VenueError
 from trading.execution import signal_process
 from trading.exits import exits_drive
 from trading.models import Order, Signal
-from trading.orders import order_recover
+from trading.orders import order_recover, trading_setting
 
 log = logging.getLogger("trading.engine")  # one logger for every room of the engine (log routing keys on it)
-
-
-def _cfg(name: str) -> int:
-    return int(settings.TRADING[name])
 
 
 def orders_sweep(*, now: datetime | None = None) -> dict[str, int]:
     """Re-drive signals and orders stuck in an intermediate state (the outbox relay and the crash recovery)."""
     now = now or timezone.now()
-    stuck_before = now - timedelta(seconds=_cfg("STUCK_AFTER_SECONDS"))
+    stuck_before = now - timedelta(seconds=trading_setting("STUCK_AFTER_SECONDS"))
     counts = {"signals": 0, "orders": 0}
     for signal_id in Signal.objects.filter(status=Signal.Status.RECEIVED, received_at__lt=stuck_before).values_list(
         "pk", flat=True
