@@ -79,6 +79,15 @@ def _signal_fail(signal_id: int, exc: Exception, *, now: datetime) -> Signal:
     return signal
 
 
+def _signal_wait(signal_id: int, *, earlier_id: int) -> Signal:
+    """Leave a signal RECEIVED behind its strategy's earlier signal `earlier_id`, which still waits; it is decided
+    after it (the exit's settlement sends the strategy's waiting signals again, oldest first, and the sweeper
+    re-drives any left)."""
+    detail = f"waits for the strategy's earlier signal {earlier_id}, itself waiting"
+    Signal.objects.filter(pk=signal_id, status=Signal.Status.RECEIVED).update(decision_detail=detail)
+    return Signal.objects.get(pk=signal_id)
+
+
 def _signal_process(*, signal_id: int, now: datetime | None) -> Signal:
     """signal_process without its handling of internal errors."""
     now = now or timezone.now()
@@ -87,6 +96,9 @@ def _signal_process(*, signal_id: int, now: datetime | None) -> Signal:
         for earlier_id in _earlier_pending(signal_id):
             with log_context(overtaken_by=signal_id):
                 signal_process(signal_id=earlier_id, now=now)
+        waiting = _earlier_pending(signal_id)
+        if waiting:  # an earlier one still waits (for the strategy's exit in flight): deciding this one now would
+            return _signal_wait(signal_id, earlier_id=waiting[0])  # reorder them (a close before the open it follows)
     connector = connector_for_id(account_id, updated_at)
     if connector.capabilities.in_database:
         # Nothing leaves the database: decide, send and record in one transaction (the venue's lock first,

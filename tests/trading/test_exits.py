@@ -219,6 +219,37 @@ def test_the_kill_switch_says_flat_only_once_the_venue_is_flat(make_account, mak
     assert client.get("/api/kill-switch/").json()["still_open"] == []
 
 
+def test_a_close_behind_an_entry_waiting_for_an_exit_is_decided_after_it(make_account, make_strategy,
+                                                                          set_price) -> None:
+    """Found by the interleaving test below: open (reply lost), close (reply lost), open, close. The second open
+    waits for the first close in flight; the second close must wait behind it, not be decided first (it found
+    nothing to close, and the open that ran after it left the strategy long)."""
+    from exchanges.paper import PaperFault
+
+    account = make_account()
+    strategy = make_strategy(account, sizing_value="1")
+    set_price("BTC/USD", "100")
+    _faults().next(1, PaperFault.DROP)
+    _signal(strategy, "open_long", "w1")
+    _faults().next(1, PaperFault.DROP)
+    _signal(strategy, "close", "w2")
+    waiting = _signal(strategy, "open_long", "w3")
+    assert waiting.status == Signal.Status.RECEIVED
+    behind = _signal(strategy, "close", "w4")
+    assert behind.status == Signal.Status.RECEIVED, behind.decision_detail
+    assert f"earlier signal {waiting.pk}" in behind.decision_detail
+    later = timezone.now()
+    for _ in range(4):
+        later += timedelta(seconds=40)
+        engine.orders_sweep(now=later)
+        engine.exits_drive(now=later)
+    statuses = dict(Signal.objects.filter(account=account).values_list("idempotency_key", "status"))
+    assert statuses == {"w1": "executed", "w2": "executed", "w3": "executed", "w4": "executed"}, statuses
+    assert _book(account)[strategy.pk] == 0 and _venue_net(account) == 0
+    opened, closed = (Order.objects.get(signal__idempotency_key=key) for key in ("w3", "w4"))
+    assert opened.pk < closed.pk  # decided in the order they arrived
+
+
 ACTIONS = ("open_long", "open_short", "close")
 FAULTS = (None, None, "refuse", "cancel", "partial", "expire", "drop")
 
@@ -243,6 +274,7 @@ def test_any_interleaving_with_refusals_ends_with_the_books_summing_to_the_venue
     @given(steps=_steps())
     def run(steps) -> None:  # type: ignore[no-untyped-def]
         _faults().clear()
+        set_price("BTC/USD", "100")  # fresh for each example: a long run must not turn it stale (stale_price)
         account = make_account()
         strategies = [make_strategy(account, sizing_value=size) for size in ("1", "2", "3")]
         last: dict[int, str] = {}
