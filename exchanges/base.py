@@ -234,6 +234,21 @@ class Connector(abc.ABC):
     def ticker(self, symbol: str) -> Ticker:
         """Return the current price of a market."""
 
+    def tickers(self, symbols: Sequence[str]) -> dict[str, Ticker]:
+        """Return the current prices of several markets, in one request where the venue quotes them all at once.
+
+        A market whose price cannot be read is left out (its `ticker` raises the reason); this default asks one
+        market at a time."""
+        from exchanges.errors import VenueError
+
+        found: dict[str, Ticker] = {}
+        for symbol in dict.fromkeys(symbols):
+            try:
+                found[symbol] = self.ticker(symbol)
+            except VenueError:
+                continue
+        return found
+
     @abc.abstractmethod
     def create_order(self, request: OrderRequest) -> VenueOrder:
         """Place an order; raise OrderStatusUnknownError when the outcome is ambiguous."""

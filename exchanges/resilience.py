@@ -142,7 +142,7 @@ VENUE_RATES: dict[str, RateSpec] = {
         source="1200 request weight per minute per IP; /exchange actions weigh 1 + floor(batch/40); /info "
                "allMids, clearinghouseState, orderStatus, l2Book weigh 2, most other info requests 20 "
                "(Hyperliquid docs, 'Rate limits and user limits'; ccxt hyperliquid.py)",
-        costs={"create_order": 1.0, "cancel_order": 1.0, "set_leverage": 1.0, "ticker": 2.0, "balances": 2.0,
+        costs={"create_order": 1.0, "cancel_order": 1.0, "set_leverage": 1.0, "ticker": 2.0, "tickers": 2.0, "balances": 2.0,
                "positions": 2.0, "fetch_order": 2.0, "fetch_order_by_client_id": 2.0, "open_orders": 20.0,
                "markets": 20.0, "candles": 20.0},
         default_cost=20.0,
@@ -458,6 +458,9 @@ class ResilientConnector(Connector):
 
     def ticker(self, symbol: str) -> Ticker:
         return self._call("ticker", CallKind.READ, lambda: self.inner.ticker(symbol))
+
+    def tickers(self, symbols: Sequence[str]) -> dict[str, Ticker]:
+        return self._call("tickers", CallKind.READ, lambda: self.inner.tickers(symbols))
 
     def candles(self, symbol: str, timeframe: str, *, since: datetime | None = None,
                 limit: int = 300) -> Sequence[VenueCandle]:

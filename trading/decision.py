@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from django.db import connection
 
-from exchanges.base import Connector, OrderType, Side
+from exchanges.base import Connector, OrderType, Side, Ticker
 from exchanges.errors import VenueError
 from trading import pnl, risk, rows
 from trading.audit import audit
@@ -80,18 +80,24 @@ def account_limits(account: VenueAccount) -> RiskLimits:
 class _Book:
     view: AccountView
     positions: dict[tuple[int, str], Position]
+    quote: Ticker  # the decided market's price, read with the held markets' marks
 
 
-def _account_view(account: VenueAccount, connector: Connector, *, now: datetime, marks: dict[str, Decimal]) -> _Book:
-    """Read the account's positions, working orders and equity (call with the account row locked).
+def _account_view(account: VenueAccount, connector: Connector, *, now: datetime, symbol: str) -> _Book:
+    """Read the account's positions, working orders and equity, and the price of `symbol` (call with the account
+    row locked).
 
-    The book's `positions` holds every position row of the account, flat ones too, so a fill recorded in the same
-    transaction knows whether its row exists without asking again.
+    Every price comes from one `tickers` read (one request on a venue that quotes all its markets at once, as
+    Hyperliquid's allMids does). The book's `positions` holds every position row of the account, flat ones too, so
+    a fill recorded in the same transaction knows whether its row exists without asking again.
     """
     every = _positions_of(account.pk)
     positions = [p for p in every if p.quantity != 0]
-    for symbol in {p.symbol for p in positions} - marks.keys():
-        marks[symbol] = connector.ticker(symbol).price
+    wanted = [symbol, *sorted({p.symbol for p in positions} - {symbol})]
+    quotes = connector.tickers(wanted)
+    for missing in (s for s in wanted if s not in quotes):
+        quotes[missing] = connector.ticker(missing)  # raises why its price cannot be read
+    marks = {s: quotes[s].price for s in wanted}
     views = tuple(PositionView(p.strategy_id, p.symbol, p.quantity, marks[p.symbol]) for p in positions)
     pending = tuple(
         PendingOrder(
@@ -125,7 +131,7 @@ def _account_view(account: VenueAccount, connector: Connector, *, now: datetime,
         pnl_today=equity - account.day_start_equity,
         kill_switch=kill_switch_engaged() if kill_on is None else kill_on,
     )
-    return _Book(view, {(p.strategy_id, p.symbol): p for p in every})
+    return _Book(view, {(p.strategy_id, p.symbol): p for p in every}, quotes[symbol])
 
 
 _POSITION_ROWS = Rows(Position)
@@ -217,9 +223,8 @@ def _signal_decide(*, signal_id: int, account_id: int, now: datetime, save: bool
     connector = connector_for(account)
     try:
         market = connector.market(signal.symbol)
-        ticker = connector.ticker(signal.symbol)
-        marks = {signal.symbol: ticker.price}
-        book = _account_view(account, connector, now=now, marks=marks)
+        book = _account_view(account, connector, now=now, symbol=signal.symbol)
+        ticker = book.quote
     except VenueError as exc:
         if signal.attempts >= trading_setting("MAX_SUBMIT_ATTEMPTS") or not exc.retryable:
             if signal.action == Signal.Action.CLOSE:  # an exit is never given up: the exit driver goes on trying

@@ -6,9 +6,11 @@ Run per account on a timer (trading/tasks.py fans it out), and at once when a pr
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime
 from decimal import Decimal
 
+from django.core.cache import cache
 from django.db.models import Exists, F, OuterRef, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -38,15 +40,39 @@ def positions_monitor(*, now: datetime | None = None) -> dict[str, int]:
 
 
 def accounts_to_monitor() -> list[int]:
-    """Ids of the accounts with working orders, stops, take-profits or trailing stops to watch."""
+    """Ids of the accounts with working orders, stops, take-profits or trailing stops to watch, the one whose
+    monitor last started longest ago first (see monitor_order)."""
     # Two EXISTS probes (each on an index) rather than a join of every order and position, which grew with the
     # order history (0.3 s at 20,000 orders) and kept flat positions of trailing strategies watched for ever.
     working = Order.objects.filter(account_id=OuterRef("pk"), status__in=(Order.Status.OPEN,
                                                                          Order.Status.PARTIALLY_FILLED))
     guarded = Position.objects.filter(account_id=OuterRef("pk")).exclude(quantity=0).filter(
         Q(stop_loss__isnull=False) | Q(take_profit__isnull=False) | Q(strategy__trailing_stop_percent__isnull=False))
-    return list(VenueAccount.objects.filter(Exists(working) | Exists(guarded)).order_by("pk").values_list(
-        "pk", flat=True))
+    return monitor_order(list(VenueAccount.objects.filter(Exists(working) | Exists(guarded)).order_by("pk")
+                              .values_list("pk", flat=True)))
+
+
+def _started_key(account_id: int) -> str:
+    return f"trading:monitor:started:{account_id}"
+
+
+def monitor_order(account_ids: list[int]) -> list[int]:
+    """`account_ids` with the account whose monitor last started longest ago (or never) first.
+
+    The fan-outs send one monitor per account, each expiring after one interval: when monitors are slow (a venue's
+    budget spent) and only some run before the rest expire, sending them in a fixed order would starve the same
+    accounts tick after tick. Least recently monitored first, every account's turn comes."""
+    if len(account_ids) < 2:
+        return account_ids
+    started = cache.get_many([_started_key(a) for a in account_ids])
+    return sorted(account_ids, key=lambda a: (started.get(_started_key(a), 0.0), a))
+
+
+def _monitor_started(account_id: int) -> None:
+    try:
+        cache.set(_started_key(account_id), time.time(), timeout=24 * 3600)
+    except Exception:  # noqa: BLE001 - only the fan-out's order depends on it: never a reason to skip a monitor
+        log.warning("could not stamp the start of account %s's monitor", account_id, exc_info=True)
 
 
 def stops_crossed(*, symbol: str, price: Decimal) -> list[int]:
@@ -61,25 +87,30 @@ def stops_crossed(*, symbol: str, price: Decimal) -> list[int]:
         | Q(quantity__lt=0, trail_peak__isnull=True, average_entry__gte=price / (1 - activation)))
     crossed = (Q(quantity__gt=0, stop_loss__gte=price) | Q(quantity__gt=0, take_profit__lte=price)
                | Q(quantity__lt=0, stop_loss__lte=price) | Q(quantity__lt=0, take_profit__gte=price) | trails)
-    return list(Position.objects.filter(symbol=symbol).exclude(quantity=0).filter(crossed)
-                .order_by("account_id").values_list("account_id", flat=True).distinct())
+    return monitor_order(list(Position.objects.filter(symbol=symbol).exclude(quantity=0).filter(crossed)
+                              .order_by("account_id").values_list("account_id", flat=True).distinct()))
 
 
-def account_monitor(*, account_id: int, now: datetime | None = None) -> dict[str, int]:
+def account_monitor(*, account_id: int, now: datetime | None = None, symbol: str | None = None) -> dict[str, int]:
     """One account's monitor tick: its orders' changes recorded, its trailing stops moved, its exits fired.
 
-    A venue error ends this account's tick only; the next tick tries again."""
+    With `symbol` (a price of that market just arrived and crossed a stop), only that market's positions are
+    looked at, and a live venue's orders are left to the tick: the exit leaves after one price read. A venue
+    error ends this account's tick only; the next tick tries again."""
     now = now or timezone.now()
     counts = {"matched": 0, "exits": 0}
     account = VenueAccount.objects.filter(pk=account_id).first()
     if account is None:
         return counts
+    _monitor_started(account_id)
     with log_context(account_id=account_id):
         try:
             connector = connector_for(account)
             match = getattr(connector, "match", None)
             if callable(match):
                 changed = match()
+            elif symbol is not None:
+                changed = []  # the tick syncs a live venue's orders; this pass is for the stop that was crossed
             else:  # a live venue works its orders itself: ask it which of ours changed (trading.reconcile)
                 changed = live_orders_changed(account=account, connector=connector)
             by_client_id = {o.client_order_id: o for o in changed}
@@ -88,7 +119,7 @@ def account_monitor(*, account_id: int, now: datetime | None = None) -> dict[str
                 counts["matched"] += 1
                 order_apply_venue_state(order_id=order.pk, venue_order=by_client_id[order.client_order_id], now=now)
                 touched.add((order.strategy_id, order.symbol))
-            counts["exits"] += _exits_fire(account, connector, now=now, touched=touched)
+            counts["exits"] += _exits_fire(account, connector, now=now, touched=touched, symbol=symbol)
             _protections_follow(account, touched, now=now)
         except VenueError as exc:
             log.warning("monitor of account %s stopped by a venue error: %s", account.pk, exc)
@@ -111,19 +142,24 @@ def _protections_follow(account: VenueAccount, touched: set[tuple[int, str]], *,
 
 
 def _exits_fire(account: VenueAccount, connector: Connector, *, now: datetime,
-                touched: set[tuple[int, str]] | None = None) -> int:
+                touched: set[tuple[int, str]] | None = None, symbol: str | None = None) -> int:
+    """Move trailing stops and fire the stop-loss and take-profit exits that the venue's prices reach (every
+    guarded position of the account, or only those in `symbol`); all prices come from one `tickers` read."""
     fired = 0
-    positions = Position.objects.filter(account=account).exclude(quantity=0).filter(
+    positions = list(Position.objects.filter(account=account).exclude(quantity=0).filter(
         Q(stop_loss__isnull=False) | Q(take_profit__isnull=False) | Q(strategy__trailing_stop_percent__isnull=False)
-    ).select_related("strategy")
-    prices: dict[str, Decimal] = {}
+    ).filter(**({"symbol": symbol} if symbol is not None else {})).select_related("strategy"))
+    if not positions:
+        return 0
+    try:
+        prices = {s: t.price for s, t in connector.tickers(sorted({p.symbol for p in positions})).items()}
+    except VenueError as exc:
+        log.warning("monitor of account %s has no prices: %s", account.pk, exc)
+        return 0
     exiting = _exits_working(account.pk)
     for position in positions:
         if position.symbol not in prices:
-            try:
-                prices[position.symbol] = connector.ticker(position.symbol).price
-            except VenueError:
-                continue
+            continue  # its price could not be read: the next tick tries again
         price = prices[position.symbol]
         if position.strategy.trailing_stop_percent is not None and (position.strategy_id, position.symbol) \
                 not in exiting and _trail(position, price, connector.market(position.symbol).tick_size, now=now):

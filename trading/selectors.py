@@ -323,9 +323,8 @@ def signal_decision_preview(*, strategy: Strategy, intent: Any, atr: Decimal | N
             account = VenueAccount.objects.get(pk=strategy.account_id)
             connector = connector_for(account)
             market = connector.market(intent.symbol)
-            ticker = connector.ticker(intent.symbol)
-            marks = {intent.symbol: ticker.price}
-            book = _account_view(account, connector, now=now, marks=marks)  # the engine's own read
+            book = _account_view(account, connector, now=now, symbol=intent.symbol)  # the engine's own read
+            ticker = book.quote
             # The ATR an ATR-multiple exit needs: the alert's, else market data's, as the engine finds it.
             atr = _atr(Signal(strategy=strategy, atr=atr), now)
             return risk.decide(

@@ -70,14 +70,15 @@ def price_arrived(symbol: str, price: Decimal) -> int:
     every = int(settings.TRADING["MONITOR_EVERY_SECONDS"])
     account_ids = stops_crossed(symbol=symbol, price=price)
     for account_id in account_ids:
-        account_monitor_task.apply_async((account_id,), expires=every)
+        account_monitor_task.apply_async((account_id, symbol), expires=every)
     return len(account_ids)
 
 
 @shared_task(name="trading.tasks.account_monitor", acks_late=True)
-def account_monitor_task(account_id: int) -> dict[str, int]:
-    """One account's monitor tick: order changes recorded, trailing stops moved, stop-loss / take-profit fired."""
-    return account_monitor(account_id=account_id)
+def account_monitor_task(account_id: int, symbol: str | None = None) -> dict[str, int]:
+    """One account's monitor tick: order changes recorded, trailing stops moved, stop-loss / take-profit fired
+    (with `symbol`: only that market's positions, as a price of it just crossed a stop)."""
+    return account_monitor(account_id=account_id, symbol=symbol)
 
 
 @shared_task(name="trading.tasks.kill_switch_enforce", acks_late=True)

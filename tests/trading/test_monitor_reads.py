@@ -1,0 +1,116 @@
+"""The monitor's cost on a venue with a request budget: prices read once per pass, a price pass looks only at the
+market that moved, and the fan-out never starves the same accounts (benchmarks/stop_to_exit.py measures the time).
+
+On the Hyperliquid fake through the real connector: one allMids answers every market, so an account holding
+three markets costs one price read per monitor pass and one per exit decision, not one per market each time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from tests.fakes import venues as fake_venues
+from tests.fakes.live import LiveSetup, bare_connector, fake_server, live_setup, small_quantity
+from tests.fakes.faults import Request
+from trading import engine
+from trading.models import Order, Position, Signal, Strategy
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+COINS = ("BTC", "ETH", "SOL")
+
+
+@pytest.fixture
+def hyperliquid() -> Iterator[fake_venues.VenueHarness]:
+    with fake_venues.harness("hyperliquid") as running:
+        yield running
+
+
+def _all_mids(request: Request) -> bool:
+    try:
+        body = request.json()
+    except ValueError:
+        return False
+    return request.path == "/info" and isinstance(body, dict) and body.get("type") == "allMids"
+
+
+def _reads(live: LiveSetup) -> int:
+    return len(fake_server(live.harness).requests(_all_mids))
+
+
+def _three_markets(hyperliquid: fake_venues.VenueHarness, monkeypatch: pytest.MonkeyPatch,
+                   make_strategy: Any) -> tuple[LiveSetup, list[Strategy]]:
+    """One account, one long strategy per market, each with a stop 1 % below its entry (bot-side only)."""
+    live = live_setup(hyperliquid, setenv=monkeypatch.setenv, make_strategy=make_strategy,
+                      protective_orders="off", stop_loss_mode="percent", stop_loss_value="1")
+    fake = hyperliquid.extra["fake"]
+    strategies = [live.strategy]
+    for coin in COINS[1:]:
+        symbol = f"{coin}/USDC:USDC"
+        quantity = small_quantity(bare_connector(hyperliquid).market(symbol), Decimal(str(fake.prices[coin])))
+        strategies.append(make_strategy(live.account, symbol=symbol, mode="live", sizing_mode="quantity",
+                                        sizing_value=str(quantity), leverage="1", protective_orders="off",
+                                        stop_loss_mode="percent", stop_loss_value="1"))
+    for n, strategy in enumerate(strategies):
+        signal, _ = engine.signal_create(strategy=strategy, source="manual", action="open_long",
+                                         idempotency_key=f"open-{n}", enqueue=False)
+        assert engine.signal_process(signal_id=signal.pk).status == Signal.Status.EXECUTED
+    return live, strategies
+
+
+def _cross(hyperliquid: fake_venues.VenueHarness, *coins: str) -> None:
+    fake = hyperliquid.extra["fake"]
+    for coin in coins:
+        fake.set_price(coin, Decimal(str(fake.prices[coin])) * Decimal("0.97"))
+
+
+def test_a_price_pass_reads_one_price_and_exits_only_the_market_that_moved(hyperliquid, monkeypatch,
+                                                                           make_strategy) -> None:
+    live, (btc, eth, sol) = _three_markets(hyperliquid, monkeypatch, make_strategy)
+    _cross(hyperliquid, "BTC", "ETH")  # two stops crossed; the price of ETH is the one that arrived
+    before = _reads(live)
+    counts = engine.account_monitor(account_id=live.account.pk, symbol=eth.symbol)
+    assert counts["exits"] == 1
+    # One allMids for the pass, one for the exit's decision (every held market's mark with it): not one per market.
+    assert _reads(live) - before == 2
+    fired = set(Signal.objects.filter(source=Signal.Source.MONITOR).values_list("strategy_id", flat=True))
+    assert fired == {eth.pk}
+    assert Position.objects.get(strategy=eth).quantity == 0
+    assert Position.objects.get(strategy=btc).quantity > 0  # left to its own price pass or the tick
+
+    before = _reads(live)
+    counts = engine.account_monitor(account_id=live.account.pk)  # the tick: every market, in one read
+    assert counts["exits"] == 1 and Position.objects.get(strategy=btc).quantity == 0
+    assert Position.objects.get(strategy=sol).quantity > 0
+    assert _reads(live) - before == 2
+    assert not Order.objects.filter(account=live.account, status__in=Order.WORKING).exists()
+
+
+def test_the_fan_out_sends_the_least_recently_monitored_account_first(make_account, make_strategy,
+                                                                      set_price) -> None:
+    from trading.monitor import accounts_to_monitor
+
+    set_price("BTC/USD", "100")
+    accounts = [make_account() for _ in range(4)]
+    for account in accounts:
+        strategy = make_strategy(account, sizing_value="1", stop_loss_mode="percent", stop_loss_value="5")
+        signal, _ = engine.signal_create(strategy=strategy, source="manual", action="open_long",
+                                         idempotency_key=f"o{account.pk}", enqueue=False)
+        engine.signal_process(signal_id=signal.pk)
+    ids = [a.pk for a in accounts]
+    order = accounts_to_monitor()
+    assert sorted(order) == sorted(ids)
+    # A venue's budget lets only two monitors run before the rest of the tick's expire: the next tick starts with
+    # the two that did not run, and so on; no account waits more than one tick more than any other.
+    ran: list[int] = []
+    for _ in range(4):
+        order = accounts_to_monitor()
+        for account_id in order[:2]:
+            engine.account_monitor(account_id=account_id)
+            ran.append(account_id)
+    assert {ran.count(a) for a in ids} == {2}, ran
+    assert set(ran[:4]) == set(ids)
