@@ -25,6 +25,7 @@ Leverage updates use cross margin unless `margin_mode=isolated` (or the market i
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import threading
 import time
@@ -182,6 +183,20 @@ def _retry_after(headers: Any) -> float | None:
         return None
 
 
+def environment_read_once(session: requests.Session, url: str) -> None:
+    """Resolve once what `requests` otherwise reads from the environment on every call (the proxy for `url`, with
+    NO_PROXY applied, and a CA bundle from REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE), and stop it reading again.
+
+    That per-call read walks the whole environment twice: on a worker it was about a tenth of an exit's CPU
+    (benchmarks/stop_to_exit.py). Settings made in the environment after the connector was built are not seen:
+    the connector cache rebuilds connectors when their account changes, and a restart picks up the rest."""
+    session.proxies.update(requests.utils.get_environ_proxies(url))
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle:
+        session.verify = bundle
+    session.trust_env = False
+
+
 class _Info(Info):
     """The SDK's Info with the 4xx handling fixed: any 4xx body becomes a ClientError keeping status and headers."""
 
@@ -240,6 +255,7 @@ class HyperliquidConnector(Connector):
         # No request here: empty metadata keeps the SDK from fetching spotMeta/meta at construction.
         self._info = _Info(self.base_url, skip_ws=True, meta={"universe": []},
                            spot_meta={"universe": [], "tokens": []}, timeout=timeout)
+        environment_read_once(self._info.session, self.base_url)
         self._lock = threading.Lock()
         self._last_nonce = 0
         self._markets: dict[str, Market] = {}

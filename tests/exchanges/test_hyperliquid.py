@@ -598,3 +598,23 @@ def test_an_order_filled_long_ago_whose_fills_fall_short_is_final_not_working_fo
     found = connector.fetch_order(BTC, placed.venue_order_id)
     assert (found.status, found.filled_quantity) == (VenueOrderStatus.FILLED, Decimal("0.001"))
     assert "0.001 of 0.002" in found.reason
+
+
+def test_the_proxy_and_ca_bundle_of_the_environment_are_read_once_at_construction(monkeypatch) -> None:
+    """requests reads proxies and the CA bundle from the environment on every call unless told not to; the
+    connector reads them once: a proxy set for the venue is used, NO_PROXY still exempts a host."""
+    from exchanges.hyperliquid import HyperliquidConnector
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    proxied = HyperliquidConnector(network="testnet", secret_key=None, account_address=None)
+    session = proxied._info.session
+    assert session.proxies.get("https") == "http://proxy.internal:3128"
+    assert session.verify == "/etc/ssl/certs/ca-certificates.crt"
+    assert session.trust_env is False  # nothing more is read per call
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    exempt = HyperliquidConnector(network="testnet", secret_key=None, account_address=None,
+                                  base_url="https://127.0.0.1:9")
+    assert "https" not in exempt._info.session.proxies
