@@ -1,4 +1,5 @@
-"""The import direction of STYLE.md, kept by import-linter: tradesite -> webhooks | strategies -> trading -> exchanges."""
+"""The import direction of STYLE.md, kept by import-linter: tradesite -> webhooks | strategies -> trading ->
+exchanges | infra."""
 
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ def test_import_contracts_are_kept() -> None:
 def test_no_float_in_money_paths() -> None:
     offenders = [
         f"{path}:{n}"
-        for package in ("trading", "exchanges", "webhooks")
+        for package in ("trading", "exchanges", "webhooks", "infra")
         for path in (ROOT / package).rglob("*.py")
         if "migrations" not in path.parts
         for n, line in enumerate(path.read_text().splitlines(), 1)

@@ -153,7 +153,7 @@ def role_command(role: str, env: Mapping[str, str]) -> list[str]:
         return [python, "-m", "gunicorn", "tradesite.wsgi:application", "-c", str(ROOT / "tradesite" /
                 "gunicorn_conf.py"), "--bind", env.get("WEB_BIND", "0.0.0.0:8000"), "--workers", workers,
                 # Threads: the webhook's group commit stores the alerts in flight in a process with one INSERT and
-                # one COMMIT (webhooks/groupcommit.py); each thread holds its own database connection.
+                # one COMMIT (infra/groupcommit.py); each thread holds its own database connection.
                 "--worker-class", "gthread", "--threads", env.get("GUNICORN_THREADS", "12"),
                 # A webhook must be answered well inside TradingView's 3 s; a stuck request is cut at 30 s.
                 "--timeout", env.get("GUNICORN_TIMEOUT", "30"), "--graceful-timeout", "30",

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 
-from trading import rows
+from infra import rows
 from trading.models import AuditEvent
 
 _batch = threading.local()

@@ -1,6 +1,6 @@
 """The risk decision of one signal under its account lock: the book read, `risk.decide`, and the orders it makes.
 
-The hot path's reads are hand-written SQL (trading/rows.py), cached per statement; tests/trading/test_rows.py pins
+The hot path's reads are hand-written SQL (infra/rows.py), cached per statement; tests/trading/test_rows.py pins
 them. The decision and its orders are committed as SUBMITTING before anything reaches the venue.
 """
 
@@ -16,7 +16,9 @@ from django.db import connection
 
 from exchanges.base import Connector, OrderType, Side, Ticker
 from exchanges.errors import VenueError
-from trading import pnl, risk, rows
+from infra import rows
+from infra.rows import Rows, fetch_all, fetch_one, lock_clause
+from trading import pnl, risk
 from trading.audit import audit
 from trading.domain import (
     AccountView,
@@ -37,7 +39,6 @@ from trading.domain import (
 )
 from trading.models import KillSwitch, Order, Position, Signal, Strategy, VenueAccount
 from trading.orders import _purpose, kill_switch_engaged, new_client_order_id, trading_setting
-from trading.rows import Rows, fetch_all, fetch_one, lock_clause
 from trading.venues import connector_for
 
 log = logging.getLogger("trading.engine")  # one logger for every room of the engine (log routing keys on it)

@@ -19,7 +19,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from exchanges.errors import VenueError
-from trading import rows
+from infra import rows
 from trading.audit import _audit_batch
 from trading.decision import (
     _DECISION_FIELDS,

@@ -18,6 +18,8 @@ INT32_MAX = 2**31 - 1
 class ExactDecimalField(models.DecimalField):  # type: ignore[type-arg]
     """A DecimalField that is exact on SQLite too (SQLite's NUMERIC keeps only 15 digits: store text there)."""
 
+    quantize_context = EXACT  # also infra/rows.py's fast preparation of this field (it imports nothing of ours)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("max_digits", MAX_DIGITS)
         kwargs.setdefault("decimal_places", DECIMAL_PLACES)

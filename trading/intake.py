@@ -14,7 +14,7 @@ from decimal import Decimal
 from django.db import transaction
 from django.utils import timezone
 
-from trading import broker, rows
+from infra import broker, rows
 from trading.models import Signal, Strategy
 
 log = logging.getLogger("trading.engine")  # one logger for every room of the engine (log routing keys on it)

@@ -17,7 +17,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from exchanges.base import Side, VenueOrder, VenueOrderStatus
-from trading import pnl, rows
+from infra import rows
+from trading import pnl
 from trading.audit import audit
 from trading.intake import signal_create, signal_enqueue
 from trading.models import Fill, Order, Position, Signal, Strategy, VenueAccount

@@ -27,9 +27,9 @@ from exchanges.base import Connector, OrderRequest, OrderType, Side, Ticker, Ven
 from exchanges.errors import TemporaryError
 from exchanges.paper import DEFAULT_MARKETS, PaperConfig, PaperVenue
 from exchanges.resilience import BreakerEvent, RateLimiter, RateSpec
+from infra import rows
+from infra.rows import Rows, fetch_all
 from trading.models import MarketPrice, PaperOrder, PaperPosition, VenueAccount, VenueHealth, VenueJournalEntry
-from trading import rows
-from trading.rows import Rows, fetch_all
 
 log = logging.getLogger("venues")
 

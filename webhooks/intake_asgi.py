@@ -41,7 +41,7 @@ from django.http.request import split_domain_port, validate_host
 from django.urls import reverse
 from django.utils import timezone
 
-from trading.broker import AsyncRedisLink, TaskPublisher, command, publisher_for
+from infra.broker import AsyncRedisLink, TaskPublisher, command, publisher_for
 from webhooks import parsers, services
 from webhooks.parsers import Rejection
 

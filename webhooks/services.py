@@ -26,12 +26,12 @@ from django.dispatch import receiver
 from django.utils import timezone
 from prometheus_client import Counter
 
+from infra.broker import RedisLink, command
+from infra.groupcommit import GroupCommit
 from trading.audit import audit
 from trading.intake import payload_redact, signal_enqueue, signals_enqueue
 from trading.models import KillSwitch, MarketPrice, Signal, Strategy
 from webhooks import parsers
-from trading.broker import RedisLink, command
-from webhooks.groupcommit import GroupCommit
 from webhooks.parsers import Alert, Rejection
 from webhooks.ratelimit import LocalLimiter, Outage
 

@@ -1,4 +1,4 @@
-"""The hot path's batching layer (trading/rows.py) on the real PostgreSQL: fewer round trips, same results."""
+"""The hot path's batching layer (infra/rows.py) on the real PostgreSQL: fewer round trips, same results."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from trading import engine, rows
+from infra import rows
+from trading import engine
 from trading.models import AuditEvent, Order, Signal, VenueAccount
 
 pytestmark = pytest.mark.django_db

@@ -14,8 +14,9 @@ from django.utils import timezone
 
 from tests.conftest import flush_broker, wait_for
 from tests.webhooks.server import free_port
-from trading import broker, engine
-from trading.broker import RedisLink, command
+from infra import broker
+from trading import engine
+from infra.broker import RedisLink, command
 from trading.models import Signal
 from webhooks import services
 
@@ -191,7 +192,7 @@ def _async_link_run(client: redis.Redis, body: Any) -> Any:  # type: ignore[type
     """Run `body(link)` (a coroutine function) on a fresh event loop with an AsyncRedisLink to `client`'s Redis."""
     import asyncio
 
-    from trading.broker import AsyncRedisLink
+    from infra.broker import AsyncRedisLink
 
     async def main() -> Any:
         link = AsyncRedisLink(RedisLink(client))

@@ -42,7 +42,7 @@ def _post(port: int, body: dict[str, Any]) -> tuple[int, Any]:
 def _sweep(redis_url: str) -> None:
     """Send the sweeper's task to the worker, as beat does every SWEEP_EVERY_SECONDS."""
     from tradesite.celery import app
-    from trading.broker import TaskPublisher
+    from infra.broker import TaskPublisher
     from trading.tasks import orders_sweep_task
 
     client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)

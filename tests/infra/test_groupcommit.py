@@ -1,4 +1,4 @@
-"""The group commit itself (webhooks/groupcommit.py): batching, hand-over of the lead, errors, with real threads."""
+"""The group commit itself (infra/groupcommit.py): batching, hand-over of the lead, errors, with real threads."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
-from webhooks.groupcommit import GroupCommit
+from infra.groupcommit import GroupCommit
 
 
 class RecordingFlush:

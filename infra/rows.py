@@ -20,8 +20,6 @@ from typing import Any, Generic, TypeVar
 from django.db import connection, transaction
 from django.db.models import Model
 from psycopg.adapt import Transformer
-
-from trading.fields import EXACT
 from psycopg.pq import ExecStatus
 
 M = TypeVar("M", bound=Model)
@@ -498,8 +496,9 @@ def _prep_for(field: Any, vendor: str) -> Callable[[Any], Any]:
             else slow(value)
     if kind == "ExactDecimalField":  # its own preparation, without the checks a Decimal does not need
         places = Decimal(1).scaleb(-field.decimal_places)
+        exact = field.quantize_context
         return lambda value: value if value is None else (
-            value.quantize(places, context=EXACT) if type(value) is Decimal else slow(value))
+            value.quantize(places, context=exact) if type(value) is Decimal else slow(value))
     return slow
 
 

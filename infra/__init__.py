@@ -1,0 +1,2 @@
+"""Infrastructure under the apps: hand-written SQL rows (`rows`), raw Redis and Celery messages (`broker`), the
+group commit (`groupcommit`). Imports Django and libraries, nothing of ours (`.importlinter` keeps it so)."""
