@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 
 from strategies.models import BacktestRun
 from strategies.services import backtest_run_create
-from trading.apis import ApiPagination, DetailSerializer, actor, paginated
+from trading.apis.common import ApiPagination, DetailSerializer, actor, paginated
 
 
 class BacktestInput(serializers.Serializer):  # type: ignore[type-arg]

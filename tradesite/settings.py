@@ -189,7 +189,6 @@ CELERY_TASK_SOFT_TIME_LIMIT = 45
 CELERY_TASK_DEFAULT_QUEUE = "execution"
 CELERY_TASK_ROUTES = {
     "trading.tasks.signal_process": {"queue": "execution"},
-    "trading.tasks.order_submit": {"queue": "execution"},
     "trading.tasks.orders_sweep": {"queue": "execution"},
     "trading.tasks.exits_drive": {"queue": "execution"},
     "trading.tasks.kill_switch_enforce": {"queue": "execution"},
@@ -260,7 +259,7 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     # Services raise django's ValidationError(dict): answered as 400 with errors per field.
-    "EXCEPTION_HANDLER": "trading.apis.exception_handler",
+    "EXCEPTION_HANDLER": "trading.apis.common.exception_handler",
 }
 
 # OpenAPI schema at /api/schema/, Swagger UI at /api/docs/ served from local static files (works offline).

@@ -12,7 +12,16 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from strategies import apis as backtest_apis
 from tradesite import health, metrics
-from trading import apis
+from trading.apis import (
+    accounts as accounts_api,
+    health as health_api,
+    killswitch as killswitch_api,
+    orders as orders_api,
+    pnl as pnl_api,
+    signals as signals_api,
+    strategies as strategies_api,
+    tokens as tokens_api,
+)
 from webhooks.apis import SignalCreateApi
 from django.contrib.auth import views as auth_views
 from strategies import views as strategy_views
@@ -69,31 +78,31 @@ def by_method(default: Any, **views: Callable[..., HttpResponse]) -> Callable[..
 
 
 api_patterns = [
-    path("strategies/", apis.StrategyListApi.as_view(), name="strategy-list"),
-    path("strategies/validate/", apis.StrategyValidateApi.as_view(), name="strategy-validate"),
-    path("strategies/<int:strategy_id>/", apis.StrategyDetailApi.as_view(), name="strategy-detail"),
-    path("strategies/<int:strategy_id>/start/", apis.StrategyStartApi.as_view(), name="strategy-start"),
-    path("strategies/<int:strategy_id>/pause/", apis.StrategyPauseApi.as_view(), name="strategy-pause"),
-    path("strategies/<int:strategy_id>/stop/", apis.StrategyStopApi.as_view(), name="strategy-stop"),
-    path("strategies/<int:strategy_id>/rotate-secret/", apis.StrategySecretRotateApi.as_view(),
+    path("strategies/", strategies_api.StrategyListApi.as_view(), name="strategy-list"),
+    path("strategies/validate/", strategies_api.StrategyValidateApi.as_view(), name="strategy-validate"),
+    path("strategies/<int:strategy_id>/", strategies_api.StrategyDetailApi.as_view(), name="strategy-detail"),
+    path("strategies/<int:strategy_id>/start/", strategies_api.StrategyStartApi.as_view(), name="strategy-start"),
+    path("strategies/<int:strategy_id>/pause/", strategies_api.StrategyPauseApi.as_view(), name="strategy-pause"),
+    path("strategies/<int:strategy_id>/stop/", strategies_api.StrategyStopApi.as_view(), name="strategy-stop"),
+    path("strategies/<int:strategy_id>/rotate-secret/", strategies_api.StrategySecretRotateApi.as_view(),
          name="strategy-rotate-secret"),
-    path("accounts/", apis.AccountListApi.as_view(), name="account-list"),
-    path("accounts/<int:account_id>/", apis.AccountDetailApi.as_view(), name="account-detail"),
-    path("venues/", apis.VenueHealthListApi.as_view(), name="venue-health-list"),
-    path("orders/", apis.OrderListApi.as_view(), name="order-list"),
-    path("orders/<int:order_id>/", apis.OrderDetailApi.as_view(), name="order-detail"),
-    path("orders/<int:order_id>/cancel/", apis.OrderCancelApi.as_view(), name="order-cancel"),
-    path("positions/", apis.PositionListApi.as_view(), name="position-list"),
-    path("positions/<int:position_id>/close/", apis.PositionCloseApi.as_view(), name="position-close"),
-    path("signals/", by_method(apis.SignalListApi.as_view(), post=SignalCreateApi.as_view()), name="signal-list"),
-    path("signals/<int:signal_id>/", apis.SignalDetailApi.as_view(), name="signal-detail"),
-    path("pnl/", apis.PnlSummaryApi.as_view(), name="pnl"),
-    path("pnl/equity/", apis.EquitySeriesApi.as_view(), name="pnl-equity"),
-    path("kill-switch/", apis.KillSwitchApi.as_view(), name="kill-switch"),
-    path("kill-switch/engage/", apis.KillSwitchEngageApi.as_view(), name="kill-switch-engage"),
-    path("kill-switch/release/", apis.KillSwitchReleaseApi.as_view(), name="kill-switch-release"),
-    path("tokens/", apis.ApiTokenListApi.as_view(), name="token-list"),
-    path("tokens/<str:prefix>/revoke/", apis.ApiTokenRevokeApi.as_view(), name="token-revoke"),
+    path("accounts/", accounts_api.AccountListApi.as_view(), name="account-list"),
+    path("accounts/<int:account_id>/", accounts_api.AccountDetailApi.as_view(), name="account-detail"),
+    path("venues/", health_api.VenueHealthListApi.as_view(), name="venue-health-list"),
+    path("orders/", orders_api.OrderListApi.as_view(), name="order-list"),
+    path("orders/<int:order_id>/", orders_api.OrderDetailApi.as_view(), name="order-detail"),
+    path("orders/<int:order_id>/cancel/", orders_api.OrderCancelApi.as_view(), name="order-cancel"),
+    path("positions/", orders_api.PositionListApi.as_view(), name="position-list"),
+    path("positions/<int:position_id>/close/", orders_api.PositionCloseApi.as_view(), name="position-close"),
+    path("signals/", by_method(signals_api.SignalListApi.as_view(), post=SignalCreateApi.as_view()), name="signal-list"),
+    path("signals/<int:signal_id>/", signals_api.SignalDetailApi.as_view(), name="signal-detail"),
+    path("pnl/", pnl_api.PnlSummaryApi.as_view(), name="pnl"),
+    path("pnl/equity/", pnl_api.EquitySeriesApi.as_view(), name="pnl-equity"),
+    path("kill-switch/", killswitch_api.KillSwitchApi.as_view(), name="kill-switch"),
+    path("kill-switch/engage/", killswitch_api.KillSwitchEngageApi.as_view(), name="kill-switch-engage"),
+    path("kill-switch/release/", killswitch_api.KillSwitchReleaseApi.as_view(), name="kill-switch-release"),
+    path("tokens/", tokens_api.ApiTokenListApi.as_view(), name="token-list"),
+    path("tokens/<str:prefix>/revoke/", tokens_api.ApiTokenRevokeApi.as_view(), name="token-revoke"),
     path("backtests/", backtest_apis.BacktestListApi.as_view(), name="backtest-list"),
     path("backtests/<int:run_id>/", backtest_apis.BacktestDetailApi.as_view(), name="backtest-detail"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

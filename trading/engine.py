@@ -35,7 +35,6 @@ from trading.orders import (
     new_client_order_id,
     order_cancel,
     order_recover,
-    order_submit,
     order_sync,
 )
 from trading.protection import protection_enabled, protection_sync, protections_sync
@@ -60,7 +59,6 @@ __all__ = [
     "order_cancel",
     "order_recover",
     "order_shortfall",
-    "order_submit",
     "order_sync",
     "orders_sweep",
     "payload_redact",

@@ -67,22 +67,6 @@ def _request(order: Order) -> OrderRequest:
     )
 
 
-def order_submit(*, order_id: int, now: datetime | None = None) -> Order:
-    """Send a NEW order to its venue exactly once; an ambiguous failure leaves it UNKNOWN for recovery."""
-    now = now or timezone.now()
-    with order_send_lease(order_id) as mine:
-        if not mine:  # another thread is sending it right now
-            return Order.objects.get(pk=order_id)
-        with log_context(order_id=order_id), transaction.atomic():
-            order = Order.objects.select_for_update().get(pk=order_id)
-            if order.status != Order.Status.NEW:
-                return order
-            if order.purpose == Order.Purpose.ENTRY and kill_switch_engaged():
-                return _order_finish(order, Order.Status.CANCELED, "kill switch engaged before sending", now)
-            _order_mark_submitting(order, now)
-        return _order_send(order, now=now)
-
-
 def _order_mark_submitting(order: Order, now: datetime) -> None:
     order.status = Order.Status.SUBMITTING
     order.attempts += 1
@@ -161,8 +145,6 @@ def order_recover(*, order_id: int, now: datetime | None = None) -> Order:
     order = Order.objects.select_related("account").get(pk=order_id)
     if order.is_final:
         return order
-    if order.status == Order.Status.NEW:
-        return order_submit(order_id=order_id, now=now)
     with order_send_lease(order_id) as mine:
         if not mine:
             log.info("order %s is being sent right now: left to its sender", order_id)
@@ -171,6 +153,9 @@ def order_recover(*, order_id: int, now: datetime | None = None) -> Order:
         if order.is_final:
             return order
         return _order_recover(order, now)
+
+
+_UNSENT_OR_UNKNOWN = (Order.Status.NEW, Order.Status.SUBMITTING, Order.Status.UNKNOWN)
 
 
 def _order_recover(order: Order, now: datetime) -> Order:
@@ -184,16 +169,17 @@ def _order_recover(order: Order, now: datetime) -> Order:
             return order
         if found is not None:
             return order_apply_venue_state(order_id=order.pk, venue_order=found, now=now)
-        if order.status not in (Order.Status.SUBMITTING, Order.Status.UNKNOWN):
+        if order.status not in _UNSENT_OR_UNKNOWN:
             return order
         # The venue has never seen this client id. Resend it (same id: a venue that did get it dedupes) once
-        # the venue had time to show it, and give up cleanly after the attempt cap.
+        # the venue had time to show it, and give up cleanly after the attempt cap. (NEW: a row of an older
+        # release, which queued orders before sending them; orders are now committed SUBMITTING.)
         since = order.updated_at if order.status == Order.Status.UNKNOWN else (order.submitted_at or order.updated_at)
         if now - since < timedelta(seconds=trading_setting("RESEND_AFTER_SECONDS")):
             return order
         with transaction.atomic():
             locked = Order.objects.select_for_update().get(pk=order.pk)
-            if locked.status not in (Order.Status.SUBMITTING, Order.Status.UNKNOWN) or locked.updated_at != order.updated_at:
+            if locked.status not in _UNSENT_OR_UNKNOWN or locked.updated_at != order.updated_at:
                 return locked  # someone else moved it since our lookup: theirs to finish
             if locked.attempts >= trading_setting("MAX_SUBMIT_ATTEMPTS"):
                 return _order_finish(locked, Order.Status.REJECTED, f"venue never showed the order after "

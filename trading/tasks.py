@@ -17,7 +17,6 @@ from trading.execution import signal_process
 from trading.exits import exits_drive
 from trading.killswitch import kill_switch_enforce
 from trading.monitor import account_monitor, accounts_to_monitor, stops_crossed
-from trading.orders import order_submit
 from trading.recovery import orders_sweep, startup_recover
 
 log = logging.getLogger("trading.tasks")
@@ -32,12 +31,6 @@ def signal_process_task(self, signal_id: int) -> str:  # type: ignore[no-untyped
         if exc.retryable:
             raise self.retry(countdown=min(2 ** self.request.retries, 30), exc=exc) from exc
         raise
-
-
-@shared_task(name="trading.tasks.order_submit", acks_late=True)
-def order_submit_task(order_id: int) -> str:
-    """Send one NEW order (a no-op when it was already sent)."""
-    return order_submit(order_id=order_id).status
 
 
 @shared_task(name="trading.tasks.orders_sweep", acks_late=True)

@@ -24,7 +24,8 @@ from django.views.decorators.http import require_http_methods, require_POST
 from rest_framework import serializers
 
 from trading import orders, selectors, services
-from trading.apis import OrderFilter, SignalFilter
+from trading.apis.orders import OrderFilter
+from trading.apis.signals import SignalFilter
 from trading.domain import Rule
 from trading.models import Order, Position, Signal, Strategy
 

@@ -222,6 +222,31 @@ def test_ambiguous_submit_is_recovered_by_client_id_without_a_second_order(make_
     assert Position.objects.get(strategy=strategy).quantity == Decimal("0.1")
 
 
+@pytest.mark.parametrize("on_venue", [False, True])
+def test_an_order_left_new_by_an_older_release_is_asked_for_then_sent_once(on_venue, make_account, make_strategy,
+                                                                         set_price) -> None:
+    """Orders are committed SUBMITTING with their decision; a NEW row can only come from an older release's
+    database. Recovery asks the venue by its client id first, and sends it (same id) only if the venue never saw it."""
+    strategy = make_strategy(make_account())
+    set_price("BTC/USD", "50000")
+    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="legacy", action="open_long",
+                                     enqueue=False)
+    order = _decide_only(signal)[0]
+    earlier = timezone.now() - timedelta(seconds=60)
+    Order.objects.filter(pk=order.pk).update(status=Order.Status.NEW, attempts=0, submitted_at=None,
+                                             updated_at=earlier)
+    if on_venue:  # it did reach the venue before the upgrade
+        from trading.orders import _request
+        from trading.venues import connector_for
+
+        connector_for(order.account).create_order(_request(order))
+    engine.orders_sweep(now=timezone.now() + timedelta(seconds=60))
+    order.refresh_from_db()
+    assert order.status == Order.Status.FILLED
+    assert list(PaperOrder.objects.values_list("client_order_id", flat=True)) == [order.client_order_id]
+    assert Position.objects.get(strategy=strategy).quantity == Decimal("0.1")
+
+
 def test_order_the_venue_never_saw_is_resent_with_the_same_client_id(make_account, make_strategy,
                                                                        set_price) -> None:
     strategy = make_strategy(make_account())
