@@ -1,6 +1,7 @@
 """The paper-trading venue: simulated fills on real prices, with its state kept in a pluggable store.
 
-Fill model (all Decimal, prices in the market's quote, quantities in base). An order is worked once when
+Fill model (all Decimal, prices in the market's quote, quantities in base; its pure rules, shared with the
+backtester, are in `exchanges/fills.py`). An order is worked once when
 placed (so a stop whose trigger is already crossed fills at once) and then on every `match()` call:
 - MARKET, and STOP / TAKE_PROFIT once triggered, fill at the current price moved `slippage_bps` against the
   taker (buys rounded up to the tick, sells down) and pay the taker fee.
@@ -35,7 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Protocol
 
 from exchanges.base import (
@@ -52,7 +53,6 @@ from exchanges.base import (
     VenueOrderStatus,
     VenuePosition,
     round_down,
-    round_up,
 )
 from exchanges.errors import (
     InsufficientFundsError,
@@ -60,6 +60,7 @@ from exchanges.errors import (
     OrderNotFoundError,
     TemporaryError,
 )
+from exchanges.fills import FEE_QUANTUM, is_triggered, limit_crosses, reference_price, round_half_up, slipped_price
 
 VENUE = "paper"
 ZERO = Decimal("0")
@@ -262,7 +263,7 @@ class PaperConfig:
     quote_asset: str = "USD"
     slippage_bps: Decimal = Decimal("0")  # against the taker, in basis points of the price
     max_volume_share: Decimal | None = None  # share of a candle's base volume all fills together may take
-    fee_quantum: Decimal = Decimal("0.00000001")  # fees and funding are rounded HALF_UP to this
+    fee_quantum: Decimal = FEE_QUANTUM  # fees and funding are rounded HALF_UP to this
     par_assets: frozenset[str] = frozenset({"USD", "USDT", "USDC"})  # quotes settled 1:1 with each other
     max_price_age: timedelta | None = None  # refuse prices older than this (by the venue's clock)
 
@@ -276,51 +277,6 @@ class PaperConfig:
             raise ValueError(f"max_volume_share must be in (0, 1], got {self.max_volume_share}")
         if not self.fee_quantum > ZERO:
             raise ValueError(f"fee_quantum must be positive, got {self.fee_quantum}")
-
-
-def round_half_up(value: Decimal, step: Decimal) -> Decimal:
-    """Round to the nearest multiple of step, halves away from zero."""
-    return (value / step).to_integral_value(rounding=ROUND_HALF_UP) * step
-
-
-def slipped_price(market: Market, side: Side, price: Decimal, slippage_bps: Decimal) -> Decimal:
-    """Return the price a taker gets: moved against them by slippage_bps, rounded to the tick against them."""
-    if side is Side.BUY:
-        return round_up(price * (ONE + slippage_bps / BPS), market.tick_size)
-    return round_down(price * (ONE - slippage_bps / BPS), market.tick_size)
-
-
-def limit_crosses(side: Side, limit: Decimal, price: Decimal) -> bool:
-    """Say whether a limit order can trade at this price (buy: price <= limit, sell: price >= limit)."""
-    return price <= limit if side is Side.BUY else price >= limit
-
-
-def is_triggered(order: VenueOrder, price: Decimal) -> bool:
-    """Say whether an open order may fill at this price."""
-    buy = order.side is Side.BUY
-    if order.type is OrderType.MARKET:
-        return True
-    if order.type is OrderType.LIMIT:
-        assert order.price is not None
-        return limit_crosses(order.side, order.price, price)
-    if order.filled_quantity > 0:
-        # A stop that has filled in part has triggered; its remainder is a market order now.
-        return True
-    assert order.trigger_price is not None
-    if order.type is OrderType.STOP:
-        return price >= order.trigger_price if buy else price <= order.trigger_price
-    return price <= order.trigger_price if buy else price >= order.trigger_price
-
-
-def reference_price(
-    type_: OrderType, price: Decimal | None, trigger_price: Decimal | None, market_price: Decimal
-) -> Decimal:
-    """Return the price an order's notional is judged at: its limit, its trigger, or the market's price."""
-    if type_ is OrderType.LIMIT and price is not None:
-        return price
-    if type_ in (OrderType.STOP, OrderType.TAKE_PROFIT) and trigger_price is not None:
-        return trigger_price
-    return market_price
 
 
 class PaperFault(str, enum.Enum):
@@ -371,11 +327,6 @@ def _utc_now() -> datetime:
 
 def _sequence(order: VenueOrder) -> int:
     return int(order.venue_order_id.rsplit("-", 1)[1])
-
-
-def _finite(name: str, value: Decimal | None) -> None:
-    if value is not None and not value.is_finite():
-        raise InvalidOrderError(f"{name} must be a finite number, got {value}", venue=VENUE)
 
 
 class PaperVenue(Connector):
@@ -474,14 +425,12 @@ class PaperVenue(Connector):
             )
         self._leverage[symbol] = leverage
 
-    def create_order(self, request: OrderRequest) -> VenueOrder:
+    def _create_order(self, request: OrderRequest, market: Market) -> VenueOrder:
         """Place an order, filling what the current price allows; a known client order id returns its order."""
         with self._store.atomic():
             known = self._store.get_order(request.client_order_id)
             if known is not None:
                 return known
-            market = self.market(request.symbol)
-            request = self._validated(request, market)
             tick = self.ticker(market.symbol)
             reference = reference_price(request.type, request.price, request.trigger_price, tick.price)
             if request.quantity * reference < market.min_notional:
@@ -586,31 +535,6 @@ class PaperVenue(Connector):
             return paid
 
     # -- internals -----------------------------------------------------------------------------------------
-
-    def _validated(self, request: OrderRequest, market: Market) -> OrderRequest:
-        """Check a request's shape and sizes and return it quantized to the market."""
-        if not request.client_order_id:
-            raise InvalidOrderError("client_order_id is required", venue=VENUE)
-        for name in ("quantity", "price", "trigger_price", "leverage"):
-            _finite(name, getattr(request, name))
-        for name in ("price", "trigger_price", "leverage"):
-            value = getattr(request, name)
-            if value is not None and value <= 0:
-                raise InvalidOrderError(f"{name} must be positive, got {value}", venue=VENUE)
-        if request.type is OrderType.LIMIT and request.price is None:
-            raise InvalidOrderError("a limit order needs a price", venue=VENUE)
-        if request.type in (OrderType.STOP, OrderType.TAKE_PROFIT) and request.trigger_price is None:
-            raise InvalidOrderError(f"a {request.type.value} order needs a trigger_price", venue=VENUE)
-        if request.post_only and request.type is not OrderType.LIMIT:
-            raise InvalidOrderError("post-only needs a limit order", venue=VENUE)
-        quantized = self.quantize(request)
-        if quantized.quantity <= 0 or quantized.quantity < market.min_qty:
-            raise InvalidOrderError(
-                f"quantity {request.quantity} is below the minimum {market.min_qty} "
-                f"(lot {market.lot_size}) on {market.symbol}",
-                venue=VENUE,
-            )
-        return quantized
 
     def _draft(self, request: OrderRequest, venue_order_id: str) -> VenueOrder:
         return VenueOrder(

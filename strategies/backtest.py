@@ -7,7 +7,8 @@ What is shared with the live engine (nothing is re-implemented here):
   the other side while in a position is a reverse);
 * sizing, limits and exit prices: `trading.risk.decide` for every entry (the account view is built from
   the backtest's own cash and position, the quote is the fill bar's open, `now` is that bar's open time);
-* fills: `exchanges.paper.slipped_price` and the paper venue's fee rounding when a paper `Market` is given;
+* fills: the paper venue's fill model (`exchanges.fills`: taker slippage, tick and fee rounding) when a paper
+  `Market` is given;
 * P&L: `trading.pnl.apply_fill`, exact Decimal.
 
 Timing (no look-ahead): a signal on candle t's close fills at candle t+1's open (the next *row*: missing
@@ -48,7 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from exchanges.base import Market, OrderType, Side
-from exchanges.paper import PaperConfig, round_half_up, slipped_price
+from exchanges.fills import FEE_QUANTUM, round_half_up, slipped_price
 from strategies.base import Candles, Signals, StrategyRule
 from trading import pnl, risk
 from trading.domain import (
@@ -87,7 +88,6 @@ ATR_PERIOD = 14  # the live engine sends ATR(14) at the signal bar with ATR-mult
 YEAR_MS = 365 * 86_400_000  # crypto trades every day: annualize over 365 days (as vectorbt's default year)
 DAY_MS = 86_400_000
 BACKTEST_SYMBOL = "BACKTEST"
-_FEE_QUANTUM = PaperConfig(markets=()).fee_quantum  # the paper venue's fee rounding step
 _TINY = Decimal("1e-30")  # tick and lot of the frictionless market: no rounding at the precision in play
 _ZERO = Decimal("0")
 _ONE = Decimal("1")
@@ -559,7 +559,7 @@ class _Simulation:
         """The taker fee: rounded half-up to the paper venue's fee step on a market, exact when frictionless."""
         if self.market is not None:
             with localcontext(_PAPER):
-                return round_half_up(quantity * price * self.fee_rate, _FEE_QUANTUM)
+                return round_half_up(quantity * price * self.fee_rate, FEE_QUANTUM)
         return _EXACT.multiply(_EXACT.multiply(quantity, price), self.fee_rate)
 
     def _exit_state(self, position: _Position, price: Decimal) -> pnl.PositionState:

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exchanges.base import Side
-from exchanges.paper import DEFAULT_MARKETS, round_half_up, slipped_price
+from exchanges.fills import round_half_up, slipped_price
+from exchanges.paper import DEFAULT_MARKETS
 from strategies import backtest as bt
 from strategies.base import Candles, Param, Signals, StrategyRule
 from strategies.library import RULES
