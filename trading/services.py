@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from trading import pnl
+from trading import dispatch, pnl
 from trading.audit import audit
 from trading.fields import INT32_MAX, column_error, parse_id
 from trading.intake import signal_create
@@ -199,7 +199,7 @@ def strategy_validate(data: Mapping[str, Any], *, instance: Strategy | None = No
         errors["symbol"] = ["this field is required"]
     elif account is not None:
         from exchanges.errors import VenueError
-        from trading.venues import connector_for
+        from trading.connectors import connector_for
 
         try:
             market = connector_for(account).market(symbol)
@@ -373,9 +373,7 @@ def kill_switch_engage(*, by: str, reason: str = "", now: datetime | None = None
             audit(actor=by, action="kill_switch.engaged", entity="kill_switch", entity_id=1, now=now, reason=reason)
         # Wait for every in-flight risk decision: each holds its account lock, and none can pass once we commit.
         list(VenueAccount.objects.select_for_update(no_key=True).values_list("pk", flat=True))
-        from trading.tasks import kill_switch_enforce_task
-
-        transaction.on_commit(kill_switch_enforce_task.delay)
+        transaction.on_commit(dispatch.task(dispatch.KILL_SWITCH_ENFORCE).delay)
     return switch
 
 
@@ -414,7 +412,7 @@ def account_equity_snapshot_take(*, account_id: int, now: datetime) -> int:
     nothing.
     """
     from trading.venuecheck import account_error_text
-    from trading.venues import venue_health_snapshot_record
+    from trading.venuehealth import venue_health_snapshot_record
 
     account = VenueAccount.objects.filter(pk=account_id).first()
     if account is None or EquitySnapshot.objects.filter(account=account, strategy=None, time=now).exists():
@@ -435,7 +433,7 @@ def account_equity_snapshot_take(*, account_id: int, now: datetime) -> int:
 
 def _account_snapshot(account: VenueAccount, positions: list[Position], *, now: datetime) -> list[EquitySnapshot]:
     """The account's own snapshot row and one per strategy, marked at the venue's prices (raises when it cannot)."""
-    from trading.venues import connector_for
+    from trading.connectors import connector_for
 
     # Built even for a flat account, so one that could not trade (no credentials) is reported before it must.
     connector = connector_for(account)
