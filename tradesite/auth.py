@@ -7,7 +7,7 @@ from typing import Any
 from axes.backends import AxesStandaloneBackend
 from django.http import HttpRequest
 
-from webhooks.services import client_ip as _client_ip
+from webhooks.sources import client_ip as _client_ip
 
 
 class AxesBackend(AxesStandaloneBackend):

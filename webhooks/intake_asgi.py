@@ -3,15 +3,16 @@
 The web role (gunicorn, gthread workers) serves the webhook too, with the same answers. This server exists for
 throughput: in a threaded WSGI worker every alert blocks a thread twice (Redis, then PostgreSQL), and on two cores
 the thread switches and GIL hand-overs cost more CPU than the intake itself (docs/benchmarks.md, webhook_load). Here
-an alert from a strategy whose passphrase matches this process's copy (`services.strategy_known`) never leaves the
+an alert from a strategy whose passphrase matches this process's copy (`targets.strategy_known`) never leaves the
 event loop:
 
-1. both rate limits in one Redis round trip (`services.rate_pair_command`), pipelined with every other request's
-   on one connection (while that Redis fails, counted in this process instead: `services.rate_pair_local`);
+1. both rate limits in one Redis round trip (`limits.rate_pair_command`), pipelined with every other request's
+   on one connection (while that Redis fails, counted in this process instead: `limits.rate_pair_local`);
 2. the checks and the row of `alert_intake`'s own path for such an alert (`services.alert_fast_row`);
-3. the guarded INSERT, shared by every alert waiting at that moment: one statement and one COMMIT (durable,
-   synchronous_commit), at most two such writes at once (each on its own PostgreSQL connection, so that an alert
-   arriving during a COMMIT need not wait for it), then one LPUSH of their Celery messages;
+3. the guarded INSERT (built by trading/intake.py, as every signal INSERT is), shared by every alert waiting at
+   that moment: one statement and one COMMIT (durable, synchronous_commit), at most two such writes at once (each
+   on its own PostgreSQL connection, so that an alert arriving during a COMMIT need not wait for it), then one
+   LPUSH of their Celery messages;
 4. 202 only after that COMMIT (the LPUSH is sent then too; nobody waits for its reply: a failed enqueue leaves the
    row RECEIVED for the sweeper, as on the web role).
 
@@ -42,8 +43,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from infra.broker import AsyncRedisLink, TaskPublisher, command, publisher_for
-from webhooks import parsers, services
+from trading.intake import SignalRow, signal_row_statement, signal_rows_ids, signal_rows_statement
+from webhooks import limits, parsers, services
+from webhooks.config import flag
 from webhooks.parsers import Rejection
+from webhooks.sources import client_ip, source_allowed
+from webhooks.targets import strategy_forget, strategy_known
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +66,16 @@ class _Batcher:
     on its own connection); the alerts that arrive while they all run wait for the first to end. No timer: an alert
     alone is written at once. Each awaits its own result (an id, None, or its own exception)."""
 
-    def __init__(self, write: Callable[[list[services._Row]], Awaitable[list[Any]]], *, writers: int = 2,
+    def __init__(self, write: Callable[[list[SignalRow]], Awaitable[list[Any]]], *, writers: int = 2,
                  max_batch: int = 64) -> None:
         self.write = write
         self.writers = writers
         self.max_batch = max_batch
-        self.waiting: list[tuple[services._Row, asyncio.Future[Any]]] = []
+        self.waiting: list[tuple[SignalRow, asyncio.Future[Any]]] = []
         self.running = 0
         self.batches = self.rows = 0
 
-    def submit(self, row: services._Row) -> asyncio.Future[Any]:
+    def submit(self, row: SignalRow) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.waiting.append((row, future))
@@ -126,9 +131,9 @@ class IntakeApp:
         """Decide whether the fast path can run (read once per process, like the other webhook settings)."""
         from trading.tasks import signal_process_task
 
-        cache_link = services.cache_redis_link()
-        publisher = publisher_for(signal_process_task) if services.flag("WEBHOOK_RAW_ENQUEUE") else None
-        self.fast = (connections["default"].vendor == "postgresql" and services.flag("WEBHOOK_GROUP_COMMIT")
+        cache_link = limits.cache_redis_link()
+        publisher = publisher_for(signal_process_task) if flag("WEBHOOK_RAW_ENQUEUE") else None
+        self.fast = (connections["default"].vendor == "postgresql" and flag("WEBHOOK_GROUP_COMMIT")
                      and cache_link is not None and cache_link.plain
                      and publisher is not None and publisher.link.plain)
         if self.fast:
@@ -167,7 +172,7 @@ class IntakeApp:
         elif scope["path"] == "/healthz":
             await self._send(send, 200, {"status": "ok", "fast_path": self.fast, "alerts": self.counts,
                                          "batches": self.batcher.batches, "rows": self.batcher.rows,
-                                         "rate_limits": "local" if services.rate_limits_down() else "redis"},
+                                         "rate_limits": "local" if limits.rate_limits_down() else "redis"},
                              counted=False)
         else:
             await self._send(send, 404, {"error": "not_found", "detail": "this server takes TradingView alerts only "
@@ -230,23 +235,23 @@ class IntakeApp:
         content_type = meta.get("CONTENT_TYPE")
         if not self.fast:
             return await self._slow(services.body_intake, body=body, content_type=content_type, meta=meta)
-        ip = services.client_ip(meta)
-        data = parsers.body_decode(body, content_type) if services.source_allowed(ip) else None
-        known = services.strategy_known(data) if isinstance(data, dict) else None
+        ip = client_ip(meta)
+        data = parsers.body_decode(body, content_type) if source_allowed(ip) else None
+        known = strategy_known(data) if isinstance(data, dict) else None
         if known is None:  # refused, or not this process's copy: body_intake decides, as the web role does
             return await self._slow(services.body_intake, body=body, content_type=content_type, meta=meta)
-        if services.rate_limits_local():  # the cache's Redis is failing: this process counts (services._outage)
-            limited = services.rate_pair_local(ip, known.pk)
+        if limits.rate_limits_local():  # the cache's Redis is failing: this process counts
+            limited = limits.rate_pair_local(ip, known.pk)
         else:
             try:
-                command_ = services.rate_pair_command(ip, known.pk, backend=self.cache_backend)
+                command_ = limits.rate_pair_command(ip, known.pk, backend=self.cache_backend)
                 (count,) = await self.cache.call(command_, 1)  # type: ignore[union-attr]
-                limited = services.rate_pair_verdict(count)
+                limited = limits.rate_pair_verdict(count)
             except redis.RedisError as exc:
-                services.rate_limits_failed(exc)
-                limited = services.rate_pair_local(ip, known.pk)
+                limits.rate_limits_failed(exc)
+                limited = limits.rate_pair_local(ip, known.pk)
             else:
-                services.rate_limits_answered()
+                limits.rate_limits_answered()
         if limited is not None:
             return limited
         now = timezone.now()
@@ -259,14 +264,14 @@ class IntakeApp:
         try:
             signal_id = await self.batcher.submit(row)
         except ConnectionLost:  # it may be stored: the fresh path finds it (and queues it again if still waiting)
-            services.strategy_forget(known.slug)
+            strategy_forget(known.slug)
             return await self._slow(services.alert_intake, data=data, source_ip=ip, now=now, fresh=True,
                                     counted=True, unsure=True)
         except psycopg.Error:
             log.exception("webhook intake: database refused the alert")
             return services.STORAGE_UNAVAILABLE
         if signal_id is None:  # a repeat delivery, or the strategy changed since this process read it
-            services.strategy_forget(known.slug)
+            strategy_forget(known.slug)
             return await self._slow(services.alert_intake, data=data, source_ip=ip, now=now, fresh=True,
                                     counted=True)
         self.counts["fast"] += 1
@@ -282,7 +287,7 @@ class IntakeApp:
         params.pop("cursor_factory", None)
         return await psycopg.AsyncConnection.connect(**params, autocommit=True)
 
-    async def _write(self, rows: list[services._Row]) -> list[Any]:
+    async def _write(self, rows: list[SignalRow]) -> list[Any]:
         """Write rows with one INSERT (one COMMIT), then queue the new ones with one LPUSH: one id (or None: not
         stored) or exception per row. A row the database refuses fails alone (the others are written again, row by
         row); a lost connection fails them all with ConnectionLost."""
@@ -293,11 +298,11 @@ class IntakeApp:
                 async with asyncio.timeout(self.write_timeout):
                     if len(rows) == 1:
                         values, checks = rows[0].values, rows[0].checks
-                        cursor = await conn.execute(*services.row_statement(values, checks), prepare=True)
+                        cursor = await conn.execute(*signal_row_statement(values, checks), prepare=True)
                         found = await cursor.fetchone()
                         stored = {} if found is None else {rows[0].key: int(found[0])}
                     else:
-                        cursor = await conn.execute(*services.rows_statement(rows), prepare=True)
+                        cursor = await conn.execute(*signal_rows_statement(rows), prepare=True)
                         stored = {key: int(pk) for pk, key in await cursor.fetchall()}
             except TimeoutError as exc:  # a database that does not answer (a lock, a partition): psycopg cancels
                 # the statement on the server when its task is cancelled, so it cannot commit later (the test checks
@@ -323,7 +328,7 @@ class IntakeApp:
                     results.append(exc)
             return results
         self._idle.append(conn)
-        ids = services.rows_ids(rows, stored)
+        ids = signal_rows_ids(rows, stored)
         queue = [pk for pk in ids if pk is not None]
         if queue:  # sent now; the answers and the next batch's INSERT do not wait for Redis's reply
             publisher = self.publisher

@@ -10,7 +10,9 @@ from trading import selectors as trading_selectors
 from trading.domain import Action, OrderType, SignalIntent
 from trading.models import KillSwitch, Signal, Strategy
 from webhooks import parsers, services
+from webhooks.config import setting
 from webhooks.parsers import Alert, Rejection
+from webhooks.targets import secret_matches
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def alert_preview(*, body: bytes, content_type: str, now: datetime, check_passph
                                         f"{strategy.symbol}, status {strategy.status}"))
     if check_passphrase:
         creds = parsers.credentials(data)
-        matches = creds is not None and services.secret_matches(strategy.webhook_secret_hash, creds[1])
+        matches = creds is not None and secret_matches(strategy.webhook_secret_hash, creds[1])
         steps.append(Step("passphrase", matches, "matches the strategy's webhook secret" if matches else
                           "missing or wrong (or no secret issued yet)"))
         if not matches:
@@ -66,9 +68,9 @@ def alert_preview(*, body: bytes, content_type: str, now: datetime, check_passph
     else:
         steps.append(Step("passphrase", True, "not checked (staff only)"))
 
-    alert = parsers.alert_validate(data, now=now, max_age_seconds=int(services.setting(
+    alert = parsers.alert_validate(data, now=now, max_age_seconds=int(setting(
         "WEBHOOK_MAX_ALERT_AGE_SECONDS")) if check_time else 10**12,
-        max_future_seconds=int(services.setting("WEBHOOK_MAX_FUTURE_SECONDS")) if check_time else 10**12,
+        max_future_seconds=int(setting("WEBHOOK_MAX_FUTURE_SECONDS")) if check_time else 10**12,
         require_time=check_time)
     if isinstance(alert, Rejection):
         steps.append(Step("fields", False, alert.detail, alert.fields))
@@ -81,7 +83,7 @@ def alert_preview(*, body: bytes, content_type: str, now: datetime, check_passph
         steps.append(Step("ticker", False, f"ticker {alert.ticker} is not {strategy.symbol}"))
         return Preview(steps, "400 ticker_mismatch", alert, strategy)
     steps.append(Step("ticker", True, f"{alert.ticker} names {strategy.symbol}"))
-    guard = services._price_guard(alert, strategy.symbol)  # noqa: SLF001 - the intake's own check, read-only
+    guard = services.price_guard(alert, strategy.symbol)  # the intake's own check, read-only
     if guard is not None:
         steps.append(Step("price", False, guard.detail))
         return Preview(steps, f"{guard.status} {guard.error}", alert, strategy)

@@ -17,6 +17,7 @@ from django.utils import timezone
 from tests.conftest import flush_broker
 from tests.webhooks.test_broker import _queued
 from trading.models import Signal
+from trading import intake as store
 from webhooks import services as intake
 
 pytestmark = pytest.mark.django_db(transaction=True)  # autocommit, as in production
@@ -50,7 +51,7 @@ def test_concurrent_alerts_share_commits_and_each_is_stored_and_queued_once(make
     try:
         # This process now holds the strategy: guarded INSERTs from here on.
         (warm,) = _deliver(hook, [hook.body(id="warm")])
-        group = intake._group()
+        group = store.group_commit()
         batches, rows = group.batches, group.rows
         bodies = [hook.body(id=f"u{i}") for i in range(24)] + [hook.body(id=f"d{i % 4}") for i in range(16)]
         results = _deliver(hook, bodies)
@@ -72,13 +73,13 @@ def test_concurrent_alerts_share_commits_and_each_is_stored_and_queued_once(make
         flush_broker()
 
 
-def _row(hook: Any, key: str, quantity: str = "0.01", secret_hash: str | None = None) -> intake._Row:
+def _row(hook: Any, key: str, quantity: str = "0.01", secret_hash: str | None = None) -> store.SignalRow:
     strategy = hook.strategy
     values = {"strategy_id": strategy.pk, "account_id": strategy.account_id, "source": "webhook",
               "idempotency_key": key, "action": "buy", "symbol": strategy.symbol, "quantity": Decimal(quantity),
               "payload": {"id": key}, "received_at": timezone.now(), "status": Signal.Status.RECEIVED.value}
     checks = [] if secret_hash is None else [strategy.pk, strategy.symbol, strategy.account_id, secret_hash]
-    return intake._Row(values, checks, enqueue=False)
+    return store.SignalRow(values, checks, enqueue=False)
 
 
 def test_a_row_the_database_refuses_fails_alone_and_a_stale_guard_stores_nothing(make_hook) -> None:
@@ -87,7 +88,7 @@ def test_a_row_the_database_refuses_fails_alone_and_a_stale_guard_stores_nothing
     good = hook.strategy.webhook_secret_hash
     rows = [_row(hook, "k1"), _row(hook, "k2", quantity="1e30"),  # numeric(38, 18) overflows
             _row(hook, "k3", secret_hash=good), _row(hook, "k4", secret_hash="0" * 64), _row(hook, "k1")]
-    results = intake._rows_write(rows)
+    results = store.signals_write(rows)
 
     assert isinstance(results[1], (DatabaseError, ArithmeticError))  # refused by the database or its adapter
     k1, k3 = Signal.objects.get(idempotency_key="k1"), Signal.objects.get(idempotency_key="k3")
@@ -104,7 +105,7 @@ def test_one_batch_statement_writes_new_rows_skips_a_repeat_and_a_stale_guard(ma
     good = hook.strategy.webhook_secret_hash
     rows = [_row(hook, "b1"), _row(hook, "b2", quantity="0.123456789012345678", secret_hash=good),
             _row(hook, "b3", secret_hash="0" * 64), _row(hook, "b1")]
-    results = intake._rows_write(rows)  # no row is refused: one INSERT for all four
+    results = store.signals_write(rows)  # no row is refused: one INSERT for all four
 
     b1, b2 = Signal.objects.get(idempotency_key="b1"), Signal.objects.get(idempotency_key="b2")
     assert results == [(b1.pk, False), (b2.pk, False), (None, False), (None, False)]

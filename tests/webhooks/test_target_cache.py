@@ -12,7 +12,7 @@ from django.db import connection
 
 from trading import services
 from trading.models import Signal
-from webhooks import services as intake
+from webhooks import targets as intake
 
 pytestmark = pytest.mark.django_db(transaction=True)  # autocommit, as in production
 
@@ -35,7 +35,7 @@ def test_a_change_made_elsewhere_takes_effect_on_the_next_alert(make_hook, post)
     hook = make_hook()
     sid = hook.strategy.pk
     assert post(hook.body(id="a1")).status_code == 202
-    assert hook.strategy.slug in intake._targets  # this process now holds the strategy
+    assert hook.strategy.slug in intake.targets  # this process now holds the strategy
 
     _elsewhere("UPDATE trading_strategy SET status = 'paused' WHERE id = %s", sid)
     paused = post(hook.body(id="a2"))
@@ -81,4 +81,4 @@ def test_an_unknown_strategy_is_never_kept(make_hook, post) -> None:
     hook = make_hook()
     assert post(hook.body(strategy="no-such-strategy", id="x")).status_code == 401
     assert post(hook.body(passphrase="w" * 40, id="y")).status_code == 401
-    assert "no-such-strategy" not in intake._targets and hook.strategy.slug not in intake._targets
+    assert "no-such-strategy" not in intake.targets and hook.strategy.slug not in intake.targets
