@@ -108,7 +108,7 @@ def test_every_variable_the_code_reads_is_documented() -> None:
     reads = set()
     for rel in ("tradesite/settings.py", "tradesite/bootstrap.py", "tradesite/healthcheck.py", "trading/venues.py"):
         reads |= _env_reads(ROOT / rel)
-    from webhooks.services import DEFAULTS
+    from webhooks.config import DEFAULTS
 
     reads |= set(DEFAULTS)
     assert {"SECRET_KEY", "DATABASE_URL", "TRADESITE_HTTPS", "ADMIN_USERNAME", "WEBHOOK_ALLOWED_IPS"} <= reads
