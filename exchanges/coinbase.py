@@ -559,11 +559,6 @@ class CoinbaseConnector(Connector):
         if request.leverage is not None and request.leverage != 1:
             raise InvalidOrderError(f"coinbase spot trades without leverage (asked {request.leverage}x)",
                                     venue=VENUE)
-        if qty <= 0:
-            raise InvalidOrderError(f"quantity rounds to zero at the lot size {market.lot_size}", venue=VENUE)
-        if qty < market.min_qty:
-            raise InvalidOrderError(f"quantity {qty} is below the minimum {market.min_qty} {market.base}",
-                                    venue=VENUE)
         if request.type is OrderType.MARKET:
             if request.side is Side.SELL:
                 configuration = {"market_market_ioc": {"base_size": _wire(qty)}}
@@ -576,8 +571,7 @@ class CoinbaseConnector(Connector):
                                             f"{market.min_notional}", venue=VENUE)
                 configuration = {"market_market_ioc": {"quote_size": _wire(quote_size)}}
         elif request.type is OrderType.LIMIT:
-            if request.price is None or request.price <= 0:
-                raise InvalidOrderError("a limit order needs a positive price", venue=VENUE)
+            assert request.price is not None  # Connector.create_order checked it
             if qty * request.price < market.min_notional:
                 raise InvalidOrderError(f"order value {qty * request.price} {market.quote} is below the minimum "
                                         f"{market.min_notional}", venue=VENUE)
@@ -585,8 +579,7 @@ class CoinbaseConnector(Connector):
                                                  "post_only": bool(request.post_only)}}
         else:
             trigger = request.trigger_price
-            if trigger is None or trigger <= 0:
-                raise InvalidOrderError(f"a {request.type.value} order needs a positive trigger price", venue=VENUE)
+            assert trigger is not None  # Connector.create_order checked it
             # Coinbase has stop-limit only: the limit goes through the trigger so it trades once triggered.
             if request.side is Side.SELL:
                 limit = round_down(trigger * (1 - STOP_LIMIT_SLIPPAGE), market.tick_size)
@@ -600,9 +593,7 @@ class CoinbaseConnector(Connector):
         return {"client_order_id": request.client_order_id, "product_id": self._product_id(request.symbol),
                 "side": side, "order_configuration": configuration}
 
-    def create_order(self, request: OrderRequest) -> VenueOrder:
-        market = self.market(request.symbol)
-        request = self.quantize(request)
+    def _create_order(self, request: OrderRequest, market: Market) -> VenueOrder:
         body = self._order_body(request, market)
         reply = self._dict(self._call("v3PrivatePostBrokerageOrders", body, action="create",
                                       context=f"create order {request.client_order_id}"),

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from functools import cache
@@ -817,27 +817,28 @@ class SynthetixConnector(Connector):
 
     # ---- orders
 
-    def create_order(self, request: OrderRequest) -> VenueOrder:
+    def quantize(self, request: OrderRequest) -> OrderRequest:
+        """Round the size down to the lot; a price stays as asked (the acceptable price is rounded from it)."""
+        return replace(request, quantity=self.market(request.symbol).round_qty(request.quantity))
+
+    def _order_placed(self, request: OrderRequest) -> VenueOrder | None:
+        """Return the order this client id committed (from the journal), resolving it as after a send."""
+        key = f"tx:{request.client_order_id}"
+        existing = self._journal.get(key) if request.client_order_id else None
+        if existing is None:
+            return None
+        with self._signing():
+            entry = self._resolve(key, dict(existing), rebroadcast=True)
+        return self._order_after_send(key, entry)
+
+    def _create_order(self, request: OrderRequest, market: Market) -> VenueOrder:
         """Commit an async market order (acceptable price = reference +- slippage) and wait for its settlement."""
-        if not request.client_order_id:
-            raise InvalidOrderError("client_order_id is required", venue=VENUE)
         info = self._info(request.symbol)
         key = f"tx:{request.client_order_id}"
-        existing = self._journal.get(key)
-        if existing is not None:
-            with self._signing():
-                entry = self._resolve(key, dict(existing), rebroadcast=True)
-            return self._order_after_send(key, entry)
         if request.type is not OrderType.MARKET:
             raise InvalidOrderError(f"Synthetix perps v3 takes only market orders (async, keeper-settled), not "
-                                    f"{request.type.value}", venue=VENUE)
-        if request.post_only:
-            raise InvalidOrderError("Synthetix perps v3 has no post-only orders", venue=VENUE)
-        market = info.market
-        quantity = market.round_qty(request.quantity)
-        if quantity <= 0 or quantity < market.min_qty:
-            raise InvalidOrderError(f"quantity {request.quantity} is below the minimum {market.min_qty} "
-                                    f"for {request.symbol}", venue=VENUE)
+                                    f"{request.type.value}", venue=VENUE)  # so no post-only either
+        quantity = request.quantity
         account_id = self.account_id()
         if request.reduce_only:
             size = from_units(self._rpc(

@@ -217,6 +217,15 @@ class ConnectorContract:
             venue.connector.create_order(request(venue, Side.BUY, below))
         assert venue.connector.open_orders() == []
 
+    def test_a_malformed_order_is_refused_before_it_reaches_the_venue(self, venue: ContractVenue) -> None:
+        good = request(venue, Side.BUY)
+        for bad in (dataclasses.replace(good, quantity=Decimal("NaN")), dataclasses.replace(good, type=OrderType.LIMIT),
+                    dataclasses.replace(good, post_only=True), dataclasses.replace(good, price=Decimal("-1"))):
+            with pytest.raises(InvalidOrderError):
+                venue.connector.create_order(bad)
+        assert venue.connector.open_orders() == []
+        assert venue.connector.fetch_order_by_client_id(venue.symbol, good.client_order_id) is None
+
     def test_positions_follow_fills(self, venue: ContractVenue) -> None:
         if not venue.connector.capabilities.positions:
             pytest.skip("venue has no positions")
