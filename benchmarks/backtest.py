@@ -126,7 +126,8 @@ def _status_kb(field: str) -> int:
 def worker_ours(path: str, repeats: int) -> dict[str, Any]:
     import tracemalloc
 
-    from strategies.backtest import BacktestConfig, load_csv, run
+    from strategies.backtest import BacktestConfig, run
+    from strategies.candles import load_csv
 
     candles = load_csv(path)
     config = BacktestConfig("rsi", cash=Decimal("10000"), fee=Decimal("0.001"))

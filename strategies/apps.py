@@ -13,7 +13,22 @@ class StrategiesConfig(AppConfig):
         for name, rule in RULES.items():
             strategy_kind_register(name, rule.validate)
 
-        from strategies import marketdata, schedules
+        from strategies import schedules
 
         schedules.connect()  # the StrategyManager's beat tick, created after migrate
-        marketdata.atr_provider_connect()  # ATR-multiple exits read ATR(14) from the candle store
+        _atr_provider_connect()  # ATR-multiple exits read ATR(14) from the candle store
+
+
+_connected = False
+
+
+def _atr_provider_connect() -> None:
+    """Let the engine take ATR-multiple exits' ATR from the candle store (once per process)."""
+    global _connected
+    if _connected:
+        return
+    from strategies.selectors import atr_from_store
+    from trading.decision import atr_provider_register
+
+    atr_provider_register(atr_from_store)
+    _connected = True

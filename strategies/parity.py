@@ -1,7 +1,7 @@
 """Paper-vs-backtest parity: replay candles through the paper engine and backtest the same candles; diff trades.
 
 The paper side is the real thing: a fresh paper account and strategy (created through the trading services),
-the candles replayed with `marketdata.replay_step` (candle t closes, t+1's open becomes the price, the
+the candles replayed with `replay.replay_step` (candle t closes, t+1's open becomes the price, the
 strategy evaluates t through `services.strategy_evaluate`), and the signals processed by the engine, inline or
 by real Celery workers (the replay then waits until each signal is settled before the next candle). Paper
 trades are rebuilt from the Fill rows (entry fills -> exit fills); a fill's time is the open of the candle
@@ -30,9 +30,10 @@ from typing import Any
 
 from django.utils import timezone
 
+from exchanges.base import VenueCandle, datetime_to_ms, ms_to_datetime
 from strategies import backtest
-from strategies.marketdata import CandleRow, Dispatch, datetime_to_ms, replay_pairs, replay_step
 from strategies.models import Candle
+from strategies.replay import Dispatch, replay_pairs, replay_step
 from strategies.selectors import candles_from_rows
 from strategies.services import CandleImportError, candles_import
 from trading import services as trading_services
@@ -119,7 +120,7 @@ def paper_backtest_compare(
     *,
     kind: str,
     params: Mapping[str, Any],
-    rows: Sequence[CandleRow],
+    rows: Sequence[VenueCandle],
     symbol: str,
     timeframe: str,
     venue: str = "paper",
@@ -129,12 +130,14 @@ def paper_backtest_compare(
     workers: bool = False,
     clear_store: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    lines: Sequence[int] = (),
 ) -> ParityReport:
     """Replay rows through a fresh paper strategy and backtest the same rows; return both trade lists and diffs.
 
     With workers=True the signals are processed by Celery workers (the replay waits for each to settle);
     else inline. clear_store=True first deletes the market's stored candles (only inside a transaction the
-    caller rolls back): live evaluation must see exactly the replayed candles, as the backtest does.
+    caller rolls back): live evaluation must see exactly the replayed candles, as the backtest does. `lines`: each
+    row's line in its file, to name a row the store disagrees with.
     """
     if len(rows) < 2:
         raise ParityError("need at least 2 candles")
@@ -146,7 +149,7 @@ def paper_backtest_compare(
                           "live indicators would warm up on them and the backtest would not; use a scratch "
                           "database (or the command's default, which rolls back)")
     try:
-        candles_import(venue=venue, symbol=symbol, timeframe=timeframe, rows=rows, by=ACTOR)
+        candles_import(venue=venue, symbol=symbol, timeframe=timeframe, rows=rows, lines=lines, by=ACTOR)
     except CandleImportError as exc:
         raise ParityError(f"the store disagrees with the replayed candles: {exc}") from exc
 
@@ -274,7 +277,7 @@ def backtest_config(strategy: Strategy) -> backtest.BacktestConfig:
     )
 
 
-def backtest_trades(strategy: Strategy, rows: Sequence[CandleRow]) -> list[TradeRow]:
+def backtest_trades(strategy: Strategy, rows: Sequence[VenueCandle]) -> list[TradeRow]:
     """Backtest the strategy on the rows (as the store's floats) and return its trades."""
     candles = candles_from_rows([(r.open_time, r.open, r.high, r.low, r.close, r.volume) for r in rows])
     result = backtest.run(candles, backtest_config(strategy))
@@ -301,8 +304,6 @@ def trades_diff(paper: Sequence[TradeRow], tested: Sequence[TradeRow]) -> list[D
 
 def report_lines(report: ParityReport) -> list[str]:
     """A trade-by-trade table of both sides, the differences, and the summary line `differences: N`."""
-    from strategies.marketdata import ms_to_datetime
-
     def when(ms: int | None) -> str:
         return "-" if ms is None else f"{ms_to_datetime(ms):%Y-%m-%d %H:%M}"
 

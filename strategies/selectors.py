@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
+from decimal import Decimal
 
 import numpy as np
 from django.db import connection
 from django.db.models import BigIntegerField, F, FloatField, Func, QuerySet, TextField
 from django.db.models.functions import Cast
 
+from exchanges.base import VenueCandle, datetime_to_ms, ms_to_datetime
 from strategies.base import Candles
-from strategies.marketdata import CandleRow, datetime_to_ms, timeframe_delta
+from strategies.candles import ATR_MAX_AGE_BARS, ATR_PERIOD, ATR_WINDOW, atr_value, timeframe_delta
 from strategies.models import BacktestRun, Candle, StrategyEvaluation
 from trading.models import Strategy
 
@@ -62,7 +64,7 @@ def candles_from_rows(data: list[tuple]) -> Candles:  # type: ignore[type-arg]
 
 def candle_rows_read(venue: str, symbol: str, timeframe: str, *, since: datetime | None = None,
                      until: datetime | None = None, limit: int | None = None,
-                     chunk: int = 5000) -> Iterator[CandleRow]:
+                     chunk: int = 5000) -> Iterator[VenueCandle]:
     """Stored candles as exact Decimal rows, oldest first, streamed in chunks (for replays)."""
     rows = _market(venue, symbol, timeframe).order_by("open_time")
     if until is not None:
@@ -78,7 +80,7 @@ def candle_rows_read(venue: str, symbol: str, timeframe: str, *, since: datetime
         if not batch:
             return
         for r in batch:
-            yield CandleRow(*r)
+            yield VenueCandle(*r)
         after, first = batch[-1][0], False
         if left is not None:
             left -= len(batch)
@@ -107,6 +109,19 @@ def candles_count(venue: str, symbol: str, timeframe: str, *, since: datetime | 
     return (rows if since is None else rows.filter(open_time__gte=since)).count()
 
 
+def atr_from_store(strategy: Strategy, now: datetime) -> Decimal | None:
+    """ATR(14) of the strategy's market at its last closed candle (None without enough fresh candles)."""
+    step = timeframe_delta(strategy.timeframe)
+    candles = candles_read(strategy.account.venue, strategy.symbol, strategy.timeframe, until=now - step,
+                           limit=ATR_WINDOW)
+    if len(candles) <= ATR_PERIOD:
+        return None
+    last_close = ms_to_datetime(int(candles.time[-1])) + step
+    if now - last_close > ATR_MAX_AGE_BARS * step:
+        return None  # the store is behind: no ATR rather than a stale one
+    return atr_value(candles)
+
+
 def strategies_for_market(*, venue: str, symbol: str, timeframe: str) -> list[int]:
     """Ids of the active indicator strategies that trade a market on a timeframe."""
     from strategies.library import RULES
@@ -132,8 +147,6 @@ def backtest_run_list() -> QuerySet[BacktestRun]:
 
 def backtest_equity(run: BacktestRun) -> dict[str, list]:  # type: ignore[type-arg]
     """A run's equity after each closed trade and its drawdown (%), from its stored trades (Decimal as strings)."""
-    from decimal import Decimal
-
     cash = Decimal(str((run.config or {}).get("cash", "10000")))
     start_ms = run.trades[0]["entry_time"] if run.trades else (datetime_to_ms(run.start) if run.start else 0)
     times, equity, drawdown = [start_ms // 1000], [str(cash)], ["0"]
@@ -192,8 +205,8 @@ def backtest_equity_bars(run: BacktestRun, *, points: int = 1000) -> dict[str, l
 
 
 def _equity_bars(run: BacktestRun, points: int) -> dict[str, list] | None:  # type: ignore[type-arg]
-    from strategies.backtest import run as backtest
-    from strategies.services import _backtest_config
+    from strategies.backtest import config_from_json, run as backtest
+    from trading.fields import column_error
 
     if candles_count(run.venue, run.symbol, run.timeframe, since=run.start) > BARS_CHART_MAX_CANDLES:
         return None
@@ -201,7 +214,7 @@ def _equity_bars(run: BacktestRun, points: int) -> dict[str, list] | None:  # ty
     if len(candles) < 2:
         return None
     try:
-        result = backtest(candles, _backtest_config(run.kind, run.params, run.config))
+        result = backtest(candles, config_from_json(run.kind, run.params, run.config, fits=column_error))
     except (ValueError, ArithmeticError):
         return None
     if len(result.trades) != len(run.trades) or (result.trades and str(result.trades[-1].pnl) != run.trades[-1]["pnl"]):

@@ -17,7 +17,6 @@ Evaluation of one (strategy, closed candle):
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,18 +26,15 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from exchanges.base import Side
+from exchanges.base import Side, VenueCandle, datetime_to_ms
 from strategies.base import last_bar_action
-from strategies.marketdata import CandleRow, RowError, atr_value, datetime_to_ms
+from strategies.candles import RowError, atr_value, timeframe_delta
 from strategies.models import BacktestRun, Candle, StrategyEvaluation
 from trading.audit import audit
 from trading.fields import column_error
 from trading.intake import signal_create
 from trading.models import Order, Position, Strategy, VenueAccount
 from trading.services import TIMEFRAMES
-
-if TYPE_CHECKING:
-    from strategies.backtest import BacktestConfig
 
 log = logging.getLogger("strategies.services")
 
@@ -65,9 +61,12 @@ class CandleImportError(Exception):
         self.errors = list(errors)
 
 
-def candles_import(*, venue: str, symbol: str, timeframe: str, rows: Sequence[CandleRow], by: str,
-                   progress: Callable[[int, int], None] | None = None, now: datetime | None = None) -> ImportResult:
+def candles_import(*, venue: str, symbol: str, timeframe: str, rows: Sequence[VenueCandle], by: str,
+                   lines: Sequence[int] = (), progress: Callable[[int, int], None] | None = None,
+                   now: datetime | None = None) -> ImportResult:
     """Store validated candles all or nothing: new ones inserted, identical ones skipped, differing ones refused.
+
+    `lines`: each row's line in its file (`ParsedCsv.lines`), to name a disagreeing row (0 when not given).
 
     A stored candle is never overwritten: a re-import of the same file changes nothing, and a file that
     disagrees with the store raises CandleImportError with the disagreeing lines (data integrity over
@@ -86,7 +85,7 @@ def candles_import(*, venue: str, symbol: str, timeframe: str, rows: Sequence[Ca
                 ).values_list("open_time", "open", "high", "low", "close", "volume")
             }
             fresh = []
-            for row in chunk:
+            for offset, row in enumerate(chunk):
                 values = (row.open, row.high, row.low, row.close, row.volume)
                 existing = stored.get(row.open_time)
                 if existing is None:
@@ -96,8 +95,9 @@ def candles_import(*, venue: str, symbol: str, timeframe: str, rows: Sequence[Ca
                 elif tuple(existing) == values:
                     unchanged += 1
                 else:
-                    conflicts.append(RowError(row.line, "differs from the stored candle "
-                                                        f"{'/'.join(str(v) for v in existing)}"))
+                    line = lines[start + offset] if lines else 0
+                    conflicts.append(RowError(line, "differs from the stored candle "
+                                                    f"{'/'.join(str(v) for v in existing)}"))
             # ignore_conflicts: a concurrent import of the same candles is not an error.
             Candle.objects.bulk_create(fresh, ignore_conflicts=True)
             inserted += len(fresh)
@@ -236,7 +236,6 @@ def candles_refresh(*, account: VenueAccount, symbol: str, timeframe: str, now: 
     next tick, never fatal to the strategies that read the store.
     """
     from exchanges.errors import VenueError
-    from strategies.marketdata import timeframe_delta
     from trading.venues import connector_for
 
     now = now or timezone.now()
@@ -257,8 +256,7 @@ def candles_refresh(*, account: VenueAccount, symbol: str, timeframe: str, now: 
                 c.high < max(c.open, c.close) or c.low > min(c.open, c.close):
             log.warning("venue %s sent an impossible %s candle at %s: skipped", account.venue, symbol, c.open_time)
             continue
-        rows.append(CandleRow(open_time=c.open_time, open=c.open, high=c.high, low=c.low, close=c.close,
-                              volume=c.volume))
+        rows.append(c)
     if not rows:
         return 0
     return candles_import(venue=account.venue, symbol=symbol, timeframe=timeframe, rows=rows, by="candles_refresh",
@@ -274,6 +272,7 @@ def backtest_run_create(*, kind: str, params: dict, symbol: str, timeframe: str,
     """Store a backtest request (validated) and queue it for a worker after commit."""
     from django.core.exceptions import ValidationError
 
+    from strategies.backtest import config_problems
     from strategies.library import RULES
     from strategies.tasks import backtest_run_task
 
@@ -284,7 +283,8 @@ def backtest_run_create(*, kind: str, params: dict, symbol: str, timeframe: str,
     else:
         for field, problems in RULES[kind].validate(params or {}).items():
             errors[f"params.{field}"] = problems
-    problems = _backtest_config_problems(config or {}) if isinstance(config or {}, dict) else ["must be an object"]
+    problems = (config_problems(config or {}, fits=column_error) if isinstance(config or {}, dict)
+                else ["must be an object"])
     if problems:
         errors["config"] = problems
     if timeframe not in TIMEFRAMES:
@@ -314,69 +314,10 @@ def backtest_run_create(*, kind: str, params: dict, symbol: str, timeframe: str,
     return run
 
 
-# Each config number: (lowest, whether the lowest is allowed, highest allowed or None, what it means).
-_CONFIG_NUMBERS: dict[str, tuple[Decimal, bool, Decimal | None, str]] = {
-    "cash": (Decimal(0), False, None, "starting cash in quote, above 0"),
-    "fee": (Decimal(0), True, Decimal("0.999999"), "the taker fee as a fraction of the notional, from 0 to below 1 "
-                                                    "(0.001 is 0.1 %)"),
-    "slippage_bps": (Decimal(0), True, Decimal(10000), "slippage in basis points, from 0 to 10000"),
-}
-
-
-_CONFIG_FIELDS = {"cash", "fee", "slippage_bps", "sizing", "allow_short"}
-
-
-def _backtest_config_problems(config: dict) -> list[str]:
-    """Each problem of a backtest's config, naming its field ("fee: ..."); [] when it is good."""
-    problems = []
-    unknown = set(config) - _CONFIG_FIELDS
-    if unknown:
-        problems.append(f"unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
-                        f"allowed: {', '.join(sorted(_CONFIG_FIELDS))}")
-    for key, (lowest, lowest_ok, highest, meaning) in _CONFIG_NUMBERS.items():
-        if key not in config:
-            continue
-        raw = config[key]
-        value = None
-        if isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
-            try:
-                value = Decimal(str(raw).strip())
-            except ArithmeticError:
-                value = None
-        if value is None or not value.is_finite():
-            problems.append(f"{key}: {raw!r} is not a decimal number; {meaning}")
-            continue
-        unfit = column_error(value) or (
-            meaning if value < lowest or (value == lowest and not lowest_ok) or (highest is not None and value > highest)
-            else None)
-        if unfit:
-            problems.append(f"{key}: {unfit}")
-    if "sizing" in config and config["sizing"] != "all-in":
-        problems.append("sizing: stored runs use sizing all-in (risk sizing needs a strategy's risk settings)")
-    if "allow_short" in config and not isinstance(config["allow_short"], bool) and config["allow_short"] not in (
-            "true", "false"):
-        problems.append(f"allow_short: true or false, not {config['allow_short']!r}")
-    return problems
-
-
-def _backtest_config(kind: str, params: dict, config: dict) -> BacktestConfig:
-    """The BacktestConfig of a stored run's config (ValueError naming each problem, as at launch)."""
-    from strategies.backtest import BacktestConfig
-
-    problems = _backtest_config_problems(config)
-    if problems:
-        raise ValueError("; ".join(problems))
-    values: dict[str, object] = {k: Decimal(str(config[k]).strip()) for k in _CONFIG_NUMBERS if k in config}
-    if "sizing" in config:
-        values["sizing"] = "all-in"
-    if "allow_short" in config:
-        values["allow_short"] = config["allow_short"] in (True, "true")  # "false" is a string, and truthy
-    return BacktestConfig(strategy=kind, params=params, **values)  # type: ignore[arg-type]
-
-
 def backtest_run_execute(*, run_id: int, now: datetime | None = None) -> BacktestRun:
     """Run a queued backtest on stored candles, recording progress, metrics and trades (idempotent)."""
-    from strategies.backtest import result_to_json, run as backtest
+    from strategies.backtest import config_from_json, run as backtest
+    from strategies.report import result_to_json
     from strategies.selectors import candles_read
 
     claimed = BacktestRun.objects.filter(pk=run_id, status=BacktestRun.Status.QUEUED).update(
@@ -396,7 +337,8 @@ def backtest_run_execute(*, run_id: int, now: datetime | None = None) -> Backtes
         candles = candles_read(record.venue, record.symbol, record.timeframe, since=record.start, until=record.end)
         if len(candles) < 2:
             raise ValueError(f"only {len(candles)} stored candle(s) of {record.symbol} {record.timeframe} in range")
-        result = backtest(candles, _backtest_config(record.kind, record.params, record.config), progress=progress)
+        result = backtest(candles, config_from_json(record.kind, record.params, record.config, fits=column_error),
+                          progress=progress)
         data = result_to_json(result)
     except Exception as exc:  # noqa: BLE001 - a failed run is recorded with its reason, never retried blindly
         BacktestRun.objects.filter(pk=run_id).update(status=BacktestRun.Status.FAILED, error=str(exc)[:2000],

@@ -9,7 +9,7 @@ from celery import shared_task
 def strategy_evaluate_task(strategy_id: int, candle_open_ms: int) -> str:
     """Evaluate one strategy on one closed candle (a no-op when that bar was evaluated already)."""
     from strategies import services
-    from strategies.marketdata import ms_to_datetime
+    from exchanges.base import ms_to_datetime
 
     evaluation = services.strategy_evaluate(strategy_id=strategy_id, candle_open_time=ms_to_datetime(candle_open_ms))
     return "skipped" if evaluation is None else (evaluation.action or "none")

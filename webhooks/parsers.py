@@ -10,12 +10,13 @@ from datetime import datetime, timedelta, timezone
 from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
+from exchanges.base import EPOCH
+
 MAX_BODY_BYTES = 8 * 1024
 # Bounds that every Decimal(38, 18) column can hold exactly.
 _MAX_ABS = Decimal("1e15")
 _MIN_EXPONENT = -18
 _MAX_TEXT = 128
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 ACTIONS: dict[str, str] = {
     "buy": "open_long", "long": "open_long",
@@ -183,7 +184,7 @@ def time_parse(raw: Any) -> datetime | None:
                 return None
             if seconds > Decimal("1e11"):
                 seconds /= 1000
-            return _EPOCH + timedelta(microseconds=int(seconds * 1_000_000))
+            return EPOCH + timedelta(microseconds=int(seconds * 1_000_000))
         if isinstance(raw, str) and len(raw) <= 40:
             value = datetime.fromisoformat(raw.strip().replace("Z", "+00:00").replace("z", "+00:00"))
             if value.tzinfo is None:

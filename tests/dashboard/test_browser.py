@@ -66,7 +66,7 @@ def shot(page: Any, name: str) -> None:
 
 def _candles(limit: int = 1500) -> None:
     from strategies import services
-    from strategies.marketdata import candles_parse_csv
+    from strategies.candles import candles_parse_csv
 
     parsed = candles_parse_csv(DATA, timeframe="1m")
     services.candles_import(venue="paper", symbol="ETH/BTC", timeframe="1m", rows=parsed.rows[:limit], by="test")

@@ -371,7 +371,7 @@ def test_backtest_result_draws_equity_at_every_candle(staff_client: Client, db: 
     from pathlib import Path
 
     from strategies import services as strategy_services
-    from strategies.marketdata import candles_parse_csv
+    from strategies.candles import candles_parse_csv
 
     parsed = candles_parse_csv(Path(__file__).resolve().parents[2] / "data" / "ETH_BTC-1m.csv", timeframe="1m")
     strategy_services.candles_import(venue="paper", symbol="ETH/BTC", timeframe="1m", rows=parsed.rows[:3000],

@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from strategies import services
-from strategies.marketdata import candles_parse_csv
+from strategies.candles import candles_parse_csv
 from strategies.models import BacktestRun
 from tests.conftest import wait_for
 

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from exchanges.base import VenueCandle, datetime_to_ms
 from strategies import services
 from strategies.base import Candles, Signals
+from strategies.candles import candles_parse_csv
 from strategies.library import RULES, RsiRule
-from strategies.marketdata import CandleRow, candles_parse_csv, datetime_to_ms
 from strategies.models import StrategyEvaluation
 from strategies.schedules import schedules_ensure
 from strategies.tasks import strategies_evaluate_due_task
@@ -26,16 +27,16 @@ DATA = Path(__file__).resolve().parents[2] / "data" / "ETH_BTC-1m.csv"
 PARAMS = {"period": 7, "oversold": 25, "overbought": 75}
 FIRST_ENTRY, SECOND_ENTRY = 11, 30  # with PARAMS, RSI(7) crosses up through 25 at the bundled file's candles 11, 30
 MINUTE = timedelta(minutes=1)
-_rows: list[CandleRow] = []
+_rows: list[VenueCandle] = []
 
 
-def rows() -> list[CandleRow]:
+def rows() -> list[VenueCandle]:
     if not _rows:
         _rows.extend(candles_parse_csv(DATA, timeframe="1m").rows)
     return _rows
 
 
-def _store(first: int, last: int) -> list[CandleRow]:
+def _store(first: int, last: int) -> list[VenueCandle]:
     selected = rows()[first:last]
     services.candles_import(venue="paper", symbol="ETH/BTC", timeframe="1m", rows=selected, by="test")
     return selected

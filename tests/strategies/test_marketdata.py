@@ -12,21 +12,15 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from exchanges.base import Side
-from exchanges.paper import DEFAULT_MARKETS, slipped_price
+from exchanges.base import Side, datetime_to_ms, ms_to_datetime
+from exchanges.fills import slipped_price
+from exchanges.paper import DEFAULT_MARKETS
 from strategies import indicators
 from strategies.management.commands.import_candles import Command as ImportCommand
-from strategies.marketdata import (
-    Dispatch,
-    atr_from_store,
-    candles_parse_csv,
-    datetime_to_ms,
-    ms_to_datetime,
-    replay_pairs,
-    replay_step,
-)
+from strategies.candles import candles_parse_csv
 from strategies.models import Candle
-from strategies.selectors import candles_closed_after, candles_last_closed, candles_read
+from strategies.replay import Dispatch, replay_pairs, replay_step
+from strategies.selectors import atr_from_store, candles_closed_after, candles_last_closed, candles_read
 from trading.models import AuditEvent, Fill, MarketPrice
 
 pytestmark = pytest.mark.django_db
@@ -118,7 +112,7 @@ def test_timestamps_off_the_timeframe_grid_are_bad_rows(tmp_path: Path) -> None:
     parsed = candles_parse_csv(_write(tmp_path, ROWS[:3]), timeframe="5m")  # 04:53, 04:54, 04:55
     assert [e.line for e in parsed.errors] == [2, 3]
     assert all("not on the 5m grid" in e.message for e in parsed.errors)
-    assert [r.line for r in parsed.rows] == [4]
+    assert parsed.lines == [4]
 
 
 def test_gaps_are_kept_without_forward_fill() -> None:

@@ -36,7 +36,7 @@ def test_a_second_soak_on_the_same_database_evaluates_bars_of_its_own(db, settin
     """The RSI strategy evaluates each bar once: a rerun must replay new bars, or it would evaluate nothing."""
     from django.core.management import call_command
 
-    from strategies.marketdata import candles_parse_csv
+    from strategies.candles import candles_parse_csv
     from strategies.models import StrategyEvaluation
 
     settings.VAR_DIR = tmp_path

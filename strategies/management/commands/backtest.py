@@ -15,15 +15,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from exchanges.paper import DEFAULT_MARKETS
-from strategies.backtest import (
-    SIZINGS,
-    BacktestConfig,
-    CsvError,
-    load_csv,
-    result_to_html,
-    result_to_json,
-    run,
-)
+from strategies.backtest import SIZINGS, BacktestConfig, run
+from strategies.candles import CsvError, load_csv
+from strategies.report import result_to_html, result_to_json
 from trading.domain import ExitMode, ExitRule, RiskLimits, SizingMode, SizingRule, StrategyRisk
 
 
@@ -64,7 +58,7 @@ class Command(BaseCommand):
 
         progress = None
         if not options["quiet_progress"]:
-            from strategies.marketdata import ProgressBar
+            from strategies.replay import ProgressBar
 
             bar = ProgressBar(self.stderr, "backtest")
             progress = lambda share: bar(int(share * 1000), 1000)  # noqa: E731

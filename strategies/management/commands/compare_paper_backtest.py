@@ -16,7 +16,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from strategies.marketdata import ProgressBar, candles_parse_csv, timeframe_delta
+from strategies.candles import candles_parse_csv, timeframe_delta
+from strategies.replay import ProgressBar
 from strategies.parity import ParityError, ParityReport, paper_backtest_compare, report_lines
 
 
@@ -64,10 +65,10 @@ class Command(BaseCommand):
             for error in parsed.errors[:50]:
                 self.stderr.write(str(error))
             raise CommandError(f"{len(parsed.errors)} bad row(s) in {options['file']}")
-        rows = parsed.rows[options["start"]:]
+        rows, lines = parsed.rows[options["start"]:], parsed.lines[options["start"]:]
         if options["limit"]:
-            rows = rows[:options["limit"]]
-        kwargs = dict(kind=options["strategy_kind"], params=params, rows=rows, symbol=options["symbol"],
+            rows, lines = rows[:options["limit"]], lines[:options["limit"]]
+        kwargs = dict(kind=options["strategy_kind"], params=params, rows=rows, lines=lines, symbol=options["symbol"],
                       timeframe=options["timeframe"], venue=options["venue"],
                       cash=_decimal("cash", options["cash"]), slippage_bps=_decimal("slippage-bps",
                                                                                    options["slippage_bps"]),

@@ -6,7 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from strategies.marketdata import ProgressBar, candles_parse_csv, timeframe_delta
+from strategies.candles import candles_parse_csv, timeframe_delta
+from strategies.replay import ProgressBar
 from strategies.services import CandleImportError, candles_import
 
 MAX_LISTED = 50
@@ -38,7 +39,8 @@ class Command(BaseCommand):
             self._fail(parsed.errors, what="bad row(s)")
         try:
             result = candles_import(venue=options["venue"], symbol=options["symbol"], timeframe=options["timeframe"],
-                                    rows=parsed.rows, by="import_candles", progress=bar("importing"))
+                                    rows=parsed.rows, lines=parsed.lines, by="import_candles",
+                                    progress=bar("importing"))
         except CandleImportError as exc:
             self._fail(exc.errors, what="row(s) that differ from stored candles")
         self.stdout.write(f"imported {result.inserted} candle(s), {result.unchanged} already stored "

@@ -1,6 +1,6 @@
 """`manage.py replay_candles --symbol ETH/BTC --timeframe 1m [--file CSV] [--speed N] [--limit N]`: a replay feed.
 
-See `strategies.marketdata` for what one step does. Without --file the candles come from the store; with it,
+See `strategies.replay` for what one step does. Without --file the candles come from the store; with it,
 the file is checked first (any bad row: nothing happens) and each candle is stored as it closes.
 """
 
@@ -14,15 +14,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.dateparse import parse_datetime
 
-from strategies.marketdata import (
-    Dispatch,
-    ProgressBar,
-    candles_parse_csv,
-    ms_to_datetime,
-    replay_pairs,
-    replay_step,
-    timeframe_delta,
-)
+from exchanges.base import ms_to_datetime
+from strategies.candles import candles_parse_csv, timeframe_delta
+from strategies.replay import Dispatch, ProgressBar, replay_pairs, replay_step
 from strategies.selectors import candle_rows_read, candles_count
 
 

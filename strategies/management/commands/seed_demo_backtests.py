@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from strategies import services
-from strategies.marketdata import candles_parse_csv
+from strategies.candles import candles_parse_csv
 from strategies.models import BacktestRun, Candle
 
 DEMO_CANDLES = 3000
