@@ -158,10 +158,10 @@ def test_backtest_config_errors_name_the_field_and_change_nothing(api: Any, db: 
     response = api.post("/api/backtests/", {"kind": "rsi", "symbol": "BTC/USD", "timeframe": "5m",
                                             "config": {"allow_short": "false", "fee": "0.002"}}, format="json")
     assert response.status_code == 202
-    from strategies.services import _backtest_config
+    from strategies.backtest import config_from_json
 
     run = BacktestRun.objects.get()
-    assert _backtest_config(run.kind, run.params, run.config).allow_short is False  # "false" is not true
+    assert config_from_json(run.kind, run.params, run.config).allow_short is False  # "false" is not true
 
 
 def test_backtest_errors_per_field(api: Any, db: Any) -> None:
