@@ -69,11 +69,11 @@ PNL_RELATIVE = 1e-9
 
 
 def _read(path: str) -> dict[str, np.ndarray]:
-    import pandas as pd
+    from strategies.candles import load_csv  # the one reader of the shared CSV, ours too
 
-    frame = pd.read_csv(path, dtype={"timestamp": np.int64, "open": np.float64, "high": np.float64,
-                                     "low": np.float64, "close": np.float64, "volume": np.float64})
-    return {name: np.ascontiguousarray(frame[name].to_numpy()) for name in frame.columns}
+    candles = load_csv(path)
+    return {"timestamp": candles.time, "open": candles.open, "high": candles.high, "low": candles.low,
+            "close": candles.close, "volume": candles.volume}
 
 
 def _candles(cols: dict[str, np.ndarray]) -> Any:
