@@ -20,7 +20,7 @@ from exchanges.fills import round_half_up, slipped_price
 from exchanges.paper import DEFAULT_MARKETS
 from strategies import backtest as bt
 from strategies.base import Candles, Param, Signals, StrategyRule
-from strategies.candles import CsvError, load_csv
+from strategies.candles import load_csv
 from strategies.library import RULES
 from strategies.report import result_to_json
 from trading.domain import ExitMode, ExitRule, RiskLimits, SizingMode, SizingRule, StrategyRisk
@@ -473,36 +473,6 @@ def test_progress_is_reported_up_to_one() -> None:
     bt.run(load_csv(ETH_1M), bt.BacktestConfig("rsi"), progress=seen.append)
     assert seen[-1] == 1.0 and len(seen) > 5
     assert seen == sorted(seen)
-
-
-def test_load_csv_reads_the_shared_format_exactly() -> None:
-    data = load_csv(ETH_1M)
-    assert len(data) == 14_397
-    assert data.time.dtype == np.int64 and data.open.dtype == np.float64
-    first = ETH_1M.read_text().splitlines()[1].split(",")
-    assert [repr(float(v)) for v in (data.open[0], data.high[0], data.low[0], data.close[0])] == first[1:5]
-
-
-@pytest.mark.parametrize(("body", "message"), [
-    ("1,1,1,1,1,1\n2,1,1,x,1,1\n3,1,1,1,1,1\n4,1\n", r"2 bad line\(s\): line 3: .*; line 5: expected 6 fields"),
-    ("1,1,1,1,1,1\n3,1,1,1,1,1\n2,1,1,1,1,1\n", r"sorted and unique: not after the previous row at line\(s\) 4"),
-    ("1,1,1,1,1,1\n2,1,1,1,1,1\n2,1,1,1,1,1\n", r"sorted and unique: not after the previous row at line\(s\) 4"),
-    ("1,1,1,1,1,1\n2,2,1.5,1,1,1\n", r"high below open or close at line\(s\) 3"),
-    ("1,1,1,1,1,1\n2,1,1,0,1,1\n", r"low above open or close at line\(s\) 3|positive"),
-    ("1,1,1,1,1,1\n2,1,1,1,,1\n", r"close is missing or not finite at line\(s\) 3"),
-])
-def test_load_csv_names_the_bad_lines(tmp_path: Path, body: str, message: str) -> None:
-    path = tmp_path / "bad.csv"
-    path.write_text("timestamp,open,high,low,close,volume\n" + body)
-    with pytest.raises(CsvError, match=message):
-        load_csv(path)
-
-
-def test_load_csv_wants_the_header(tmp_path: Path) -> None:
-    path = tmp_path / "bad.csv"
-    path.write_text("time,o,h,l,c,v\n1,1,1,1,1,1\n")
-    with pytest.raises(CsvError, match="line 1: header must be"):
-        load_csv(path)
 
 
 def test_result_to_json_keeps_decimals_as_strings() -> None:
