@@ -12,6 +12,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 from decimal import Context, Decimal
 
+from exchanges.errors import InvalidOrderError
+
 
 class Side(str, enum.Enum):
     BUY = "buy"
@@ -265,9 +267,70 @@ class Connector(abc.ABC):
                 continue
         return found
 
-    @abc.abstractmethod
     def create_order(self, request: OrderRequest) -> VenueOrder:
-        """Place an order; raise OrderStatusUnknownError when the outcome is ambiguous."""
+        """Place an order: checked, rounded to the market's lot and tick, then sent by the venue's `_create_order`.
+
+        An order the venue already holds under this client id is returned as it is. Raise InvalidOrderError for an
+        order no venue could take, OrderStatusUnknownError when the outcome is ambiguous."""
+        placed = self._order_placed(request)
+        if placed is not None:
+            return placed
+        self._check_order(request)
+        market = self.market(request.symbol)
+        rounded = self.quantize(request)
+        self._check_rounded(request, rounded, market)
+        return self._create_order(rounded, market)
+
+    def _create_order(self, request: OrderRequest, market: Market) -> VenueOrder:
+        """Send a checked order, already rounded to the market, and return the venue's view of it (the venue's hook).
+
+        Raise InvalidOrderError for what this venue refuses, OrderStatusUnknownError when the outcome is ambiguous.
+        """
+        # Not abstract: wrappers (resilience, latency) and test fakes override create_order itself.
+        raise NotImplementedError(f"{type(self).__name__} must implement _create_order")
+
+    def _order_placed(self, request: OrderRequest) -> VenueOrder | None:
+        """Return the order already placed under this client id when the venue can tell without a request, else None.
+
+        It is answered before any check: a retry of an order the venue took is never refused because the market's
+        rules moved since. A venue that keeps no local record answers in `_create_order` (or on the venue) instead.
+        """
+        return None
+
+    def _check_order(self, request: OrderRequest) -> None:
+        """Refuse, before any request, an order no venue could take; a venue extends it with its own checks."""
+        venue = self.capabilities.venue
+        if not request.client_order_id:
+            raise InvalidOrderError("client_order_id is required", venue=venue)
+        for name in ("quantity", "price", "trigger_price", "leverage"):
+            value = getattr(request, name)
+            if value is not None and not value.is_finite():
+                raise InvalidOrderError(f"{name} must be a finite number, got {value}", venue=venue)
+        for name in ("price", "trigger_price", "leverage"):
+            value = getattr(request, name)
+            if value is not None and value <= 0:
+                raise InvalidOrderError(f"{name} must be positive, got {value}", venue=venue)
+        if request.type is OrderType.LIMIT and request.price is None:
+            raise InvalidOrderError("a limit order needs a price", venue=venue)
+        if request.type in (OrderType.STOP, OrderType.TAKE_PROFIT) and request.trigger_price is None:
+            raise InvalidOrderError(f"a {request.type.value} order needs a trigger_price", venue=venue)
+        if request.post_only and request.type is not OrderType.LIMIT:
+            raise InvalidOrderError("post-only needs a limit order", venue=venue)
+
+    def _check_rounded(self, request: OrderRequest, rounded: OrderRequest, market: Market) -> None:
+        """Refuse an order whose size falls below the market's minimum, or a price to zero, once rounded."""
+        venue = self.capabilities.venue
+        if rounded.quantity <= 0 or rounded.quantity < market.min_qty:
+            raise InvalidOrderError(
+                f"quantity {request.quantity} is below the minimum {market.min_qty} (lot {market.lot_size}) "
+                f"on {market.symbol}",
+                venue=venue,
+            )
+        for name in ("price", "trigger_price"):
+            value = getattr(rounded, name)
+            if value is not None and value <= 0:
+                raise InvalidOrderError(f"{name} {getattr(request, name)} is below the smallest price of "
+                                        f"{market.symbol}", venue=venue)
 
     @abc.abstractmethod
     def cancel_order(self, symbol: str, venue_order_id: str) -> VenueOrder:

@@ -404,8 +404,9 @@ class HyperliquidConnector(Connector):
     def quantize(self, request: OrderRequest) -> OrderRequest:
         """Round size down to the lot and prices to the venue's rules, never past what was asked.
 
-        A limit buy rounds down and a limit sell up (a worse price for us is never sent); the reference price of a
-        market order and a trigger price round to the nearest valid price.
+        A limit buy rounds down and a limit sell up (a worse price for us is never sent); a trigger price rounds to
+        the nearest valid price. A market order's reference price is left as asked: its IOC limit is the reference
+        moved by the slippage, rounded once, inside the bound (`_slipped`).
         """
         market = self.market(request.symbol)
         _, _, sz_decimals = self._coin(request.symbol)
@@ -414,7 +415,8 @@ class HyperliquidConnector(Connector):
         return replace(
             request,
             quantity=market.round_qty(request.quantity),
-            price=None if request.price is None else round_price(request.price, sz_decimals, price_rounding),
+            price=(request.price if request.price is None or request.type is OrderType.MARKET
+                   else round_price(request.price, sz_decimals, price_rounding)),
             trigger_price=(None if request.trigger_price is None
                            else round_price(request.trigger_price, sz_decimals, ROUND_HALF_EVEN)),
         )
@@ -627,17 +629,12 @@ class HyperliquidConnector(Connector):
             return
         self.set_leverage(symbol, leverage)
 
-    def create_order(self, request: OrderRequest) -> VenueOrder:
-        if not request.quantity.is_finite() or request.quantity <= 0:
-            raise InvalidOrderError(f"quantity {request.quantity} must be positive", venue=VENUE)
+    def _check_order(self, request: OrderRequest) -> None:
+        super()._check_order(request)
         self._user()  # credentials first: a missing or malformed key fails before any request
-        q = self.quantize(request)
-        market = self.market(request.symbol)
+
+    def _create_order(self, request: OrderRequest, market: Market) -> VenueOrder:
         coin, asset, sz_decimals = self._coin(request.symbol)
-        if q.quantity <= 0:
-            raise InvalidOrderError(f"quantity {request.quantity} is below the lot size {market.lot_size}", venue=VENUE)
-        if request.post_only and request.type is not OrderType.LIMIT:
-            raise InvalidOrderError("post-only needs a limit order", venue=VENUE)
         if request.leverage is not None and not request.reduce_only:
             # Closing needs no margin, and a venue that refuses a leverage change must not block an exit.
             self._apply_leverage(request.symbol, request.leverage)
@@ -645,18 +642,16 @@ class HyperliquidConnector(Connector):
         buy = request.side is Side.BUY
         trigger: Decimal | None = None
         if request.type is OrderType.LIMIT:
-            if q.price is None or q.price <= 0:
-                raise InvalidOrderError("a limit order needs a price", venue=VENUE)
-            price = q.price
+            assert request.price is not None  # Connector.create_order checked it
+            price = request.price
             order_type: dict[str, Any] = {"limit": {"tif": "Alo" if request.post_only else "Gtc"}}
         elif request.type is OrderType.MARKET:
             reference = request.price if request.price is not None else self._mid(coin)
             price = self._slipped(reference, buy, sz_decimals)
             order_type = {"limit": {"tif": "Ioc"}}
         else:
-            trigger = q.trigger_price
-            if trigger is None or trigger <= 0:
-                raise InvalidOrderError(f"a {request.type.value} order needs a trigger price", venue=VENUE)
+            trigger = request.trigger_price
+            assert trigger is not None  # Connector.create_order checked it
             price = self._slipped(trigger, buy, sz_decimals)
             order_type = {"trigger": {"isMarket": True, "triggerPx": decimal_to_wire(trigger),
                                       "tpsl": "sl" if request.type is OrderType.STOP else "tp"}}
@@ -666,7 +661,7 @@ class HyperliquidConnector(Connector):
         cloid = cloid_for(request.client_order_id)
         if self.journal is not None and cloid[2:] != request.client_order_id:
             self.journal.put(_journal_key(cloid), {"client_order_id": request.client_order_id})
-        wire = {"a": asset, "b": buy, "p": decimal_to_wire(price), "s": decimal_to_wire(q.quantity),
+        wire = {"a": asset, "b": buy, "p": decimal_to_wire(price), "s": decimal_to_wire(request.quantity),
                 "r": request.reduce_only, "t": order_type, "c": cloid}
         action = order_wires_to_order_action([wire], None, "na")
         what = f"create {request.client_order_id}"
@@ -678,7 +673,7 @@ class HyperliquidConnector(Connector):
             (status,) = reply["response"]["data"]["statuses"]
         placed = VenueOrder(
             client_order_id=request.client_order_id, venue_order_id="", symbol=request.symbol, side=request.side,
-            type=request.type, status=VenueOrderStatus.OPEN, quantity=q.quantity, price=price, trigger_price=trigger,
+            type=request.type, status=VenueOrderStatus.OPEN, quantity=request.quantity, price=price, trigger_price=trigger,
             reduce_only=request.reduce_only,
         )
         return self._placed(placed, status, nonce)
