@@ -55,7 +55,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from django.utils import timezone
 
     from trading import engine, services
-    from trading.venues import price_set
+    from trading.prices import price_set
 
     try:
         account = services.account_create(data={"name": "cost", "venue": "paper", "network": "paper",

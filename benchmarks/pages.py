@@ -44,7 +44,7 @@ def populate(*, strategies: int, orders: int) -> None:
 
     from trading import services
     from trading.models import EquitySnapshot, Fill, MarketPrice, Order, Position, Signal, Strategy
-    from trading.venues import price_set
+    from trading.prices import price_set
 
     now = timezone.now()
     get_user_model().objects.create_user("bench", "bench@localhost", "bench-password-1", is_staff=True)

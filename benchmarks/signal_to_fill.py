@@ -287,7 +287,7 @@ def fixtures_create() -> list[Any]:
     from django.utils import timezone
 
     from trading import services
-    from trading.venues import price_set
+    from trading.prices import price_set
 
     account = services.account_create(data={
         "name": "bench-paper", "venue": "paper", "network": "paper", "paper_initial_cash": "1000000000",
@@ -318,7 +318,7 @@ class Monitor(threading.Thread):
         from django.utils import timezone
 
         from trading.models import Signal
-        from trading.venues import price_set
+        from trading.prices import price_set
 
         last_price = 0.0
         try:

@@ -198,7 +198,7 @@ def fixtures_create(venue: Venue, coins: Sequence[str]) -> Book:
     """Accounts (cash book opened from the venue), and one started live strategy per account and market."""
     from tests.fakes.live import small_quantity
     from trading import reconcile, services
-    from trading.venues import connector_for
+    from trading.connectors import connector_for
 
     accounts, by_market = [], {coin: [] for coin in coins}
     for i, prefix in enumerate(venue.prefixes):

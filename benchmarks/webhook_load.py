@@ -122,7 +122,7 @@ def _setup(env: dict[str, str]) -> tuple[str, str]:
     code = (
         "import django, json; django.setup()\n"
         "from decimal import Decimal\nfrom django.utils import timezone\n"
-        "from trading import services\nfrom trading.venues import price_set\n"
+        "from trading import services\nfrom trading.prices import price_set\n"
         "a = services.account_create(data={'name': 'bench', 'venue': 'paper', 'network': 'paper',"
         " 'paper_initial_cash': '100000000', 'max_leverage': '5'}, by='bench')\n"
         "s = services.strategy_create(data={'name': 'bench', 'slug': 'bench-webhook', 'kind': 'webhook',"
@@ -151,7 +151,7 @@ def _commits(args: argparse.Namespace) -> int:
 def _price_refresh(env: dict[str, str]) -> None:
     """A fresh market price, so that the worker's risk checks see a current one."""
     code = ("import django; django.setup()\nfrom decimal import Decimal\nfrom django.utils import timezone\n"
-            "from trading.venues import price_set\nprice_set('BTC/USD', Decimal('50000'), time=timezone.now())\n")
+            "from trading.prices import price_set\nprice_set('BTC/USD', Decimal('50000'), time=timezone.now())\n")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=120)
 
 

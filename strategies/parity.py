@@ -37,10 +37,10 @@ from strategies.replay import Dispatch, replay_pairs, replay_step
 from strategies.selectors import candles_from_rows
 from strategies.services import CandleImportError, candles_import
 from trading import services as trading_services
+from trading.connectors import connector_for
 from trading.decision import account_limits, strategy_risk
 from trading.fields import tidy
 from trading.models import Fill, Signal, Strategy, VenueAccount
-from trading.venues import connector_for
 
 FIELDS = ("entry_time", "exit_time", "side", "quantity", "entry_price", "exit_price", "fees", "pnl")
 ENTRY_FIELDS = ("entry_time", "side", "quantity", "entry_price")

@@ -3,7 +3,7 @@
 One step per candle t, in order:
 
 1. candle t becomes "closed": it is inserted into the store (when replaying from a file), and in the same
-   transaction the NEXT candle's open is published as the market's current price (`trading.venues.price_set`,
+   transaction the NEXT candle's open is published as the market's current price (`trading.prices.price_set`,
    stamped now, with the next candle's volume), so a signal from bar t's close fills at bar t+1's open --
    exactly the backtester's rule;
 2. the strategies of that market and timeframe evaluate candle t (inline through the service, or as Celery
@@ -32,7 +32,7 @@ from strategies.selectors import strategies_for_market
 from strategies.tasks import strategy_evaluate_task
 from trading.execution import signal_process
 from trading.monitor import positions_monitor
-from trading.venues import price_set
+from trading.prices import price_set
 from trading.tasks import price_arrived
 
 

@@ -236,7 +236,7 @@ def candles_refresh(*, account: VenueAccount, symbol: str, timeframe: str, now: 
     next tick, never fatal to the strategies that read the store.
     """
     from exchanges.errors import VenueError
-    from trading.venues import connector_for
+    from trading.connectors import connector_for
 
     now = now or timezone.now()
     latest = Candle.objects.filter(venue=account.venue, symbol=symbol, timeframe=timeframe).order_by(

@@ -48,7 +48,7 @@ def _venue_guards_reset() -> Iterator[None]:
     PAPER_FAULTS.clear()
     yield
     PAPER_FAULTS.clear()
-    from trading.venues import side_connections_close
+    from trading.sidedb import side_connections_close
 
     side_connections_close()  # the venue journal's own connections, before the test database is dropped
 
@@ -85,7 +85,7 @@ def make_strategy(db: Any) -> Callable[..., Any]:
 @pytest.fixture
 def set_price(db: Any) -> Callable[..., None]:
     """Publish a market price (now, unless a time is given) to the paper venue's feed."""
-    from trading.venues import price_set
+    from trading.prices import price_set
 
     def set_(symbol: str, price: str, *, volume: str | None = None, at: Any = None) -> None:
         price_set(symbol, Decimal(price), volume=None if volume is None else Decimal(volume),

@@ -20,6 +20,7 @@ from infra import rows
 from infra.rows import Rows, fetch_all, fetch_one, lock_clause
 from trading import pnl, risk
 from trading.audit import audit
+from trading.connectors import connector_for
 from trading.domain import (
     AccountView,
     Action,
@@ -39,7 +40,6 @@ from trading.domain import (
 )
 from trading.models import KillSwitch, Order, Position, Signal, Strategy, VenueAccount
 from trading.orders import _purpose, kill_switch_engaged, new_client_order_id, trading_setting
-from trading.venues import connector_for
 
 log = logging.getLogger("trading.engine")  # one logger for every room of the engine (log routing keys on it)
 

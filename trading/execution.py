@@ -21,6 +21,7 @@ from django.utils import timezone
 from exchanges.errors import VenueError
 from infra import rows
 from trading.audit import _audit_batch
+from trading.connectors import connector_for_id
 from trading.decision import (
     _DECISION_FIELDS,
     _earlier_pending,
@@ -32,12 +33,12 @@ from trading.decision import (
     _working_sql,
 )
 from trading.exits import exit_drive
+from trading.leases import order_send_lease
 from trading.logcontext import log_context
 from trading.models import Order, Position, Signal
 from trading.orders import _order_send, new_client_order_id
 from trading.protection import protection_enabled, protection_sync
 from trading.recording import _signal_conclude
-from trading.venues import connector_for_id, order_send_lease
 
 log = logging.getLogger("trading.engine")  # one logger for every room of the engine (log routing keys on it)
 

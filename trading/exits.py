@@ -20,8 +20,10 @@ from django.utils import timezone
 from exchanges.base import Connector, Side
 from exchanges.errors import VenueError
 from trading.audit import audit
+from trading.connectors import connector_for
 from trading.domain import Rule
 from trading.intake import signal_create
+from trading.leases import order_send_lease
 from trading.logcontext import log_context
 from trading.models import Order, Position, Signal, VenueAccount
 from trading.orders import (
@@ -35,7 +37,6 @@ from trading.orders import (
     order_sync,
 )
 from trading.recording import _plain, _signal_settle, order_apply_venue_state
-from trading.venues import connector_for, order_send_lease
 
 log = logging.getLogger("trading.engine")  # one logger for every room of the engine (log routing keys on it)
 

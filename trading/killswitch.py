@@ -9,12 +9,12 @@ from decimal import Decimal
 from django.utils import timezone
 
 from exchanges.errors import VenueError
+from trading.connectors import connector_for
 from trading.execution import signal_process
 from trading.exits import _exit_signal, _exits_working
 from trading.models import KillSwitch, Order, Position, Signal, VenueAccount
 from trading.orders import order_cancel
 from trading.recording import _plain
-from trading.venues import connector_for
 
 log = logging.getLogger("trading.engine")  # one logger for every room of the engine (log routing keys on it)
 

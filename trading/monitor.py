@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from exchanges.base import Connector
 from exchanges.errors import VenueError
+from trading.connectors import connector_for
 from trading.execution import signal_process
 from trading.exits import _exit_signal, _exits_working
 from trading.logcontext import log_context
@@ -24,7 +25,6 @@ from trading.models import Order, Position, Signal, VenueAccount
 from trading.protection import _trail, protection_enabled, protection_sync
 from trading.reconcile import live_orders_changed
 from trading.recording import order_apply_venue_state
-from trading.venues import connector_for
 
 log = logging.getLogger("trading.engine")  # one logger for every room of the engine (log routing keys on it)
 

@@ -2,7 +2,7 @@
 
 An order row with its client order id is committed as SUBMITTING before any venue call; an ambiguous venue failure
 makes it UNKNOWN, and recovery asks the venue by client id before anything is resent. No order is sent or looked up
-while another thread holds its send lease (trading/venues.py). What the venue answers is recorded by
+while another thread holds its send lease (trading/leases.py). What the venue answers is recorded by
 trading/recording.py.
 """
 
@@ -20,10 +20,11 @@ from django.utils import timezone
 from exchanges.base import Connector, OrderRequest, OrderType, Side
 from exchanges.errors import AuthError, InvalidOrderError, VenueError
 from trading.audit import audit
+from trading.connectors import connector_for
+from trading.leases import order_send_lease
 from trading.logcontext import log_context
 from trading.models import KillSwitch, Order, Position, Signal
 from trading.recording import _signal_settle, _venue_state_record, order_apply_venue_state
-from trading.venues import connector_for, order_send_lease
 
 log = logging.getLogger("trading.engine")  # one logger for every room of the engine (log routing keys on it)
 

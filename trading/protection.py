@@ -19,10 +19,11 @@ from django.utils import timezone
 from exchanges.base import Connector, OrderType, Side
 from exchanges.errors import VenueError
 from trading.audit import audit
+from trading.connectors import connector_for
 from trading.exits import _exits_working, _venue_net
+from trading.leases import order_send_lease
 from trading.models import Order, Position, Signal, Strategy, VenueAccount
 from trading.orders import _order_send, kill_switch_engaged, new_client_order_id, order_cancel
-from trading.venues import connector_for, order_send_lease
 
 log = logging.getLogger("trading.engine")  # one logger for every room of the engine (log routing keys on it)
 

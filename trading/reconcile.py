@@ -26,11 +26,11 @@ from django.utils import timezone
 from exchanges.base import Connector, VenueOrder
 from exchanges.errors import OrderNotFoundError, VenueError
 from trading.audit import audit
+from trading.connectors import connector_for
 from trading.models import AuditEvent, Fill, Order, Position, VenueAccount
 from trading.orders import UNACKNOWLEDGED, UNACKNOWLEDGED_WATCH_HOURS, order_cancel, order_sync
 from trading.protection import protections_sync
 from trading.recording import order_apply_venue_state
-from trading.venues import connector_for
 
 log = logging.getLogger("trading.reconcile")
 

@@ -316,7 +316,7 @@ def signal_decision_preview(*, strategy: Strategy, intent: Any, atr: Decimal | N
     from trading import risk
     from trading.decision import _account_view, _atr, account_limits, strategy_risk
     from trading.domain import MarketRules, Quote
-    from trading.venues import connector_for
+    from trading.connectors import connector_for
 
     with transaction.atomic():
         try:

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 from exchanges.base import CheckItem
 from exchanges.errors import TemporaryError
+from trading.connectors import connector_for
 from trading.models import VenueAccount
-from trading.venues import connector_for
 
 REDACTED = "[redacted]"
 _NOT_SECRET = {"ENDPOINT"}  # <PREFIX>_ENDPOINT points at another base URL; it is shown

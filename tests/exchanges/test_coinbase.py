@@ -473,7 +473,7 @@ def test_pkcs8_pem_is_accepted(venue_harness: VenueHarness) -> None:
 
 def test_an_account_reaches_the_fake_through_its_environment(venue_harness: VenueHarness, make_account: Any,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from trading.venues import connector_for
+    from trading.connectors import connector_for
 
     for name, value in venue_harness.env("CB_TEST").items():
         monkeypatch.setenv(name, value)

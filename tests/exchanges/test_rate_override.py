@@ -10,7 +10,7 @@ import pytest
 from exchanges import registry
 from exchanges.errors import VenueError
 from exchanges.resilience import VENUE_RATES
-from trading import venues
+from trading.connectors import connector_build
 from trading.models import VenueAccount
 
 
@@ -52,7 +52,7 @@ def test_the_accounts_environment_sets_its_budget_and_no_other(monkeypatch: pyte
             monkeypatch.setenv(f"{prefix}_RATE_LIMIT", limit)
     fast = VenueAccount.objects.create(name="fast", venue="synthetix", network="testnet", credentials_env="RATEFAST")
     plain = VenueAccount.objects.create(name="plain", venue="synthetix", network="testnet", credentials_env="RATEDEF")
-    venues._build(fast), venues._build(plain)
+    connector_build(fast), connector_build(plain)
     fast_limiter, _ = registry.guards("synthetix", "fast")
     plain_limiter, _ = registry.guards("synthetix", "plain")
     assert (fast_limiter.spec.rate, fast_limiter.spec.burst) == (2.0, 3.0)

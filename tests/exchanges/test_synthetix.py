@@ -674,7 +674,7 @@ def test_the_signed_transaction_outlives_a_rolled_back_transaction_in_the_durabl
         h: VenueHarness, monkeypatch: pytest.MonkeyPatch) -> None:
     from django.db import transaction
 
-    from trading.venues import DjangoVenueJournal
+    from trading.journal import DjangoVenueJournal
 
     before = connect(h, DjangoVenueJournal(4242))
     monkeypatch.setattr(before, "_broadcast", lambda key, entry: (_ for _ in ()).throw(Crash()))
@@ -695,7 +695,8 @@ def test_two_processes_signing_for_one_wallet_take_turns_through_the_journal_loc
         h: VenueHarness, monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    from trading.venues import DjangoVenueJournal, side_connections_close
+    from trading.journal import DjangoVenueJournal
+    from trading.sidedb import side_connections_close
 
     # Two connectors with nothing shared in memory (as two worker processes): only the durable journal.
     first, second = connect(h, DjangoVenueJournal(4343)), connect(h, DjangoVenueJournal(4343))

@@ -106,7 +106,7 @@ def _env_reads(path: Path) -> set[str]:
 
 def test_every_variable_the_code_reads_is_documented() -> None:
     reads = set()
-    for rel in ("tradesite/settings.py", "tradesite/bootstrap.py", "tradesite/healthcheck.py", "trading/venues.py"):
+    for rel in ("tradesite/settings.py", "tradesite/bootstrap.py", "tradesite/healthcheck.py", "trading/connectors.py"):
         reads |= _env_reads(ROOT / rel)
     from webhooks.config import DEFAULTS
 
@@ -117,8 +117,8 @@ def test_every_variable_the_code_reads_is_documented() -> None:
 
 
 def test_venue_credentials_are_documented_as_prefixed_variables() -> None:
-    """trading/venues.py reads `<credentials_env>_<KEY>` and `<PREFIX>_ENDPOINT`: the example shows each venue's."""
-    assert '_ENDPOINT' in (ROOT / "trading" / "venues.py").read_text()
+    """trading/connectors.py reads `<credentials_env>_<KEY>` and `<PREFIX>_ENDPOINT`: the example shows each venue's."""
+    assert '_ENDPOINT' in (ROOT / "trading" / "connectors.py").read_text()
     names = documented()
     for name in ("COINBASE_MAIN_API_KEY", "COINBASE_MAIN_API_SECRET_FILE", "HYPERLIQUID_MAIN_SECRET_KEY_FILE",
                  "HYPERLIQUID_MAIN_ACCOUNT_ADDRESS", "SYNTHETIX_MAIN_PRIVATE_KEY_FILE", "COINBASE_MAIN_ENDPOINT"):

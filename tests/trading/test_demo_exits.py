@@ -13,7 +13,7 @@ from django.utils import timezone
 from trading import engine, services
 from trading.management.commands.demo_feed import demo_signal
 from trading.models import PaperPosition, Position, Signal, Strategy, VenueAccount
-from trading.venues import price_set
+from trading.prices import price_set
 
 pytestmark = pytest.mark.django_db
 

@@ -211,7 +211,7 @@ def test_ambiguous_submit_is_recovered_by_client_id_without_a_second_order(make_
     assert order.status == Order.Status.SUBMITTING  # committed with the decision, before any venue call
     # The venue got the order but the reply was lost: the row says UNKNOWN, the venue has it.
     from trading.orders import _request
-    from trading.venues import connector_for
+    from trading.connectors import connector_for
 
     connector_for(order.account).create_order(_request(order))
     Order.objects.filter(pk=order.pk).update(status=Order.Status.UNKNOWN)
@@ -237,7 +237,7 @@ def test_an_order_left_new_by_an_older_release_is_asked_for_then_sent_once(on_ve
                                              updated_at=earlier)
     if on_venue:  # it did reach the venue before the upgrade
         from trading.orders import _request
-        from trading.venues import connector_for
+        from trading.connectors import connector_for
 
         connector_for(order.account).create_order(_request(order))
     engine.orders_sweep(now=timezone.now() + timedelta(seconds=60))

@@ -23,8 +23,8 @@ from tests.fakes import venues as fake_venues
 from tests.fakes.live import bare_connector, live_setup
 from tests.fakes.memory_venue import MemoryVenue, failing_builder, install
 from trading import engine, reconcile, services
+from trading.connectors import connector_for
 from trading.models import AuditEvent, Fill, MarketPrice, Order, Position, Signal, VenueAccount
-from trading.venues import connector_for
 
 SYMBOL = "BTC/USD"
 

@@ -9,8 +9,8 @@ import pytest
 from django.utils import timezone
 
 from trading import engine, reconcile
+from trading.connectors import connector_for
 from trading.models import Order, PaperOrder, PaperPosition, Position, Signal
-from trading.venues import connector_for
 
 pytestmark = pytest.mark.django_db
 

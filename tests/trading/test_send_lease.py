@@ -18,8 +18,8 @@ from django.db import connection
 from exchanges.errors import InvalidOrderError, OrderStatusUnknownError
 from tests.fakes.memory_venue import MemoryVenue, install
 from trading import engine, reconcile, services
+from trading.leases import order_send_lease
 from trading.models import Fill, Order, Position
-from trading.venues import order_send_lease
 
 SYMBOL = "BTC/USD"
 
@@ -199,7 +199,7 @@ def test_a_cancel_of_an_unacknowledged_order_never_sends_it(monkeypatch: Any, ma
 def _held_in_another_thread(order_id: int, *, session_ends: bool = False) -> Iterator[None]:
     """Another thread (another worker) holds the order's send lease for the block; `session_ends`: its lock
     connection is closed under it first, as when that worker's process is killed."""
-    from trading import venues
+    from trading import sidedb
 
     taken, release = threading.Event(), threading.Event()
 
@@ -208,7 +208,7 @@ def _held_in_another_thread(order_id: int, *, session_ends: bool = False) -> Ite
             with order_send_lease(order_id) as mine:
                 assert mine
                 if session_ends:
-                    venues._lock_connection().close()
+                    sidedb.lock_connection().close()
                 taken.set()
                 release.wait(10)
         finally:

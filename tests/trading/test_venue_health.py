@@ -19,8 +19,9 @@ from exchanges.errors import TemporaryError, VenueUnavailableError
 from exchanges.resilience import BreakerState, ResilientConnector
 from tests.exchanges.test_resilience import REQUEST, ScriptedConnector
 from trading import selectors, services
+from trading.connectors import connector_build
+from trading.journal import DjangoVenueJournal
 from trading.models import VenueAccount, VenueHealth, VenueJournalEntry
-from trading.venues import DjangoVenueJournal, _build
 
 SECRET = "s3cr3t-api-secret-value-0123"
 
@@ -126,7 +127,7 @@ def test_journal_put_is_durable_inside_an_outer_transaction_that_rolls_back(live
 
 @pytest.mark.django_db(transaction=True)
 def test_journal_survives_a_dropped_side_connection(live_account: VenueAccount) -> None:
-    from trading import venues
+    from trading import sidedb
 
     journal = DjangoVenueJournal(live_account.pk)
     with transaction.atomic():
@@ -137,12 +138,12 @@ def test_journal_survives_a_dropped_side_connection(live_account: VenueAccount) 
             assert cursor.fetchall() == [(True,)]
         journal.put("b", {"n": 2})
     assert [k for k, _ in journal.items()] == ["a", "b"]
-    venues.side_connections_close()
+    sidedb.side_connections_close()
 
 
 def test_connectors_get_the_durable_journal(live_account: VenueAccount, scripted: Any) -> None:
     _, configs = scripted
-    connector = _build(live_account)
+    connector = connector_build(live_account)
     assert isinstance(connector, ResilientConnector)
     journal = configs[0].journal
     assert isinstance(journal, DjangoVenueJournal) and journal.account_id == live_account.pk
@@ -165,7 +166,7 @@ def test_journal_rows_are_unique_per_account_and_key(live_account: VenueAccount)
 def test_breaker_transitions_are_persisted_even_when_the_callers_transaction_rolls_back(
         live_account: VenueAccount, scripted: Any) -> None:
     built, _ = scripted
-    connector = _build(live_account)
+    connector = connector_build(live_account)
     assert isinstance(connector, ResilientConnector)
 
     class Boom(Exception):
@@ -287,7 +288,7 @@ def live_strategy(live_account: VenueAccount, scripted: Any, make_strategy: Call
 def test_an_open_breaker_keeps_signals_waiting_and_sends_nothing(live_strategy: Any, scripted: Any) -> None:
     from trading import engine
     from trading.models import Order, Signal
-    from trading.venues import connector_for
+    from trading.connectors import connector_for
 
     built, _ = scripted
     connector = connector_for(live_strategy.account)
@@ -317,7 +318,7 @@ def test_an_order_refused_before_sending_is_sent_once_later(live_strategy: Any, 
     from exchanges.resilience import RateLimiter, RateSpec
     from trading import engine
     from trading.models import Order
-    from trading.venues import connector_for
+    from trading.connectors import connector_for
 
     built, _ = scripted
     connector = connector_for(live_strategy.account)
@@ -350,7 +351,7 @@ def test_rate_budgets_are_shared_by_every_process_through_redis() -> None:
     from django.conf import settings
 
     from exchanges.resilience import RateSpec
-    from trading.venues import SharedRateLimiter
+    from trading.ratelimits import SharedRateLimiter
 
     name = f"coinbase:{uuid.uuid4().hex}"
     spec = RateSpec(rate=10.0, burst=5.0)
@@ -370,7 +371,7 @@ def test_a_shared_budget_falls_back_to_a_local_one_when_redis_is_down() -> None:
     import redis
 
     from exchanges.resilience import RateSpec
-    from trading.venues import SharedRateLimiter
+    from trading.ratelimits import SharedRateLimiter
 
     from tests.exchanges.test_resilience import FakeClock
 
@@ -392,9 +393,9 @@ def test_a_shared_budget_falls_back_to_a_local_one_when_redis_is_down() -> None:
 
 
 def test_live_connectors_use_the_shared_budget(live_account: VenueAccount, scripted: Any) -> None:
-    from trading.venues import SharedRateLimiter
+    from trading.ratelimits import SharedRateLimiter
 
-    connector = _build(live_account)
+    connector = connector_build(live_account)
     assert isinstance(connector, ResilientConnector) and isinstance(connector.limiter, SharedRateLimiter)
     assert connector.limiter.spec == registry.VENUE_RATES["coinbase"]
     connector.ticker("BTC-USD")
@@ -404,8 +405,9 @@ def test_live_connectors_use_the_shared_budget(live_account: VenueAccount, scrip
 def test_the_journal_lock_holds_across_connections_and_is_reentrant() -> None:
     import threading
 
-    from trading import venues
-    from trading.venues import DjangoVenueJournal, side_connections_close
+    from trading import journal as venue_journal
+    from trading.journal import DjangoVenueJournal
+    from trading.sidedb import side_connections_close
 
     order: list[str] = []
 
@@ -439,11 +441,11 @@ def test_the_journal_lock_holds_across_connections_and_is_reentrant() -> None:
     thread = threading.Thread(target=hold)
     thread.start()
     holder.wait(5)
-    old_wait, venues.JOURNAL_LOCK_WAIT_SECONDS = venues.JOURNAL_LOCK_WAIT_SECONDS, 0.2
+    old_wait, venue_journal.JOURNAL_LOCK_WAIT_SECONDS = venue_journal.JOURNAL_LOCK_WAIT_SECONDS, 0.2
     try:
         with pytest.raises(TemporaryError, match="held by another process"), journal.lock("wallet:y"):
             pass
     finally:
-        venues.JOURNAL_LOCK_WAIT_SECONDS = old_wait
+        venue_journal.JOURNAL_LOCK_WAIT_SECONDS = old_wait
         release.set()
         thread.join(timeout=10)

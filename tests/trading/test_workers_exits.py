@@ -137,7 +137,7 @@ def test_a_price_that_crosses_a_stop_sends_the_exit_without_waiting_for_the_moni
         workers, make_account, make_strategy, set_price) -> None:
     """No beat runs here: only the price's arrival (price_arrived, as the paper feed calls it) can send the exit."""
     from trading.tasks import price_arrived
-    from trading.venues import price_set
+    from trading.prices import price_set
 
     workers.start()
     account = make_account()

@@ -34,7 +34,7 @@ def test_webhook_on_sqlite_file_cache_and_filesystem_broker(tmp_path: Path) -> N
                    timeout=300)
     slug, secret = json.loads(_shell(env, (
         "import json\nfrom decimal import Decimal\nfrom django.utils import timezone\n"
-        "from trading import services\nfrom trading.venues import price_set\n"
+        "from trading import services\nfrom trading.prices import price_set\n"
         "a = services.account_create(data={'name': 'e', 'venue': 'paper', 'network': 'paper',"
         " 'paper_initial_cash': '10000', 'max_leverage': '5'}, by='test')\n"
         "s = services.strategy_create(data={'name': 'e', 'slug': 'embedded', 'kind': 'webhook', 'symbol': 'BTC/USD',"

@@ -14,8 +14,8 @@ from django.utils import timezone
 
 from trading.intake import signal_create
 from trading.models import Strategy
+from trading.prices import price_set
 from trading.tasks import price_arrived
-from trading.venues import price_set
 
 
 class Command(BaseCommand):
