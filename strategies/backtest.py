@@ -29,7 +29,6 @@ walk), `strategies.performance` (the metrics), `strategies.report` (JSON and HTM
 (the shared CSV read as columns: `load_csv`).
 """
 
-
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
