@@ -291,6 +291,7 @@ def main(argv: list[str]) -> int:
     if secret_key_prepare(env):
         _say(f"generated a secret key in {var_dir(env) / 'secret_key'} (kept across restarts on that volume)")
     env.setdefault("TRADESITE_COMPONENT", role)
+    env.setdefault("LOG_FORMAT", "json")  # a container's output goes to a log collector
     if role == "web":
         # prometheus_client's multiprocess mode: the gunicorn workers share request metrics through these files.
         metrics_dir = var_dir(env) / "prometheus-web"

@@ -1,4 +1,5 @@
-"""JSON log lines with signal and order ids, and a value-based redaction filter for secrets."""
+"""Log lines with signal and order ids, JSON for machines or readable for a person (LOG_FORMAT), and a value-based
+redaction filter for secrets."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Collection, Mapping
 from datetime import datetime, timezone
 from logging.handlers import RotatingFileHandler
 from urllib.parse import unquote, urlsplit
@@ -16,16 +18,42 @@ from trading.logcontext import current
 _SECRET_NAME = re.compile(r"SECRET|PASSW|TOKEN|PRIVATE|API_KEY|_KEY$|PASSPHRASE|CREDENTIAL", re.I)
 _URL_NAMES = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")
 _extra_secrets: set[str] = set()
+_registered = 0  # how many times the registered values changed
+# The last secret set and what it was computed from: (registered count, a copy of the environment, the set).
+_known: tuple[int, dict[object, object], frozenset[str]] | None = None
 
 
 def register_secret(value: str) -> None:
     """Redact this value from every log line from now on."""
-    if value and len(value) >= 6:
+    global _registered
+    if value and len(value) >= 6 and value not in _extra_secrets:
         _extra_secrets.add(value)
+        _registered += 1
 
 
-def secret_values() -> set[str]:
-    """Every secret value known to this process: secret-named env vars, URL passwords, registered ones."""
+def _environment() -> Mapping[object, object]:
+    # CPython's os.environ keeps its raw mapping in _data: comparing two of those is one C-level dict comparison,
+    # with no key decoded, so checking for a change costs far less than walking the names again.
+    data = getattr(os.environ, "_data", None)
+    return data if isinstance(data, dict) else dict(os.environ)
+
+
+def secret_values() -> frozenset[str]:
+    """Every secret value known to this process: secret-named env vars, URL passwords, registered ones.
+
+    Computed once, and again only after the environment or the registered values changed (not on every record)."""
+    global _known
+    registered, environment = _registered, _environment()
+    known = _known
+    if known is not None and known[0] == registered and known[1] == environment:
+        return known[2]
+    snapshot = dict(environment)  # copied before reading: a change made meanwhile is seen on the next call
+    values = _secret_values_read()
+    _known = (registered, snapshot, values)
+    return values
+
+
+def _secret_values_read() -> frozenset[str]:
     values = set(_extra_secrets)
     for name, value in os.environ.items():
         if not value:
@@ -37,7 +65,7 @@ def secret_values() -> set[str]:
                 values.add(unquote(password))  # as the client library sends it
         elif _SECRET_NAME.search(name) and len(value) >= 6:
             values.add(value)
-    return values
+    return frozenset(values)
 
 
 # Secrets this process cannot know by value (API tokens, webhook passphrases: they live in the database), caught
@@ -48,7 +76,7 @@ _SECRET_PARAM = re.compile(r"([?&;][^=&\s\"'#]*(?:token|secret|pass|key|signatur
 _SECRET_SCHEME = re.compile(r"\b(Token|Bearer)\s+[A-Za-z0-9._~+/=-]{16,}")
 
 
-def redact(text: str, secrets: set[str] | None = None) -> str:
+def redact(text: str, secrets: Collection[str] | None = None) -> str:
     """Replace each secret value in text, and each value of a sensitive query parameter or credential, by a marker."""
     for value in secrets if secrets is not None else secret_values():
         if value in text:
@@ -74,6 +102,26 @@ class RedactSecretsFilter(logging.Filter):
         return True
 
 
+LOG_FORMATS = ("console", "json")
+_RECORD_IDS = ("signal_id", "order_id", "strategy_id", "account_id", "venue")
+
+
+def _ids(record: logging.LogRecord) -> dict[str, object]:
+    """The context ids of a record: the log context's, then those passed as `extra`."""
+    ids: dict[str, object] = dict(current())
+    for key in _RECORD_IDS:
+        if hasattr(record, key):
+            ids[key] = getattr(record, key)
+    return ids
+
+
+def _traceback(formatter: logging.Formatter, record: logging.LogRecord) -> str:
+    """The record's traceback, redacted (the filter has usually done so already), or ""."""
+    if record.exc_text:
+        return record.exc_text
+    return redact(formatter.formatException(record.exc_info)) if record.exc_info else ""
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, component, logger, message, context ids."""
 
@@ -85,16 +133,29 @@ class JsonFormatter(logging.Formatter):
             "stream": stream_of(record.name),
             "logger": record.name,
             "message": record.getMessage(),
-            **current(),
+            **_ids(record),
         }
-        for key in ("signal_id", "order_id", "strategy_id", "account_id", "venue"):
-            if hasattr(record, key):
-                payload[key] = getattr(record, key)
-        if record.exc_text:
-            payload["exc"] = record.exc_text
-        elif record.exc_info:
-            payload["exc"] = redact(self.formatException(record.exc_info))
+        exc = _traceback(self, record)
+        if exc:
+            payload["exc"] = exc
         return json.dumps(payload, default=str)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """One readable line per record for a person at a terminal; a traceback follows on its own lines.
+
+    `18:20:49.123 INFO    worker   trading.engine: order 22 filled  signal_id=11 order_id=22` (time of day in UTC;
+    the component says which process of `manage.py run` wrote it)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        time = datetime.fromtimestamp(record.created, tz=timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+        component = os.environ.get("TRADESITE_COMPONENT", "web")
+        line = f"{time} {record.levelname:<7} {component:<8} {record.name}: {record.getMessage()}"
+        ids = _ids(record)
+        if ids:
+            line += "  " + " ".join(f"{key}={value}" for key, value in ids.items())
+        exc = _traceback(self, record)
+        return f"{line}\n{exc}" if exc else line
 
 
 # Which stream (log file) a logger writes to: the longest matching prefix wins; everything else is "web".

@@ -333,6 +333,12 @@ TRADING = {
 LOG_DIR = Path(os.environ.get("LOG_DIR", VAR_DIR / "logs"))
 LOG_DIR.mkdir(parents=True, exist_ok=True)
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+# The console's (stderr's) lines: "json" (one object per line, for a log shipper: the default here, so for the
+# servers, the Celery processes and the containers' bootstrap) or "console" (readable, for a person: manage.py's
+# default, hence `make run`'s). The stream files are JSON lines either way.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "json").strip().lower()
+if LOG_FORMAT not in ("console", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be console or json, not {LOG_FORMAT!r}")
 LOG_COMPONENT = os.environ.get("TRADESITE_COMPONENT", "web")
 LOG_MAX_BYTES = int(os.environ.get("LOG_MAX_BYTES", str(20 * 1024 * 1024)))
 LOG_BACKUPS = int(os.environ.get("LOG_BACKUPS", "5"))
@@ -345,9 +351,10 @@ LOGGING = {
         **{f"stream_{s}": {"()": "tradesite.logging.StreamFilter", "stream": s}
            for s in ("web", "engine", "venues", "webhooks")},
     },
-    "formatters": {"json": {"()": "tradesite.logging.JsonFormatter"}},
+    "formatters": {"json": {"()": "tradesite.logging.JsonFormatter"},
+                   "console": {"()": "tradesite.logging.ConsoleFormatter"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["redact"]},
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["redact"]},
         # One file per stream (web, engine, venues, webhooks), shared by every process, rotated by size.
         **{f"file_{s}": {
             "class": "tradesite.logging.SharedRotatingFileHandler",
