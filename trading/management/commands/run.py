@@ -1,14 +1,19 @@
-"""`manage.py run`: migrate, create the demo login and data, then run web + worker + beat + demo feed."""
+"""`manage.py run`: migrate, create the demo login and data, then run web + worker + beat + demo feed.
+
+Once every role is up (/readyz answers 200) it prints where the site is and, last, the demo login, so that the login
+is not lost in the roles' start-up logs."""
 
 from __future__ import annotations
 
 import ctypes
+import io
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+import urllib.request
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from django.conf import settings
@@ -18,6 +23,8 @@ from django.core.management.base import BaseCommand
 
 # How long the processes get to stop cleanly (a worker finishes its task at hand) before they are killed.
 STOP_SECONDS = 20
+# How long the roles get to report ready before the login is shown all the same.
+READY_SECONDS = 120
 _PR_SET_PDEATHSIG = 1
 
 
@@ -53,8 +60,13 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         call_command("migrate", interactive=False, verbosity=0)
+        login = io.StringIO()  # seed_demo's lines, the demo login last: printed once every role is up
         if not options["no_demo"]:
-            call_command("seed_demo")
+            try:
+                call_command("seed_demo", stdout=login)
+            except BaseException:
+                self.stdout.write(login.getvalue())  # a password created before the failure is not lost
+                raise
             call_command("seed_demo_backtests")  # the strategies app's command (by name: no import upward)
         python, root = sys.executable, str(settings.BASE_DIR)
         roles = {
@@ -72,11 +84,19 @@ class Command(BaseCommand):
             signal.signal(sig, _raise_stop)
         try:
             for name, cmd in roles.items():
-                procs[name] = subprocess.Popen(cmd, cwd=root, env={**os.environ, "TRADESITE_COMPONENT": name},
-                                               preexec_fn=arm)
-            self.stdout.write(self.style.SUCCESS(
-                f"tradesite is running: http://127.0.0.1:{options['port']}/ (dashboard; admin under "
-                f"/{settings.ADMIN_URL})  (Ctrl-C stops everything)"))
+                procs[name] = subprocess.Popen(cmd, cwd=root, preexec_fn=arm, env={
+                    **os.environ, "TRADESITE_COMPONENT": name, "LOG_FORMAT": settings.LOG_FORMAT})
+            ready = roles_ready(procs.values(), f"http://127.0.0.1:{options['port']}/readyz", READY_SECONDS)
+            if ready is False:
+                self.stderr.write(f"not every role reported ready within {READY_SECONDS} s: "
+                                  f"http://127.0.0.1:{options['port']}/readyz names what is missing")
+            if ready is not None:  # None: a role exited (said below)
+                self.stdout.write(self.style.SUCCESS(
+                    f"tradesite is running: http://127.0.0.1:{options['port']}/ (dashboard; admin under "
+                    f"/{settings.ADMIN_URL})  (Ctrl-C stops everything)"))
+            if login.getvalue():  # shown even when a role failed: a password is printed only once
+                self.stdout.write(self.style.WARNING(login.getvalue().rstrip("\n")))
+            self.stdout.flush()
             while all(p.poll() is None for p in procs.values()):
                 time.sleep(0.5)
             dead = [n for n, p in procs.items() if p.poll() is not None]
@@ -88,6 +108,24 @@ class Command(BaseCommand):
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_IGN)
             _stop_all(procs.values())
+
+
+def roles_ready(procs: Collection[subprocess.Popen[bytes]], url: str, timeout: float) -> bool | None:
+    """Wait until `url` (/readyz: database, broker, a worker of each queue, beat) answers 200: True; False after
+    `timeout` seconds; None as soon as one of the processes has exited."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1: never through a proxy
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            return None
+        try:
+            with opener.open(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:  # not listening yet, or 503 (HTTPError) while a role is still starting
+            pass
+        time.sleep(0.5)
+    return False
 
 
 def _stop_all(procs: Iterable[subprocess.Popen[bytes]]) -> None:

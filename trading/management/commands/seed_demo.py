@@ -1,4 +1,6 @@
-"""`manage.py seed_demo`: a demo login (printed once) and demo paper strategies; safe to run again."""
+"""`manage.py seed_demo`: a demo login (its password printed once) and demo paper strategies; safe to run again.
+
+The demo login is the last line it prints (`manage.py run` shows it last, once every role is up)."""
 
 from __future__ import annotations
 
@@ -17,10 +19,20 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         user_model = get_user_model()
+        password = None
         if not user_model.objects.filter(username="demo").exists():
             password = secrets.token_urlsafe(12)
             user_model.objects.create_superuser("demo", "demo@localhost", password)
-            self.stdout.write(self.style.WARNING(f"Demo login (shown once): user demo, password {password}"))
+        try:
+            self._strategies_seed()
+        finally:  # a password never printed would be lost: shown even when the rest failed
+            if password is not None:
+                self.stdout.write(self.style.WARNING(f"Demo login (shown once): user demo, password {password}"))
+            else:
+                self.stdout.write(self.style.WARNING("Demo login: user demo (its password was shown when it was "
+                                                     "created; `manage.py changepassword demo` sets a new one)"))
+
+    def _strategies_seed(self) -> None:
         account = VenueAccount.objects.filter(name="demo-paper").first()
         if account is None:
             account = services.account_create(
