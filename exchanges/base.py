@@ -217,7 +217,9 @@ class CheckItem:
 
 
 class Connector(abc.ABC):
-    """What every venue must implement. Quantities in base asset, prices in quote, all Decimal."""
+    """What every venue must implement. Quantities in base asset, prices in quote, all Decimal.
+
+    Orders: a venue implements `_create_order`; `create_order` (checks, rounding, then the hook) is shared."""
 
     capabilities: Capabilities
     # Set by the resilience wrapper on a connector that meters its own requests (`meters_requests`): called with a
