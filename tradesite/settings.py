@@ -167,6 +167,9 @@ BROKER_DIR = VAR_DIR / "broker"
 if CELERY_BROKER_URL.startswith("filesystem://"):
     for sub in ("queue", "processed"):
         (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
+    # kombu's filesystem transport with each message written whole before a consumer can see it (infra/fsbroker.py:
+    # kombu's own let the worker read a half-written message and die).
+    CELERY_BROKER_TRANSPORT = "infra.fsbroker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),
