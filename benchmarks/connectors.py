@@ -135,7 +135,8 @@ def engine_latency(harnesses: dict[str, Any], signals: int, args: argparse.Names
 
     stack.callback(connections.close_all)
     from tests.fakes.live import bare_connector, small_quantity
-    from trading import engine, reconcile, services
+    from trading import reconcile, services
+    from trading.intake import signal_create
     from trading.models import Signal
 
     strategies = {}
@@ -154,7 +155,7 @@ def engine_latency(harnesses: dict[str, Any], signals: int, args: argparse.Names
     stack.callback(worker.stop)
 
     def send(venue: str, key: str, action: str, timeout: float = 60) -> Signal:
-        signal, _ = engine.signal_create(strategy=strategies[venue], source="manual", idempotency_key=key,
+        signal, _ = signal_create(strategy=strategies[venue], source="manual", idempotency_key=key,
                                          action=action)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

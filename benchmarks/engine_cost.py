@@ -5,7 +5,7 @@ instructions, which do not depend on what else the machine is doing.
     python benchmarks/engine_cost.py --callgrind [--signals 400]    # + instructions per signal (valgrind)
 
 Creates a throwaway database (`tradesite_bench_cost`, migrated, dropped after), one paper account with 4 webhook
-strategies on BTC/USD, and runs `engine.signal_create` + `engine.signal_process` in this process (no Celery, no
+strategies on BTC/USD, and runs `signal_create` + `signal_process` in this process (no Celery, no
 worker), alternating open_long / close per strategy as benchmarks/signal_to_fill.py does. After warm-up signals it
 records the round trips and statements of one open and one close (CaptureQueriesContext; a batch is one round
 trip), then times `--signals` more. With `--callgrind` the measuring child runs under `valgrind --tool=callgrind
@@ -54,7 +54,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from django.test.utils import CaptureQueriesContext
     from django.utils import timezone
 
-    from trading import engine, services
+    from trading import services
+    from trading.execution import signal_process
+    from trading.intake import signal_create
     from trading.prices import price_set
 
     try:
@@ -69,9 +71,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             action = "open_long" if (i // 4) % 2 == 0 else "close"
             if i % 100 == 0:
                 price_set("BTC/USD", Decimal("50000"), time=timezone.now())  # entries refuse stale prices
-            signal, _ = engine.signal_create(strategy=strategies[i % 4], source="manual", idempotency_key=f"k{i}",
+            signal, _ = signal_create(strategy=strategies[i % 4], source="manual", idempotency_key=f"k{i}",
                                              action=action, enqueue=False)
-            done = engine.signal_process(signal_id=signal.pk)
+            done = signal_process(signal_id=signal.pk)
             if done.status != "executed":
                 raise RuntimeError(f"signal {i} {action}: {done.status} {done.decision_detail}")
             return action

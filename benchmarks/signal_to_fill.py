@@ -4,7 +4,7 @@
 
 Creates a throwaway database (`tradesite_bench`) and migrates it, flushes a dedicated Redis db (/14), starts ONE
 `celery worker -Q execution -c 2 -P prefork`, and sets up one paper account with 4 webhook strategies. Then it
-creates signals open-loop at a fixed rate from this process with `engine.signal_create(..., enqueue=True)`
+creates signals open-loop at a fixed rate from this process with `signal_create(..., enqueue=True)`
 (store the row, enqueue the task on commit: what webhook intake does), alternating open_long / close per
 strategy so positions stay small. Sender threads (4) share one schedule: each signal has a scheduled send time,
 a late sender never delays the schedule, and its lag is reported (no coordinated omission).
@@ -341,10 +341,10 @@ class Monitor(threading.Thread):
 
 def signal_send(strategy: Any, key: str, index: int) -> None:
     """Store one signal and enqueue it on commit, as webhook intake does."""
-    from trading import engine
+    from trading.intake import signal_create
 
     action = "open_long" if (index // STRATEGIES) % 2 == 0 else "close"
-    engine.signal_create(strategy=strategy, source="manual", idempotency_key=key, action=action, enqueue=True)
+    signal_create(strategy=strategy, source="manual", idempotency_key=key, action=action, enqueue=True)
 
 
 def wait_until(predicate: Callable[[], bool], *, timeout: float, worker: Worker | None = None, what: str) -> bool:

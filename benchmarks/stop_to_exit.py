@@ -234,11 +234,11 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, worker: stf.Wor
 
 def positions_open(book: Book, coin: str, tag: str, worker: stf.Worker, timeout: float = 120) -> None:
     """Open (again) every position in `coin` through the worker; wait until each holds a stop-loss."""
-    from trading import engine
+    from trading.intake import signal_create
     from trading.models import Position, Signal
 
     strategies = book.by_market[coin]
-    ids = [engine.signal_create(strategy=s, source="manual", idempotency_key=f"open:{tag}:{s.pk}",
+    ids = [signal_create(strategy=s, source="manual", idempotency_key=f"open:{tag}:{s.pk}",
                                 action="open_long", enqueue=True)[0].pk for s in strategies]
 
     def done() -> bool:

@@ -29,7 +29,9 @@ from tests.fakes.live import (
     drive,
     live_setup,
 )
-from trading import engine, reconcile
+from trading import reconcile
+from trading.execution import signal_process
+from trading.intake import signal_create
 from trading.models import Fill, Order, Position, Signal, VenueHealth
 
 VENUES = list(fake_venues.available())
@@ -59,7 +61,7 @@ def live(harness, monkeypatch, make_strategy, fast) -> LiveSetup:  # type: ignor
 
 
 def _signal(live: LiveSetup, key: str, action: str = "open_long", **fields) -> Signal:  # type: ignore[no-untyped-def]
-    signal, created = engine.signal_create(strategy=live.strategy, source="manual", idempotency_key=key,
+    signal, created = signal_create(strategy=live.strategy, source="manual", idempotency_key=key,
                                            action=action, enqueue=False, **fields)
     assert created
     return signal
@@ -67,7 +69,7 @@ def _signal(live: LiveSetup, key: str, action: str = "open_long", **fields) -> S
 
 def _process(signal: Signal) -> None:
     try:
-        engine.signal_process(signal_id=signal.pk)
+        signal_process(signal_id=signal.pk)
     except VenueError:
         pass  # retryable: the signal stays RECEIVED and the sweeper re-drives it
 
@@ -246,7 +248,7 @@ def test_workers_killed_between_commit_and_reply_leave_one_order_each(every_venu
             else:  # every request slowed, then the create dropped unprocessed
                 live.harness.plan.next(1, Fault.DROP, match=create_match(live.harness))
                 live.harness.plan.latency = 0.5
-        signals = {live.harness.venue: engine.signal_create(strategy=live.strategy, source="manual",
+        signals = {live.harness.venue: signal_create(strategy=live.strategy, source="manual",
                                                             idempotency_key=f"crash-{step}-{live.harness.venue}",
                                                             action=action)[0] for live in every_venue}
         orders: dict[str, Order] = {}

@@ -158,7 +158,9 @@ def environment(values: dict[str, str]) -> Iterator[None]:
 def drive(until: Callable[[], Any], *, timeout: float, every: float = 0.2, sweep: bool = True,
           monitor: bool = True, seen: Callable[[], None] | None = None) -> Any:
     """Run the beat's periodic work in this process (sweeper, exit driver, monitor) until `until()` is truthy."""
-    from trading import engine
+    from trading.exits import exits_drive
+    from trading.monitor import positions_monitor
+    from trading.recovery import orders_sweep
 
     deadline = time.monotonic() + timeout
     while True:
@@ -170,8 +172,8 @@ def drive(until: Callable[[], Any], *, timeout: float, every: float = 0.2, sweep
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {until}")
         if sweep:
-            engine.orders_sweep()
-            engine.exits_drive()
+            orders_sweep()
+            exits_drive()
         if monitor:
-            engine.positions_monitor()
+            positions_monitor()
         time.sleep(every)

@@ -219,7 +219,8 @@ def test_replay_command_from_a_file_stores_and_prices(make_account, make_strateg
 
 def test_the_engine_takes_atr_exits_from_the_candle_store(make_account, make_strategy, set_price) -> None:
     from exchanges.base import round_up
-    from trading import engine
+    from trading.execution import signal_process
+    from trading.intake import signal_create
 
     _import(DATA)
     account = make_account(quote_asset="BTC", paper_initial_cash="1")
@@ -228,9 +229,9 @@ def test_the_engine_takes_atr_exits_from_the_candle_store(make_account, make_str
     candles = candles_read("paper", "ETH/BTC", "1m", limit=1000)
     now = ms_to_datetime(int(candles.time[-1])) + timedelta(minutes=1, seconds=10)
     set_price("ETH/BTC", "0.09", at=now)
-    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="atr-1",
+    signal, _ = signal_create(strategy=strategy, source="manual", idempotency_key="atr-1",
                                      action="open_long", enqueue=False, now=now)
-    signal = engine.signal_process(signal_id=signal.pk, now=now)
+    signal = signal_process(signal_id=signal.pk, now=now)
     assert signal.status == "executed", signal.decision_detail
     atr = Decimal(repr(float(indicators.atr(candles.high, candles.low, candles.close, 14)[-1])))
     assert signal.stop_loss == round_up(Decimal("0.09") - 2 * atr, Decimal("0.00000001"))

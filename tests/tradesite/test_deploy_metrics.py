@@ -9,7 +9,9 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import wait_for
-from trading import engine, services
+from trading import services
+from trading.execution import signal_process
+from trading.intake import signal_create
 from trading.models import Signal
 
 
@@ -57,11 +59,11 @@ def test_exposition_after_a_real_cycle(workers, make_account, make_strategy, set
     account = make_account()
     strategy = make_strategy(account, sizing_value="0.01")
     set_price("BTC/USD", "60000")
-    filled, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="m-open",
+    filled, _ = signal_create(strategy=strategy, source="manual", idempotency_key="m-open",
                                      action="open_long")
     wait_for(lambda: Signal.objects.get(pk=filled.pk).status == "executed", what="entry filled by the worker")
     services.kill_switch_engage(by="test", reason="metrics drill")
-    refused, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="m-refused",
+    refused, _ = signal_create(strategy=strategy, source="manual", idempotency_key="m-refused",
                                       action="open_long")
     wait_for(lambda: Signal.objects.get(pk=refused.pk).status == "rejected", what="entry refused")
     wait_for(lambda: not strategy.positions.exclude(quantity=0).exists(), what="kill switch closed the position")
@@ -151,9 +153,9 @@ def test_breaker_state_and_reconcile_differences_per_account(db, make_account) -
 def test_pnl_gauges_follow_an_open_position(db, make_account, make_strategy, set_price) -> None:
     strategy = make_strategy(make_account(), sizing_mode="quantity", sizing_value="0.1")
     set_price("BTC/USD", "50000")
-    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="pnl-open",
+    signal, _ = signal_create(strategy=strategy, source="manual", idempotency_key="pnl-open",
                                      action="open_long", enqueue=False)
-    engine.signal_process(signal_id=signal.pk)
+    signal_process(signal_id=signal.pk)
     position = strategy.positions.get()
     set_price("BTC/USD", "51000")
     samples = _samples(_scrape()[1])

@@ -10,7 +10,11 @@ from django.conf import settings
 from django.core.management import call_command
 from django.utils import timezone
 
-from trading import engine, services
+from trading import services
+from trading.execution import signal_process
+from trading.exits import exits_drive
+from trading.killswitch import kill_switch_enforce
+from trading.monitor import positions_monitor
 from trading.management.commands.demo_feed import demo_signal
 from trading.models import PaperPosition, Position, Signal, Strategy, VenueAccount
 from trading.prices import price_set
@@ -32,10 +36,10 @@ def test_the_demo_trades_an_hour_of_feed_without_piling_up_then_the_kill_switch_
         price_set("ETH/BTC", Decimal(row["close"]), volume=Decimal(row["volume"]), time=timezone.now())
         signal_id = demo_signal(strategies, row, count=count, every=20, enqueue=False)
         if signal_id is not None:
-            engine.signal_process(signal_id=signal_id)
+            signal_process(signal_id=signal_id)
         if count % 5 == 0:  # the monitor's and the exit driver's beat, every 5 s of feed
-            engine.positions_monitor()
-            engine.exits_drive()
+            positions_monitor()
+            exits_drive()
         for p in Position.objects.filter(account=account).select_related("strategy"):
             largest[p.strategy.slug] = max(largest[p.strategy.slug], abs(p.quantity))
     refused = list(Signal.objects.filter(account=account, decision_rule__in=LIMIT_RULES)
@@ -50,8 +54,8 @@ def test_the_demo_trades_an_hour_of_feed_without_piling_up_then_the_kill_switch_
     assert books == sum(venue, Decimal(0))  # the strategies' sub-positions sum to the venue's net
 
     services.kill_switch_engage(by="test", reason="end of the demo hour")
-    engine.kill_switch_enforce()
-    engine.exits_drive()
+    kill_switch_enforce()
+    exits_drive()
     assert not Position.objects.filter(account=account).exclude(quantity=0).exists()
     assert all(q == 0 for q in PaperPosition.objects.filter(account=account).values_list("quantity", flat=True))
     assert not Signal.objects.filter(account=account, status=Signal.Status.WORKING).exists()

@@ -12,7 +12,12 @@ from django.db import transaction
 from django.test import TestCase
 from django.utils import timezone
 
-from trading import decision, engine, services
+from trading import decision, services
+from trading.execution import signal_process
+from trading.intake import signal_create
+from trading.killswitch import kill_switch_enforce
+from trading.monitor import positions_monitor
+from trading.recovery import orders_sweep
 from trading.models import AuditEvent, Fill, Order, PaperOrder, Position, Signal, VenueAccount
 
 pytestmark = pytest.mark.django_db
@@ -21,10 +26,10 @@ TAKER = Decimal("0.0005")
 
 
 def _signal(strategy, action: str, key: str, **fields):  # type: ignore[no-untyped-def]
-    signal, created = engine.signal_create(strategy=strategy, source="manual", idempotency_key=key, action=action,
+    signal, created = signal_create(strategy=strategy, source="manual", idempotency_key=key, action=action,
                                            enqueue=False, **fields)
     assert created
-    return engine.signal_process(signal_id=signal.pk)
+    return signal_process(signal_id=signal.pk)
 
 
 def test_full_cycle_stop_loss_realizes_exact_pnl(make_account, make_strategy, set_price) -> None:
@@ -43,8 +48,8 @@ def test_full_cycle_stop_loss_realizes_exact_pnl(make_account, make_strategy, se
     assert position.stop_loss == Decimal("49000") and position.take_profit == Decimal("52500")
 
     set_price("BTC/USD", "48900")
-    assert engine.positions_monitor()["exits"] == 1
-    assert engine.positions_monitor()["exits"] == 0  # the same stop never fires twice
+    assert positions_monitor()["exits"] == 1
+    assert positions_monitor()["exits"] == 0  # the same stop never fires twice
 
     exit_price = (Decimal("48900") * (1 - Decimal("10") / 10000)).quantize(TICK, rounding=ROUND_DOWN)
     exit_fee = (Decimal("0.1") * exit_price * TAKER).quantize(Decimal("0.00000001"), rounding=ROUND_HALF_UP)
@@ -68,7 +73,7 @@ def test_take_profit_fires_when_price_rises(make_account, make_strategy, set_pri
     set_price("BTC/USD", "50000")
     _signal(strategy, "open_long", "tp1")
     set_price("BTC/USD", "51000.5")
-    engine.positions_monitor()
+    positions_monitor()
     position = Position.objects.get(strategy=strategy)
     assert position.quantity == 0
     assert position.realized_pnl == Decimal("0.1") * Decimal("1000.5")
@@ -109,13 +114,13 @@ def test_reverse_and_target_trade_the_difference(make_account, make_strategy, se
 def test_duplicate_idempotency_key_creates_one_signal_and_one_order(make_account, make_strategy, set_price) -> None:
     strategy = make_strategy(make_account())
     set_price("BTC/USD", "50000")
-    first, created = engine.signal_create(strategy=strategy, source="manual", idempotency_key="dup",
+    first, created = signal_create(strategy=strategy, source="manual", idempotency_key="dup",
                                           action="open_long", enqueue=False)
-    again, created_again = engine.signal_create(strategy=strategy, source="manual", idempotency_key="dup",
+    again, created_again = signal_create(strategy=strategy, source="manual", idempotency_key="dup",
                                                 action="open_long", enqueue=False)
     assert created and not created_again and again.pk == first.pk
-    engine.signal_process(signal_id=first.pk)
-    engine.signal_process(signal_id=first.pk)  # a redelivered task does nothing
+    signal_process(signal_id=first.pk)
+    signal_process(signal_id=first.pk)  # a redelivered task does nothing
     assert Order.objects.count() == 1 and PaperOrder.objects.count() == 1
 
 
@@ -165,7 +170,7 @@ def test_limit_order_rests_then_fills_when_price_crosses(make_account, make_stra
     order = Order.objects.get(signal=signal)
     assert order.status == Order.Status.OPEN and signal.status == Signal.Status.ACCEPTED
     set_price("BTC/USD", "48999")
-    engine.positions_monitor()
+    positions_monitor()
     order.refresh_from_db()
     assert order.status == Order.Status.FILLED and order.average_fill_price == Decimal("49000")
     assert order.fees == Decimal("0.1") * 49000 * Decimal("0.0002")  # maker fee
@@ -180,13 +185,13 @@ def test_kill_switch_blocks_entries_cancels_orders_and_closes_positions(make_acc
     _signal(strategy, "open_long", "k-open")
     resting = _signal(strategy, "open_long", "k-limit", order_type="limit", price=Decimal("40000"))
     services.kill_switch_engage(by="test", reason="drill")
-    counts = engine.kill_switch_enforce()
+    counts = kill_switch_enforce()
     assert counts == {"canceled": 1, "closing": 1}
     assert Order.objects.get(signal=resting).status == Order.Status.CANCELED
     assert Position.objects.get(strategy=strategy).quantity == 0
     refused = _signal(strategy, "open_long", "k-after")
     assert refused.status == Signal.Status.REJECTED and refused.decision_rule == "kill_switch"
-    assert engine.kill_switch_enforce() == {"canceled": 0, "closing": 0}
+    assert kill_switch_enforce() == {"canceled": 0, "closing": 0}
     services.kill_switch_release(by="test")
     assert _signal(strategy, "open_long", "k-released").status == Signal.Status.EXECUTED
     actions = list(AuditEvent.objects.filter(entity="kill_switch").values_list("action", flat=True))
@@ -204,7 +209,7 @@ def test_ambiguous_submit_is_recovered_by_client_id_without_a_second_order(make_
                                                                             set_price) -> None:
     strategy = make_strategy(make_account())
     set_price("BTC/USD", "50000")
-    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="amb", action="open_long",
+    signal, _ = signal_create(strategy=strategy, source="manual", idempotency_key="amb", action="open_long",
                                      enqueue=False)
     orders = _decide_only(signal)
     order = Order.objects.get(pk=orders[0].pk)
@@ -215,7 +220,7 @@ def test_ambiguous_submit_is_recovered_by_client_id_without_a_second_order(make_
 
     connector_for(order.account).create_order(_request(order))
     Order.objects.filter(pk=order.pk).update(status=Order.Status.UNKNOWN)
-    engine.orders_sweep(now=timezone.now() + timedelta(seconds=30))
+    orders_sweep(now=timezone.now() + timedelta(seconds=30))
     order.refresh_from_db()
     assert order.status == Order.Status.FILLED and order.attempts == 1
     assert PaperOrder.objects.count() == 1
@@ -229,7 +234,7 @@ def test_an_order_left_new_by_an_older_release_is_asked_for_then_sent_once(on_ve
     database. Recovery asks the venue by its client id first, and sends it (same id) only if the venue never saw it."""
     strategy = make_strategy(make_account())
     set_price("BTC/USD", "50000")
-    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="legacy", action="open_long",
+    signal, _ = signal_create(strategy=strategy, source="manual", idempotency_key="legacy", action="open_long",
                                      enqueue=False)
     order = _decide_only(signal)[0]
     earlier = timezone.now() - timedelta(seconds=60)
@@ -240,7 +245,7 @@ def test_an_order_left_new_by_an_older_release_is_asked_for_then_sent_once(on_ve
         from trading.connectors import connector_for
 
         connector_for(order.account).create_order(_request(order))
-    engine.orders_sweep(now=timezone.now() + timedelta(seconds=60))
+    orders_sweep(now=timezone.now() + timedelta(seconds=60))
     order.refresh_from_db()
     assert order.status == Order.Status.FILLED
     assert list(PaperOrder.objects.values_list("client_order_id", flat=True)) == [order.client_order_id]
@@ -251,13 +256,13 @@ def test_order_the_venue_never_saw_is_resent_with_the_same_client_id(make_accoun
                                                                        set_price) -> None:
     strategy = make_strategy(make_account())
     set_price("BTC/USD", "50000")
-    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="lost", action="open_long",
+    signal, _ = signal_create(strategy=strategy, source="manual", idempotency_key="lost", action="open_long",
                                      enqueue=False)
     orders = _decide_only(signal)
     order = orders[0]
     earlier = timezone.now() - timedelta(seconds=60)  # the worker crashed right after the commit, before sending
     Order.objects.filter(pk=order.pk).update(submitted_at=earlier, updated_at=earlier)
-    engine.orders_sweep(now=timezone.now() + timedelta(seconds=60))
+    orders_sweep(now=timezone.now() + timedelta(seconds=60))
     order.refresh_from_db()
     assert order.status == Order.Status.FILLED and order.attempts == 2
     assert list(PaperOrder.objects.values_list("client_order_id", flat=True)) == [order.client_order_id]
@@ -318,7 +323,7 @@ def test_atr_multiple_stop_uses_the_atr_sent_with_the_signal(make_account, make_
 
 def test_stored_payload_never_holds_secrets(make_account, make_strategy) -> None:
     strategy = make_strategy(make_account())
-    signal, _ = engine.signal_create(strategy=strategy, source="webhook", idempotency_key="red", action="close",
+    signal, _ = signal_create(strategy=strategy, source="webhook", idempotency_key="red", action="close",
                                      payload={"passphrase": "hunter2-hunter2", "nested": {"api_key": "k"}, "x": 1},
                                      enqueue=False)
     signal.refresh_from_db()
@@ -361,11 +366,11 @@ def test_a_broker_outage_at_enqueue_leaves_the_stored_signal_for_the_sweeper(mak
     strategy = make_strategy(make_account())
     set_price("BTC/USD", "50000")
     with TestCase.captureOnCommitCallbacks(execute=True):
-        signal, created = engine.signal_create(strategy=strategy, source="manual", idempotency_key="no-broker",
+        signal, created = signal_create(strategy=strategy, source="manual", idempotency_key="no-broker",
                                                action="open_long")
     assert created and Signal.objects.get(pk=signal.pk).status == Signal.Status.RECEIVED
     later = timezone.now() + timedelta(seconds=int(settings.TRADING["STUCK_AFTER_SECONDS"]) + 1)
-    assert engine.orders_sweep(now=later)["signals"] == 1
+    assert orders_sweep(now=later)["signals"] == 1
     assert Signal.objects.get(pk=signal.pk).status == Signal.Status.EXECUTED
     assert Order.objects.filter(signal=signal).count() == 1
 
@@ -380,7 +385,7 @@ def test_signal_create_queues_the_raw_message_a_worker_reads(make_account, make_
     flush_broker()
     try:
         with TestCase.captureOnCommitCallbacks(execute=True):
-            signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="raw-q",
+            signal, _ = signal_create(strategy=strategy, source="manual", idempotency_key="raw-q",
                                              action="open_long")
         key = (settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "") + "execution").encode()
         queued = redis.Redis.from_url(settings.REDIS_URL).lrange(key, 0, -1)
@@ -403,9 +408,9 @@ def test_a_strategys_signals_are_decided_in_arrival_order(make_account, make_str
     for key, who, action, at in (("o1", strategy, "open_long", t0), ("x1", other, "open_long", t0),
                                  ("o2", strategy, "open_long", t0 + timedelta(milliseconds=1)),
                                  ("c1", strategy, "close", t0 + timedelta(milliseconds=2))):
-        created[key] = engine.signal_create(strategy=who, source="manual", idempotency_key=key, action=action,
+        created[key] = signal_create(strategy=who, source="manual", idempotency_key=key, action=action,
                                             now=at, enqueue=False)[0]
-    close = engine.signal_process(signal_id=created["c1"].pk)
+    close = signal_process(signal_id=created["c1"].pk)
     assert close.status == Signal.Status.EXECUTED, (close.status, close.decision_rule, close.decision_detail)
     statuses = dict(Signal.objects.values_list("idempotency_key", "status"))
     assert statuses == {"o1": "executed", "o2": "executed", "c1": "executed", "x1": "received"}, statuses
@@ -413,7 +418,7 @@ def test_a_strategys_signals_are_decided_in_arrival_order(make_account, make_str
         "signal__idempotency_key", "side"))
     assert decided == [("o1", "buy"), ("o2", "buy"), ("c1", "sell")]
     assert Position.objects.get(strategy=strategy).quantity == 0
-    assert engine.signal_process(signal_id=created["o2"].pk).status == Signal.Status.EXECUTED  # its own task: no-op
+    assert signal_process(signal_id=created["o2"].pk).status == Signal.Status.EXECUTED  # its own task: no-op
     assert Order.objects.filter(strategy=strategy).count() == 3
 
 
@@ -432,14 +437,14 @@ def test_an_internal_error_fails_that_signal_only(make_account, make_strategy, s
 
     monkeypatch.setattr(decision, "_intent", intent_with_a_bug)
     t0 = timezone.now() - timedelta(minutes=10)  # old enough for the sweeper
-    poison, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="poison",
+    poison, _ = signal_create(strategy=strategy, source="manual", idempotency_key="poison",
                                      action="open_long", now=t0, enqueue=False)
-    later, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="later", action="open_long",
+    later, _ = signal_create(strategy=strategy, source="manual", idempotency_key="later", action="open_long",
                                     now=t0 + timedelta(milliseconds=1), enqueue=False)
-    other, _ = engine.signal_create(strategy=make_strategy(account, sizing_value="0.1"), source="manual",
+    other, _ = signal_create(strategy=make_strategy(account, sizing_value="0.1"), source="manual",
                                     idempotency_key="other", action="open_long", now=t0, enqueue=False)
 
-    assert engine.orders_sweep()["signals"] == 3  # the first one (the poison) fails; the sweep goes on
+    assert orders_sweep()["signals"] == 3  # the first one (the poison) fails; the sweep goes on
     poison.refresh_from_db()
     assert (poison.status, poison.decision_rule) == (Signal.Status.FAILED, "internal_error")
     assert "ValueError" in poison.decision_detail and "secret" not in poison.decision_detail
@@ -450,4 +455,4 @@ def test_an_internal_error_fails_that_signal_only(make_account, make_strategy, s
     assert AuditEvent.objects.filter(action="signal.failed", entity_id=str(poison.pk)).exists()
     assert any(r.levelname == "ERROR" and f"signal {poison.pk} failed inside the engine" in r.getMessage()
                for r in caplog.records if r.name == "trading.engine")
-    assert engine.signal_process(signal_id=poison.pk).status == Signal.Status.FAILED  # a redelivery: no change
+    assert signal_process(signal_id=poison.pk).status == Signal.Status.FAILED  # a redelivery: no change

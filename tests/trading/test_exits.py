@@ -8,17 +8,23 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from trading import engine, services
+from trading import services
+from trading.execution import signal_process
+from trading.exits import exit_drive, exits_drive
+from trading.intake import signal_create
+from trading.killswitch import kill_switch_enforce
+from trading.monitor import positions_monitor
+from trading.recovery import orders_sweep
 from trading.models import Order, PaperPosition, Position, Signal
 
 pytestmark = pytest.mark.django_db
 
 
 def _signal(strategy, action: str, key: str, **fields):  # type: ignore[no-untyped-def]
-    signal, created = engine.signal_create(strategy=strategy, source="manual", idempotency_key=key, action=action,
+    signal, created = signal_create(strategy=strategy, source="manual", idempotency_key=key, action=action,
                                            enqueue=False, **fields)
     assert created
-    return engine.signal_process(signal_id=signal.pk)
+    return signal_process(signal_id=signal.pk)
 
 
 def _venue_net(account, symbol: str = "BTC/USD") -> Decimal:  # type: ignore[no-untyped-def]
@@ -84,15 +90,15 @@ def test_a_failed_stop_loss_exit_is_pursued_until_flat(fault, make_account, make
     _signal(strategy, "open_long", "o1")
     _faults().next(2, PaperFault(fault), match=lambda request: request.side is Side.SELL)
     set_price("BTC/USD", "97")
-    engine.positions_monitor()
+    positions_monitor()
     stop = Signal.objects.get(source=Signal.Source.MONITOR)
     later = timezone.now()
     for step in range(6):
         if stop.status != Signal.Status.WORKING:
             break
         later += timedelta(seconds=40)
-        engine.orders_sweep(now=later)  # an order whose reply was lost is found on the venue by its client id
-        stop = engine.exit_drive(signal_id=stop.pk, now=later)
+        orders_sweep(now=later)  # an order whose reply was lost is found on the venue by its client id
+        stop = exit_drive(signal_id=stop.pk, now=later)
     assert stop.status == Signal.Status.EXECUTED, stop.decision_detail
     assert _book(account)[strategy.pk] == 0 and _venue_net(account) == 0
     exits = list(Order.objects.filter(signal=stop).order_by("pk"))
@@ -115,7 +121,7 @@ def test_a_close_while_the_entry_works_cancels_it_and_closes_what_filled(make_ac
     entry.refresh_from_db()
     assert entry.status == Order.Status.CANCELED
     set_price("BTC/USD", "80")
-    engine.positions_monitor()
+    positions_monitor()
     assert _book(account).get(strategy.pk, Decimal(0)) == 0 and _venue_net(account) == 0
 
 
@@ -142,8 +148,8 @@ def test_kill_switch_flattens_two_opposite_strategies_on_one_account(make_accoun
     _signal(short, "open_short", "b1")
     assert _venue_net(account) == 0
     services.kill_switch_engage(by="test", reason="drill")
-    engine.kill_switch_enforce()
-    engine.exits_drive(now=timezone.now() + timedelta(seconds=5))
+    kill_switch_enforce()
+    exits_drive(now=timezone.now() + timedelta(seconds=5))
     assert _book(account) == {long_.pk: 0, short.pk: 0} and _venue_net(account) == 0
     assert not Signal.objects.filter(status=Signal.Status.WORKING).exists()
 
@@ -199,7 +205,7 @@ def test_the_kill_switch_says_flat_only_once_the_venue_is_flat(make_account, mak
     _signal(strategy, "open_long", "k1")
     _faults().next(3, PaperFault.REFUSE)  # the venue refuses the kill switch's first exits
     services.kill_switch_engage(by="test", reason="drill")
-    engine.kill_switch_enforce()
+    kill_switch_enforce()
     switch = KillSwitch.objects.get(pk=1)
     assert switch.flat_at is None
     assert {"account": account.name, "symbol": "BTC/USD", "book": "1", "venue": "1"} in switch.still_open
@@ -210,8 +216,8 @@ def test_the_kill_switch_says_flat_only_once_the_venue_is_flat(make_account, mak
     later = timezone.now()
     for _ in range(4):  # it keeps trying until the venue is flat
         later += timedelta(seconds=40)
-        engine.exits_drive(now=later)
-        engine.kill_switch_enforce(now=later)
+        exits_drive(now=later)
+        kill_switch_enforce(now=later)
     switch.refresh_from_db()
     assert switch.still_open == [] and switch.flat_at is not None
     assert _venue_net(account) == 0
@@ -241,8 +247,8 @@ def test_a_close_behind_an_entry_waiting_for_an_exit_is_decided_after_it(make_ac
     later = timezone.now()
     for _ in range(4):
         later += timedelta(seconds=40)
-        engine.orders_sweep(now=later)
-        engine.exits_drive(now=later)
+        orders_sweep(now=later)
+        exits_drive(now=later)
     statuses = dict(Signal.objects.filter(account=account).values_list("idempotency_key", "status"))
     assert statuses == {"w1": "executed", "w2": "executed", "w3": "executed", "w4": "executed"}, statuses
     assert _book(account)[strategy.pk] == 0 and _venue_net(account) == 0
@@ -281,16 +287,16 @@ def test_any_interleaving_with_refusals_ends_with_the_books_summing_to_the_venue
         for n, (who, action, fault) in enumerate(steps):
             if fault is not None:
                 _faults().next(1, PaperFault(fault))
-            signal, _ = engine.signal_create(strategy=strategies[who], source="manual", action=action,
+            signal, _ = signal_create(strategy=strategies[who], source="manual", action=action,
                                              idempotency_key=f"{account.pk}:{n}", enqueue=False)
-            engine.signal_process(signal_id=signal.pk)
+            signal_process(signal_id=signal.pk)
             last[who] = action
         _faults().clear()
         later = timezone.now()
         for _ in range(8):  # the beat's work until every exit is done and every lost reply found
             later += timedelta(seconds=40)
-            engine.orders_sweep(now=later)
-            engine.exits_drive(now=later)
+            orders_sweep(now=later)
+            exits_drive(now=later)
         assert not Signal.objects.filter(account=account, status=Signal.Status.WORKING).exists()
         assert not Order.objects.filter(account=account, status__in=Order.WORKING).exists()
         book = _book(account)

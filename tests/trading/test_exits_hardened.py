@@ -13,7 +13,14 @@ from django.utils import timezone
 from exchanges.errors import AuthError, TemporaryError
 from tests.fakes.memory_venue import MemoryVenue
 from tests.trading.test_live_readiness import SYMBOL, _live_account
-from trading import engine, services
+from trading import services
+from trading.execution import signal_process
+from trading.exits import exit_drive, exits_drive
+from trading.intake import signal_create
+from trading.killswitch import kill_switch_enforce
+from trading.monitor import accounts_to_monitor
+from trading.protection import protection_sync
+from trading.recovery import orders_sweep
 from trading.models import KillSwitch, Order, PaperPosition, Position, Signal
 
 pytestmark = pytest.mark.django_db
@@ -27,10 +34,10 @@ def venue() -> MemoryVenue:
 
 
 def _send(strategy, action: str, key: str) -> Signal:  # type: ignore[no-untyped-def]
-    signal, created = engine.signal_create(strategy=strategy, source="manual", idempotency_key=key, action=action,
+    signal, created = signal_create(strategy=strategy, source="manual", idempotency_key=key, action=action,
                                            enqueue=False)
     assert created
-    return engine.signal_process(signal_id=signal.pk)
+    return signal_process(signal_id=signal.pk)
 
 
 def _venue_net(venue: MemoryVenue) -> Decimal:
@@ -47,8 +54,8 @@ def _drive(signal: Signal, *, steps: int = 8, every: float = 40) -> Signal:
         if signal.status != Signal.Status.WORKING:
             break
         later += timedelta(seconds=every)
-        engine.orders_sweep(now=later)
-        signal = engine.exit_drive(signal_id=signal.pk, now=later)
+        orders_sweep(now=later)
+        signal = exit_drive(signal_id=signal.pk, now=later)
     return signal
 
 
@@ -74,8 +81,8 @@ def test_one_broken_venue_does_not_stop_the_kill_switch_closing_the_others(monke
         _send(make_strategy(account, mode="live", sizing_value="0.1", protective_orders="off"), "open_long", key)
     down.fail_next(TemporaryError("503 Service Unavailable", venue="hyperliquid"), times=1000)
     services.kill_switch_engage(reason="test", by="test")
-    engine.kill_switch_enforce()  # was: the broken venue's error ended the tick before the healthy account
-    engine.exits_drive()
+    kill_switch_enforce()  # was: the broken venue's error ended the tick before the healthy account
+    exits_drive()
     assert _venue_net(venue) == 0
     switch = KillSwitch.objects.get(pk=1)
     assert switch.flat_at is None and any(row.get("account") == "down" for row in switch.still_open)
@@ -96,7 +103,7 @@ def test_a_signal_waits_while_its_strategys_exit_is_in_flight(monkeypatch, venue
     assert reverse.status == Signal.Status.RECEIVED, reverse.decision_detail
     assert "exit in flight" in reverse.decision_detail
     assert _drive(closing).status == Signal.Status.EXECUTED
-    reverse = engine.signal_process(signal_id=reverse.pk)
+    reverse = signal_process(signal_id=reverse.pk)
     assert _venue_net(venue) == _held(strategy) and _venue_net(venue) >= Decimal("-1")
 
 
@@ -131,7 +138,7 @@ def test_an_entry_found_filled_after_its_strategy_was_closed_is_closed_again(mon
     late = Signal.objects.get(payload__trigger="late_fill")
     assert late.action == Signal.Action.CLOSE
     later = timezone.now() + timedelta(minutes=1)
-    engine.orders_sweep(now=later)  # the worker would have taken it at once; the sweeper does in any case
+    orders_sweep(now=later)  # the worker would have taken it at once; the sweeper does in any case
     assert _drive(Signal.objects.get(pk=late.pk)).status == Signal.Status.EXECUTED
     assert _venue_net(venue) == 0 and _held(strategy) == 0
 
@@ -152,7 +159,7 @@ def test_dust_below_the_smallest_order_fails_once_with_a_plain_reason(make_accou
     assert Order.objects.filter(signal=closing).count() == 1  # sold the 0.4 it could; no order for the dust
     services.kill_switch_engage(reason="test", by="test")
     for _ in range(3):
-        engine.kill_switch_enforce()
+        kill_switch_enforce()
     assert Signal.objects.filter(source=Signal.Source.KILL_SWITCH).count() == 1  # reported, not retried for ever
 
 
@@ -169,12 +176,12 @@ def test_a_protective_order_is_not_placed_once_an_exit_started_after_it_was_deci
     type(strategy).objects.filter(pk=strategy.pk).update(protective_orders="on")
 
     def an_exit_starts() -> None:
-        signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="c", action="close",
+        signal, _ = signal_create(strategy=strategy, source="manual", idempotency_key="c", action="close",
                                          enqueue=False)
         Signal.objects.filter(pk=signal.pk).update(status=Signal.Status.WORKING)
 
     venue.on_next("positions", an_exit_starts)
-    counts = engine.protection_sync(position_id=position.pk)
+    counts = protection_sync(position_id=position.pk)
     assert counts["placed"] == 0 and opened.status == Signal.Status.EXECUTED
     assert not Order.objects.filter(position=position).exists()
 
@@ -187,4 +194,4 @@ def test_the_monitor_watches_only_accounts_with_something_to_watch(make_account,
     _send(trailing, "open_long", "t1")
     _send(trailing, "close", "t2")  # flat: its trailing stop has nothing to guard
     make_strategy(idle)
-    assert engine.accounts_to_monitor() == [guarded.pk]
+    assert accounts_to_monitor() == [guarded.pk]

@@ -22,7 +22,11 @@ from tests.conftest import wait_for
 from tests.fakes import venues as fake_venues
 from tests.fakes.live import bare_connector, live_setup
 from tests.fakes.memory_venue import MemoryVenue, failing_builder, install
-from trading import engine, reconcile, services
+from trading import reconcile, services
+from trading.execution import signal_process
+from trading.intake import signal_create
+from trading.monitor import positions_monitor
+from trading.recovery import orders_sweep
 from trading.connectors import connector_for
 from trading.models import AuditEvent, Fill, MarketPrice, Order, Position, Signal, VenueAccount
 
@@ -40,10 +44,10 @@ def _live_account(monkeypatch, venue: MemoryVenue, *, name: str = "live", env: s
 
 
 def _send(strategy, action: str, key: str, **fields) -> Signal:  # type: ignore[no-untyped-def]
-    signal, created = engine.signal_create(strategy=strategy, source="manual", idempotency_key=key, action=action,
+    signal, created = signal_create(strategy=strategy, source="manual", idempotency_key=key, action=action,
                                            enqueue=False, **fields)
     assert created
-    return engine.signal_process(signal_id=signal.pk)
+    return signal_process(signal_id=signal.pk)
 
 
 @pytest.fixture
@@ -74,9 +78,9 @@ def test_stop_loss_on_a_live_account_fires_from_the_venue_ticker(db, monkeypatch
     assert Position.objects.get(strategy=strategy).stop_loss == Decimal("49000")
 
     venue.set_price(SYMBOL, "49100")
-    assert engine.positions_monitor() == {"matched": 0, "exits": 0}
+    assert positions_monitor() == {"matched": 0, "exits": 0}
     venue.set_price(SYMBOL, "48900")
-    assert engine.positions_monitor() == {"matched": 0, "exits": 1}
+    assert positions_monitor() == {"matched": 0, "exits": 1}
 
     assert not MarketPrice.objects.exists()  # no shared price table was needed: the venue's own ticker
     position = Position.objects.get(strategy=strategy)
@@ -97,17 +101,17 @@ def test_a_resting_live_limit_that_fills_between_ticks_is_followed_by_the_monito
     signal = _send(strategy, "open_long", "live-limit", order_type="limit", price=Decimal("49000"))
     order = Order.objects.get(signal=signal)
     assert order.status == Order.Status.OPEN
-    assert engine.positions_monitor() == {"matched": 0, "exits": 0}  # nothing changed on the venue
+    assert positions_monitor() == {"matched": 0, "exits": 0}  # nothing changed on the venue
 
     venue.set_price(SYMBOL, "48950")  # the venue fills our resting buy at its limit, by itself
-    assert engine.positions_monitor()["matched"] == 1
+    assert positions_monitor()["matched"] == 1
     order.refresh_from_db()
     assert order.status == Order.Status.FILLED and order.average_fill_price == Decimal("49000")
     position = Position.objects.get(strategy=strategy)
     assert position.quantity == Decimal("0.1") and position.take_profit is not None
 
     venue.set_price(SYMBOL, str(position.take_profit))
-    assert engine.positions_monitor()["exits"] == 1
+    assert positions_monitor()["exits"] == 1
     assert Position.objects.get(strategy=strategy).quantity == 0
 
 
@@ -123,11 +127,11 @@ def test_a_venue_that_is_down_does_not_stop_the_other_accounts_exits(db, monkeyp
     down.set_price(SYMBOL, "40000")
     venue.set_price(SYMBOL, "40000")
     down.fail_next(TemporaryError("503 Service Unavailable", venue="hyperliquid"), times=50)
-    assert engine.positions_monitor()["exits"] == 1
+    assert positions_monitor()["exits"] == 1
     assert Position.objects.get(account=account_up).quantity == 0
     assert Position.objects.get(account=account_down).quantity == Decimal("0.1")
     down.recover()  # the venue is back: the next tick closes it
-    assert engine.positions_monitor()["exits"] == 1
+    assert positions_monitor()["exits"] == 1
     assert Position.objects.get(account=account_down).quantity == 0
 
 
@@ -285,7 +289,7 @@ def test_a_venue_refusal_rejects_the_order_with_the_venues_reason_and_sends_noth
     assert signal.status == Signal.Status.FAILED and reason in signal.decision_detail
     assert AuditEvent.objects.filter(action="order.rejected", entity_id=str(order.pk)).count() == 1
     assert not Position.objects.filter(strategy=strategy).exclude(quantity=0).exists()
-    engine.orders_sweep()  # recovery has nothing to ask about and nothing to resend
+    orders_sweep()  # recovery has nothing to ask about and nothing to resend
     assert venue.calls.count("create_order") == 1
     assert venue.calls.count("fetch_order_by_client_id") == 0
     # What the user reads through the API.

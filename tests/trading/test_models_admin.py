@@ -11,7 +11,9 @@ from django.test import Client
 
 from exchanges import registry
 from exchanges.errors import LiveVenueForbiddenError
-from trading import engine, services
+from trading import services
+from trading.execution import signal_process
+from trading.intake import signal_create
 from trading.fields import ExactDecimalField
 from trading.models import EquitySnapshot, Order, Signal, Strategy
 
@@ -44,9 +46,9 @@ def test_equity_snapshot_books_realized_and_unrealized(make_account, make_strate
     account = make_account()
     strategy = make_strategy(account, sizing_value="1")
     set_price("BTC/USD", "1000")
-    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="snap", action="open_long",
+    signal, _ = signal_create(strategy=strategy, source="manual", idempotency_key="snap", action="open_long",
                                      enqueue=False)
-    engine.signal_process(signal_id=signal.pk)
+    signal_process(signal_id=signal.pk)
     set_price("BTC/USD", "1100")
     assert services.equity_snapshot_take() == 2
     total = EquitySnapshot.objects.get(account=account, strategy=None)
@@ -60,9 +62,9 @@ def test_admin_pages_render_and_state_rows_are_read_only(admin_client: Client, m
                                                          set_price) -> None:
     strategy = make_strategy(make_account())
     set_price("BTC/USD", "50000")
-    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="adm", action="open_long",
+    signal, _ = signal_create(strategy=strategy, source="manual", idempotency_key="adm", action="open_long",
                                      enqueue=False)
-    engine.signal_process(signal_id=signal.pk)
+    signal_process(signal_id=signal.pk)
     for model in ("venueaccount", "strategy", "signal", "order", "fill", "position", "equitysnapshot",
                   "marketprice", "auditevent", "killswitch"):
         assert admin_client.get(f"/admin/trading/{model}/").status_code == 200, model

@@ -16,7 +16,9 @@ import pytest
 from tests.fakes import venues as fake_venues
 from tests.fakes.live import LiveSetup, bare_connector, fake_server, live_setup, small_quantity
 from tests.fakes.faults import Request
-from trading import engine
+from trading.execution import signal_process
+from trading.intake import signal_create
+from trading.monitor import account_monitor
 from trading.models import Order, Position, Signal, Strategy
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -56,9 +58,9 @@ def _three_markets(hyperliquid: fake_venues.VenueHarness, monkeypatch: pytest.Mo
                                         sizing_value=str(quantity), leverage="1", protective_orders="off",
                                         stop_loss_mode="percent", stop_loss_value="1"))
     for n, strategy in enumerate(strategies):
-        signal, _ = engine.signal_create(strategy=strategy, source="manual", action="open_long",
+        signal, _ = signal_create(strategy=strategy, source="manual", action="open_long",
                                          idempotency_key=f"open-{n}", enqueue=False)
-        assert engine.signal_process(signal_id=signal.pk).status == Signal.Status.EXECUTED
+        assert signal_process(signal_id=signal.pk).status == Signal.Status.EXECUTED
     return live, strategies
 
 
@@ -73,7 +75,7 @@ def test_a_price_pass_reads_one_price_and_exits_only_the_market_that_moved(hyper
     live, (btc, eth, sol) = _three_markets(hyperliquid, monkeypatch, make_strategy)
     _cross(hyperliquid, "BTC", "ETH")  # two stops crossed; the price of ETH is the one that arrived
     before = _reads(live)
-    counts = engine.account_monitor(account_id=live.account.pk, symbol=eth.symbol)
+    counts = account_monitor(account_id=live.account.pk, symbol=eth.symbol)
     assert counts["exits"] == 1
     # One allMids for the pass, one for the exit's decision (every held market's mark with it): not one per market.
     assert _reads(live) - before == 2
@@ -83,7 +85,7 @@ def test_a_price_pass_reads_one_price_and_exits_only_the_market_that_moved(hyper
     assert Position.objects.get(strategy=btc).quantity > 0  # left to its own price pass or the tick
 
     before = _reads(live)
-    counts = engine.account_monitor(account_id=live.account.pk)  # the tick: every market, in one read
+    counts = account_monitor(account_id=live.account.pk)  # the tick: every market, in one read
     assert counts["exits"] == 1 and Position.objects.get(strategy=btc).quantity == 0
     assert Position.objects.get(strategy=sol).quantity > 0
     assert _reads(live) - before == 2
@@ -98,9 +100,9 @@ def test_the_fan_out_sends_the_least_recently_monitored_account_first(make_accou
     accounts = [make_account() for _ in range(4)]
     for account in accounts:
         strategy = make_strategy(account, sizing_value="1", stop_loss_mode="percent", stop_loss_value="5")
-        signal, _ = engine.signal_create(strategy=strategy, source="manual", action="open_long",
+        signal, _ = signal_create(strategy=strategy, source="manual", action="open_long",
                                          idempotency_key=f"o{account.pk}", enqueue=False)
-        engine.signal_process(signal_id=signal.pk)
+        signal_process(signal_id=signal.pk)
     ids = [a.pk for a in accounts]
     order = accounts_to_monitor()
     assert sorted(order) == sorted(ids)
@@ -110,7 +112,7 @@ def test_the_fan_out_sends_the_least_recently_monitored_account_first(make_accou
     for _ in range(4):
         order = accounts_to_monitor()
         for account_id in order[:2]:
-            engine.account_monitor(account_id=account_id)
+            account_monitor(account_id=account_id)
             ran.append(account_id)
     assert {ran.count(a) for a in ids} == {2}, ran
     assert set(ran[:4]) == set(ids)

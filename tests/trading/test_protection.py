@@ -8,7 +8,11 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from trading import engine, reconcile
+from trading import reconcile
+from trading.execution import signal_process
+from trading.exits import exits_drive
+from trading.intake import signal_create
+from trading.monitor import positions_monitor
 from trading.connectors import connector_for
 from trading.models import Order, PaperOrder, PaperPosition, Position, Signal
 
@@ -16,10 +20,10 @@ pytestmark = pytest.mark.django_db
 
 
 def _signal(strategy, action: str, key: str, **fields):  # type: ignore[no-untyped-def]
-    signal, created = engine.signal_create(strategy=strategy, source="manual", idempotency_key=key, action=action,
+    signal, created = signal_create(strategy=strategy, source="manual", idempotency_key=key, action=action,
                                            enqueue=False, **fields)
     assert created
-    return engine.signal_process(signal_id=signal.pk)
+    return signal_process(signal_id=signal.pk)
 
 
 def _resting(strategy) -> dict[str, tuple[str, Decimal, Decimal, bool]]:  # type: ignore[no-untyped-def]
@@ -54,7 +58,7 @@ def test_the_stop_fires_on_the_venue_and_its_sibling_is_canceled(protected, set_
     account, strategy = protected
     _signal(strategy, "open_long", "o1")
     set_price("BTC/USD", "97")
-    engine.positions_monitor()
+    positions_monitor()
     assert Position.objects.get(strategy=strategy).quantity == 0
     stop = Order.objects.get(strategy=strategy, purpose=Order.Purpose.STOP_LOSS)
     assert stop.status == Order.Status.FILLED and stop.filled_quantity == 1
@@ -102,8 +106,8 @@ def test_no_protective_order_where_it_would_not_reduce_the_accounts_net(make_acc
     _signal(long_, "open_long", "l1")  # the net is short 2: a reduce-only sell would be refused by the venue
     assert _resting(long_) == {}
     set_price("BTC/USD", "97")
-    engine.positions_monitor()  # the bot's monitor guards it instead
-    engine.exits_drive()
+    positions_monitor()  # the bot's monitor guards it instead
+    exits_drive()
     assert Position.objects.get(strategy=long_).quantity == 0
     assert Position.objects.get(strategy=short).quantity == Decimal("-3")
     assert PaperPosition.objects.get(account=account, symbol="BTC/USD").quantity == Decimal("-3")
@@ -118,21 +122,21 @@ def test_a_trailing_stop_follows_the_price_moves_the_venue_stop_and_exits(make_a
     _signal(strategy, "open_long", "t1")
     assert _resting(strategy) == {}  # no stop until the trail activates
     set_price("BTC/USD", "100.5")
-    engine.positions_monitor()
+    positions_monitor()
     assert Position.objects.get(strategy=strategy).stop_loss is None  # not yet 1% in profit
     set_price("BTC/USD", "110")
-    engine.positions_monitor()
+    positions_monitor()
     position = Position.objects.get(strategy=strategy)
     assert position.stop_loss == Decimal("107.80") and position.trail_peak == Decimal("110")
     assert _resting(strategy)["stop_loss"] == ("sell", Decimal("1"), Decimal("107.80"), True)
     set_price("BTC/USD", "108.5")
-    engine.positions_monitor()
+    positions_monitor()
     assert Position.objects.get(strategy=strategy).stop_loss == Decimal("107.80")  # a stop never loosens
     set_price("BTC/USD", "120")
-    engine.positions_monitor()
+    positions_monitor()
     assert _resting(strategy)["stop_loss"][2] == Decimal("117.60")
     set_price("BTC/USD", "117")
-    engine.positions_monitor()
+    positions_monitor()
     position = Position.objects.get(strategy=strategy)
     assert position.quantity == 0 and position.realized_pnl == Decimal("17")  # sold at 117, the venue's price
     assert not PaperOrder.objects.filter(account=account, is_open=True).exists()
@@ -168,8 +172,8 @@ def test_a_protective_order_another_strategys_trade_leaves_larger_than_the_net_i
     assert _resting(long_) == {}
     assert not PaperOrder.objects.filter(account=account, is_open=True).exists()
     set_price("BTC/USD", "97")
-    engine.positions_monitor()  # the bot's monitor guards it instead
-    engine.exits_drive()
+    positions_monitor()  # the bot's monitor guards it instead
+    exits_drive()
     assert Position.objects.get(strategy=long_).quantity == 0
     assert Position.objects.get(strategy=short).quantity == Decimal("-2")
     assert PaperPosition.objects.get(account=account, symbol="BTC/USD").quantity == Decimal("-2")

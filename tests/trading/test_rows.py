@@ -15,7 +15,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from infra import rows
-from trading import engine
+from trading.execution import signal_process
+from trading.intake import signal_create
 from trading.models import AuditEvent, Order, Signal, VenueAccount
 
 pytestmark = pytest.mark.django_db
@@ -85,7 +86,7 @@ def _unsaved_orders(make_account: Any, make_strategy: Any, key: str) -> tuple[An
     """An account, and a factory of unsaved market orders of one signal on it."""
     account = make_account()
     strategy = make_strategy(account)
-    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key=key, action="open_long",
+    signal, _ = signal_create(strategy=strategy, source="manual", idempotency_key=key, action="open_long",
                                      enqueue=False)
     now = timezone.now()
 
@@ -165,9 +166,9 @@ def test_the_engine_unit_commits_with_its_last_writes(make_account: Any, make_st
     keys = iter(["open", "close"])
 
     def process(action: str) -> Signal:
-        signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key=next(keys),
+        signal, _ = signal_create(strategy=strategy, source="manual", idempotency_key=next(keys),
                                          action=action, enqueue=False)
-        result = engine.signal_process(signal_id=signal.pk)
+        result = signal_process(signal_id=signal.pk)
         assert result.status == Signal.Status.EXECUTED, result.decision_detail
         return result
 

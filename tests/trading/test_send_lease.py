@@ -17,7 +17,11 @@ from django.db import connection
 
 from exchanges.errors import InvalidOrderError, OrderStatusUnknownError
 from tests.fakes.memory_venue import MemoryVenue, install
-from trading import engine, reconcile, services
+from trading import reconcile, services
+from trading.execution import signal_process
+from trading.intake import signal_create
+from trading.orders import UNACKNOWLEDGED, order_cancel
+from trading.recovery import orders_sweep, startup_recover
 from trading.leases import order_send_lease
 from trading.models import Fill, Order, Position
 
@@ -68,7 +72,7 @@ def _live_strategy(monkeypatch: Any, venue: MemoryVenue, make_strategy: Any) -> 
 def _in_thread(signal_id: int) -> threading.Thread:
     def run() -> None:
         try:
-            engine.signal_process(signal_id=signal_id)
+            signal_process(signal_id=signal_id)
         finally:
             connection.close()
     thread = threading.Thread(target=run, name="worker-original")
@@ -84,15 +88,15 @@ def test_a_send_in_flight_is_never_repeated_by_the_sweeper_or_a_cancel(monkeypat
                      if late == "refusal" else None)
     venue.set_price(SYMBOL, "50000")
     strategy = _live_strategy(monkeypatch, venue, make_strategy)
-    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key=f"k-{late}",
+    signal, _ = signal_create(strategy=strategy, source="manual", idempotency_key=f"k-{late}",
                                      action="open_long", enqueue=False)
     original = _in_thread(signal.pk)
     assert venue.entered.wait(10)
     order = Order.objects.get(signal=signal)
     time.sleep(1.2)  # past STUCK_AFTER_SECONDS: the sweeper now looks at it
-    engine.orders_sweep()
-    engine.startup_recover()
-    engine.order_cancel(order_id=order.pk, by="user:alice")
+    orders_sweep()
+    startup_recover()
+    order_cancel(order_id=order.pk, by="user:alice")
     order.refresh_from_db()
     assert order.status == Order.Status.SUBMITTING and order.attempts == 1, (order.status, order.attempts)
     venue.gate.set()
@@ -112,7 +116,7 @@ def test_a_late_refusal_never_overwrites_what_the_venue_said_meanwhile(monkeypat
                      late_answer=InvalidOrderError("duplicate client_order_id", venue="coinbase"))
     venue.set_price(SYMBOL, "50000")
     strategy = _live_strategy(monkeypatch, venue, make_strategy)
-    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="k-late",
+    signal, _ = signal_create(strategy=strategy, source="manual", idempotency_key="k-late",
                                      action="open_long", enqueue=False)
     original = _in_thread(signal.pk)
     assert venue.entered.wait(10)
@@ -154,14 +158,14 @@ def test_an_order_given_up_on_is_recorded_when_the_venue_shows_it_later(monkeypa
     venue = Backlogged(venue="coinbase")
     venue.set_price(SYMBOL, "50000")
     strategy = _live_strategy(monkeypatch, venue, make_strategy)
-    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="gx", action="open_long",
+    signal, _ = signal_create(strategy=strategy, source="manual", idempotency_key="gx", action="open_long",
                                      enqueue=False)
-    engine.signal_process(signal_id=signal.pk)
+    signal_process(signal_id=signal.pk)
     order = Order.objects.get(signal=signal)
     for _ in range(settings.TRADING["MAX_SUBMIT_ATTEMPTS"] + 1):
-        engine.orders_sweep()
+        orders_sweep()
     order.refresh_from_db()
-    assert order.status == Order.Status.REJECTED and engine.UNACKNOWLEDGED in order.reason
+    assert order.status == Order.Status.REJECTED and UNACKNOWLEDGED in order.reason
     venue.drain()  # the gateway catches up: the order executes after all
     report = reconcile.account_reconcile(account=order.account)
     order.refresh_from_db()
@@ -179,16 +183,16 @@ def test_a_cancel_of_an_unacknowledged_order_never_sends_it(monkeypatch: Any, ma
     strategy = _live_strategy(monkeypatch, venue, make_strategy)
     venue.fail_next(OrderStatusUnknownError("connection reset before the venue read it", venue="coinbase"),
                     call="create_order")
-    signal, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="cx", action="open_long",
+    signal, _ = signal_create(strategy=strategy, source="manual", idempotency_key="cx", action="open_long",
                                      enqueue=False)
-    engine.signal_process(signal_id=signal.pk)
+    signal_process(signal_id=signal.pk)
     order = Order.objects.get(signal=signal)
     assert order.status == Order.Status.UNKNOWN
     creates = venue.calls.count("create_order")
-    result = engine.order_cancel(order_id=order.pk, by="user:alice")
+    result = order_cancel(order_id=order.pk, by="user:alice")
     assert venue.calls.count("create_order") == creates  # asked about it, did not send it
     assert result.status == Order.Status.CANCELED and "user:alice" in result.reason
-    engine.orders_sweep()
+    orders_sweep()
     reconcile.account_reconcile(account=order.account)
     order.refresh_from_db()
     assert order.status == Order.Status.CANCELED and venue.calls.count("create_order") == creates

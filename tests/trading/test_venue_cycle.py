@@ -13,7 +13,7 @@ from exchanges.base import Side, VenueOrder
 from tests.conftest import wait_for
 from tests.fakes import venues as fake_venues
 from tests.fakes.live import LiveSetup, bare_connector, live_setup
-from trading import engine
+from trading.intake import signal_create
 from trading.models import Fill, Order, Position, Signal, VenueAccount
 from trading.tasks import positions_monitor_task
 
@@ -41,7 +41,7 @@ def _venue_orders(live: LiveSetup, orders: list[Order]) -> list[VenueOrder]:
 def _round_trip(live: LiveSetup, key: str, exit_kind: str) -> tuple[Decimal, Decimal]:
     """Open long through the worker, move the venue past the exit, let the worker's monitor close; return
     the venue's (gross P&L, fees) of the round trip."""
-    signal, _ = engine.signal_create(strategy=live.strategy, source="manual", idempotency_key=key,
+    signal, _ = signal_create(strategy=live.strategy, source="manual", idempotency_key=key,
                                      action="open_long")
     wait_for(lambda: Signal.objects.get(pk=signal.pk).status in ("executed", "rejected"), timeout=60,
              what="the entry executed by the worker")

@@ -22,7 +22,10 @@ from exchanges.base import Connector, Side
 from tests.fakes import venues as fake_venues
 from tests.fakes.faults import OrderFault
 from tests.fakes.live import LiveSetup, bare_connector, drive, live_setup
-from trading import engine, services
+from trading import services
+from trading.execution import signal_process
+from trading.intake import signal_create
+from trading.killswitch import kill_switch_enforce
 from trading.models import Fill, KillSwitch, Order, Position, Signal, Strategy
 
 VENUES = list(fake_venues.available())
@@ -75,10 +78,10 @@ class Venue:
 
 
 def _signal(strategy: Strategy, action: str, key: str, *, source: str = "manual") -> Signal:
-    signal, created = engine.signal_create(strategy=strategy, source=source, idempotency_key=key, action=action,
+    signal, created = signal_create(strategy=strategy, source=source, idempotency_key=key, action=action,
                                            enqueue=False)
     assert created
-    return engine.signal_process(signal_id=signal.pk)
+    return signal_process(signal_id=signal.pk)
 
 
 def _open(strategy: Strategy, action: str, key: str) -> None:
@@ -263,7 +266,7 @@ def test_three_strategies_on_one_account_close_stop_out_and_take_profit_netting_
     assert page.status_code == 302 and "closed=" in page["Location"], page
     closing = Signal.objects.get(pk=int(page["Location"].split("closed=")[1]))
     assert (closing.source, closing.action, closing.strategy_id) == ("manual", "close", by_hand.pk)
-    engine.signal_process(signal_id=closing.pk)  # what the worker does with the queued signal
+    signal_process(signal_id=closing.pk)  # what the worker does with the queued signal
     drive(lambda: _status(closing.pk) != Signal.Status.WORKING, timeout=30)
     assert _status(closing.pk) == Signal.Status.EXECUTED, Signal.objects.get(pk=closing.pk).decision_detail
     assert _held(by_hand) == 0 and _held(stopping) == 3 * q
@@ -317,7 +320,7 @@ def test_two_strategies_on_one_account_close_then_the_kill_switch_flattens_both(
     services.kill_switch_engage(by="test", reason="drill")
 
     def flat() -> bool:
-        engine.kill_switch_enforce()  # beat's part while the switch is engaged
+        kill_switch_enforce()  # beat's part while the switch is engaged
         return KillSwitch.objects.get(pk=1).flat_at is not None
 
     drive(flat, timeout=45)

@@ -286,7 +286,9 @@ def live_strategy(live_account: VenueAccount, scripted: Any, make_strategy: Call
 
 
 def test_an_open_breaker_keeps_signals_waiting_and_sends_nothing(live_strategy: Any, scripted: Any) -> None:
-    from trading import engine
+    from trading.execution import signal_process
+    from trading.intake import signal_create
+    from trading.orders import order_recover
     from trading.models import Order, Signal
     from trading.connectors import connector_for
 
@@ -295,17 +297,17 @@ def test_an_open_breaker_keeps_signals_waiting_and_sends_nothing(live_strategy: 
     assert isinstance(connector, ResilientConnector)
     open_breaker(connector, built[0])
     sent_before = built[0].count("create_order")
-    signal, _ = engine.signal_create(strategy=live_strategy, source="manual", idempotency_key="breaker-1",
+    signal, _ = signal_create(strategy=live_strategy, source="manual", idempotency_key="breaker-1",
                                      action="open_long", enqueue=False)
     with pytest.raises(VenueUnavailableError):
-        engine.signal_process(signal_id=signal.pk)  # the decision's reads are refused: retried later
+        signal_process(signal_id=signal.pk)  # the decision's reads are refused: retried later
     signal.refresh_from_db()
     assert signal.status == Signal.Status.RECEIVED
     assert not Order.objects.filter(signal=signal).exists()
     assert built[0].count("create_order") == sent_before
 
     connector.breaker.cool_down = 0.0  # cool-down over: the decision's first read probes and closes the breaker
-    engine.signal_process(signal_id=signal.pk)
+    signal_process(signal_id=signal.pk)
     order = Order.objects.get(signal=signal)
     assert order.status == Order.Status.OPEN and order.venue_order_id == "v1"
     assert built[0].count("create_order") == sent_before + 1
@@ -316,7 +318,9 @@ def test_an_order_refused_before_sending_is_sent_once_later(live_strategy: Any, 
     """The rate budget (or the breaker) refuses the create after the decision: nothing was sent; recovery asks the
     venue by client id and then sends the order exactly once."""
     from exchanges.resilience import RateLimiter, RateSpec
-    from trading import engine
+    from trading.execution import signal_process
+    from trading.intake import signal_create
+    from trading.orders import order_recover
     from trading.models import Order
     from trading.connectors import connector_for
 
@@ -324,16 +328,16 @@ def test_an_order_refused_before_sending_is_sent_once_later(live_strategy: Any, 
     connector = connector_for(live_strategy.account)
     assert isinstance(connector, ResilientConnector)
     connector.limiter = RateLimiter(RateSpec(rate=1.0, burst=10.0, costs={"create_order": 1000.0}))
-    signal, _ = engine.signal_create(strategy=live_strategy, source="manual", idempotency_key="budget-1",
+    signal, _ = signal_create(strategy=live_strategy, source="manual", idempotency_key="budget-1",
                                      action="open_long", enqueue=False)
-    engine.signal_process(signal_id=signal.pk)
+    signal_process(signal_id=signal.pk)
     order = Order.objects.get(signal=signal)
     assert built[0].count("create_order") == 0
     assert not order.is_final and "nothing was sent" in order.reason
 
     connector.limiter = RateLimiter(RateSpec(rate=100.0, burst=100.0))
     later = timezone.now() + timedelta(minutes=1)
-    engine.order_recover(order_id=order.pk, now=later)
+    order_recover(order_id=order.pk, now=later)
     order.refresh_from_db()
     assert order.status == Order.Status.OPEN
     assert built[0].calls.count("fetch_order_by_client_id") >= 1

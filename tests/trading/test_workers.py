@@ -8,14 +8,16 @@ from decimal import ROUND_DOWN, ROUND_HALF_UP, ROUND_UP, Decimal
 import pytest
 
 from tests.conftest import run_threads, wait_for
-from trading import engine, services
+from trading import services
+from trading.execution import signal_process
+from trading.intake import signal_create
 from trading.models import Order, PaperOrder, Position, Signal, VenueAccount
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 def _send(strategy, action: str, key: str, **fields):  # type: ignore[no-untyped-def]
-    signal, created = engine.signal_create(strategy=strategy, source="manual", idempotency_key=key, action=action,
+    signal, created = signal_create(strategy=strategy, source="manual", idempotency_key=key, action=action,
                                            **fields)
     assert created
     return signal
@@ -94,7 +96,7 @@ def test_concurrent_strategies_on_one_account_never_exceed_its_limits(make_accou
     strategies = [make_strategy(account, sizing_mode="notional", sizing_value="1000") for _ in range(5)]
     set_price("BTC/USD", "50000")
     signals = [
-        engine.signal_create(strategy=strategies[i % 5], source="manual", idempotency_key=f"c-{i}",
+        signal_create(strategy=strategies[i % 5], source="manual", idempotency_key=f"c-{i}",
                              action="open_long", enqueue=False)[0]
         for i in range(200)
     ]
@@ -107,7 +109,7 @@ def test_concurrent_strategies_on_one_account_never_exceed_its_limits(make_accou
                 if not queue:
                     return
                 signal = queue.pop()
-            engine.signal_process(signal_id=signal.pk)
+            signal_process(signal_id=signal.pk)
 
     errors = run_threads(run, 12)
     assert not errors, errors

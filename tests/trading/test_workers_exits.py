@@ -9,14 +9,16 @@ import pytest
 from django.utils import timezone
 
 from tests.conftest import wait_for
-from trading import engine
+from trading.execution import signal_process
+from trading.intake import signal_create
+from trading.monitor import stops_crossed
 from trading.models import Order, PaperOrder, PaperPosition, Position, Signal
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 def _send(strategy, action: str, key: str):  # type: ignore[no-untyped-def]
-    signal, created = engine.signal_create(strategy=strategy, source="webhook", idempotency_key=key, action=action)
+    signal, created = signal_create(strategy=strategy, source="webhook", idempotency_key=key, action=action)
     assert created
     return signal
 
@@ -92,15 +94,15 @@ def test_a_slow_venue_never_delays_another_accounts_stop(workers, monkeypatch, m
     with fake_venues.harness("hyperliquid") as harness:
         live = live_setup(harness, setenv=monkeypatch.setenv, make_strategy=make_strategy,
                           stop_loss_mode="percent", stop_loss_value="2")
-        slow, _ = engine.signal_create(strategy=live.strategy, source="manual", idempotency_key="slow-open",
+        slow, _ = signal_create(strategy=live.strategy, source="manual", idempotency_key="slow-open",
                                        action="open_long", enqueue=False)
-        assert engine.signal_process(signal_id=slow.pk).status == Signal.Status.EXECUTED
+        assert signal_process(signal_id=slow.pk).status == Signal.Status.EXECUTED
         paper = make_account()
         strategy = make_strategy(paper, sizing_value="0.01", stop_loss_mode="percent", stop_loss_value="2")
         set_price("BTC/USD", "60000")
-        opened, _ = engine.signal_create(strategy=strategy, source="manual", idempotency_key="fast-open",
+        opened, _ = signal_create(strategy=strategy, source="manual", idempotency_key="fast-open",
                                          action="open_long", enqueue=False)
-        engine.signal_process(signal_id=opened.pk)
+        signal_process(signal_id=opened.pk)
         assert Position.objects.get(strategy=strategy).quantity == Decimal("0.01")
 
         workers.env.update(live.env)
@@ -119,18 +121,18 @@ def test_stops_crossed_names_the_accounts_a_new_price_reaches(make_account, make
     for account, action, stop in ((long_account, "open_long", "2"), (short_account, "open_short", "2"),
                                   (far_account, "open_long", "10")):
         strategy = make_strategy(account, sizing_value="0.01", stop_loss_mode="percent", stop_loss_value=stop)
-        engine.signal_process(signal_id=engine.signal_create(strategy=strategy, source="manual", action=action,
+        signal_process(signal_id=signal_create(strategy=strategy, source="manual", action=action,
                                                              idempotency_key=f"s-{account.pk}", enqueue=False)[0].pk)
     trailing = make_strategy(trail_account, sizing_value="0.01", trailing_stop_percent="3")
-    engine.signal_process(signal_id=engine.signal_create(strategy=trailing, source="manual", action="open_long",
+    signal_process(signal_id=signal_create(strategy=trailing, source="manual", action="open_long",
                                                          idempotency_key="trail", enqueue=False)[0].pk)
-    assert engine.stops_crossed(symbol="BTC/USD", price=Decimal("49500")) == []  # the trail waits to be in profit
-    assert engine.stops_crossed(symbol="BTC/USD", price=Decimal("48999")) == [long_account.pk]
-    assert engine.stops_crossed(symbol="BTC/USD", price=Decimal("51001")) == [short_account.pk, trail_account.pk]
-    assert engine.stops_crossed(symbol="ETH/USD", price=Decimal("1")) == []
+    assert stops_crossed(symbol="BTC/USD", price=Decimal("49500")) == []  # the trail waits to be in profit
+    assert stops_crossed(symbol="BTC/USD", price=Decimal("48999")) == [long_account.pk]
+    assert stops_crossed(symbol="BTC/USD", price=Decimal("51001")) == [short_account.pk, trail_account.pk]
+    assert stops_crossed(symbol="ETH/USD", price=Decimal("1")) == []
     Position.objects.filter(strategy=trailing).update(trail_peak=Decimal("50800"))  # the best price seen so far
-    assert engine.stops_crossed(symbol="BTC/USD", price=Decimal("50700")) == []  # no new best: nothing to move
-    assert engine.stops_crossed(symbol="BTC/USD", price=Decimal("50900")) == [trail_account.pk]
+    assert stops_crossed(symbol="BTC/USD", price=Decimal("50700")) == []  # no new best: nothing to move
+    assert stops_crossed(symbol="BTC/USD", price=Decimal("50900")) == [trail_account.pk]
 
 
 def test_a_price_that_crosses_a_stop_sends_the_exit_without_waiting_for_the_monitor_tick(
@@ -143,9 +145,9 @@ def test_a_price_that_crosses_a_stop_sends_the_exit_without_waiting_for_the_moni
     account = make_account()
     strategy = make_strategy(account, sizing_value="0.01", stop_loss_mode="percent", stop_loss_value="2")
     set_price("BTC/USD", "50000")
-    opened = engine.signal_create(strategy=strategy, source="manual", action="open_long", idempotency_key="o",
+    opened = signal_create(strategy=strategy, source="manual", action="open_long", idempotency_key="o",
                                   enqueue=False)[0]
-    engine.signal_process(signal_id=opened.pk)
+    signal_process(signal_id=opened.pk)
     assert price_arrived("BTC/USD", Decimal("49500")) == 0  # above the stop: nothing to send
     price_set("BTC/USD", Decimal("48900"), time=timezone.now())
     assert price_arrived("BTC/USD", Decimal("48900")) == 1

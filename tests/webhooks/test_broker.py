@@ -15,7 +15,7 @@ from django.utils import timezone
 from tests.conftest import flush_broker, wait_for
 from tests.webhooks.server import free_port
 from infra import broker
-from trading import engine
+from trading.recovery import orders_sweep
 from infra.broker import RedisLink, command
 from trading.models import Signal
 from webhooks import services
@@ -93,7 +93,7 @@ def test_alert_is_stored_when_the_broker_is_down_and_the_sweeper_processes_it(ma
     signal = Signal.objects.get(pk=response.json()["signal_id"])
     assert signal.status == Signal.Status.RECEIVED  # durable before the 202, whatever happened to the enqueue
     assert "the sweeper will pick" in caplog.text  # it (one by one) or them (the group commit's one LPUSH)
-    engine.orders_sweep(now=timezone.now() + timedelta(minutes=5))
+    orders_sweep(now=timezone.now() + timedelta(minutes=5))
     signal.refresh_from_db()
     assert signal.status == Signal.Status.EXECUTED
 
