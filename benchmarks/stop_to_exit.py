@@ -59,7 +59,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -330,7 +330,7 @@ def round_run(book: Book, venue: Venue, worker: stf.Worker, *, kind: str, coin: 
         result.sent_by_arrival = price_arrived(symbol_of(coin), crossing)
         result.price_arrived_ms = (time.monotonic() - t0) * 1000
 
-    since = datetime.fromtimestamp(wall0, tz=timezone.utc)
+    since = datetime.fromtimestamp(wall0, tz=UTC)
     ids = [s.pk for s in strategies]
     seen: dict[str, float] = {}  # cloid of each sell order request -> when it reached the venue
     strategy_of: dict[str, int] = {}  # cloid -> strategy (from our order rows, committed before each send)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import timedelta, UTC
 from decimal import Decimal
 from typing import Any
 
 from django.utils import timezone
 
 from strategies.models import BacktestRun
-from trading.models import AuditEvent, EquitySnapshot, KillSwitch, MarketPrice, Order, Signal
+from trading.models import AuditEvent, EquitySnapshot, KillSwitch, MarketPrice, Signal
 
 
 def test_orders_list_filters_and_retrieve(api: Any, make_book: Any) -> None:
@@ -113,12 +113,12 @@ def test_kill_switch_engage_and_release(api: Any, db: Any) -> None:
 
 
 def _one_candle(symbol: str, timeframe: str) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from strategies.models import Candle
 
     Candle.objects.create(venue="paper", symbol=symbol, timeframe=timeframe,
-                          open_time=datetime(2024, 1, 1, tzinfo=timezone.utc), open=Decimal("100"),
+                          open_time=datetime(2024, 1, 1, tzinfo=UTC), open=Decimal("100"),
                           high=Decimal("101"), low=Decimal("99"), close=Decimal("100.5"), volume=Decimal("3"))
 
 

@@ -10,7 +10,6 @@ import re
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from django.apps import apps as django_apps
 from django.core.management import call_command
 from django.db import connection

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from decimal import Decimal
 
 from exchanges.base import Ticker
 from exchanges.errors import TemporaryError
 
-T0 = datetime(2024, 1, 2, 3, 4, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 2, 3, 4, tzinfo=UTC)
 
 
 class FakePrices:

@@ -28,6 +28,7 @@ from tests.exchanges.contract import ConnectorContract, ContractVenue
 from tests.fakes.coinbase_venue import CoinbaseFake, harness
 from tests.fakes.faults import Fault
 from tests.fakes.venues import VenueHarness
+from datetime import UTC
 
 ORDERS = "/api/v3/brokerage/orders"
 
@@ -165,13 +166,13 @@ def test_balances_follow_cursor_pages(coinbase: CoinbaseConnector, fake: Coinbas
 
 def test_candles_are_oldest_first_decimal_and_start_at_since(coinbase: CoinbaseConnector,
                                                              fake: CoinbaseFake) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     fake.candle_rows["BTC-USD"] = [
         {"start": str(1700000000 + 60 * i), "low": "49000.01", "high": "51000.99", "open": f"5000{i}.5",
          "close": f"5000{i}.25", "volume": "1.23456789"} for i in range(5)
     ]
-    since = datetime.fromtimestamp(1700000120, tz=timezone.utc)
+    since = datetime.fromtimestamp(1700000120, tz=UTC)
     candles = coinbase.candles("BTC/USD", "1m", since=since, limit=10)
     assert [c.open_time.timestamp() for c in candles] == [1700000120, 1700000180, 1700000240]
     assert (candles[0].open, candles[0].close, candles[0].volume) == (Decimal("50002.5"), Decimal("50002.25"),

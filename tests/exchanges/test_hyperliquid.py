@@ -6,7 +6,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_UP, Decimal
 from typing import Any
 
@@ -456,7 +456,7 @@ def test_balances_positions_ticker_and_candles_are_decimal(hl: VenueHarness) -> 
     (position,) = c.positions()
     assert balance.asset == "USDC" and balance.total < Decimal("1000000") and balance.free <= balance.total
     assert (position.symbol, position.quantity, position.entry_price) == (BTC, Decimal("-0.01"), Decimal("43210"))
-    t0 = int((datetime.now(timezone.utc) - timedelta(hours=2)).timestamp()) // 3600 * 3_600_000
+    t0 = int((datetime.now(UTC) - timedelta(hours=2)).timestamp()) // 3600 * 3_600_000
     fake.candles[("BTC", "1h")] = [
         {"t": t0 + i * 3_600_000, "T": t0 + (i + 1) * 3_600_000 - 1, "s": "BTC", "i": "1h", "o": "43000.5",
          "c": "43100", "h": "43200", "l": "42900.1", "v": "12.34567", "n": 10} for i in (1, 0)

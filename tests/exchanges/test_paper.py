@@ -617,12 +617,11 @@ def test_cancel_of_a_final_order_returns_it_unchanged_and_unknown_ids_raise() ->
 
 def test_in_memory_store_rolls_back_a_failed_unit_of_work() -> None:
     store = InMemoryPaperStore(Decimal("100"))
-    with pytest.raises(RuntimeError):
-        with store.atomic():
-            store.set_cash(Decimal("5"))
-            store.set_position("BTC/USD", Decimal("1"), Decimal("30000"))
-            store.next_id()
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), store.atomic():
+        store.set_cash(Decimal("5"))
+        store.set_position("BTC/USD", Decimal("1"), Decimal("30000"))
+        store.next_id()
+        raise RuntimeError("boom")
     assert (store.cash(), store.all_positions()) == (Decimal("100"), {})
     assert store.next_id() == 2  # ids never roll back
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from decimal import Decimal
 from typing import Any
 
@@ -149,21 +149,21 @@ def test_hyperliquid_fills_from_the_recorded_fill_history(hl: tuple[HyperliquidC
                                                       (D("731.7"), D("1.3093"))}
     assert sum(f.quantity for f in fills) == D("4623.5")  # the position the newest fill started from
     assert {(f.fee, f.fee_currency, f.liquidity, f.time) for f in fills} == {
-        (D("0.0"), "USDC", "taker", datetime(2023, 5, 5, 0, 18, 4, 863000, tzinfo=timezone.utc))}
+        (D("0.0"), "USDC", "taker", datetime(2023, 5, 5, 0, 18, 4, 863000, tzinfo=UTC))}
     assert len({f.fill_id for f in fills}) == 3
     assert sum(len(f) for f in by_oid.values()) == 500
 
 
 def test_hyperliquid_candles_and_ticker_from_recorded_replies(hl: tuple[HyperliquidConnector, ReplayVenue]) -> None:
     connector, _ = hl
-    since = datetime.fromtimestamp(1684702007, tz=timezone.utc)
+    since = datetime.fromtimestamp(1684702007, tz=UTC)
     candles = connector.candles("kPEPE/USDC:USDC", "1h", since=since, limit=100)
     assert len(candles) == 24
     first, last = candles[0], candles[-1]
     assert (first.open_time, first.open, first.high, first.low, first.close, first.volume) == (
-        datetime(2023, 5, 21, 20, tzinfo=timezone.utc), D("0.001601"), D("0.001616"), D("0.001601"),
+        datetime(2023, 5, 21, 20, tzinfo=UTC), D("0.001601"), D("0.001616"), D("0.001601"),
         D("0.001604"), D("520665683.0"))
-    assert (last.open_time, last.close) == (datetime(2023, 5, 22, 19, tzinfo=timezone.utc), D("0.00154"))
+    assert (last.open_time, last.close) == (datetime(2023, 5, 22, 19, tzinfo=UTC), D("0.00154"))
     assert connector.ticker("BTC/USDC:USDC").price == D("30135.0")
 
 
@@ -249,7 +249,7 @@ def test_coinbase_balances_candles_and_ticker_from_recorded_and_quoted_replies(
     """Balances come as 16-decimal zeros ("0.0000000000000000"); candles as epoch-second strings."""
     connector, _ = cb
     assert [(b.asset, b.free, b.total) for b in connector.balances()] == [("USDC", D("0"), D("0"))]
-    since = datetime.fromtimestamp(1673391780, tz=timezone.utc)
+    since = datetime.fromtimestamp(1673391780, tz=UTC)
     (candle,) = connector.candles("BTC/USD", "1m", since=since, limit=10)
     assert (candle.open_time, candle.open, candle.high, candle.low, candle.close, candle.volume) == (
         since, D("17417.74"), D("17417.99"), D("17414.36"), D("17417.38"), D("1.87780853"))

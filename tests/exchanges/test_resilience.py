@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from decimal import Decimal
 from typing import Any
 
@@ -49,7 +49,7 @@ from exchanges.resilience import (
 from tests.exchanges.contract import ConnectorContract, ContractVenue
 from tests.fakes.faults import Fault, FakeHTTPServer, Reply, Request
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 BTC = Market(symbol="BTC-USD", base="BTC", quote="USD", tick_size=Decimal("0.01"), lot_size=Decimal("0.0001"),
              min_qty=Decimal("0.0001"))
 
@@ -110,7 +110,7 @@ class ScriptedConnector(Connector):
 
     def ticker(self, symbol: str) -> Ticker:
         self._step("ticker")
-        return Ticker(symbol=symbol, price=Decimal("100"), time=datetime.now(timezone.utc))
+        return Ticker(symbol=symbol, price=Decimal("100"), time=datetime.now(UTC))
 
     def create_order(self, request: OrderRequest) -> VenueOrder:
         self._step("create_order")
@@ -372,7 +372,7 @@ def test_refusals_and_auth_errors_do_not_open_the_breaker_and_reset_the_count(bu
     inner.fail("create_order", TemporaryError("503"), InvalidOrderError("bad size"), TemporaryError("503"),
                AuthError("expired key"), AuthError("expired key"), AuthError("expired key"))
     for _ in range(6):
-        with pytest.raises(Exception):
+        with pytest.raises((TemporaryError, InvalidOrderError, AuthError)):
             wrapped.create_order(REQUEST)
     assert wrapped.breaker.state is BreakerState.CLOSED
     assert inner.count("create_order") == 6
@@ -593,7 +593,7 @@ class HttpConnector(ScriptedConnector):
 
     def ticker(self, symbol: str) -> Ticker:
         data = self._send("GET", "/ticker", ambiguous=False)
-        return Ticker(symbol=symbol, price=Decimal(data["price"]), time=datetime.now(timezone.utc))
+        return Ticker(symbol=symbol, price=Decimal(data["price"]), time=datetime.now(UTC))
 
     def balances(self) -> Sequence[Balance]:
         self._send("GET", "/balances", ambiguous=False)

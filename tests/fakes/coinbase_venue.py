@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -202,7 +202,7 @@ class CoinbaseFake(FakeHTTPServer):
     # ------------------------------------------------------------------ knobs
 
     def now(self) -> datetime:
-        return datetime.fromtimestamp(time.time() + self.clock_offset, tz=timezone.utc)
+        return datetime.fromtimestamp(time.time() + self.clock_offset, tz=UTC)
 
     def add_key(self, algorithm: str = "ES256", *, can_view: bool = True, can_trade: bool = True,
                 can_transfer: bool = False, register: bool = True) -> dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from decimal import Decimal
 from typing import Any
 
@@ -40,7 +40,7 @@ class _Prices:
     def ticker(self, symbol: str) -> Ticker:
         if symbol not in self.quotes:
             raise TemporaryError(f"no price for {symbol}", venue="memory")
-        return Ticker(symbol=symbol, price=self.quotes[symbol], time=datetime.now(timezone.utc))
+        return Ticker(symbol=symbol, price=self.quotes[symbol], time=datetime.now(UTC))
 
 
 class MemoryVenue(Connector):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import datetime, timedelta, UTC
 from decimal import Decimal
 
 import pytest
@@ -15,7 +15,7 @@ from trading import services as trading_services
 from exchanges.base import VenueCandle
 
 pytestmark = pytest.mark.django_db
-T0 = datetime(2026, 11, 25, 12, 0, tzinfo=dt_timezone.utc)
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 def _candles(n: int) -> list[VenueCandle]:

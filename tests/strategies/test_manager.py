@@ -99,8 +99,8 @@ def test_two_workers_evaluating_one_candle_at_once_record_it_once(rsi_strategy: 
         results: list[object] = []
 
         def evaluate(when: datetime = candle.open_time) -> None:
-            barrier.wait(timeout=10)
-            results.append(services.strategy_evaluate(strategy_id=rsi_strategy.pk, candle_open_time=when,
+            barrier.wait(timeout=10)  # noqa: B023 - called within this iteration
+            results.append(services.strategy_evaluate(strategy_id=rsi_strategy.pk, candle_open_time=when,  # noqa: B023 - called within this iteration
                                                       enqueue=False))
 
         errors = run_threads(evaluate, 2)
@@ -141,7 +141,7 @@ def test_beat_tick_evaluates_each_closed_candle_once(rsi_strategy: Strategy) -> 
 def test_evaluation_follows_stored_candles_across_a_gap(rsi_strategy: Strategy) -> None:
     gap = 5784  # the bundled file's missing minute follows this row
     candles = _store(gap - 2, gap + 3)
-    for i, candle in enumerate(candles[:-1]):
+    for i, _candle in enumerate(candles[:-1]):
         services.strategies_evaluate_due(now=candles[i + 1].open_time)
     times = list(StrategyEvaluation.objects.filter(strategy=rsi_strategy).order_by("candle_open_time")
                  .values_list("candle_open_time", flat=True))

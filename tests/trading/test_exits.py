@@ -93,7 +93,7 @@ def test_a_failed_stop_loss_exit_is_pursued_until_flat(fault, make_account, make
     positions_monitor()
     stop = Signal.objects.get(source=Signal.Source.MONITOR)
     later = timezone.now()
-    for step in range(6):
+    for _step in range(6):
         if stop.status != Signal.Status.WORKING:
             break
         later += timedelta(seconds=40)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from datetime import timezone as dt_timezone
+from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
@@ -232,8 +232,8 @@ def test_writes_dropped_by_a_savepoint_are_never_folded_into(make_account: Any) 
        number=st.decimals(allow_nan=False, allow_infinity=False, places=18, min_value=Decimal("-1e19"),
                           max_value=Decimal("1e19")),
        whole=st.integers(min_value=-(2 ** 63), max_value=2 ** 63 - 1),
-       when=st.datetimes(timezones=st.just(dt_timezone.utc), min_value=datetime(1970, 1, 2),
-                         max_value=datetime(2200, 1, 1)))
+       when=st.datetimes(timezones=st.just(UTC), min_value=datetime(1970, 1, 2),  # noqa: DTZ001 - hypothesis bounds are naive, timezones= makes them aware
+                         max_value=datetime(2200, 1, 1)))  # noqa: DTZ001 - see above
 def test_values_written_into_the_text_come_back_exactly(text: str, number: Decimal, whole: int,
                                                        when: datetime) -> None:
     found = rows.fetch_all("SELECT %s::text, %s::numeric, %s::bigint, %s::timestamptz, %s::boolean, %s::text",

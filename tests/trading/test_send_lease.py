@@ -230,11 +230,10 @@ def _held_in_another_thread(order_id: int, *, session_ends: bool = False) -> Ite
 
 @pytest.mark.django_db(transaction=True)
 def test_the_send_lease_is_exclusive_across_threads_and_free_once_released() -> None:
-    with _held_in_another_thread(424242):
-        with order_send_lease(424242) as mine:
-            assert mine is False  # another thread holds it
-            with order_send_lease(424243) as other:
-                assert other is True  # another order's lease is free
+    with _held_in_another_thread(424242), order_send_lease(424242) as mine:
+        assert mine is False  # another thread holds it
+        with order_send_lease(424243) as other:
+            assert other is True  # another order's lease is free
     with order_send_lease(424242) as mine, order_send_lease(424242) as again:
         assert mine is True and again is True  # free again once released; re-entrant in one thread
 
@@ -245,6 +244,5 @@ def test_a_lease_whose_holder_died_is_free_at_once() -> None:
     any timeout."""
     if connection.vendor != "postgresql":
         pytest.skip("the session-bound lease is PostgreSQL's; SQLite's flock ends with the process")
-    with _held_in_another_thread(515151, session_ends=True):
-        with order_send_lease(515151) as mine:
-            assert mine is True
+    with _held_in_another_thread(515151, session_ends=True), order_send_lease(515151) as mine:
+        assert mine is True

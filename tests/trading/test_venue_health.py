@@ -107,18 +107,17 @@ def test_journal_put_is_durable_inside_an_outer_transaction_that_rolls_back(live
     class Boom(Exception):
         pass
 
-    with pytest.raises(Boom):
-        with transaction.atomic():
-            # The engine holds the account row (even FOR UPDATE) while the connector stores its raw transaction.
-            VenueAccount.objects.select_for_update().get(pk=live_account.pk)
-            VenueAccount.objects.filter(pk=live_account.pk).update(quote_asset="EUR")
-            journal.put("tx/1", {"raw": "0xf86c", "nonce": 7})
-            journal.delete("tx/0")
-            # Durable when put returns: another session sees it while this transaction is still open.
-            assert other_connection_reads(live_account.pk, "tx/1") == {"raw": "0xf86c", "nonce": 7}
-            assert other_connection_reads(live_account.pk, "tx/0") is None
-            assert journal.get("tx/1") == {"raw": "0xf86c", "nonce": 7}
-            raise Boom
+    with pytest.raises(Boom), transaction.atomic():
+        # The engine holds the account row (even FOR UPDATE) while the connector stores its raw transaction.
+        VenueAccount.objects.select_for_update().get(pk=live_account.pk)
+        VenueAccount.objects.filter(pk=live_account.pk).update(quote_asset="EUR")
+        journal.put("tx/1", {"raw": "0xf86c", "nonce": 7})
+        journal.delete("tx/0")
+        # Durable when put returns: another session sees it while this transaction is still open.
+        assert other_connection_reads(live_account.pk, "tx/1") == {"raw": "0xf86c", "nonce": 7}
+        assert other_connection_reads(live_account.pk, "tx/0") is None
+        assert journal.get("tx/1") == {"raw": "0xf86c", "nonce": 7}
+        raise Boom
     live_account.refresh_from_db()
     assert live_account.quote_asset == "USD"  # the outer work rolled back...
     assert journal.get("tx/1") == {"raw": "0xf86c", "nonce": 7}  # ...the journal did not
@@ -288,7 +287,6 @@ def live_strategy(live_account: VenueAccount, scripted: Any, make_strategy: Call
 def test_an_open_breaker_keeps_signals_waiting_and_sends_nothing(live_strategy: Any, scripted: Any) -> None:
     from trading.execution import signal_process
     from trading.intake import signal_create
-    from trading.orders import order_recover
     from trading.models import Order, Signal
     from trading.connectors import connector_for
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 import pytest
@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from trading.models import Order, Signal
 from webhooks import parsers
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 CONTENT_TYPES = st.sampled_from(["application/json", "text/plain", "text/plain; charset=utf-8", "application/xml",
                                  "", "multipart/form-data", "APPLICATION/JSON"])
 # Invalid for every field they are put in (0, -5 or null would be valid for position_size or optional fields).
