@@ -8,7 +8,7 @@ import threading
 from contextlib import AbstractContextManager, nullcontext
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from typing import Any, Protocol
 from decimal import Context, Decimal
 
@@ -161,7 +161,7 @@ class Ticker:
     volume: Decimal | None = None  # base volume of the current candle, when known
 
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def ms_to_datetime(ms: int) -> datetime:
@@ -369,7 +369,7 @@ class Connector(abc.ABC):
         """Group calls into one unit; an `in_database` venue opens its transaction and takes its locks here."""
         return nullcontext()
 
-    def prefetch(self, *, symbols: Sequence[str] = (), client_order_ids: Sequence[str] = ()) -> None:
+    def prefetch(self, *, symbols: Sequence[str] = (), client_order_ids: Sequence[str] = ()) -> None:  # noqa: B027 - optional hook, no-op by default
         """Hint that the next unit of work reads these prices (a venue may read them together) and places orders
         under these freshly generated client ids (which no order can have yet)."""
 
@@ -413,7 +413,7 @@ class VenueJournal(Protocol):
 
     def delete(self, key: str) -> None: ...
 
-    def lock(self, name: str) -> AbstractContextManager[None]:
+    def lock(self, name: str) -> AbstractContextManager[object]:
         """Hold `name` against every other holder of this journal's store (other processes too); re-entrant."""
         ...
 
@@ -443,7 +443,7 @@ class InMemoryVenueJournal:
         with self._lock:
             self._data.pop(key, None)
 
-    def lock(self, name: str) -> AbstractContextManager[None]:
+    def lock(self, name: str) -> AbstractContextManager[object]:
         """A lock in this process only (as the data itself)."""
         with self._lock:
             return self._named.setdefault(name, threading.RLock())

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -182,7 +182,7 @@ def parse_key(credentials: Mapping[str, str]) -> CdpKey:
 # --------------------------------------------------------------------------------------------- ccxt client
 
 
-class _Client(ccxt.coinbase):  # type: ignore[misc]
+class _Client(ccxt.coinbase):
     """ccxt's coinbase, letting `success: false` replies through and keeping each error's HTTP facts, and
     spending the rate budget of every request it sends (public market data and private endpoints apart)."""
 
@@ -206,9 +206,9 @@ class _Client(ccxt.coinbase):  # type: ignore[misc]
                 self.handle_http_status_code(code, reason, url, method, body)
                 raise ccxt.ExchangeError(f"{self.id} {method} {code} {reason}")
         except ccxt.BaseError as exc:
-            exc.http_status = code  # type: ignore[attr-defined]
-            exc.payload = response  # type: ignore[attr-defined]
-            exc.retry_after = (headers or {}).get("Retry-After")  # type: ignore[attr-defined]
+            exc.http_status = code
+            exc.payload = response
+            exc.retry_after = (headers or {}).get("Retry-After")
             raise
         return None
 
@@ -222,7 +222,7 @@ def _retry_after(value: Any) -> float | None:
     except (InvalidOperation, ValueError, OverflowError):
         pass
     try:
-        return max(0.0, (parsedate_to_datetime(str(value)) - datetime.now(timezone.utc)).total_seconds())
+        return max(0.0, (parsedate_to_datetime(str(value)) - datetime.now(UTC)).total_seconds())
     except (TypeError, ValueError):
         return None
 
@@ -318,8 +318,8 @@ def _time(value: Any) -> datetime:
     """An aware UTC datetime from Coinbase's ISO 8601 text (nanoseconds trimmed) or epoch seconds."""
     if isinstance(value, str) and value and not value.isdigit():
         parsed = datetime.fromisoformat(_FRACTION.sub(r"\1", value.replace("Z", "+00:00")))
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-    return datetime.fromtimestamp(int(value), tz=timezone.utc)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(int(value), tz=UTC)
 
 
 def _order_reason(raw: Mapping[str, Any]) -> str:
@@ -511,7 +511,7 @@ class CoinbaseConnector(Connector):
             raise TemporaryError(f"coinbase ticker {symbol}: malformed reply ({exc})", venue=VENUE) from None
         if bid <= 0 or ask <= 0:
             raise TemporaryError(f"coinbase ticker {symbol}: no trades and no quotes", venue=VENUE)
-        return Ticker(symbol=symbol, price=(bid + ask) / 2, time=datetime.now(timezone.utc))
+        return Ticker(symbol=symbol, price=(bid + ask) / 2, time=datetime.now(UTC))
 
     def candles(self, symbol: str, timeframe: str, *, since: datetime | None = None,
                 limit: int = 300) -> Sequence[VenueCandle]:
@@ -559,6 +559,7 @@ class CoinbaseConnector(Connector):
         if request.leverage is not None and request.leverage != 1:
             raise InvalidOrderError(f"coinbase spot trades without leverage (asked {request.leverage}x)",
                                     venue=VENUE)
+        configuration: dict[str, dict[str, str | bool]]
         if request.type is OrderType.MARKET:
             if request.side is Side.SELL:
                 configuration = {"market_market_ioc": {"base_size": _wire(qty)}}

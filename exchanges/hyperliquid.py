@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_UP, Decimal, InvalidOperation
 from typing import Any, Literal
 
@@ -62,8 +62,6 @@ from exchanges.base import (
     VenueOrderStatus,
     VenuePosition,
     ms_to_datetime,
-    round_down,
-    round_up,
 )
 from exchanges.errors import (
     AuthError,
@@ -451,7 +449,7 @@ class HyperliquidConnector(Connector):
 
     def ticker(self, symbol: str) -> Ticker:
         coin, _, _ = self._coin(symbol)
-        return Ticker(symbol=symbol, price=self._mid(coin), time=datetime.now(timezone.utc))
+        return Ticker(symbol=symbol, price=self._mid(coin), time=datetime.now(UTC))
 
     def tickers(self, symbols: Sequence[str]) -> dict[str, Ticker]:
         """Every market's mid from one allMids (weight 2, whatever the number of markets)."""
@@ -459,7 +457,7 @@ class HyperliquidConnector(Connector):
         if not coins:
             return {}
         mids = self._read({"type": "allMids", "dex": ""}, "allMids")
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         found: dict[str, Ticker] = {}
         for symbol, coin in coins.items():
             try:
@@ -476,7 +474,7 @@ class HyperliquidConnector(Connector):
         if timeframe not in INTERVALS:
             raise VenueError(f"timeframe {timeframe!r} is not one of {', '.join(INTERVALS)}", venue=VENUE)
         step = _interval(timeframe)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         start = since if since is not None else now - step * limit
         req = {"coin": coin, "interval": timeframe, "startTime": int(start.timestamp() * 1000),
                "endTime": int(now.timestamp() * 1000)}

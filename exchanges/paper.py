@@ -35,9 +35,9 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 from exchanges.base import (
     Balance,
@@ -294,7 +294,7 @@ class PaperFaults:
     """Faults the paper venue plays on its next matching orders, in the order they were planned."""
 
     def __init__(self) -> None:
-        self._planned: list[list[object]] = []  # [fault, matcher, remaining]
+        self._planned: list[list[Any]] = []  # [fault, matcher, remaining]
         self._lock = threading.Lock()
 
     def next(self, count: int, fault: PaperFault, *, match: OrderMatcher | None = None) -> None:
@@ -307,9 +307,9 @@ class PaperFaults:
         with self._lock:
             for planned in self._planned:
                 fault, match, remaining = planned
-                if int(remaining) > 0 and match(request):  # type: ignore[operator]
+                if int(remaining) > 0 and match(request):
                     planned[2] = int(remaining) - 1
-                    return fault  # type: ignore[return-value]
+                    return fault
         return None
 
     def clear(self) -> None:
@@ -322,7 +322,7 @@ PAPER_FAULTS = PaperFaults()
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _sequence(order: VenueOrder) -> int:
@@ -633,9 +633,9 @@ class PaperVenue(Connector):
         order = self._fill(order, market, qty, price, liquidity)
         if budget is not None:
             self._take_volume(market.symbol, tick.time, qty)
-        if order.reduce_only and order.status is not VenueOrderStatus.FILLED:
-            if self._reducible(market.symbol, order.side) == 0:
-                return self._cancel_reduce_only(order)
+        if (order.reduce_only and order.status is not VenueOrderStatus.FILLED
+                and self._reducible(market.symbol, order.side) == 0):
+            return self._cancel_reduce_only(order)
         return order
 
     def _volume_budget(self, market: Market, tick: Ticker) -> Decimal | None:

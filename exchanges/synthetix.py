@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from functools import cache
 from pathlib import Path
@@ -36,7 +36,7 @@ from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_utils import event_abi_to_log_topic, function_abi_to_4byte_selector, keccak, to_checksum_address
-from web3 import Web3
+from web3 import HTTPProvider, Web3
 from web3.exceptions import (
     ContractCustomError,
     ContractLogicError,
@@ -213,8 +213,8 @@ class Revert:
 
 @cache
 def _error_table() -> dict[bytes, dict[str, Any]]:
-    table = {function_abi_to_4byte_selector(e): e for name in ("PythERC7412Wrapper", "PerpsMarketProxy")
-             for e in load_abi(name) if e["type"] == "error"}
+    entries = [e for name in ("PythERC7412Wrapper", "PerpsMarketProxy") for e in load_abi(name) if e["type"] == "error"]
+    table = {function_abi_to_4byte_selector(e): e for e in entries}  # type: ignore[arg-type]  # a JSON ABI entry
     table[bytes(keccak(text="Error(string)")[:4])] = {"name": "Error", "inputs": [{"name": "message", "type": "string"}]}
     table[bytes(keccak(text="Panic(uint256)")[:4])] = {"name": "Panic", "inputs": [{"name": "code", "type": "uint256"}]}
     return table
@@ -318,7 +318,7 @@ def translate(exc: Exception, *, sending: bool = False) -> VenueError:
         response = exc.response
         status = response.status_code if response is not None else 0
         if status == 429:
-            return RateLimitError(f"RPC rate limited (HTTP 429)", venue=VENUE, retry_after=_retry_after(response))
+            return RateLimitError("RPC rate limited (HTTP 429)", venue=VENUE, retry_after=_retry_after(response))
         if status in (401, 403):
             return AuthError(f"RPC refused the request (HTTP {status}): check the RPC URL or its key", venue=VENUE)
         if sending and status >= 500:
@@ -352,7 +352,7 @@ class _MarketInfo:
     market: Market
 
 
-class _MeteredProvider(Web3.HTTPProvider):  # type: ignore[misc]
+class _MeteredProvider(HTTPProvider):
     """web3's HTTP provider, spending one unit of the RPC budget per JSON-RPC call (each call of a batch)."""
 
     on_request: Any = None
@@ -407,7 +407,7 @@ class SynthetixConnector(Connector):
         self._oracle_abi = load_abi("PythERC7412Wrapper")
         self.price_service_url = price_service_url.rstrip("/")
         self._http_timeout = rpc_timeout
-        self._topics = {e["name"]: _hex(event_abi_to_log_topic(e))
+        self._topics = {e["name"]: _hex(event_abi_to_log_topic(e))  # type: ignore[arg-type]  # a JSON ABI entry
                         for e in load_abi("PerpsMarketProxy") if e["type"] == "event"}
         self._tx_lock = threading.RLock()
         self._markets: dict[str, _MarketInfo] = {}
@@ -446,13 +446,13 @@ class SynthetixConnector(Connector):
         raise AuthError("no Synthetix perps account: set <PREFIX>_ACCOUNT_ID or call create_account()", venue=VENUE)
 
     def _now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     def _block_time(self, number: int) -> datetime:
         cached = self._block_times.get(number)
         if cached is None:
             block = self._rpc(lambda: self.w3.eth.get_block(number))
-            cached = datetime.fromtimestamp(int(block["timestamp"]), tz=timezone.utc)
+            cached = datetime.fromtimestamp(int(block["timestamp"]), tz=UTC)
             self._block_times[number] = cached
         return cached
 
@@ -464,10 +464,10 @@ class SynthetixConnector(Connector):
         self._check_chain()
         found: dict[str, _MarketInfo] = {}
         for market_id in self._rpc(lambda: self.proxy.functions.getMarkets().call()):
-            _name, symbol = self._rpc(lambda: self.proxy.functions.metadata(market_id).call())
-            price = from_units(self._rpc(lambda: self.proxy.functions.indexPrice(market_id).call()))
-            maker, taker = self._rpc(lambda: self.proxy.functions.getOrderFees(market_id).call())
-            liquidation = self._rpc(lambda: self.proxy.functions.getLiquidationParameters(market_id).call())
+            _name, symbol = self._rpc(lambda: self.proxy.functions.metadata(market_id).call())  # noqa: B023 - called within this iteration
+            price = from_units(self._rpc(lambda: self.proxy.functions.indexPrice(market_id).call()))  # noqa: B023 - called within this iteration
+            maker, taker = self._rpc(lambda: self.proxy.functions.getOrderFees(market_id).call())  # noqa: B023 - called within this iteration
+            liquidation = self._rpc(lambda: self.proxy.functions.getLiquidationParameters(market_id).call())  # noqa: B023 - called within this iteration
             min_imr = from_units(liquidation[1])
             found[f"{symbol}-PERP"] = _MarketInfo(int(market_id), Market(
                 symbol=f"{symbol}-PERP", base=symbol, quote="USD",
@@ -527,10 +527,10 @@ class SynthetixConnector(Connector):
         result = []
         for market_id in self._rpc(lambda: self.proxy.functions.getAccountOpenPositions(account_id).call()):
             pnl, funding, size, interest = self._rpc(
-                lambda: self.proxy.functions.getOpenPosition(account_id, market_id).call())
+                lambda: self.proxy.functions.getOpenPosition(account_id, market_id).call())  # noqa: B023 - called within this iteration
             if size == 0:
                 continue
-            price = from_units(self._rpc(lambda: self.proxy.functions.indexPrice(market_id).call()))
+            price = from_units(self._rpc(lambda: self.proxy.functions.indexPrice(market_id).call()))  # noqa: B023 - called within this iteration
             quantity = from_units(size)
             price_pnl = from_units(pnl) - from_units(funding) + from_units(interest)
             entry = (price - price_pnl / quantity).quantize(Decimal(1).scaleb(-UNIT_EXP))
@@ -876,7 +876,7 @@ class SynthetixConnector(Connector):
             if commitment_time == 0:
                 return
             market_id, strategy_id = int(pending[1][0]), int(pending[1][3])
-            strategy = self._rpc(lambda: self.proxy.functions.getSettlementStrategy(market_id, strategy_id).call())
+            strategy = self._rpc(lambda: self.proxy.functions.getSettlementStrategy(market_id, strategy_id).call())  # noqa: B023 - called within this iteration
             expires = commitment_time + int(strategy[1]) + int(strategy[2])
             now = int(self._rpc(lambda: self.w3.eth.get_block("latest"))["timestamp"])
             if now > expires or time.monotonic() >= deadline:
@@ -912,7 +912,7 @@ class SynthetixConnector(Connector):
             return None
         with self._signing():
             entry = self._resolve(key, entry, rebroadcast=rebroadcast)
-        base = dict(
+        base: dict[str, Any] = dict(
             client_order_id=entry["client_order_id"], venue_order_id=entry["hash"], symbol=entry["symbol"],
             side=Side(entry["side"]), type=OrderType.MARKET, quantity=Decimal(entry["quantity"]),
             price=Decimal(entry["acceptable_price"]),
@@ -952,7 +952,7 @@ class SynthetixConnector(Connector):
         code = bytes(committed["trackingCode"])
         size_delta = int(committed["sizeDelta"])
         cid = client_order_id or client_id_from_tracking(code) or _hex(code)
-        base = dict(
+        base: dict[str, Any] = dict(
             client_order_id=cid, venue_order_id=_hex(receipt["transactionHash"]), symbol=self._symbol_of(market_id),
             side=Side.BUY if size_delta > 0 else Side.SELL, type=OrderType.MARKET,
             quantity=from_units(abs(size_delta)), price=from_units(int(committed["acceptablePrice"])),
@@ -969,7 +969,7 @@ class SynthetixConnector(Connector):
                   "toBlock": min(at, commit_block + self._log_blocks),
                   "topics": [[self._topics["OrderSettled"], self._topics["OrderCancelled"]],
                              _topic_uint(market_id), _topic_uint(account_id), _hex(code)]}
-        events = [dict(x) for x in self._rpc(lambda: self.w3.eth.get_logs(params))]  # type: ignore[arg-type]
+        events: list[dict[str, Any]] = [dict(x) for x in self._rpc(lambda: self.w3.eth.get_logs(params))]  # type: ignore[arg-type]
         for event_log in events:
             if not self._after(event_log, receipt):
                 continue
@@ -993,7 +993,7 @@ class SynthetixConnector(Connector):
             if int(snapshot["timestamp"]) > expiration:
                 return VenueOrder(status=VenueOrderStatus.CANCELED, reason=(
                     f"expired unsettled: no keeper settled it before "
-                    f"{datetime.fromtimestamp(expiration, tz=timezone.utc).isoformat()}"), **base)
+                    f"{datetime.fromtimestamp(expiration, tz=UTC).isoformat()}"), **base)
             return VenueOrder(status=VenueOrderStatus.OPEN, reason="committed, waiting for a keeper to settle", **base)
         if at < commit_block:  # a lagging node behind the receipt's block: nothing to conclude yet
             return VenueOrder(status=VenueOrderStatus.OPEN, reason="committed, waiting for a keeper to settle", **base)
