@@ -279,15 +279,15 @@ class AsyncRedisLink:
                 if self._writer is None or self._writer.is_closing():
                     try:
                         self._writer = await self._open()
-                    except (OSError, asyncio.TimeoutError) as exc:
+                    except (TimeoutError, OSError) as exc:
                         raise redis.ConnectionError(f"connecting to Redis: {exc}") from exc
         loop = asyncio.get_running_loop()
         waiters = [loop.create_future() for _ in range(replies)]
         self._waiting.extend(waiters)
-        self._writer.write(packed)  # type: ignore[union-attr]
+        self._writer.write(packed)
         try:
             return list(await asyncio.wait_for(asyncio.gather(*waiters), self.timeout))
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             self._fail(redis.TimeoutError("a Redis reply timed out"))
             raise redis.TimeoutError(f"Redis did not answer in {self.timeout} s") from exc
 
@@ -328,7 +328,7 @@ class TaskPublisher:
         self.key = (prefix + queue.name).encode()
         self.link = RedisLink(client)
         self._skip_until = 0.0  # time.monotonic() before which the broker is not tried (it just failed)
-        headers = {
+        headers: dict[str, Any] = {
             "lang": "py", "task": task_name, "id": "@ID@", "shadow": None, "eta": None, "expires": None,
             "group": None, "group_index": None, "retries": 0,
             "timelimit": [task.time_limit or conf.task_time_limit, task.soft_time_limit or conf.task_soft_time_limit],

@@ -26,7 +26,7 @@ PARTIAL = ".part"  # a name the consumer skips: it reads only `<...>.<queue>.msg
 class Channel(filesystem.Channel):
     """kombu's filesystem channel whose messages appear only once complete."""
 
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]  # as kombu's own
         """Put `payload` onto `queue`: written under a partial name, then renamed into place."""
         name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"  # kombu's naming: it sorts by it
         final = os.path.join(self.data_folder_out, name)

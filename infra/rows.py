@@ -15,10 +15,11 @@ from decimal import Decimal
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from django.db import connection, transaction
-from django.db.models import Model
+from django.db.models import Field, Model
+from psycopg import abc as psycopg_abc
 from psycopg.adapt import Transformer
 from psycopg.pq import ExecStatus
 
@@ -26,13 +27,23 @@ M = TypeVar("M", bound=Model)
 _Converter = Callable[[Any, Any, Any], Any]
 
 
+def concrete_field(model: type[Model], name: str) -> Field[Any, Any]:
+    """The model's field `name`, one with a column (the callers never name a reverse relation)."""
+    return cast("Field[Any, Any]", model._meta.get_field(name))
+
+
+def quote_name(name: str | None) -> str:
+    """A table or column name quoted for this connection (a concrete field's column is never None)."""
+    return connection.ops.quote_name(cast(str, name))
+
+
 class Rows(Generic[M]):
     """Select-list text and row loading for one model (columns in `_meta.concrete_fields` order)."""
 
     def __init__(self, model: type[M], fields: Sequence[str] | None = None) -> None:
         self.model = model
-        self.fields = list(model._meta.concrete_fields) if fields is None else \
-            [model._meta.get_field(name) for name in fields]
+        self.fields: list[Field[Any, Any]] = list(model._meta.concrete_fields) if fields is None else \
+            [concrete_field(model, name) for name in fields]
         self.attnames = [f.attname for f in self.fields]
         self._converters: dict[str, list[tuple[int, Any, list[_Converter]]]] = {}
 
@@ -41,7 +52,7 @@ class Rows(Generic[M]):
 
     def columns(self, alias: str) -> str:
         """The model's columns, qualified by `alias`, in loading order."""
-        quote = connection.ops.quote_name
+        quote = quote_name
         return ", ".join(f"{alias}.{quote(f.column)}" for f in self.fields)
 
     def _converters_for(self) -> list[tuple[int, Any, list[_Converter]]]:
@@ -186,7 +197,8 @@ def savepoint() -> Iterator[None]:
         if state.sent <= mark:
             del state.writes[mark - state.sent:]
             state.queued = mark
-            for folded in (state.inserts, state.updates):
+            pending: tuple[dict[Any, Any], ...] = (state.inserts, state.updates)
+            for folded in pending:
                 for key in [k for k, v in folded.items() if v[0] >= mark]:
                     del folded[key]
         else:
@@ -248,7 +260,7 @@ _prepared: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDicti
 _names = itertools.count(1)
 # The parameters are written into the text here, as SQL literals, by one psycopg Transformer per connection (what
 # a client-side binding cursor does, without re-parsing the whole text for placeholders on every call).
-_transformers: weakref.WeakKeyDictionary[Any, Transformer] = weakref.WeakKeyDictionary()
+_transformers: weakref.WeakKeyDictionary[Any, psycopg_abc.Transformer] = weakref.WeakKeyDictionary()
 
 
 def _joined(statements: Sequence[tuple[str, Sequence[Any]]]) -> tuple[str, list[int], list[str]]:
@@ -286,7 +298,7 @@ def _joined(statements: Sequence[tuple[str, Sequence[Any]]]) -> tuple[str, list[
     return ";\n".join(texts), counts, fresh
 
 
-def _literal(value: Any, tx: Transformer, encoding: str) -> str:
+def _literal(value: Any, tx: psycopg_abc.Transformer, encoding: str) -> str:
     """A value as an SQL literal: the common types written here, the rest by psycopg (as a client-side binding
     cursor would write them). Text is quoted standard-conforming ('' for a quote): see `_standard_strings`."""
     kind = type(value)
@@ -391,8 +403,7 @@ def save_fields(obj: Model, fields: Sequence[str]) -> None:
             index, objs, sql, insert_fields = found
             state.writes[index - state.sent] = (sql, _params(objs, insert_fields, add=True))
             return
-    meta = obj._meta
-    update(type(obj), obj.pk, {name: meta.get_field(name).pre_save(obj, False) for name in fields})
+    update(type(obj), obj.pk, {name: concrete_field(type(obj), name).pre_save(obj, False) for name in fields})
 
 
 def update(model: type[Model], pk: Any, values: dict[str, Any]) -> None:
@@ -418,8 +429,8 @@ def _update_statement(model: type[Model], pk: Any, values: dict[str, Any]) -> tu
     key = (model, tuple(values), connection.vendor)
     cached = _update_sql.get(key)
     if cached is None:
-        quote = connection.ops.quote_name
-        concrete = [meta.get_field(name) for name in values]
+        quote = quote_name
+        concrete = [concrete_field(model, name) for name in values]
         sets = ", ".join(f"{quote(f.column)} = %s" for f in concrete)
         cached = _update_sql[key] = (f"UPDATE {quote(meta.db_table)} SET {sets} WHERE {quote(meta.pk.column)} = %s",
                                      concrete)
@@ -516,9 +527,9 @@ def insert_new(obj: Model, *, unique: Sequence[str]) -> bool:
     cached = _insert_sql.get(key)
     if cached is None:
         meta = model._meta
-        quote = connection.ops.quote_name
+        quote = quote_name
         fields = [f for f in meta.concrete_fields if not f.primary_key]
-        columns = ", ".join(quote(meta.get_field(name).column) for name in unique)
+        columns = ", ".join(quote(concrete_field(model, name).column) for name in unique)
         cached = _insert_sql[key] = (
             f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) VALUES "
             f"({', '.join(['%s'] * len(fields))}) ON CONFLICT ({columns}) DO NOTHING RETURNING "
@@ -543,7 +554,7 @@ def _insert_statement(model: type[Model], count: int, *, with_pk: bool, returnin
     cached = _insert_sql.get(key)
     if cached is None:
         meta = model._meta
-        quote = connection.ops.quote_name
+        quote = quote_name
         fields = [f for f in meta.concrete_fields if with_pk or not f.primary_key]
         one = "(" + ", ".join(["%s"] * len(fields)) + ")"
         tail = f" RETURNING {quote(meta.pk.column)}" if returning else ""
