@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -180,7 +180,7 @@ class IntakeApp:
 
     # ------------------------------------------------------------------ HTTP
 
-    async def _send(self, send: Send, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]] = (),
+    async def _send(self, send: Send, status: int, body: dict[str, Any], extra: Sequence[tuple[bytes, bytes]] = (),
                     secure: bool = False, counted: bool = True) -> None:
         if counted:
             self.answers[status] = self.answers.get(status, 0) + 1
@@ -317,7 +317,7 @@ class IntakeApp:
             self._idle.clear()
             raise ConnectionLost(str(exc)) from exc
         except psycopg.Error:
-            self._idle.append(conn)  # type: ignore[arg-type] - a refused statement leaves the connection usable
+            self._idle.append(conn)  # type: ignore[arg-type]  # a refused statement leaves the connection usable
             if len(rows) == 1:
                 raise
             results: list[Any] = []

@@ -39,7 +39,7 @@ def _cache_link(backend: Any) -> RedisLink | None:
     """The cache's Redis as a RedisLink (one per cache backend object), or None when the cache is not Redis."""
     key = id(backend)
     if key not in _links:
-        client = getattr(backend, "_cache", None)  # django's RedisCacheClient
+        client: Any = getattr(backend, "_cache", None)  # django's RedisCacheClient
         _links[key] = (RedisLink(client.get_client(None, write=True), timeout=LINK_TIMEOUT_SECONDS)
                        if hasattr(client, "get_client") else None)
     return _links[key]
@@ -155,12 +155,12 @@ def rate_limited_pair(ip: str, strategy_pk: int, *, now: float | None = None) ->
         return rate_pair_local(ip, strategy_pk)
     try:
         (count,) = link.call(rate_pair_command(ip, strategy_pk, now=now), 1)
-        limited = rate_pair_verdict(count)
+        verdict = rate_pair_verdict(count)
     except redis.RedisError as exc:
         rate_limits_failed(exc)
         return rate_pair_local(ip, strategy_pk)
     rate_limits_answered()
-    return limited
+    return verdict
 
 
 def rate_pair_command(ip: str, strategy_pk: int, *, now: float | None = None, backend: Any = None) -> bytes:

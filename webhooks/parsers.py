@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
@@ -136,7 +136,7 @@ def _number(errors: dict[str, str], data: dict[str, Any], name: str, *, positive
     try:
         value = Decimal(raw.strip()) if isinstance(raw, str) else raw
     except (InvalidOperation, ValueError):
-        errors[name] = "must be a number" + (" (unfilled placeholder?)" if "{{" in raw else "")
+        errors[name] = "must be a number" + (" (unfilled placeholder?)" if "{{" in str(raw) else "")
         return None
     if not value.is_finite():
         errors[name] = "must be finite"
@@ -188,8 +188,8 @@ def time_parse(raw: Any) -> datetime | None:
         if isinstance(raw, str) and len(raw) <= 40:
             value = datetime.fromisoformat(raw.strip().replace("Z", "+00:00").replace("z", "+00:00"))
             if value.tzinfo is None:
-                value = value.replace(tzinfo=timezone.utc)
-            return value.astimezone(timezone.utc)
+                value = value.replace(tzinfo=UTC)
+            return value.astimezone(UTC)
     except (ValueError, OverflowError, OSError, InvalidOperation):
         return None
     return None

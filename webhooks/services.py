@@ -83,7 +83,8 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
     now = now or timezone.now()
     cached = False
     if authenticated:
-        slug = data.get("strategy") if isinstance(data.get("strategy"), str) else ""
+        named = data.get("strategy")
+        slug = named if isinstance(named, str) else ""
         strategy = target_read(slug) if slug else None
         if strategy is None:
             return Rejection(400, "invalid_fields", "unknown strategy", {"strategy": "no such strategy"})
@@ -107,6 +108,7 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
             targets[slug] = strategy
         else:
             secret_matches("", passphrase)
+    assert strategy is not None  # every path without a strategy returned above
 
     def again(*, unsure: bool = False) -> Accepted | Rejection:  # the copy may be stale: decide on a fresh read
         targets.pop(slug, None)

@@ -17,7 +17,7 @@ def _as_list(value: Any) -> list[str]:
 
 
 def _networks(value: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    out = []
+    out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     for item in _as_list(value):
         if item.lower() == "tradingview":
             out.extend(ipaddress.ip_network(ip) for ip in TRADINGVIEW_IPS)

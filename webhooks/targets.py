@@ -10,8 +10,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import InterfaceError, OperationalError, connection, connections
+from django.db import InterfaceError, OperationalError, connections
 
+from infra.rows import concrete_field, quote_name
 from trading.intake import statement_row
 from trading.models import KillSwitch, Strategy
 from webhooks import parsers
@@ -49,12 +50,12 @@ def target_read(slug: str) -> Target | None:
     """The strategy with this slug (hand-written SQL: the hot path's ORM query build cost more than its I/O)."""
     global _target_sql
     if _target_sql is None:
-        q = connection.ops.quote_name
+        q = quote_name
         s, k = Strategy._meta, KillSwitch._meta
-        cols = ", ".join(q(s.get_field(f).column) for f in ("id", "slug", "symbol", "status", "account",
+        cols = ", ".join(q(concrete_field(Strategy, f).column) for f in ("id", "slug", "symbol", "status", "account",
                                                              "webhook_secret_hash"))
         _target_sql = (f"SELECT {cols}, EXISTS(SELECT 1 FROM {q(k.db_table)} WHERE {q(k.pk.column)} = 1 AND "
-                       f"{q(k.get_field('engaged').column)}) FROM {q(s.db_table)} WHERE {q(s.get_field('slug').column)}"
+                       f"{q(concrete_field(KillSwitch, 'engaged').column)}) FROM {q(s.db_table)} WHERE {q(concrete_field(Strategy, 'slug').column)}"
                        " = %s")
     row = _read_row(_target_sql, [slug])
     return None if row is None else Target(int(row[0]), row[1], row[2], row[3], int(row[4]), row[5] or "",
