@@ -53,7 +53,7 @@ class SafeExceptionReporterFilter(_DjangoFilter):
         return out
 
     def get_post_parameters(self, request: Any) -> Any:
-        params = super().get_post_parameters(request)
+        params: Any = super().get_post_parameters(request)  # a QueryDict (the stubs say dict)
         if not params:
             return params
         cleansed = params.copy()
@@ -66,11 +66,11 @@ class ExceptionReporter(_DjangoReporter):
     """The technical 500 page and text report, with every known secret value masked in the whole output
     (an exception message or a source line can carry one where no filter looks)."""
 
-    def get_traceback_html(self) -> str:
+    def get_traceback_html(self) -> str:  # type: ignore[override]  # plain text once masked; callers take str
         page = cleanse_text(super().get_traceback_html())
         for secret in secret_values():  # as the template escaped them (&, <, >, quotes)
             page = page.replace(html.escape(secret), "[REDACTED]")
         return page
 
-    def get_traceback_text(self) -> str:
+    def get_traceback_text(self) -> str:  # type: ignore[override]  # plain text once masked; callers take str
         return cleanse_text(super().get_traceback_text())

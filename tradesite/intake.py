@@ -55,7 +55,7 @@ class _WithMetrics:
     def __init__(self, app: IntakeApp) -> None:
         self.app = app
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_IntakeCollector(app))  # type: ignore[arg-type]
+        self.registry.register(_IntakeCollector(app))
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != "/metrics":

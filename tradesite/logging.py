@@ -9,9 +9,10 @@ import logging
 import os
 import re
 from collections.abc import Collection, Mapping
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from logging.handlers import RotatingFileHandler
 from urllib.parse import unquote, urlsplit
+from typing import Any
 
 from trading.logcontext import current
 
@@ -31,7 +32,7 @@ def register_secret(value: str) -> None:
         _registered += 1
 
 
-def _environment() -> Mapping[object, object]:
+def _environment() -> Mapping[Any, object]:
     # CPython's os.environ keeps its raw mapping in _data: comparing two of those is one C-level dict comparison,
     # with no key decoded, so checking for a change costs far less than walking the names again.
     data = getattr(os.environ, "_data", None)
@@ -127,7 +128,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "component": os.environ.get("TRADESITE_COMPONENT", "web"),
             "stream": stream_of(record.name),
@@ -148,7 +149,7 @@ class ConsoleFormatter(logging.Formatter):
     the component says which process of `manage.py run` wrote it)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        time = datetime.fromtimestamp(record.created, tz=timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+        time = datetime.fromtimestamp(record.created, tz=UTC).strftime("%H:%M:%S.%f")[:-3]
         component = os.environ.get("TRADESITE_COMPONENT", "web")
         line = f"{time} {record.levelname:<7} {component:<8} {record.name}: {record.getMessage()}"
         ids = _ids(record)
@@ -213,7 +214,7 @@ class SharedRotatingFileHandler(RotatingFileHandler):
             rotated = True
         if rotated:
             self.stream.close()
-            self.stream = None  # type: ignore[assignment]
+            self.stream = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

@@ -214,7 +214,7 @@ class TradingCollector:
 
 
 _trading_registry = CollectorRegistry(auto_describe=False)
-_trading_registry.register(TradingCollector())  # type: ignore[arg-type]
+_trading_registry.register(TradingCollector())
 
 
 def scrape_allowed(request: HttpRequest) -> HttpResponse | None:
@@ -257,7 +257,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     took = GaugeMetricFamily("tradesite_metrics_scrape_seconds", "Time this scrape took to compute.",
                              value=time.monotonic() - started)
     extra = CollectorRegistry(auto_describe=False)
-    extra.register(_Static([took]))  # type: ignore[arg-type]
+    extra.register(_Static([took]))
     return HttpResponse(body + generate_latest(extra), content_type=CONTENT_TYPE_LATEST)
 
 

@@ -66,15 +66,15 @@ def install() -> None:
 
     def connect(self: socket.socket, address: Any) -> None:
         _check_address(self, address)
-        return _originals["connect"](self, address)  # type: ignore[no-any-return]
+        return _originals["connect"](self, address)
 
     def connect_ex(self: socket.socket, address: Any) -> int:
         _check_address(self, address)
-        return _originals["connect_ex"](self, address)  # type: ignore[no-any-return]
+        return _originals["connect_ex"](self, address)
 
     def sendto(self: socket.socket, data: Any, *args: Any) -> int:
         _check_address(self, args[-1])
-        return _originals["sendto"](self, data, *args)  # type: ignore[no-any-return]
+        return _originals["sendto"](self, data, *args)
 
     def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
         if not _is_local_host(host):
@@ -84,15 +84,15 @@ def install() -> None:
     def gethostbyname(host: str) -> str:
         if not _is_local_host(host):
             raise _blocked("name lookup of", host)
-        return _originals["gethostbyname"](host)  # type: ignore[no-any-return]
+        return _originals["gethostbyname"](host)
 
     def gethostbyname_ex(host: str) -> Any:
         if not _is_local_host(host):
             raise _blocked("name lookup of", host)
         return _originals["gethostbyname_ex"](host)
 
-    socket.socket.connect = connect  # type: ignore[method-assign]
-    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
+    socket.socket.connect = connect  # type: ignore[method-assign,assignment]
+    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign,assignment]
     socket.socket.sendto = sendto  # type: ignore[method-assign,assignment]
     socket.getaddrinfo = getaddrinfo
     socket.gethostbyname = gethostbyname

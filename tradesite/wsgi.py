@@ -105,10 +105,10 @@ def lane_handler(url_name: str) -> tuple[str, WSGIApp]:
     class LaneHandler(WSGIHandler):
         def load_middleware(self, is_async: bool = False) -> None:
             # BaseHandler.load_middleware for a sync stack, over settings.MIDDLEWARE minus the skipped ones.
-            self._view_middleware = []
+            self._view_middleware: list[Any] = []
             self._template_response_middleware = []
             self._exception_middleware = []
-            handler = convert_exception_to_response(self._get_response)
+            handler = convert_exception_to_response(self._get_response)  # type: ignore[attr-defined]  # private, not in the stubs
             metrics = False
             for middleware_path in reversed(settings.MIDDLEWARE):
                 if middleware_path in _PROMETHEUS:
