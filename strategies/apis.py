@@ -15,7 +15,7 @@ from strategies.services import backtest_run_create
 from trading.apis.common import ApiPagination, DetailSerializer, actor, paginated
 
 
-class BacktestInput(serializers.Serializer):  # type: ignore[type-arg]
+class BacktestInput(serializers.Serializer):
     kind = serializers.CharField(max_length=32)
     params = serializers.DictField(required=False, default=dict)
     symbol = serializers.CharField(max_length=32)
@@ -26,7 +26,7 @@ class BacktestInput(serializers.Serializer):  # type: ignore[type-arg]
     config = serializers.DictField(required=False, default=dict, help_text="BacktestConfig fields, decimals as strings")
 
 
-class BacktestOutput(serializers.Serializer):  # type: ignore[type-arg]
+class BacktestOutput(serializers.Serializer):
     id = serializers.IntegerField()
     kind = serializers.CharField()
     params = serializers.JSONField()
@@ -49,7 +49,7 @@ class BacktestDetailOutput(BacktestOutput):
     trades = serializers.JSONField()
 
 
-class BacktestAcceptedOutput(serializers.Serializer):  # type: ignore[type-arg]
+class BacktestAcceptedOutput(serializers.Serializer):
     id = serializers.IntegerField()
     status = serializers.ChoiceField(choices=BacktestRun.Status.choices)
 

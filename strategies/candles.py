@@ -151,7 +151,7 @@ def load_csv(path: str | PathLike[str]) -> Candles:
         raise CsvError(f"{path}: line 1: header must be {','.join(CSV_COLUMNS)!r}, got {header!r}")
     dtypes = {"timestamp": np.int64, **{name: np.float64 for name in CSV_COLUMNS[1:]}}
     try:
-        frame = pd.read_csv(path, dtype=dtypes, engine="c", skip_blank_lines=False)  # type: ignore[arg-type]
+        frame = pd.read_csv(path, dtype=dtypes, engine="c", skip_blank_lines=False)
     except (ValueError, TypeError, pd.errors.ParserError):
         raise CsvError(_csv_errors(path)) from None
     if list(frame.columns) != list(CSV_COLUMNS):

@@ -54,7 +54,7 @@ def _period(name: str, value: Any, *, minimum: int = 2) -> int:
 
 def _need_rows(label: str, rows: int, function: str, **parameters: Any) -> None:
     """Require enough rows for at least one output value (TA-Lib's lookback + 1)."""
-    spec = abstract.Function(function)
+    spec = abstract.Function(function)  # type: ignore[attr-defined]  # talib.abstract defines it at import
     spec.set_parameters(**parameters)
     needed = int(spec.lookback) + 1
     if rows < needed:

@@ -155,7 +155,7 @@ def paper_backtest_compare(
 
     strategy = _strategy_create(kind=kind, params=params, symbol=symbol, timeframe=timeframe, cash=cash,
                                 slippage_bps=slippage_bps, sizing_value=sizing_value)
-    has_exits = "none" != strategy.stop_loss_mode or "none" != strategy.take_profit_mode
+    has_exits = strategy.stop_loss_mode != "none" or strategy.take_profit_mode != "none"
     next_ms = {datetime_to_ms(a.open_time): datetime_to_ms(b.open_time) for a, b in zip(rows, rows[1:])}
     steps: list[tuple[datetime, int]] = []  # (step clock, candle its fills belong to)
     signals = 0

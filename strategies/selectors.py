@@ -7,7 +7,7 @@ no forward fill, a gap in the store is a gap in the arrays, and strategies evalu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from decimal import Decimal
 
@@ -25,7 +25,7 @@ from trading.models import Strategy
 _COLUMNS = ("open_time", "open", "high", "low", "close", "volume")
 
 
-def _market(venue: str, symbol: str, timeframe: str):  # type: ignore[no-untyped-def]
+def _market(venue: str, symbol: str, timeframe: str):
     return Candle.objects.filter(venue=venue, symbol=symbol, timeframe=timeframe)
 
 
@@ -53,7 +53,7 @@ def candles_read(venue: str, symbol: str, timeframe: str, *, since: datetime | N
     return candles_from_rows(data)
 
 
-def candles_from_rows(data: list[tuple]) -> Candles:  # type: ignore[type-arg]
+def candles_from_rows(data: list[tuple]) -> Candles:
     """Build float columns from (open time or epoch ms, open, high, low, close, volume) rows (Decimal, text, float)."""
     n = len(data)
     time = np.fromiter((r[0] if isinstance(r[0], int) else datetime_to_ms(r[0]) for r in data), dtype=np.int64,
@@ -145,7 +145,7 @@ def backtest_run_list() -> QuerySet[BacktestRun]:
     return BacktestRun.objects.defer("trades").order_by("-created_at", "-id")
 
 
-def backtest_equity(run: BacktestRun) -> dict[str, list]:  # type: ignore[type-arg]
+def backtest_equity(run: BacktestRun) -> dict[str, object]:
     """A run's equity after each closed trade and its drawdown (%), from its stored trades (Decimal as strings)."""
     cash = Decimal(str((run.config or {}).get("cash", "10000")))
     start_ms = run.trades[0]["entry_time"] if run.trades else (datetime_to_ms(run.start) if run.start else 0)
@@ -160,7 +160,7 @@ def backtest_equity(run: BacktestRun) -> dict[str, list]:  # type: ignore[type-a
     return {"x": times, "equity": equity, "drawdown": drawdown, "per": "trade"}
 
 
-def candle_markets() -> list[dict[str, object]]:
+def candle_markets() -> list[Mapping[str, object]]:
     """Stored candle markets (venue, symbol, timeframe) with their first and last candle and count."""
     from django.db.models import Count, Max, Min
 
@@ -169,7 +169,7 @@ def candle_markets() -> list[dict[str, object]]:
                 .order_by("venue", "symbol", "timeframe"))
 
 
-def strategy_price_chart(strategy: Strategy, *, limit: int = 500) -> dict[str, list]:  # type: ignore[type-arg]
+def strategy_price_chart(strategy: Strategy, *, limit: int = 500) -> dict[str, list]:
     """The last `limit` stored closes of a strategy's market (epoch seconds, floats for drawing only)."""
     from trading.models import MarketPrice
 
@@ -184,7 +184,7 @@ def strategy_price_chart(strategy: Strategy, *, limit: int = 500) -> dict[str, l
 BARS_CHART_MAX_CANDLES = 300_000  # above this the run's page draws equity per trade instead of re-running it
 
 
-def backtest_equity_bars(run: BacktestRun, *, points: int = 1000) -> dict[str, list] | None:  # type: ignore[type-arg]
+def backtest_equity_bars(run: BacktestRun, *, points: int = 1000) -> dict[str, list] | None:
     """A finished run's equity at every candle close and its drawdown (%), downsampled to min/max per bucket.
 
     Runs store trades and metrics only, so the curve is rebuilt by the same backtester on the same stored candles
@@ -204,7 +204,7 @@ def backtest_equity_bars(run: BacktestRun, *, points: int = 1000) -> dict[str, l
     return chart
 
 
-def _equity_bars(run: BacktestRun, points: int) -> dict[str, list] | None:  # type: ignore[type-arg]
+def _equity_bars(run: BacktestRun, points: int) -> dict[str, list] | None:
     from strategies.backtest import config_from_json, run as backtest
     from trading.fields import column_error
 
@@ -228,7 +228,7 @@ def _equity_bars(run: BacktestRun, points: int) -> dict[str, list] | None:  # ty
             "drawdown": drawdown[keep].tolist(), "per": "candle"}
 
 
-def _min_max_indices(values: np.ndarray, points: int) -> np.ndarray:  # type: ignore[type-arg]
+def _min_max_indices(values: np.ndarray, points: int) -> np.ndarray:
     """Indices of the first, last, and each bucket's min and max (so every spike stays visible), in order."""
     n = len(values)
     if n <= points:

@@ -27,7 +27,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from exchanges.base import Side, VenueCandle, datetime_to_ms
-from strategies.base import last_bar_action
+from strategies.base import Candles, last_bar_action
 from strategies.candles import RowError, atr_value, timeframe_delta
 from strategies.models import BacktestRun, Candle, StrategyEvaluation
 from trading.audit import audit
@@ -178,7 +178,7 @@ def _position_sign(strategy: Strategy) -> int:
     return (quantity > 0) - (quantity < 0)
 
 
-def _atr_if_needed(strategy: Strategy, candles: object) -> Decimal | None:
+def _atr_if_needed(strategy: Strategy, candles: Candles) -> Decimal | None:
     """ATR(14) at the evaluated bar, sent with the signal when the strategy has ATR-multiple exits."""
     if "atr" not in (strategy.stop_loss_mode, strategy.take_profit_mode):
         return None

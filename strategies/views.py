@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -79,8 +79,8 @@ def _backtest_form(request: HttpRequest) -> tuple[dict[str, str], dict[str, Any]
             try:  # a well-formed but impossible date (2024-02-30) raises; so does a UTC time past year 9999
                 value = parse_datetime(raw[name])
                 if value is not None:
-                    value = (timezone.make_aware(value, dt_timezone.utc) if timezone.is_naive(value)
-                             else value).astimezone(dt_timezone.utc)
+                    value = (timezone.make_aware(value, UTC) if timezone.is_naive(value)
+                             else value).astimezone(UTC)
             except (ValueError, OverflowError):
                 value = None
             if value is None:
@@ -97,7 +97,7 @@ def _backtest_form(request: HttpRequest) -> tuple[dict[str, str], dict[str, Any]
 @require_http_methods(["GET", "POST"])
 def backtest_list(request: HttpRequest) -> HttpResponse:
     """Backtest runs (pick two to compare) and the launch form (errors per field from the launch service)."""
-    values, errors = dict(BACKTEST_DEFAULTS), {}
+    values, errors = dict(BACKTEST_DEFAULTS), dict[str, Any]()
     if request.method == "POST":
         values, args, errors = _backtest_form(request)
         if not errors:

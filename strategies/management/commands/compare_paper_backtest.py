@@ -76,7 +76,7 @@ class Command(BaseCommand):
                       progress=ProgressBar(self.stderr, "replaying"))
         try:
             if options["workers"]:
-                report = paper_backtest_compare(**kwargs)  # type: ignore[arg-type]
+                report = paper_backtest_compare(**kwargs)
             else:
                 report = self._rolled_back(kwargs)
         except ParityError as exc:
