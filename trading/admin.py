@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -29,13 +29,13 @@ from trading.models import (
 from trading.orders import order_cancel
 
 
-class _ServiceForm(forms.ModelForm):  # type: ignore[type-arg]
+class _ServiceForm(forms.ModelForm):
     """A model form whose validation is the service's, so admin, API and services refuse the same input."""
 
     validate: Any = None
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = cast("dict[str, Any]", super().clean())  # ModelForm.clean returns cleaned_data
         raw = {name: data.get(name) for name in self.fields}
         _, errors = type(self).validate(raw, instance=self.instance if self.instance.pk else None)
         for field, problems in errors.items():
@@ -69,7 +69,7 @@ class StrategyForm(_ServiceForm):
         ]
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ReadOnlyAdmin(admin.ModelAdmin):
     """Rows that change only through services: viewable, never added, edited or deleted here."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -86,7 +86,7 @@ def _actor(request: HttpRequest) -> str:
     return f"admin:{request.user.get_username()}"
 
 
-class _AuditedDeletes(admin.ModelAdmin):  # type: ignore[type-arg]
+class _AuditedDeletes(admin.ModelAdmin):
     """Deleting in the admin writes one audit row per object, in the deletion's transaction."""
 
     def _audit_deleted(self, request: HttpRequest, obj: Any) -> None:
@@ -234,7 +234,7 @@ from django.template.response import TemplateResponse  # noqa: E402
 from knox.models import AuthToken  # noqa: E402
 
 
-class ApiTokenAddForm(forms.ModelForm):  # type: ignore[type-arg]
+class ApiTokenAddForm(forms.ModelForm):
     days = forms.IntegerField(
         required=False, min_value=0, max_value=36500,
         help_text="Days until the token expires. Blank: the default (API_TOKEN_TTL_DAYS); 0: it never expires.")
@@ -251,7 +251,7 @@ if admin.site.is_registered(AuthToken):
 
 
 @admin.register(AuthToken)
-class ApiTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ApiTokenAdmin(admin.ModelAdmin):
     list_display = ("prefix", "user", "created", "expiry", "expired")
     list_select_related = ("user",)
     search_fields = ("token_key", "user__username")

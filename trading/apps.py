@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
@@ -10,7 +12,7 @@ class TradingConfig(AppConfig):
         post_migrate.connect(_after_migrate, sender=self)
 
 
-def _after_migrate(sender: object, **kwargs: object) -> None:
+def _after_migrate(sender: object, **kwargs: Any) -> None:
     from trading.schedules import schedules_ensure
 
     schedules_ensure(**kwargs)  # post_migrate's `using` among them

@@ -31,7 +31,7 @@ class ApiTokenAuthentication(TokenAuthentication):
         return auth_token.expiry is not None and auth_token.expiry <= timezone.now()
 
 
-class ApiTokenScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
+class ApiTokenScheme(OpenApiAuthenticationExtension):
     """The schema's security scheme: `Authorization: Token <key>`, named as DRF's own was (tokenAuth)."""
 
     target_class = "trading.auth.ApiTokenAuthentication"

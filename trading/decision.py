@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from django.db import connection
 
@@ -164,7 +165,7 @@ def _working_sql(account_id: int) -> tuple[str, list[object]]:
     return sql, [account_id]
 
 
-def _working_orders_of(account_id: int) -> list[list[object]]:
+def _working_orders_of(account_id: int) -> list[list[Any]]:
     return [_PENDING_ROWS.values(row) for row in fetch_all(*_working_sql(account_id))]
 
 

@@ -15,7 +15,7 @@ ID_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1
 
 
-class ExactDecimalField(models.DecimalField):  # type: ignore[type-arg]
+class ExactDecimalField(models.DecimalField):
     """A DecimalField that is exact on SQLite too (SQLite's NUMERIC keeps only 15 digits: store text there)."""
 
     quantize_context = EXACT  # also infra/rows.py's fast preparation of this field (it imports nothing of ours)

@@ -152,7 +152,7 @@ def payload_redact(payload: dict[str, object]) -> dict[str, object]:
     """Copy a received payload with every secret-looking field masked (stored signals never hold secrets)."""
     return {
         k: "[REDACTED]" if any(word in k.lower() for word in _SECRET_KEYS)
-        else payload_redact(v) if isinstance(v, dict) else v  # type: ignore[arg-type]
+        else payload_redact(v) if isinstance(v, dict) else v
         for k, v in payload.items()
     }
 
@@ -209,10 +209,10 @@ def statement_row(sql: str, params: list[Any]) -> tuple[Any, ...] | None:
     if db.vendor != "postgresql":
         with db.cursor() as cursor:
             cursor.execute(sql, params)
-            return cursor.fetchone()  # type: ignore[no-any-return]
+            return cursor.fetchone()
     db.ensure_connection()
     with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
-        cursor.execute(sql, params, prepare=True)  # type: ignore[arg-type]
+        cursor.execute(sql, params, prepare=True)
         return cursor.fetchone()
 
 
@@ -303,7 +303,7 @@ def signals_write(rows_: list[SignalRow]) -> list[tuple[int | None, bool] | Base
 def _insert_statement(*, guarded: bool, batch: bool = False) -> str:
     """The signal INSERT: one row of plain values, one row behind the strategy/kill-switch guard, or (`batch`) the
     rows of one JSON array, each with its guard's four values, where a row whose guard id is null is unguarded."""
-    q = connection.ops.quote_name
+    q = rows.quote_name
     columns = ", ".join(q(f.column) for f in _FIELDS)
     tail = f"ON CONFLICT ({q('idempotency_key')}) DO NOTHING RETURNING {q('id')}"
     if not guarded:

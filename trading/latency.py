@@ -28,10 +28,10 @@ class LatentConnector(Connector):
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def markets(self):  # type: ignore[no-untyped-def]
+    def markets(self):
         return self.inner.markets()
 
-    def balances(self):  # type: ignore[no-untyped-def]
+    def balances(self):
         return self.inner.balances()
 
     def ticker(self, symbol: str) -> Ticker:
@@ -46,10 +46,10 @@ class LatentConnector(Connector):
     def fetch_order_by_client_id(self, symbol: str, client_order_id: str) -> VenueOrder | None:
         return self.inner.fetch_order_by_client_id(symbol, client_order_id)
 
-    def open_orders(self, symbol: str | None = None):  # type: ignore[no-untyped-def]
+    def open_orders(self, symbol: str | None = None):
         return self.inner.open_orders(symbol)
 
-    def positions(self):  # type: ignore[no-untyped-def]
+    def positions(self):
         return self.inner.positions()
 
     def set_leverage(self, symbol: str, leverage: Decimal) -> None:

@@ -6,7 +6,7 @@ import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_context: contextvars.ContextVar[dict[str, object]] = contextvars.ContextVar("log_context", default={})
+_context: contextvars.ContextVar[dict[str, object]] = contextvars.ContextVar("log_context", default={})  # noqa: B039 - never mutated: log_context sets a new dict
 
 
 @contextmanager

@@ -293,7 +293,7 @@ class Order(models.Model):
         return self.status in self.FINAL
 
 
-class Fill(models.Model):
+class Fill(models.Model):  # noqa: DJ008 - a record row, listed by its columns in the admin
     """One execution reported by the venue; recorded once (unique per order and venue fill id)."""
 
     order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="fills")
@@ -345,7 +345,7 @@ class Position(models.Model):
         return self.realized_pnl - self.fees_paid
 
 
-class EquitySnapshot(models.Model):
+class EquitySnapshot(models.Model):  # noqa: DJ008 - a record row, listed by its columns in the admin
     """Equity and P&L of an account (or one strategy of it) at a moment."""
 
     account = models.ForeignKey(VenueAccount, on_delete=models.CASCADE, related_name="snapshots")
@@ -360,7 +360,7 @@ class EquitySnapshot(models.Model):
         indexes = [models.Index(fields=["account", "strategy", "time"])]
 
 
-class MarketPrice(models.Model):
+class MarketPrice(models.Model):  # noqa: DJ008 - a record row, listed by its columns in the admin
     """The latest price of a market from the price feed the paper venue and the monitor read."""
 
     symbol = models.CharField(max_length=32, unique=True)
@@ -369,7 +369,7 @@ class MarketPrice(models.Model):
     time = models.DateTimeField()
 
 
-class PaperOrder(models.Model):
+class PaperOrder(models.Model):  # noqa: DJ008 - a record row, listed by its columns in the admin
     """The paper venue's own record of an order (its "exchange side"), kept apart from our Order book."""
 
     account = models.ForeignKey(VenueAccount, on_delete=models.CASCADE, related_name="paper_orders")
@@ -387,7 +387,7 @@ class PaperOrder(models.Model):
         indexes = [models.Index(fields=["account", "is_open"])]
 
 
-class PaperPosition(models.Model):
+class PaperPosition(models.Model):  # noqa: DJ008 - a record row, listed by its columns in the admin
     """The paper venue's net position per market."""
 
     account = models.ForeignKey(VenueAccount, on_delete=models.CASCADE, related_name="paper_positions")
@@ -437,7 +437,7 @@ class AuditEvent(models.Model):
         return f"{self.time:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.entity}:{self.entity_id}"
 
 
-class VenueJournalEntry(models.Model):
+class VenueJournalEntry(models.Model):  # noqa: DJ008 - a record row, listed by its columns in the admin
     """Durable key/value state a live connector keeps outside the venue (e.g. a signed transaction before broadcast).
 
     Written on its own connection, so no foreign-key constraint: the write never waits on, or depends on, a

@@ -277,7 +277,7 @@ class DjangoPaperStore:
         found = PaperPosition.objects.filter(account_id=self.account_id, symbol=symbol,
                                              volume_candle__isnull=False).values_list("volume_candle",
                                                                                       "volume_taken").first()
-        return None if found is None else (found[0], found[1])
+        return None if found is None or found[0] is None else (found[0], found[1])  # not null, as filtered
 
     def set_volume_taken(self, symbol: str, candle: datetime, qty: Decimal) -> None:
         with self._writing() as unit:

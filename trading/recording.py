@@ -7,6 +7,7 @@ final: an entry EXECUTED or FAILED, an exit EXECUTED once its strategy is flat i
 from __future__ import annotations
 
 import logging
+from functools import partial
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -57,7 +58,7 @@ def _venue_state_record(account: VenueAccount, order: Order, venue_order: VenueO
     known = {row[0] for row in recorded}
     fresh = [f for f in venue_order.fills if f.fill_id not in known]
     was_final = order.is_final
-    status = _VENUE_STATUS[venue_order.status]
+    status: str = _VENUE_STATUS[venue_order.status]
     if order.is_final and order.venue_order_id and status not in Order.FINAL:
         # An older reply (sent before the one that finished the order) never reopens it. An order we finished
         # without ever hearing from the venue (venue_order_id empty) takes the venue's word: it is the truth.
@@ -79,7 +80,7 @@ def _venue_state_record(account: VenueAccount, order: Order, venue_order: VenueO
     rows.save_fields(order, ["venue_order_id", "status", "reason", "acknowledged_at", "updated_at",
                               "filled_quantity", "fees", "average_fill_price"])
     if order.signal_id:
-        _signal_stages(order, filled=bool(fresh), now=now, others_final=others_final)
+        _signal_stages(order, order.signal_id, filled=bool(fresh), now=now, others_final=others_final)
     if fresh and was_final and order.purpose == Order.Purpose.ENTRY:
         _late_entry_close(order, now=now)
     if previous != status:
@@ -93,7 +94,8 @@ def _late_entry_close(order: Order, *, now: datetime) -> None:
     closed since, its last target in the market is flat: a new close goes after what the entry bought (stored in
     the fill's transaction; the worker, or else the sweeper, takes it)."""
     last = Signal.objects.filter(strategy_id=order.strategy_id, symbol=order.symbol).exclude(
-        pk=order.signal_id).order_by("-received_at", "-pk").only("action", "received_at").first()
+        pk=order.signal_id,  # type: ignore[misc]  # an order without a signal excludes nothing
+    ).order_by("-received_at", "-pk").only("action", "received_at").first()
     if last is None or last.action != Signal.Action.CLOSE or last.received_at < order.created_at:
         return
     strategy = Strategy.objects.get(pk=order.strategy_id)
@@ -118,7 +120,8 @@ def _commit_without_fsync_wait() -> None:
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
 
 
-def _signal_stages(order: Order, *, filled: bool, now: datetime, others_final: bool | None = None) -> None:
+def _signal_stages(order: Order, signal_id: int, *, filled: bool, now: datetime,
+                   others_final: bool | None = None) -> None:
     """Stamp the signal's acknowledged and filled stages, and settle it once all its orders are final."""
     signal = order._state.fields_cache.get("signal")
     if signal is not None and others_final is not None:
@@ -130,8 +133,8 @@ def _signal_stages(order: Order, *, filled: bool, now: datetime, others_final: b
     changes: dict[str, object] = {"acknowledged_at": Coalesce("acknowledged_at", Value(now))}
     if filled:
         changes["filled_at"] = Value(now)
-    Signal.objects.filter(pk=order.signal_id).update(**changes)
-    settled = _signal_settle(order.signal_id, now) if order.is_final else None
+    Signal.objects.filter(pk=signal_id).update(**changes)
+    settled = _signal_settle(signal_id, now) if order.is_final else None
     if signal is not None:  # the caller's copy (read under the account lock) says what the row now says
         signal.acknowledged_at = signal.acknowledged_at or now
         if filled:
@@ -222,7 +225,7 @@ def _signal_settle(signal_id: int, now: datetime) -> tuple[str, str] | None:
             for waiting in Signal.objects.filter(strategy_id=signal.strategy_id, symbol=signal.symbol,
                                                  status=Signal.Status.RECEIVED).order_by(
                                                      "received_at", "pk").values_list("pk", flat=True)[:20]:
-                transaction.on_commit(lambda waiting=waiting: signal_enqueue(signal_id=waiting))
+                transaction.on_commit(partial(signal_enqueue, signal_id=waiting))
     return signal.status, signal.decision_detail
 
 

@@ -93,7 +93,7 @@ def account_validate(data: Mapping[str, Any], *, instance: VenueAccount | None =
         errors["name"] = ["this field is required"]
     elif len(name) > 64:
         errors["name"] = ["at most 64 characters"]
-    elif VenueAccount.objects.filter(name=name).exclude(pk=getattr(instance, "pk", None)).exists():
+    elif VenueAccount.objects.filter(name=name).exclude(pk=getattr(instance, "pk", None)).exists():  # type: ignore[misc]  # None: a new row
         errors["name"] = ["an account with this name exists"]
     clean["name"] = name
     venue, network = get("venue", "paper"), get("network", "paper")
@@ -171,7 +171,7 @@ def strategy_validate(data: Mapping[str, Any], *, instance: Strategy | None = No
         clean[field] = value
     if clean["slug"] and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", clean["slug"]):
         errors["slug"] = ["lower-case letters, digits and hyphens only"]
-    elif clean["slug"] and Strategy.objects.filter(slug=clean["slug"]).exclude(pk=getattr(instance, "pk", None)).exists():
+    elif clean["slug"] and Strategy.objects.filter(slug=clean["slug"]).exclude(pk=getattr(instance, "pk", None)).exists():  # type: ignore[misc]  # None: a new row
         errors["slug"] = ["a strategy with this slug exists"]
 
     account = get("account")

@@ -23,7 +23,7 @@ log = logging.getLogger("trading.tasks")
 
 
 @shared_task(name="trading.tasks.signal_process", acks_late=True, bind=True, max_retries=5)
-def signal_process_task(self, signal_id: int) -> str:  # type: ignore[no-untyped-def]
+def signal_process_task(self, signal_id: int) -> str:
     """Process one stored signal (a no-op when it was already processed)."""
     try:
         return signal_process(signal_id=signal_id).status

@@ -250,7 +250,7 @@ def strategy_list(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def strategy_create(request: HttpRequest) -> HttpResponse:
     """Create a strategy; every field is checked by the same service as the API (nothing saved on an error)."""
-    values, errors = dict(STRATEGY_DEFAULTS), {}
+    values, errors = dict(STRATEGY_DEFAULTS), dict[str, Any]()
     if request.method == "POST":
         values, data, errors = _strategy_data(request)
         if not errors:

@@ -16,7 +16,7 @@ from trading.fields import INT32_MAX
 from trading.models import VenueAccount
 
 
-class AccountOutput(serializers.Serializer):  # type: ignore[type-arg]
+class AccountOutput(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
     venue = serializers.ChoiceField(choices=VenueAccount.Venue.choices)
@@ -52,7 +52,7 @@ class AccountOutput(serializers.Serializer):  # type: ignore[type-arg]
         return selectors.account_credentials_masked(obj) if self._staff() else None
 
 
-class AccountInput(serializers.Serializer):  # type: ignore[type-arg]
+class AccountInput(serializers.Serializer):
     """Account settings; secrets are never sent here, only the prefix of the env variables that hold them."""
 
     name = serializers.CharField(max_length=64)

@@ -34,7 +34,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 
 
 @extend_schema_field({"type": "string", "format": "decimal", "pattern": DECIMAL_PATTERN})
-class MoneyField(serializers.Field):  # type: ignore[type-arg]
+class MoneyField(serializers.Field):
     """A Decimal as a string ("12.5"), never a float; accepts strings and integers, rejects NaN and infinity."""
 
     default_error_messages = {
@@ -90,7 +90,7 @@ def filters_parse(serializer: type[serializers.Serializer], request: Request) ->
     return {k: v for k, v in filters.validated_data.items() if v not in (None, "")}
 
 
-class DetailSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class DetailSerializer(serializers.Serializer):
     detail = serializers.CharField()
 
 

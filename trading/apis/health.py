@@ -12,7 +12,7 @@ from trading import selectors
 from trading.models import VenueAccount
 
 
-class VenueHealthOutput(serializers.Serializer):  # type: ignore[type-arg]
+class VenueHealthOutput(serializers.Serializer):
     account = serializers.IntegerField(source="account_id")
     account_name = serializers.CharField()
     venue = serializers.ChoiceField(choices=VenueAccount.Venue.choices)

@@ -13,7 +13,7 @@ from trading import selectors, services
 from trading.apis.common import actor, DetailSerializer, errors_response
 
 
-class KillSwitchOutput(serializers.Serializer):  # type: ignore[type-arg]
+class KillSwitchOutput(serializers.Serializer):
     engaged = serializers.BooleanField()
     reason = serializers.CharField(allow_blank=True)
     changed_at = serializers.DateTimeField(allow_null=True)
@@ -23,7 +23,7 @@ class KillSwitchOutput(serializers.Serializer):  # type: ignore[type-arg]
                                        help_text="per account and market: book and venue quantities, working orders")
 
 
-class KillSwitchEngageInput(serializers.Serializer):  # type: ignore[type-arg]
+class KillSwitchEngageInput(serializers.Serializer):
     reason = serializers.CharField(max_length=500)
 
 

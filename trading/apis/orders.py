@@ -23,7 +23,7 @@ from trading.apis.common import (
 from trading.models import Order, Position
 
 
-class OrderOutput(serializers.Serializer):  # type: ignore[type-arg]
+class OrderOutput(serializers.Serializer):
     id = serializers.IntegerField()
     client_order_id = serializers.CharField()
     venue_order_id = serializers.CharField(allow_blank=True)
@@ -52,7 +52,7 @@ class OrderOutput(serializers.Serializer):  # type: ignore[type-arg]
     updated_at = serializers.DateTimeField()
 
 
-class OrderFilter(serializers.Serializer):  # type: ignore[type-arg]
+class OrderFilter(serializers.Serializer):
     strategy = IdField(required=False)
     account = IdField(required=False)
     status = serializers.ChoiceField(choices=Order.Status.choices, required=False)
@@ -89,7 +89,7 @@ class OrderCancelApi(APIView):
 
 
 
-class PositionOutput(serializers.Serializer):  # type: ignore[type-arg]
+class PositionOutput(serializers.Serializer):
     id = serializers.IntegerField()
     account = serializers.IntegerField(source="account_id")
     account_name = serializers.CharField(source="account.name")
@@ -107,7 +107,7 @@ class PositionOutput(serializers.Serializer):  # type: ignore[type-arg]
     updated_at = serializers.DateTimeField()
 
 
-class PositionFilter(serializers.Serializer):  # type: ignore[type-arg]
+class PositionFilter(serializers.Serializer):
     all = serializers.BooleanField(required=False, default=False, help_text="include flat positions")
 
 

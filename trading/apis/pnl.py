@@ -12,7 +12,7 @@ from trading import selectors
 from trading.apis.common import MoneyField, IdField, ApiPagination, paginated, filters_parse
 
 
-class PnlLineOutput(serializers.Serializer):  # type: ignore[type-arg]
+class PnlLineOutput(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
     account = serializers.IntegerField(source="account_id")
@@ -23,7 +23,7 @@ class PnlLineOutput(serializers.Serializer):  # type: ignore[type-arg]
     open_positions = serializers.IntegerField()
 
 
-class PnlOutput(serializers.Serializer):  # type: ignore[type-arg]
+class PnlOutput(serializers.Serializer):
     strategies = PnlLineOutput(many=True)
     accounts = PnlLineOutput(many=True)
 
@@ -34,7 +34,7 @@ class PnlSummaryApi(APIView):
         return Response(PnlOutput(selectors.pnl_summary()).data)
 
 
-class EquityPointOutput(serializers.Serializer):  # type: ignore[type-arg]
+class EquityPointOutput(serializers.Serializer):
     time = serializers.DateTimeField()
     account = serializers.IntegerField(source="account_id")
     strategy = serializers.IntegerField(source="strategy_id", allow_null=True)
@@ -44,7 +44,7 @@ class EquityPointOutput(serializers.Serializer):  # type: ignore[type-arg]
     unrealized_pnl = MoneyField()
 
 
-class EquityFilter(serializers.Serializer):  # type: ignore[type-arg]
+class EquityFilter(serializers.Serializer):
     account = IdField(required=False)
     strategy = IdField(required=False)
     since = serializers.DateTimeField(required=False)

@@ -6,17 +6,17 @@ from typing import Any
 
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
-from rest_framework import serializers, status
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from trading import orders, selectors
+from trading import selectors
 from trading.apis.common import MoneyField, IdField, ApiPagination, paginated, filters_parse, DetailSerializer
 from trading.models import Order, Signal
 
 
-class SignalOrderOutput(serializers.Serializer):  # type: ignore[type-arg]
+class SignalOrderOutput(serializers.Serializer):
     id = serializers.IntegerField()
     client_order_id = serializers.CharField()
     side = serializers.ChoiceField(choices=Order.Side.choices)
@@ -34,12 +34,12 @@ def _ms(later: Any, earlier: Any) -> int | None:
     return int((later - earlier).total_seconds() * 1000)
 
 
-class SignalOutput(serializers.Serializer):  # type: ignore[type-arg]
+class SignalOutput(serializers.Serializer):
     id = serializers.IntegerField()
     strategy = serializers.IntegerField(source="strategy_id")
     strategy_slug = serializers.CharField(source="strategy.slug")
     account = serializers.IntegerField(source="account_id")
-    source = serializers.ChoiceField(choices=Signal.Source.choices)
+    source = serializers.ChoiceField(choices=Signal.Source.choices)  # type: ignore[assignment]  # a field named like Field.source; DRF reads declared fields
     idempotency_key = serializers.CharField()
     action = serializers.ChoiceField(choices=Signal.Action.choices)
     symbol = serializers.CharField()
@@ -75,9 +75,9 @@ class SignalOutput(serializers.Serializer):  # type: ignore[type-arg]
         }
 
 
-class SignalFilter(serializers.Serializer):  # type: ignore[type-arg]
+class SignalFilter(serializers.Serializer):
     strategy = IdField(required=False)
-    source = serializers.ChoiceField(choices=Signal.Source.choices, required=False)
+    source = serializers.ChoiceField(choices=Signal.Source.choices, required=False)  # type: ignore[assignment]  # as above
     status = serializers.ChoiceField(choices=Signal.Status.choices, required=False)
     decision_rule = serializers.CharField(required=False, max_length=32)
     received_after = serializers.DateTimeField(required=False)

@@ -17,7 +17,7 @@ from trading.apis.common import MoneyField, IdField, ApiPagination, actor, pagin
 from trading.models import Strategy
 
 
-class StrategyOutput(serializers.Serializer):  # type: ignore[type-arg]
+class StrategyOutput(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
     slug = serializers.CharField()
@@ -46,7 +46,7 @@ class StrategyOutput(serializers.Serializer):  # type: ignore[type-arg]
     updated_at = serializers.DateTimeField()
 
 
-class StrategyInput(serializers.Serializer):  # type: ignore[type-arg]
+class StrategyInput(serializers.Serializer):
     """Strategy settings; the service validates values and params (errors per field, `params.<name>`)."""
 
     name = serializers.CharField(max_length=100)
@@ -71,9 +71,9 @@ class StrategyInput(serializers.Serializer):  # type: ignore[type-arg]
                                              help_text="profit % from entry at which trailing starts; null or 0: at once")
 
 
-class StrategyValidateOutput(serializers.Serializer):  # type: ignore[type-arg]
+class StrategyValidateOutput(serializers.Serializer):
     valid = serializers.BooleanField()
-    errors = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+    errors = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))  # type: ignore[assignment]  # a field named like Serializer.errors; DRF reads declared fields
 
 
 class StrategyListApi(APIView):

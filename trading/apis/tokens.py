@@ -17,7 +17,7 @@ from trading import selectors, services
 from trading.apis.common import ApiPagination, actor, paginated, filters_parse, DetailSerializer
 
 
-class ApiTokenOutput(serializers.Serializer):  # type: ignore[type-arg]
+class ApiTokenOutput(serializers.Serializer):
     prefix = serializers.SerializerMethodField(help_text="the key's first 8 characters: names the token, never "
                                                          "enough to use it")
     user = serializers.CharField(source="user.username")
@@ -34,7 +34,7 @@ class ApiTokenOutput(serializers.Serializer):  # type: ignore[type-arg]
         return token.expiry is not None and token.expiry <= self.context["now"]
 
 
-class ApiTokenFilter(serializers.Serializer):  # type: ignore[type-arg]
+class ApiTokenFilter(serializers.Serializer):
     all = serializers.BooleanField(required=False, default=False, help_text="staff: every user's tokens")
 
 

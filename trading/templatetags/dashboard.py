@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -41,7 +41,7 @@ def sign_class(value: Any) -> str:
 def from_ms(value: Any) -> datetime | None:
     """Epoch milliseconds as an aware UTC datetime."""
     try:
-        return datetime.fromtimestamp(int(value) / 1000, tz=timezone.utc)
+        return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
     except (TypeError, ValueError, OverflowError):
         return None
 
@@ -84,7 +84,7 @@ def metric(value: Any, name: str) -> str:
         return ", ".join(f"{k} {v}" for k, v in value.items() if v) or "–"
     if name in _PERCENT_METRICS:
         return percent(value)
-    if isinstance(value, bool) or isinstance(value, int):
+    if isinstance(value, (bool, int)):
         return str(value)
     if isinstance(value, str):
         return money(value, 8)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import time
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime, UTC
 from decimal import Decimal
 from typing import Any
 
@@ -55,7 +55,7 @@ def demo_signal(strategies: list[Strategy], row: dict[str, str], *, count: int, 
     strategy = strategies[(count // every) % len(strategies)]
     opening = (count // every // len(strategies)) % 2 == 0
     action = ("open_short" if strategy.slug.endswith("short") else "open_long") if opening else "close"
-    stamp = datetime.fromtimestamp(int(row["timestamp"]) / 1000, tz=dt_timezone.utc).isoformat()
+    stamp = datetime.fromtimestamp(int(row["timestamp"]) / 1000, tz=UTC).isoformat()
     signal, _ = signal_create(strategy=strategy, source="manual", action=action,
                               idempotency_key=f"demo:{strategy.slug}:{stamp}:{count}",
                               payload={"demo": True, "candle": stamp}, enqueue=enqueue)

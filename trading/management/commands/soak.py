@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +258,7 @@ class Command(BaseCommand):
                     continue
                 body = {"passphrase": secret, "strategy": strategy.slug, "ticker": "ETHBTC",
                         "action": "buy" if n % 2 == 0 else "close", "contracts": "0.01",
-                        "id": f"soak-{port}-{n}", "time": datetime.now(dt_timezone.utc).isoformat()}
+                        "id": f"soak-{port}-{n}", "time": datetime.now(UTC).isoformat()}
                 n += 1
                 sent = time.monotonic()
                 try:
@@ -274,7 +274,7 @@ class Command(BaseCommand):
                     answers.append((sent, status, time.monotonic() - sent))
 
         sender = threading.Thread(target=send, daemon=True)
-        began, began_wall = time.monotonic(), datetime.now(dt_timezone.utc)
+        began, began_wall = time.monotonic(), datetime.now(UTC)
         sender.start()
         client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
         prefix = str(settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", ""))
@@ -283,7 +283,7 @@ class Command(BaseCommand):
         window_start, window_wall = began, began_wall
         while time.monotonic() - began < seconds:
             time.sleep(min(sample, seconds - (time.monotonic() - began)))
-            now, now_wall = time.monotonic(), datetime.now(dt_timezone.utc)
+            now, now_wall = time.monotonic(), datetime.now(UTC)
             dead = [n for n, p in procs.items() if p.poll() is not None]
             if dead:
                 stop.set()
@@ -322,7 +322,7 @@ class Command(BaseCommand):
     def _latencies(self, since: datetime, until: datetime) -> list[float]:
         rows = Signal.objects.filter(received_at__gte=since, received_at__lt=until, filled_at__isnull=False) \
             .values_list("received_at", "filled_at")
-        return [(f - r).total_seconds() for r, f in rows]
+        return [(f - r).total_seconds() for r, f in rows if f is not None]  # none is, as filtered
 
     def _summary(self, windows: list[dict[str, Any]], answers: list[tuple[float, int, float]], began: datetime,
                  warmup: float, rate: float, seconds: float) -> dict[str, Any]:
