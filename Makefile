@@ -39,10 +39,14 @@ $(REDIS_SERVER):
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
 
-test: $(STAMP) $(ANVIL) $(CHROMIUM) $(REDIS_SERVER)
+# lint first: a finding fails the run before any test starts
+test: lint $(STAMP) $(ANVIL) $(CHROMIUM) $(REDIS_SERVER)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# ruff (ruff.toml), mypy (mypy.ini: the app packages, strict on the pure core) and the import contracts (.importlinter)
 lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 benchmark: $(STAMP)
