@@ -99,7 +99,8 @@ _hashed_lock = threading.Lock()
 
 
 def cloid_for(client_order_id: str) -> str:
-    """Return the order's cloid ("0x" + 32 hex): our id itself when it is 32 lower-case hex, else sha256's first half."""
+    """Return the order's cloid ("0x" + 32 hex): our id itself when it is 32 lower-case hex, else sha256's first
+    half."""
     if _HEX32.fullmatch(client_order_id):
         return "0x" + client_order_id
     cloid = "0x" + hashlib.sha256(client_order_id.encode()).hexdigest()[:32]
@@ -131,7 +132,8 @@ def _journal_key(cloid: str) -> str:
 
 
 def price_step(price: Decimal, sz_decimals: int, max_decimals: int = MAX_PERP_DECIMALS) -> Decimal:
-    """The price increment at this price's magnitude: 5 significant figures, integers always allowed, capped decimals."""
+    """The price increment at this price's magnitude: 5 significant figures, integers always allowed, capped
+    decimals."""
     sig_step = Decimal(1).scaleb(price.adjusted() - (SIG_FIGS - 1))
     return max(min(sig_step, Decimal(1)), Decimal(1).scaleb(-(max_decimals - sz_decimals)))
 
@@ -259,7 +261,8 @@ class HyperliquidConnector(Connector):
         self._leverage: dict[str, dict[str, Any]] = {}  # symbol -> the leverage setting this account has
 
     def __repr__(self) -> str:
-        return f"HyperliquidConnector(network={self.network!r}, base_url={self.base_url!r}, account={self.account_name!r})"
+        return (f"HyperliquidConnector(network={self.network!r}, base_url={self.base_url!r}, "
+                f"account={self.account_name!r})")
 
     # ----------------------------------------------------------------------------------------- credentials
 
@@ -481,8 +484,8 @@ class HyperliquidConnector(Connector):
         rows = self._read({"type": "candleSnapshot", "req": req}, "candleSnapshot")
         with self._boundary("read", "candleSnapshot"):
             candles = sorted(
-                (VenueCandle(open_time=ms_to_datetime(int(r["t"])), open=_dec(r["o"]), high=_dec(r["h"]), low=_dec(r["l"]),
-                             close=_dec(r["c"]), volume=_dec(r["v"])) for r in rows),
+                (VenueCandle(open_time=ms_to_datetime(int(r["t"])), open=_dec(r["o"]), high=_dec(r["h"]),
+                             low=_dec(r["l"]), close=_dec(r["c"]), volume=_dec(r["v"])) for r in rows),
                 key=lambda c: c.open_time,
             )
         return candles[:limit] if since is not None else candles[-limit:]
@@ -654,7 +657,8 @@ class HyperliquidConnector(Connector):
             order_type = {"trigger": {"isMarket": True, "triggerPx": decimal_to_wire(trigger),
                                       "tpsl": "sl" if request.type is OrderType.STOP else "tp"}}
         if price <= 0:
-            raise InvalidOrderError(f"price {request.price} is below the smallest price of {request.symbol}", venue=VENUE)
+            raise InvalidOrderError(f"price {request.price} is below the smallest price of {request.symbol}",
+                                    venue=VENUE)
 
         cloid = cloid_for(request.client_order_id)
         if self.journal is not None and cloid[2:] != request.client_order_id:
@@ -671,8 +675,8 @@ class HyperliquidConnector(Connector):
             (status,) = reply["response"]["data"]["statuses"]
         placed = VenueOrder(
             client_order_id=request.client_order_id, venue_order_id="", symbol=request.symbol, side=request.side,
-            type=request.type, status=VenueOrderStatus.OPEN, quantity=request.quantity, price=price, trigger_price=trigger,
-            reduce_only=request.reduce_only,
+            type=request.type, status=VenueOrderStatus.OPEN, quantity=request.quantity, price=price,
+            trigger_price=trigger, reduce_only=request.reduce_only,
         )
         return self._placed(placed, status, nonce)
 

@@ -32,7 +32,8 @@ log = logging.getLogger("exchanges.registry")
 
 Builder = Callable[[VenueConfig], Connector]
 
-_MODULES = {"coinbase": "exchanges.coinbase", "hyperliquid": "exchanges.hyperliquid", "synthetix": "exchanges.synthetix"}
+_MODULES = {"coinbase": "exchanges.coinbase", "hyperliquid": "exchanges.hyperliquid",
+            "synthetix": "exchanges.synthetix"}
 # Explicit registrations (tests, plug-ins) win over the module convention.
 _LIVE: dict[str, Builder] = {}
 # One limiter and one breaker per (venue, account) in this process, whichever connector instance is in use.

@@ -142,9 +142,9 @@ VENUE_RATES: dict[str, RateSpec] = {
         source="1200 request weight per minute per IP; /exchange actions weigh 1 + floor(batch/40); /info "
                "allMids, clearinghouseState, orderStatus, l2Book weigh 2, most other info requests 20 "
                "(Hyperliquid docs, 'Rate limits and user limits'; ccxt hyperliquid.py)",
-        costs={"create_order": 1.0, "cancel_order": 1.0, "set_leverage": 1.0, "ticker": 2.0, "tickers": 2.0, "balances": 2.0,
-               "positions": 2.0, "fetch_order": 2.0, "fetch_order_by_client_id": 2.0, "open_orders": 20.0,
-               "markets": 20.0, "candles": 20.0},
+        costs={"create_order": 1.0, "cancel_order": 1.0, "set_leverage": 1.0, "ticker": 2.0, "tickers": 2.0,
+               "balances": 2.0, "positions": 2.0, "fetch_order": 2.0, "fetch_order_by_client_id": 2.0,
+               "open_orders": 20.0, "markets": 20.0, "candles": 20.0},
         default_cost=20.0,
         per_ip=True,
         # /info requests by type (the rest weigh 20); /exchange actions are weighed by the connector (1 + n/40).

@@ -215,7 +215,8 @@ class Revert:
 def _error_table() -> dict[bytes, dict[str, Any]]:
     entries = [e for name in ("PythERC7412Wrapper", "PerpsMarketProxy") for e in load_abi(name) if e["type"] == "error"]
     table = {function_abi_to_4byte_selector(e): e for e in entries}  # type: ignore[arg-type]  # a JSON ABI entry
-    table[bytes(keccak(text="Error(string)")[:4])] = {"name": "Error", "inputs": [{"name": "message", "type": "string"}]}
+    table[bytes(keccak(text="Error(string)")[:4])] = {"name": "Error",
+                                                      "inputs": [{"name": "message", "type": "string"}]}
     table[bytes(keccak(text="Panic(uint256)")[:4])] = {"name": "Panic", "inputs": [{"name": "code", "type": "uint256"}]}
     return table
 

@@ -1,5 +1,6 @@
 """Redis on the signal hot path (webhook intake, signal_create): pre-packed commands on a dedicated connection,
-and a Celery task published with one LPUSH of a pre-built protocol-2 message (what `.delay()` sends, without kombu's per-call work).
+and a Celery task published with one LPUSH of a pre-built protocol-2 message (what `.delay()` sends, without
+kombu's per-call work).
 
 redis-py's client costs ~150 us of CPU per command on a 2-core VM (retry wrapper, pool, callbacks, parser); the
 same command written to a socket and its small reply read here costs ~15 us. The connection settings (host, port,

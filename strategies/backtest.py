@@ -132,7 +132,8 @@ def config_problems(config: Mapping[str, Any], *, fits: Callable[[Decimal], str 
             problems.append(f"{key}: {raw!r} is not a decimal number; {meaning}")
             continue
         unfit = (fits(value) if fits is not None else None) or (
-            meaning if value < lowest or (value == lowest and not lowest_ok) or (highest is not None and value > highest)
+            meaning
+            if value < lowest or (value == lowest and not lowest_ok) or (highest is not None and value > highest)
             else None)
         if unfit:
             problems.append(f"{key}: {unfit}")

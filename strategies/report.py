@@ -74,7 +74,8 @@ def result_to_html(result: BacktestResult, candles: Candles, *, title: str = "Ba
     markers: list[tuple[int, float, str, str]] = []
     for tr in shown:
         what = f"{tr.side} {tr.quantity} @ {tr.entry_price}"
-        markers.append((tr.entry_time, float(tr.entry_price), "entry-" + tr.side, f"{_utc(tr.entry_time)} enter {what}"))
+        markers.append((tr.entry_time, float(tr.entry_price), "entry-" + tr.side,
+                        f"{_utc(tr.entry_time)} enter {what}"))
         markers.append((tr.exit_time, float(tr.exit_price), "exit",
                         f"{_utc(tr.exit_time)} exit ({tr.exit_reason}) @ {tr.exit_price}, P&L {tr.pnl}"))
 
@@ -187,7 +188,8 @@ def _svg_chart(
         for i, (t, v) in enumerate(zip(xs.tolist(), np.where(finite, ys, lo).tolist(), strict=True))
     )
     if fill and path:
-        path += f" L{x_of(float(xs[-1])):.1f},{y_of(min(0.0, hi)):.1f} L{x_of(float(xs[0])):.1f},{y_of(min(0.0, hi)):.1f} Z"
+        path += (f" L{x_of(float(xs[-1])):.1f},{y_of(min(0.0, hi)):.1f}"
+                 f" L{x_of(float(xs[0])):.1f},{y_of(min(0.0, hi)):.1f} Z")
     parts = [f"<h2>{escape(label)}</h2>", f"<svg width='{width}' height='{height}' viewBox='0 0 {width} {height}'>"]
     for k in range(5):
         v = lo + (hi - lo) * k / 4

@@ -300,8 +300,8 @@ def backtest_run_create(*, kind: str, params: dict, symbol: str, timeframe: str,
             stored = stored.filter(open_time__lte=end)
         if not stored.exists():
             errors["symbol"] = [f"no stored {timeframe} candles of {symbol!r} on venue {venue!r}"
-                                f"{' in that period' if start or end else ''}; the dashboard's backtest page lists the markets "
-                                "with candles (manage.py import_candles adds more)"]
+                                f"{' in that period' if start or end else ''}; the dashboard's backtest page lists "
+                                "the markets with candles (manage.py import_candles adds more)"]
     if errors:
         raise ValidationError(errors)
     with transaction.atomic():

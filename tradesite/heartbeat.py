@@ -56,7 +56,8 @@ def verdicts(seen: Seen, *, now: float, stale_after: float) -> dict[str, str]:
 
 
 class RedisHeartbeats:
-    """Heartbeats in Redis: `<prefix>tradesite:heartbeat:queue:<queue>` sorted sets and `<prefix>tradesite:heartbeat:beat`."""
+    """Heartbeats in Redis: `<prefix>tradesite:heartbeat:queue:<queue>` sorted sets and
+    `<prefix>tradesite:heartbeat:beat`."""
 
     def __init__(self, client: Any, prefix: str = "") -> None:
         self.client = client

@@ -322,7 +322,8 @@ def _earlier(later: str, earlier: str) -> str:
     (arrival order: received time, then id); it walks the partial index of waiting signals per strategy."""
     q = connection.ops.quote_name
     s, e = later, earlier
-    return (f"{e}.{q('status')} = '{Signal.Status.RECEIVED.value}' AND {e}.{q('received_at')} <= {s}.{q('received_at')} "
+    return (f"{e}.{q('status')} = '{Signal.Status.RECEIVED.value}' "
+            f"AND {e}.{q('received_at')} <= {s}.{q('received_at')} "
             f"AND {e}.{q('strategy_id')} = {s}.{q('strategy_id')} AND {e}.{q('id')} <> {s}.{q('id')} "
             f"AND ({e}.{q('received_at')} < {s}.{q('received_at')} OR {e}.{q('id')} < {s}.{q('id')})")
 

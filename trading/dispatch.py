@@ -1,9 +1,9 @@
 """Queue Celery tasks by name, so that nothing below `trading/tasks.py` imports it (the tasks import the services
 and the engine's rooms; a room that queued a task by importing it would point the import upward).
 
-The names are the tasks' registered names (`@shared_task(name=...)` in trading/tasks.py); a process that has not imported the
-tasks modules yet (web, a command) imports them on first use, through the Celery app's autodiscovery, as a worker
-does at start.
+The names are the tasks' registered names (`@shared_task(name=...)` in trading/tasks.py); a process that has not
+imported the tasks modules yet (web, a command) imports them on first use, through the Celery app's autodiscovery,
+as a worker does at start.
 """
 
 from __future__ import annotations

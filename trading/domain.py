@@ -107,7 +107,8 @@ class PendingOrder:
     price: Decimal  # limit price or reference price
     reduce_only: bool
     protective: bool = False  # a stop-loss or take-profit resting on the venue (contingent: claims no net)
-    exit: bool = False  # an exit in flight (close, stop-loss, take-profit, kill switch): the strategy's next signal waits
+    # an exit in flight (close, stop-loss, take-profit, kill switch): the strategy's next signal waits
+    exit: bool = False
 
     @property
     def notional(self) -> Decimal:

@@ -281,7 +281,9 @@ class Order(models.Model):
             models.Index(fields=["account", "status"]),
             # The engine reads an account's working orders under its lock on every signal: this index holds only
             # them, so the read does not grow with the order history.
-            models.Index(fields=["account"], condition=models.Q(status__in=["new", "submitting", "open", "partially_filled", "unknown"]), name="order_working_by_account"),
+            models.Index(fields=["account"],
+                         condition=models.Q(status__in=["new", "submitting", "open", "partially_filled", "unknown"]),
+                         name="order_working_by_account"),
             models.Index(fields=["strategy", "-created_at"]),
         ]
 

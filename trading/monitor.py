@@ -167,7 +167,8 @@ def _exits_fire(account: VenueAccount, connector: Connector, *, now: datetime,
             if touched is not None:
                 touched.add((position.strategy_id, position.symbol))
         long = position.quantity > 0
-        hit_stop = position.stop_loss is not None and (price <= position.stop_loss if long else price >= position.stop_loss)
+        hit_stop = position.stop_loss is not None and (
+            price <= position.stop_loss if long else price >= position.stop_loss)
         hit_tp = position.take_profit is not None and (
             price >= position.take_profit if long else price <= position.take_profit)
         if not (hit_stop or hit_tp):

@@ -59,7 +59,8 @@ def _paper_sql_for(name: str) -> str:
             "save_position": (
                 f"INSERT INTO {q(PaperPosition._meta.db_table)} ({q('account_id')}, {q('symbol')}, {q('quantity')}, "
                 f"{q('cost')}, {q('volume_candle')}, {q('volume_taken')}) VALUES (%s, %s, %s, %s, %s, %s) "
-                f"ON CONFLICT ({q('account_id')}, {q('symbol')}) DO UPDATE SET {q('quantity')} = EXCLUDED.{q('quantity')}, "
+                f"ON CONFLICT ({q('account_id')}, {q('symbol')}) DO UPDATE SET "
+                f"{q('quantity')} = EXCLUDED.{q('quantity')}, "
                 f"{q('cost')} = EXCLUDED.{q('cost')}, {q('volume_candle')} = EXCLUDED.{q('volume_candle')}, "
                 f"{q('volume_taken')} = EXCLUDED.{q('volume_taken')}"),
         }[name]

@@ -36,7 +36,8 @@ def protection_enabled(strategy: Strategy, account: VenueAccount | None = None, 
     return strategy.protective_orders == Strategy.Protection.ON
 
 
-_PROTECTIVE: dict[str, OrderType] = {Order.Purpose.STOP_LOSS: OrderType.STOP, Order.Purpose.TAKE_PROFIT: OrderType.TAKE_PROFIT}
+_PROTECTIVE: dict[str, OrderType] = {Order.Purpose.STOP_LOSS: OrderType.STOP,
+                                     Order.Purpose.TAKE_PROFIT: OrderType.TAKE_PROFIT}
 
 
 def protection_sync(*, position_id: int, now: datetime | None = None) -> dict[str, int]:

@@ -171,7 +171,8 @@ def strategy_validate(data: Mapping[str, Any], *, instance: Strategy | None = No
         clean[field] = value
     if clean["slug"] and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", clean["slug"]):
         errors["slug"] = ["lower-case letters, digits and hyphens only"]
-    elif clean["slug"] and Strategy.objects.filter(slug=clean["slug"]).exclude(pk=getattr(instance, "pk", None)).exists():  # type: ignore[misc]  # None: a new row
+    elif clean["slug"] and Strategy.objects.filter(slug=clean["slug"]).exclude(
+            pk=getattr(instance, "pk", None)).exists():  # type: ignore[misc]  # None: a new row
         errors["slug"] = ["a strategy with this slug exists"]
 
     account = get("account")

@@ -55,7 +55,8 @@ def target_read(slug: str) -> Target | None:
         cols = ", ".join(q(concrete_field(Strategy, f).column) for f in ("id", "slug", "symbol", "status", "account",
                                                              "webhook_secret_hash"))
         _target_sql = (f"SELECT {cols}, EXISTS(SELECT 1 FROM {q(k.db_table)} WHERE {q(k.pk.column)} = 1 AND "
-                       f"{q(concrete_field(KillSwitch, 'engaged').column)}) FROM {q(s.db_table)} WHERE {q(concrete_field(Strategy, 'slug').column)}"
+                       f"{q(concrete_field(KillSwitch, 'engaged').column)}) FROM {q(s.db_table)} "
+                       f"WHERE {q(concrete_field(Strategy, 'slug').column)}"
                        " = %s")
     row = _read_row(_target_sql, [slug])
     return None if row is None else Target(int(row[0]), row[1], row[2], row[3], int(row[4]), row[5] or "",

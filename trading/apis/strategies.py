@@ -67,8 +67,8 @@ class StrategyInput(serializers.Serializer):
     protective_orders = serializers.ChoiceField(choices=Strategy.Protection.choices, required=False)
     trailing_stop_percent = MoneyField(required=False, allow_null=True,
                                        help_text="trail distance, % of the price; null: no trailing stop")
-    trailing_activation_percent = MoneyField(required=False, allow_null=True,
-                                             help_text="profit % from entry at which trailing starts; null or 0: at once")
+    trailing_activation_percent = MoneyField(
+        required=False, allow_null=True, help_text="profit % from entry at which trailing starts; null or 0: at once")
 
 
 class StrategyValidateOutput(serializers.Serializer):

@@ -68,7 +68,8 @@ class Command(BaseCommand):
         rows = [("PREFIX", "USER", "CREATED", "EXPIRES", "STATE")]
         for token in selectors.api_token_list(user=user):
             rows.append((token.token_key[:services.TOKEN_PREFIX_LENGTH], token.user.get_username(),
-                         f"{token.created:%Y-%m-%d %H:%M}", f"{token.expiry:%Y-%m-%d %H:%M}" if token.expiry else "never",
+                         f"{token.created:%Y-%m-%d %H:%M}",
+                         f"{token.expiry:%Y-%m-%d %H:%M}" if token.expiry else "never",
                          "expired" if token.expiry and token.expiry <= now else "active"))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
