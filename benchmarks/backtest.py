@@ -25,7 +25,8 @@ long only, 10,000 starting cash.
 
 Each engine runs in its own subprocesses (so one's memory and JIT state never touch another's): ours and
 vectorbt alternate over --rounds fresh processes of --repeats timed runs each, backtesting.py runs once with
---bt-repeats; times are the medians (and minimums) of all timed runs. Peak memory of ours: tracemalloc's peak during one run() (Python and numpy allocations) and
+--bt-repeats; times are the medians (and minimums) of all timed runs. Peak memory of ours: tracemalloc's peak
+during one run() (Python and numpy allocations) and
 the process's peak RSS increase over the run (VmHWM reset through /proc/self/clear_refs, Linux).
 
 Trade lists are compared trade by trade against ours: entry and exit candle index and side identical, entry

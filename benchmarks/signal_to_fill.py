@@ -261,7 +261,8 @@ def cpu_delta(before: CpuSnapshot, after: CpuSnapshot, *, fills: int, sent: int)
     def spent(a: dict[int, float], b: dict[int, float]) -> float:
         return sum(v - a.get(pid, 0.0) for pid, v in b.items())
 
-    worker, pg, bench = spent(before.worker, after.worker), spent(before.postgres, after.postgres), after.bench - before.bench
+    worker, pg = spent(before.worker, after.worker), spent(before.postgres, after.postgres)
+    bench = after.bench - before.bench
     wall = max(after.at - before.at, 1e-9)
     total = after.machine_total - before.machine_total
     busy = after.machine_busy - before.machine_busy
@@ -573,7 +574,8 @@ def run(*, strategies: Sequence[Any], worker: Worker, monitor: Monitor, args: ar
         "unsettled_warmup": sum(1 for r in rows if r[2] not in FINAL) - sum(1 for r in measured if r[2] not in FINAL),
         "settled_in_time": settled_ok,
         "throughput_fills_per_s": round(in_window / (win1 - win0), 2) if win1 > win0 else None,
-        "drain_rate_fills_per_s": round(len(filled) / (last_fill - received[0]), 2) if filled and last_fill > received[0] else None,
+        "drain_rate_fills_per_s": (round(len(filled) / (last_fill - received[0]), 2)
+                                   if filled and last_fill > received[0] else None),
         "backlog_at_end": backlog_end,
         "backlog_growth_per_s": round(_slope(samples), 2),
         "backlog_max": max((b for _, b in samples), default=backlog_end),
@@ -736,7 +738,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rate", type=float, default=100, help="signals per second (default 100)")
     p.add_argument("--seconds", type=float, default=60, help="measured seconds (default 60)")
     p.add_argument("--warmup", type=float, default=5, help="seconds sent before measuring (default 5)")
@@ -746,7 +749,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--senders", type=int, default=4,
                    help="sender threads sharing one schedule (default 4: intake blocks on the worker's locks)")
     p.add_argument("--settle-timeout", type=float, default=600,
-                   help="most seconds to wait for signals to settle (default 600; gives up after 20 s without progress)")
+                   help="most seconds to wait for signals to settle "
+                        "(default 600; gives up after 20 s without progress)")
     p.add_argument("--timeout", type=float, default=0, help="abort after this many seconds (default: computed)")
     p.add_argument("--concurrency", type=int, default=2, help="worker processes/threads (default 2)")
     p.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"], help="worker pool")
@@ -851,7 +855,8 @@ def _main_body(args: argparse.Namespace, stack: contextlib.ExitStack, rates: Seq
     stack.callback(monitor.stop)
     worker_wait_ready(strategies, worker)
     output["machine"] = machine_info()
-    print(f"signal_to_fill: 1 worker (-c {args.concurrency} {args.pool}), {STRATEGIES} strategies on 1 paper account, {SYMBOL}; "
+    print(f"signal_to_fill: 1 worker (-c {args.concurrency} {args.pool}), {STRATEGIES} strategies on 1 paper account, "
+          f"{SYMBOL}; "
           f"{output['machine']}", flush=True)
     planned = sorted(rates)
     extra_left = KNEE_EXTRA_RUNS if args.find_knee else 0

@@ -116,7 +116,8 @@ def test_mock_speaks_only_the_real_abi() -> None:
     real_errors = {f"{e['name']}({','.join(i['type'] for i in e['inputs'])})" for e in real if e["type"] == "error"}
     mock = load_artifact()["contracts"]["MockPerpsMarket"]["abi"]
 
-    functions = [e for e in mock if e["type"] == "function" and not e["name"].startswith("fake_") and e["name"] != "usd"]
+    functions = [e for e in mock
+                 if e["type"] == "function" and not e["name"].startswith("fake_") and e["name"] != "usd"]
     events = {(e["name"], tuple((i["type"], i["indexed"]) for i in e["inputs"])) for e in mock if e["type"] == "event"}
     raised = set(re.findall(r'method_id\("([^"]+)"\)', (SYNTHETIX_FAKE / "MockPerpsMarket.vy").read_text()))
 

@@ -95,7 +95,8 @@ def product(product_id: str, *, base_increment: str, price_increment: str, quote
         "product_id": product_id, "price": "", "price_percentage_change_24h": "0", "volume_24h": "0",
         "volume_percentage_change_24h": "0", "base_increment": base_increment, "quote_increment": quote_increment,
         "quote_min_size": quote_min_size, "quote_max_size": "150000000", "base_min_size": base_min_size,
-        "base_max_size": "3400", "base_name": NAMES.get(base, base), "quote_name": NAMES.get(quote, quote), "watched": False, "is_disabled": False,
+        "base_max_size": "3400", "base_name": NAMES.get(base, base), "quote_name": NAMES.get(quote, quote),
+        "watched": False, "is_disabled": False,
         "new": False, "status": "online", "cancel_only": False, "limit_only": False, "post_only": False,
         "trading_disabled": False, "auction_mode": False, "product_type": "SPOT", "quote_currency_id": quote,
         "base_currency_id": base, "fcm_trading_session_details": None, "mid_market_price": "", "alias": "",
@@ -466,7 +467,8 @@ class CoinbaseFake(FakeHTTPServer):
                 "default": True, "active": True, "created_at": "2024-01-01T00:00:00Z",
                 "updated_at": "2024-01-01T00:00:00Z", "deleted_at": None,
                 "type": "ACCOUNT_TYPE_FIAT" if currency in ("USD", "EUR", "GBP") else "ACCOUNT_TYPE_CRYPTO",
-                "ready": True, "hold": {"value": fmt_balance(held), "currency": currency}, "retail_portfolio_id": "default",
+                "ready": True, "hold": {"value": fmt_balance(held), "currency": currency},
+                "retail_portfolio_id": "default",
             })
         more = offset + limit < len(currencies)
         return Reply(200, {"accounts": accounts, "has_next": more, "cursor": str(offset + limit) if more else "",
@@ -556,7 +558,8 @@ class CoinbaseFake(FakeHTTPServer):
                 return self._refusal("UNKNOWN_FAILURE_REASON", "",
                                      preview="PREVIEW_STOP_PRICE_BELOW_LAST_TRADE_PRICE", configuration=configuration)
         post_only = bool(config.get("post_only"))
-        if post_only and limit is not None and ((side == "BUY" and limit >= price) or (side == "SELL" and limit <= price)):
+        if post_only and limit is not None and (
+                (side == "BUY" and limit >= price) or (side == "SELL" and limit <= price)):
             return self._refusal("INVALID_LIMIT_PRICE_POST_ONLY", "Invalid limit price for post only order",
                                  preview="PREVIEW_INVALID_LIMIT_PRICE_POST_ONLY", configuration=configuration)
         base, quote = product_id.split("-")
@@ -738,7 +741,8 @@ class CoinbaseFake(FakeHTTPServer):
             "time_in_force": "IMMEDIATE_OR_CANCEL" if o.kind == "market_market_ioc" else "GOOD_UNTIL_CANCELLED",
             "created_time": _iso(o.created), "completion_percentage": fmt(done), "filled_size": fmt(filled),
             "average_filled_price": fmt(value / filled) if filled else "0", "fee": "",
-            "number_of_fills": str(sum(len(self._reported(o, f)) for f in o.fills)), "filled_value": fmt(value), "pending_cancel": False,
+            "number_of_fills": str(sum(len(self._reported(o, f)) for f in o.fills)), "filled_value": fmt(value),
+            "pending_cancel": False,
             "size_in_quote": o.quote_size is not None, "total_fees": fmt(fees), "size_inclusive_of_fees": False,
             "total_value_after_fees": fmt(value + fees if o.side == "BUY" else value - fees),
             "trigger_status": trigger, "order_type": order_type,
@@ -746,7 +750,8 @@ class CoinbaseFake(FakeHTTPServer):
             "reject_reason": "REJECT_REASON_UNSPECIFIED", "settled": o.final, "product_type": "SPOT",
             "reject_message": "", "cancel_message": self._cancel_message(o),
             "order_placement_source": "RETAIL_ADVANCED", "outstanding_hold_amount": "0", "is_liquidation": False,
-            "last_fill_time": _iso(o.fills[-1].time) if o.fills else None, "edit_history": [], "leverage": "", "margin_type": "UNKNOWN_MARGIN_TYPE",
+            "last_fill_time": _iso(o.fills[-1].time) if o.fills else None, "edit_history": [], "leverage": "",
+            "margin_type": "UNKNOWN_MARGIN_TYPE",
             "retail_portfolio_id": "default", "originating_order_id": "", "attached_order_id": "",
         }
 

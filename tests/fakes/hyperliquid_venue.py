@@ -90,7 +90,8 @@ def wire(value: Decimal) -> str:
 
 
 def price_ok(price: Decimal, sz_decimals: int) -> bool:
-    """The venue's perp price rule, written out: <= 6 - szDecimals decimals, and <= 5 significant figures unless integral."""
+    """The venue's perp price rule, written out: <= 6 - szDecimals decimals, and <= 5 significant figures unless
+    integral."""
     normal = price.normalize()
     decimals = max(0, -normal.as_tuple().exponent)  # type: ignore[operator]
     if decimals > 6 - sz_decimals:
@@ -364,10 +365,12 @@ class HyperliquidFake(FakeHTTPServer):
                 "maxTradeSzs": self._max_trade_sizes(account, coin, szi),
             }})
         value = self._account_value(account)
-        summary = {"accountValue": wire(value.quantize(FEE_QUANTUM)), "totalMarginUsed": wire(used.quantize(FEE_QUANTUM)),
+        summary = {"accountValue": wire(value.quantize(FEE_QUANTUM)),
+                   "totalMarginUsed": wire(used.quantize(FEE_QUANTUM)),
                    "totalNtlPos": wire(notional.quantize(FEE_QUANTUM)), "totalRawUsd": wire(account.usdc)}
         return {"assetPositions": positions, "marginSummary": summary, "crossMarginSummary": summary,
-                "crossMaintenanceMarginUsed": "0.0", "withdrawable": wire(max(Decimal(0), value - used).quantize(FEE_QUANTUM)),
+                "crossMaintenanceMarginUsed": "0.0",
+                "withdrawable": wire(max(Decimal(0), value - used).quantize(FEE_QUANTUM)),
                 "time": _now_ms()}
 
     def _max_trade_sizes(self, account: _User, coin: str, szi: Decimal) -> list[str]:
@@ -424,7 +427,8 @@ class HyperliquidFake(FakeHTTPServer):
     def _exchange(self, body: dict[str, Any]) -> Reply:
         action, nonce, signature = body.get("action"), body.get("nonce"), body.get("signature")
         if not isinstance(action, dict) or not isinstance(nonce, int) or not isinstance(signature, dict):
-            return Reply(422, b"Failed to deserialize the JSON body into the target type", {"Content-Type": "text/plain"})
+            return Reply(422, b"Failed to deserialize the JSON body into the target type",
+                         {"Content-Type": "text/plain"})
         if action.get("type") == "approveAgent":
             return self._approve_agent(action, nonce, signature)
         try:
@@ -515,7 +519,8 @@ class HyperliquidFake(FakeHTTPServer):
         mark = self.prices[coin]
         marketable = (is_buy and price >= mark) or (not is_buy and price <= mark)
         if tif == "Alo" and marketable:
-            return {"error": f"Post only order would have immediately matched, bbo was {wire(mark)}@{wire(mark)}.{tag}"}, None
+            return {"error": "Post only order would have immediately matched, "
+                             f"bbo was {wire(mark)}@{wire(mark)}.{tag}"}, None
         if tif == "Ioc" and not marketable:
             return {"error": f"Order could not immediately match against any resting orders.{tag}"}, None
         fault = None
@@ -524,7 +529,8 @@ class HyperliquidFake(FakeHTTPServer):
                 side=Side.BUY if is_buy else Side.SELL, type=OrderType.MARKET, quantity=size, market=coin,
                 client_order_id=client_id_for(cloid), reduce_only=reduce_only))
         if fault is OrderFault.REFUSE:
-            refusal = "Reduce only order would increase position." if reduce_only else "Insufficient margin to place order."
+            refusal = ("Reduce only order would increase position." if reduce_only
+                       else "Insufficient margin to place order.")
             return {"error": f"{refusal}{tag}"}, fault
         if not reduce_only:
             _, lev = account.leverage.get(coin, ("cross", 20))

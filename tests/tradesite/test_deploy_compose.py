@@ -100,7 +100,8 @@ def test_every_compose_variable_is_documented_in_the_env_example() -> None:
 
 def _env_reads(path: Path) -> set[str]:
     text = path.read_text()
-    pattern = r"(?:os\.environ\.get|os\.environ\[|env_bool|env_list|env\.get|_bool\((?:env|os\.environ), ?)\(?\"([A-Z][A-Z0-9_]+)\""
+    pattern = (r"(?:os\.environ\.get|os\.environ\[|env_bool|env_list|env\.get|_bool\((?:env|os\.environ), ?)"
+               r"\(?\"([A-Z][A-Z0-9_]+)\"")
     return set(re.findall(pattern, text))
 
 

@@ -39,7 +39,8 @@ class FakeRole:
 
 @pytest.fixture
 def signals() -> Iterator[None]:
-    """`run` installs its own signal handlers (and ignores signals while it stops): give the test process its own back."""
+    """`run` installs its own signal handlers (and ignores signals while it stops): give the test process its own
+    back."""
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     yield
     for sig, handler in saved.items():

@@ -133,7 +133,8 @@ def test_journal_survives_a_dropped_side_connection(live_account: VenueAccount) 
         journal.put("a", {"n": 1})
         with connection.cursor() as cursor:  # the server ends the side session (a restart, an idle timeout)
             cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
-                           "current_database() AND pid <> pg_backend_pid() AND query LIKE 'INSERT INTO trading_venue%%'")
+                           "current_database() AND pid <> pg_backend_pid() "
+                           "AND query LIKE 'INSERT INTO trading_venue%%'")
             assert cursor.fetchall() == [(True,)]
         journal.put("b", {"n": 2})
     assert [k for k, _ in journal.items()] == ["a", "b"]

@@ -12,7 +12,8 @@ from django.utils import timezone
 
 from trading.models import Order, Signal
 
-CASES = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "tradingview" / "cases.json").read_text())["cases"]
+CASES = json.loads(
+    (Path(__file__).resolve().parents[1] / "fixtures" / "tradingview" / "cases.json").read_text())["cases"]
 
 
 def test_corpus_is_large_enough() -> None:

@@ -215,7 +215,8 @@ def test_an_insert_the_database_does_not_answer_is_cancelled_and_the_alert_store
 
     hook = make_hook()
     settings = connection.settings_dict
-    url = f"postgres://{settings['USER']}@{settings['HOST'] or '127.0.0.1'}:{settings['PORT'] or 5432}/{settings['NAME']}"
+    url = (f"postgres://{settings['USER']}@{settings['HOST'] or '127.0.0.1'}:{settings['PORT'] or 5432}"
+           f"/{settings['NAME']}")
     with intake(_env(INTAKE_WRITE_TIMEOUT_SECONDS="1"), log_path=tmp_path / "intake.log") as port:
         assert _post(port, hook.body(id="t-0")).status_code == 202  # this process learns the strategy
         answers: list[_Answer] = []
