@@ -51,14 +51,15 @@ try:
     for label, call in (("body_intake", lambda i: services.body_intake(body=body(i), content_type="application/json",
                                                                          meta=meta)),
                         ("signal_create", lambda i: signal_create(strategy=strategy, source="manual",
-                                                                  idempotency_key=f"sc-{run}-{i}", action="open_long"))):
-        for i in range(300):  # warm-up
+                                                                  idempotency_key=f"sc-{run}-{i}",
+                                                                  action="open_long"))):
+        for _ in range(300):  # warm-up
             call(n)
             n += 1
         cpu, wall = [], []
         for _ in range(7):
             c0, w0 = time.thread_time(), time.perf_counter()
-            for i in range(1000):
+            for _ in range(1000):
                 r = call(n)
                 n += 1
             cpu.append(time.thread_time() - c0)
