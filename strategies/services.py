@@ -30,6 +30,7 @@ from exchanges.base import Side, VenueCandle, datetime_to_ms
 from strategies.base import Candles, last_bar_action
 from strategies.candles import RowError, atr_value, timeframe_delta
 from strategies.models import BacktestRun, Candle, StrategyEvaluation
+from trading import dispatch
 from trading.audit import audit
 from trading.fields import column_error
 from trading.intake import signal_create
@@ -38,6 +39,7 @@ from trading.services import TIMEFRAMES
 
 log = logging.getLogger("strategies.services")
 
+BACKTEST_RUN = "strategies.tasks.backtest_run"  # queued by name (trading/dispatch.py): tasks.py imports this module
 EVALUATION_WINDOW = 5000  # candles read per evaluation (or 10x the rule's warm-up, if larger)
 MAX_EVALUATIONS_PER_TICK = 5  # per strategy: a strategy that fell behind catches up on the newest bars only
 IMPORT_CHUNK = 5000
@@ -274,7 +276,6 @@ def backtest_run_create(*, kind: str, params: dict, symbol: str, timeframe: str,
 
     from strategies.backtest import config_problems
     from strategies.library import RULES
-    from strategies.tasks import backtest_run_task
 
     now = now or timezone.now()
     errors: dict[str, list[str]] = {}
@@ -310,7 +311,7 @@ def backtest_run_create(*, kind: str, params: dict, symbol: str, timeframe: str,
                                          created_by=by, created_at=now)
         audit(actor=by, action="backtest.queued", entity="backtest", entity_id=run.pk, now=now, kind=kind,
               symbol=symbol)
-        transaction.on_commit(lambda: backtest_run_task.delay(run.pk))
+        transaction.on_commit(lambda: dispatch.task(BACKTEST_RUN).delay(run.pk))
     return run
 
 
