@@ -14,11 +14,12 @@ from trading import dispatch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", [dispatch.SIGNAL_PROCESS, dispatch.KILL_SWITCH_ENFORCE])
+@pytest.mark.parametrize("name", [dispatch.SIGNAL_PROCESS, dispatch.KILL_SWITCH_ENFORCE,
+                                  "strategies.tasks.backtest_run"])
 def test_a_process_that_never_imported_the_tasks_finds_them_by_name(name: str) -> None:
     code = (
         "import sys, django; django.setup()\n"
-        "assert 'trading.tasks' not in sys.modules, 'imported already: the test would prove nothing'\n"
+        "assert not {'trading.tasks', 'strategies.tasks'} & set(sys.modules), 'imported already: proves nothing'\n"
         "from trading import dispatch\n"
         f"print(dispatch.task({name!r}).name)\n"
     )
