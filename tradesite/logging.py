@@ -188,6 +188,17 @@ class StreamFilter(logging.Filter):
         return stream_of(record.name) == self.stream
 
 
+class RoutineTaskFilter(logging.Filter):
+    """Drop Celery's INFO lines about each task ("received", "succeeded", beat's "Sending due task") from a person's
+    console: under `make run` beat sends a task every second or two, and those lines buried the engine's own and the
+    demo login. Their warnings and errors (a task that failed) pass; the stream files keep every line."""
+
+    ROUTINE = ("celery.app.trace", "celery.worker.strategy", "celery.beat")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(self.ROUTINE)
+
+
 class SharedRotatingFileHandler(RotatingFileHandler):
     """A size-rotated file that several processes append to (gunicorn and Celery pool children, containers on one
     volume): each write holds an flock on `<file>.lock`, and a file rotated by another process is reopened."""

@@ -352,13 +352,16 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {
         "redact": {"()": "tradesite.logging.RedactSecretsFilter"},
+        "routine_tasks": {"()": "tradesite.logging.RoutineTaskFilter"},
         **{f"stream_{s}": {"()": "tradesite.logging.StreamFilter", "stream": s}
            for s in ("web", "engine", "venues", "webhooks")},
     },
     "formatters": {"json": {"()": "tradesite.logging.JsonFormatter"},
                    "console": {"()": "tradesite.logging.ConsoleFormatter"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["redact"]},
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT,
+                    # A person's console leaves out Celery's line per task (the files keep them).
+                    "filters": ["redact", *(["routine_tasks"] if LOG_FORMAT == "console" else [])]},
         # One file per stream (web, engine, venues, webhooks), shared by every process, rotated by size.
         **{f"file_{s}": {
             "class": "tradesite.logging.SharedRotatingFileHandler",

@@ -126,3 +126,21 @@ def test_the_secret_set_is_computed_once_and_again_only_after_a_change(monkeypat
     monkeypatch.delenv("LOGFMT_PRIVATE_KEY")
     assert "fresh-env-canary-1234" not in secret_values()
     assert secret_values() is secret_values()
+
+
+ROUTINE = ("import logging\n"
+           "for name in ('celery.app.trace', 'celery.worker.strategy', 'celery.beat', 'trading.engine'):\n"
+           "    logging.getLogger(name).info('routine line of %s', name)\n")
+
+
+@pytest.mark.parametrize(("env", "quiet"), [({}, True), ({"LOG_FORMAT": "json"}, False)])
+def test_the_console_leaves_out_celerys_line_per_task_for_a_person(env: dict[str, str], quiet: bool) -> None:
+    """Under `make run` beat sends a task every second or two, and Celery's "received" / "succeeded" lines for each
+    buried the engine's own lines and the demo login; a person's console keeps the engine's INFO lines and drops
+    those (Celery's warnings and errors, a failed task, still show). JSON for machines keeps them all."""
+    done = _stderr_of(["manage.py", "shell", "-c", ROUTINE], TRADESITE_COMPONENT="shell", **env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = {name for name in ("celery.app.trace", "celery.worker.strategy", "celery.beat", "trading.engine")
+             if f"routine line of {name}" in done.stderr}
+    assert shown == ({"trading.engine"} if quiet else {"celery.app.trace", "celery.worker.strategy", "celery.beat",
+                                                        "trading.engine"})
