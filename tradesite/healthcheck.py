@@ -19,7 +19,7 @@ from tradesite.heartbeat import store_open
 def _heartbeat_problem(role: str) -> str:
     """Why this worker or beat is unhealthy ('' when its heartbeat is fresh)."""
     stale_after = float(os.environ.get("TRADESITE_HEARTBEAT_STALE_SECONDS", "20"))
-    broker = os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL", "") or "filesystem://"
+    broker = os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL", "") or "filesystem://localhost/"
     store = store_open(broker_url=broker, redis_prefix=os.environ.get("REDIS_KEY_PREFIX", ""),
                        var_dir=var_dir(os.environ), timeout=4)
     now = time.time()
