@@ -57,7 +57,7 @@ def _started_key(account_id: int) -> str:
 
 
 def monitor_order(account_ids: list[int]) -> list[int]:
-    """`account_ids` with the account whose monitor last started longest ago (or never) first.
+    """`account_ids` with the account whose last full monitor pass started longest ago (or never) first.
 
     The fan-outs send one monitor per account, each expiring after one interval: when monitors are slow (a venue's
     budget spent) and only some run before the rest expire, sending them in a fixed order would starve the same
@@ -102,7 +102,8 @@ def account_monitor(*, account_id: int, now: datetime | None = None, symbol: str
     account = VenueAccount.objects.filter(pk=account_id).first()
     if account is None:
         return counts
-    _monitor_started(account_id)
+    if symbol is None:  # a price pass skips the live order sync: not the account's turn in the tick
+        _monitor_started(account_id)
     with log_context(account_id=account_id):
         try:
             connector = connector_for(account)

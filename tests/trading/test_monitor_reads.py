@@ -116,3 +116,24 @@ def test_the_fan_out_sends_the_least_recently_monitored_account_first(make_accou
             ran.append(account_id)
     assert {ran.count(a) for a in ids} == {2}, ran
     assert set(ran[:4]) == set(ids)
+
+
+def test_a_price_pass_does_not_send_its_account_to_the_back_of_the_tick(make_account, make_strategy,
+                                                                        set_price) -> None:
+    """A price pass (a trailing stop's new best price, a crossed stop) skips a live venue's order sync: it must not
+    count as the account's turn, or an account with frequent price passes would always be the tick's last."""
+    from trading.monitor import accounts_to_monitor
+
+    set_price("BTC/USD", "100")
+    accounts = [make_account() for _ in range(3)]
+    for account in accounts:
+        strategy = make_strategy(account, sizing_value="1", stop_loss_mode="percent", stop_loss_value="5")
+        signal, _ = signal_create(strategy=strategy, source="manual", action="open_long",
+                                  idempotency_key=f"p{account.pk}", enqueue=False)
+        signal_process(signal_id=signal.pk)
+    for account in accounts:  # every account had its full turn, the first one longest ago
+        account_monitor(account_id=account.pk)
+    first = accounts[0].pk
+    assert accounts_to_monitor()[0] == first
+    account_monitor(account_id=first, symbol="BTC/USD")  # a price pass
+    assert accounts_to_monitor()[0] == first
