@@ -92,17 +92,23 @@ def test_a_price_pass_reads_one_price_and_exits_only_the_market_that_moved(hyper
     assert not Order.objects.filter(account=live.account, status__in=Order.WORKING).exists()
 
 
+def _guarded_accounts(make_account, make_strategy, n: int, tag: str) -> list:  # type: ignore[no-untyped-def]
+    """`n` paper accounts, each long BTC/USD with a stop 5 % below: every one has something to monitor."""
+    accounts = [make_account() for _ in range(n)]
+    for account in accounts:
+        strategy = make_strategy(account, sizing_value="1", stop_loss_mode="percent", stop_loss_value="5")
+        signal, _ = signal_create(strategy=strategy, source="manual", action="open_long",
+                                  idempotency_key=f"{tag}{account.pk}", enqueue=False)
+        signal_process(signal_id=signal.pk)
+    return accounts
+
+
 def test_the_fan_out_sends_the_least_recently_monitored_account_first(make_account, make_strategy,
                                                                       set_price) -> None:
     from trading.monitor import accounts_to_monitor
 
     set_price("BTC/USD", "100")
-    accounts = [make_account() for _ in range(4)]
-    for account in accounts:
-        strategy = make_strategy(account, sizing_value="1", stop_loss_mode="percent", stop_loss_value="5")
-        signal, _ = signal_create(strategy=strategy, source="manual", action="open_long",
-                                         idempotency_key=f"o{account.pk}", enqueue=False)
-        signal_process(signal_id=signal.pk)
+    accounts = _guarded_accounts(make_account, make_strategy, 4, "o")
     ids = [a.pk for a in accounts]
     order = accounts_to_monitor()
     assert sorted(order) == sorted(ids)
@@ -125,12 +131,7 @@ def test_a_price_pass_does_not_send_its_account_to_the_back_of_the_tick(make_acc
     from trading.monitor import accounts_to_monitor
 
     set_price("BTC/USD", "100")
-    accounts = [make_account() for _ in range(3)]
-    for account in accounts:
-        strategy = make_strategy(account, sizing_value="1", stop_loss_mode="percent", stop_loss_value="5")
-        signal, _ = signal_create(strategy=strategy, source="manual", action="open_long",
-                                  idempotency_key=f"p{account.pk}", enqueue=False)
-        signal_process(signal_id=signal.pk)
+    accounts = _guarded_accounts(make_account, make_strategy, 3, "p")
     for account in accounts:  # every account had its full turn, the first one longest ago
         account_monitor(account_id=account.pk)
     first = accounts[0].pk
