@@ -70,9 +70,9 @@ PNL_RELATIVE = 1e-9
 
 
 def _read(path: str) -> dict[str, np.ndarray]:
-    from strategies.candles import load_csv  # the one reader of the shared CSV, ours too
+    from strategies.candles import candles_read_csv  # the one reader of the shared CSV, ours too
 
-    candles = load_csv(path)
+    candles = candles_read_csv(path, form="columns")
     return {"timestamp": candles.time, "open": candles.open, "high": candles.high, "low": candles.low,
             "close": candles.close, "volume": candles.volume}
 
@@ -128,9 +128,9 @@ def worker_ours(path: str, repeats: int) -> dict[str, Any]:
     import tracemalloc
 
     from strategies.backtest import BacktestConfig, run
-    from strategies.candles import load_csv
+    from strategies.candles import candles_read_csv
 
-    candles = load_csv(path)
+    candles = candles_read_csv(path, form="columns")
     config = BacktestConfig("rsi", cash=Decimal("10000"), fee=Decimal("0.001"))
     run(candles.head(1000), config)  # imports (rule library, TA-Lib) happen here, outside the measurements
 

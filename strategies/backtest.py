@@ -26,7 +26,7 @@ trade), so the Python work is per trade, not per candle; the equity curve is flo
 
 Modules, by job: this one (the settings, a stored run's settings, `run`), `strategies.simulation` (the event
 walk), `strategies.performance` (the metrics), `strategies.report` (JSON and HTML), `strategies.candles`
-(the shared CSV read as columns: `load_csv`).
+(the shared CSV read as columns: `candles_read_csv(path, form="columns")`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Candles, pure: the shared CSV format, the timeframe grid, and ATR(14) of a window of candles.
 
-The shared CSV is `timestamp,open,high,low,close,volume` (epoch ms UTC of the candle's open). It is read two ways:
-`candles_parse_csv` gives exact Decimal rows, each bad line named (for the candle store: imports, replays), and
-`load_csv` gives float columns at pandas speed (for the backtester: a million rows in a second). A candle row
-is `exchanges.base.VenueCandle` and epoch milliseconds convert through `exchanges.base.ms_to_datetime` /
+The shared CSV is `timestamp,open,high,low,close,volume` (epoch ms UTC of the candle's open). `candles_read_csv` is
+its one reader, in two forms: exact Decimal rows, each bad line named (`form="rows"`, for the candle store: imports,
+replays), or float columns at pandas speed (`form="columns"`, for the backtester: a million rows in a second).
+A candle row is `exchanges.base.VenueCandle` and epoch milliseconds convert through `exchanges.base.ms_to_datetime` /
 `datetime_to_ms`, the one candle type and the one epoch helper of the code base (exchanges, the bottom layer,
 imports nothing of ours); indicator maths reads candles as columns, `strategies.base.Candles`.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from os import PathLike
-from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -38,7 +38,11 @@ def timeframe_delta(timeframe: str) -> timedelta:
     return timedelta(seconds=int(count) * _UNITS[unit])
 
 
-# --------------------------------------------------------------------------------------------- CSV: exact rows
+# --------------------------------------------------------------------------------------------- CSV: the reader
+
+
+class CsvError(ValueError):
+    """A candle file that does not follow the shared CSV format; the message names the bad lines."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,35 @@ class ParsedCsv:
     errors: list[RowError] = field(default_factory=list)
 
 
+@overload
+def candles_read_csv(path: str | PathLike[str], *, form: Literal["rows"], timeframe: str,
+                     progress: Callable[[int, int], None] | None = None) -> ParsedCsv: ...
+
+
+@overload
+def candles_read_csv(path: str | PathLike[str], *, form: Literal["columns"]) -> Candles: ...
+
+
+def candles_read_csv(path: str | PathLike[str], *, form: Literal["rows", "columns"], timeframe: str | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> ParsedCsv | Candles:
+    """Read the shared candle CSV (`timestamp,open,high,low,close,volume`, epoch ms UTC of the candle open).
+
+    `form="rows"`: every row checked (on the timeframe's grid too) into exact Decimal `VenueCandle`s, each bad row
+    in `ParsedCsv.errors` with its line; progress, when given, is called with (rows done, rows). `form="columns"`:
+    float columns (`Candles`) at pandas speed; raise CsvError naming the bad lines.
+    """
+    if form == "rows":
+        if timeframe is None:
+            raise TypeError("form='rows' needs the timeframe its timestamps must be on")
+        return _rows_read(path, timeframe=timeframe, progress=progress)
+    if form == "columns":
+        return _columns_read(path)
+    raise ValueError(f"unknown form {form!r} (use 'rows' or 'columns')")
+
+
+# --------------------------------------------------------------------------------------------- CSV: exact rows
+
+
 def _number(text: str) -> Decimal:
     value = Decimal(text.strip())
     if not value.is_finite():
@@ -66,9 +99,9 @@ def _number(text: str) -> Decimal:
     return value
 
 
-def candles_parse_csv(path: str | Path, *, timeframe: str,
-                      progress: Callable[[int, int], None] | None = None) -> ParsedCsv:
-    """Read and check every row of a `timestamp,open,high,low,close,volume` file (epoch ms UTC, candle open).
+def _rows_read(path: str | PathLike[str], *, timeframe: str,
+               progress: Callable[[int, int], None] | None = None) -> ParsedCsv:
+    """Read and check every row of the file as exact Decimal candles.
 
     A row is bad when a value is not a finite number, a price is not positive, high < max(open, close),
     low > min(open, close), volume < 0, its timestamp is not on the timeframe's grid, or timestamps do not
@@ -137,12 +170,8 @@ def candles_parse_csv(path: str | Path, *, timeframe: str,
 # --------------------------------------------------------------------------------------------- CSV: float columns
 
 
-class CsvError(ValueError):
-    """A candle file that does not follow the shared CSV format; the message names the bad lines."""
-
-
-def load_csv(path: str | PathLike[str]) -> Candles:
-    """Read the shared candle CSV (timestamp ms, open, high, low, close, volume); raise CsvError naming bad lines."""
+def _columns_read(path: str | PathLike[str]) -> Candles:
+    """Read the file as float columns; raise CsvError naming bad lines."""
     import pandas as pd  # only here: the backtest itself needs numpy alone
 
     with open(path, encoding="utf-8") as f:

@@ -66,9 +66,9 @@ def shot(page: Any, name: str) -> None:
 
 def _candles(limit: int = 1500) -> None:
     from strategies import services
-    from strategies.candles import candles_parse_csv
+    from strategies.candles import candles_read_csv
 
-    parsed = candles_parse_csv(DATA, timeframe="1m")
+    parsed = candles_read_csv(DATA, form="rows", timeframe="1m")
     services.candles_import(venue="paper", symbol="ETH/BTC", timeframe="1m", rows=parsed.rows[:limit], by="test")
 
 

@@ -371,9 +371,10 @@ def test_backtest_result_draws_equity_at_every_candle(staff_client: Client, db: 
     from pathlib import Path
 
     from strategies import services as strategy_services
-    from strategies.candles import candles_parse_csv
+    from strategies.candles import candles_read_csv
 
-    parsed = candles_parse_csv(Path(__file__).resolve().parents[2] / "data" / "ETH_BTC-1m.csv", timeframe="1m")
+    parsed = candles_read_csv(Path(__file__).resolve().parents[2] / "data" / "ETH_BTC-1m.csv", form="rows",
+                              timeframe="1m")
     strategy_services.candles_import(venue="paper", symbol="ETH/BTC", timeframe="1m", rows=parsed.rows[:3000],
                                      by="test")
     run = strategy_services.backtest_run_create(kind="rsi", params={"period": 7}, symbol="ETH/BTC", timeframe="1m",

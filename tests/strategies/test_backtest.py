@@ -20,7 +20,7 @@ from exchanges.fills import round_half_up, slipped_price
 from exchanges.paper import DEFAULT_MARKETS
 from strategies import backtest as bt
 from strategies.base import Candles, Param, Signals, StrategyRule
-from strategies.candles import load_csv
+from strategies.candles import candles_read_csv
 from strategies.library import RULES
 from strategies.report import result_to_json
 from trading.domain import ExitMode, ExitRule, RiskLimits, SizingMode, SizingRule, StrategyRisk
@@ -133,7 +133,7 @@ def reference_all_in(data: Candles, signals: Signals, *, cash: Decimal, fee: Dec
 
 
 def test_rsi_backtest_equals_the_reference_loop_trade_for_trade() -> None:
-    data = load_csv(ETH_1M)
+    data = candles_read_csv(ETH_1M, form="columns")
     rule = RULES["rsi"]
     expected = reference_all_in(data, rule.signals(data, rule.resolve({})), cash=Decimal("10000"),
                                 fee=Decimal("0.001"))
@@ -145,7 +145,7 @@ def test_rsi_backtest_equals_the_reference_loop_trade_for_trade() -> None:
 
 
 def test_rsi_with_other_params_equals_the_reference_loop() -> None:
-    data = load_csv(ETH_1M)
+    data = candles_read_csv(ETH_1M, form="columns")
     params = {"period": 9, "oversold": 25.0, "overbought": 65.0}
     signals = RULES["rsi"].signals(data, RULES["rsi"].resolve(params))
     expected = reference_all_in(data, signals, cash=Decimal("2500"), fee=Decimal("0.00075"))
@@ -155,7 +155,7 @@ def test_rsi_with_other_params_equals_the_reference_loop() -> None:
 
 def test_going_through_decide_changes_nothing_for_plain_all_in() -> None:
     # all-in without market, exits or limits skips trading.risk.decide; with limits given it is called
-    data = load_csv(ETH_1M)
+    data = candles_read_csv(ETH_1M, form="columns")
     plain = bt.run(data, bt.BacktestConfig("rsi"))
     decided = bt.run(data, bt.BacktestConfig("rsi", limits=RiskLimits()))
     assert decided.trades == plain.trades
@@ -241,7 +241,7 @@ def summary(trade: bt.Trade) -> tuple[Any, ...]:
 @pytest.mark.parametrize(("rule", "file"), sorted(GOLDEN))
 def test_golden_numbers_on_real_candles(rule: str, file: str) -> None:
     path, config = golden_config(rule, file)
-    result = bt.run(load_csv(path), config)
+    result = bt.run(candles_read_csv(path, form="columns"), config)
     golden = GOLDEN[(rule, file)]
     assert (len(result.trades), str(result.metrics["final_equity"].quantize(Q8)),
             str(result.metrics["fees_paid"].quantize(Q8))) == (golden.trades, golden.final_equity, golden.fees_paid)
@@ -457,7 +457,7 @@ def test_trade_pnl_adds_up_to_the_final_equity_exactly(
 
 
 def test_params_are_validated_with_the_rule() -> None:
-    data = load_csv(FIXTURES / "XRP_USDT_USDT-5m-futures.csv")
+    data = candles_read_csv(FIXTURES / "XRP_USDT_USDT-5m-futures.csv", form="columns")
     with pytest.raises(ValueError, match=r"invalid params for rsi: overbought: must be a float; period: must be at"):
         bt.run(data, bt.BacktestConfig("rsi", params={"period": 1, "overbought": "high"}))
     with pytest.raises(ValueError, match=r"invalid params for rsi: oversold: must be below overbought"):
@@ -470,13 +470,13 @@ def test_params_are_validated_with_the_rule() -> None:
 
 def test_progress_is_reported_up_to_one() -> None:
     seen: list[float] = []
-    bt.run(load_csv(ETH_1M), bt.BacktestConfig("rsi"), progress=seen.append)
+    bt.run(candles_read_csv(ETH_1M, form="columns"), bt.BacktestConfig("rsi"), progress=seen.append)
     assert seen[-1] == 1.0 and len(seen) > 5
     assert seen == sorted(seen)
 
 
 def test_result_to_json_keeps_decimals_as_strings() -> None:
-    result = bt.run(load_csv(FIXTURES / "ETH_BTC-5m.csv"), bt.BacktestConfig("rsi"))
+    result = bt.run(candles_read_csv(FIXTURES / "ETH_BTC-5m.csv", form="columns"), bt.BacktestConfig("rsi"))
     data = json.loads(json.dumps(result_to_json(result)))
     trade = data["trades"][0]
     assert trade == {

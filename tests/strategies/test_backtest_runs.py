@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from strategies import services
-from strategies.candles import candles_parse_csv
+from strategies.candles import candles_read_csv
 from strategies.models import BacktestRun
 from tests.conftest import wait_for
 
@@ -17,7 +17,7 @@ DATA = Path(__file__).resolve().parents[2] / "data" / "ETH_BTC-1m.csv"
 
 
 def _import(limit: int = 3000) -> None:
-    parsed = candles_parse_csv(DATA, timeframe="1m")
+    parsed = candles_read_csv(DATA, form="rows", timeframe="1m")
     assert not parsed.errors
     services.candles_import(venue="paper", symbol="ETH/BTC", timeframe="1m", rows=parsed.rows[:limit], by="test")
 

@@ -17,7 +17,7 @@ from exchanges.fills import slipped_price
 from exchanges.paper import DEFAULT_MARKETS
 from strategies import indicators
 from strategies.management.commands.import_candles import Command as ImportCommand
-from strategies.candles import candles_parse_csv
+from strategies.candles import candles_read_csv
 from strategies.models import Candle
 from strategies.replay import Dispatch, replay_pairs, replay_step
 from strategies.selectors import atr_from_store, candles_closed_after, candles_last_closed, candles_read
@@ -109,7 +109,7 @@ def test_reimport_is_idempotent_and_a_differing_candle_is_refused(tmp_path: Path
 
 
 def test_timestamps_off_the_timeframe_grid_are_bad_rows(tmp_path: Path) -> None:
-    parsed = candles_parse_csv(_write(tmp_path, ROWS[:3]), timeframe="5m")  # 04:53, 04:54, 04:55
+    parsed = candles_read_csv(_write(tmp_path, ROWS[:3]), form="rows", timeframe="5m")  # 04:53, 04:54, 04:55
     assert [e.line for e in parsed.errors] == [2, 3]
     assert all("not on the 5m grid" in e.message for e in parsed.errors)
     assert parsed.lines == [4]
@@ -151,7 +151,7 @@ def test_last_closed_candle_depends_on_now(tmp_path: Path) -> None:
 
 
 def test_replay_step_closes_the_candle_and_prices_the_next_open(tmp_path: Path) -> None:
-    rows = candles_parse_csv(_write(tmp_path, ROWS[:3]), timeframe="1m").rows
+    rows = candles_read_csv(_write(tmp_path, ROWS[:3]), form="rows", timeframe="1m").rows
     (first, second), (last, after_last) = list(replay_pairs(rows))[0], list(replay_pairs(rows))[-1]
     result = replay_step(venue="paper", symbol="ETH/BTC", timeframe="1m", candle=first, next_candle=second,
                          store=True)
@@ -169,7 +169,7 @@ def test_a_signal_from_bar_t_fills_at_the_open_of_bar_t_plus_1(make_account, mak
     account = make_account(quote_asset="BTC", paper_initial_cash="1", paper_slippage_bps="5")
     strategy = make_strategy(account, kind="rsi", symbol="ETH/BTC", sizing_mode="quantity", sizing_value="1",
                              params={"period": 7, "oversold": 25, "overbought": 75})
-    rows = candles_parse_csv(DATA, timeframe="1m").rows[:40]
+    rows = candles_read_csv(DATA, form="rows", timeframe="1m").rows[:40]
     signal_steps = []
     for candle, following in replay_pairs(rows):
         result = replay_step(venue="paper", symbol="ETH/BTC", timeframe="1m", candle=candle, next_candle=following,

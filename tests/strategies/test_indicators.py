@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from strategies import indicators
+from strategies.candles import candles_read_csv
 from strategies.indicators import IndicatorInputError
 
 CSV = Path(__file__).resolve().parents[2] / "data" / "ETH_BTC-1m.csv"
@@ -20,8 +21,8 @@ CSV = Path(__file__).resolve().parents[2] / "data" / "ETH_BTC-1m.csv"
 @functools.cache
 def ohlc() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """High, low and close of the bundled ETH/BTC 1m candles (14,397 rows, one missing minute)."""
-    rows = np.loadtxt(CSV, delimiter=",", skiprows=1, usecols=(2, 3, 4))
-    return rows[:, 0].copy(), rows[:, 1].copy(), rows[:, 2].copy()
+    candles = candles_read_csv(CSV, form="columns")
+    return candles.high, candles.low, candles.close
 
 
 def first_defined(values: np.ndarray) -> int:

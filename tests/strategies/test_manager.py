@@ -14,7 +14,7 @@ import pytest
 from exchanges.base import VenueCandle, datetime_to_ms
 from strategies import services
 from strategies.base import Candles, Signals
-from strategies.candles import candles_parse_csv
+from strategies.candles import candles_read_csv
 from strategies.library import RULES, RsiRule
 from strategies.models import StrategyEvaluation
 from strategies.schedules import schedules_ensure
@@ -32,7 +32,7 @@ _rows: list[VenueCandle] = []
 
 def rows() -> list[VenueCandle]:
     if not _rows:
-        _rows.extend(candles_parse_csv(DATA, timeframe="1m").rows)
+        _rows.extend(candles_read_csv(DATA, form="rows", timeframe="1m").rows)
     return _rows
 
 

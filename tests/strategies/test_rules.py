@@ -13,6 +13,7 @@ import pytest
 import talib
 
 from strategies.base import Candles, Signals, StrategyRule, last_bar_action
+from strategies.candles import candles_read_csv
 from strategies.library import RULES, BollingerRule, ComboRule, MacdRule, RsiRule
 
 CSV = Path(__file__).resolve().parents[2] / "data" / "ETH_BTC-1m.csv"
@@ -22,9 +23,7 @@ Reference = dict[str, list[bool]]
 @functools.cache
 def candles() -> Candles:
     """The bundled ETH/BTC 1m candles (14,397 rows, one missing minute)."""
-    time = np.loadtxt(CSV, delimiter=",", skiprows=1, usecols=0, dtype=np.int64)
-    rows = np.loadtxt(CSV, delimiter=",", skiprows=1, usecols=(1, 2, 3, 4, 5))
-    return Candles(time, *(np.ascontiguousarray(rows[:, i]) for i in range(5)))
+    return candles_read_csv(CSV, form="columns")
 
 
 def closes_only(close: list[float]) -> Candles:

@@ -36,7 +36,7 @@ def test_a_second_soak_on_the_same_database_evaluates_bars_of_its_own(db, settin
     """The RSI strategy evaluates each bar once: a rerun must replay new bars, or it would evaluate nothing."""
     from django.core.management import call_command
 
-    from strategies.candles import candles_parse_csv
+    from strategies.candles import candles_read_csv
     from strategies.models import StrategyEvaluation
 
     settings.VAR_DIR = tmp_path
@@ -45,7 +45,7 @@ def test_a_second_soak_on_the_same_database_evaluates_bars_of_its_own(db, settin
     stamps = []
     for run in range(2):
         path = command._indicator_candles(seconds=60, interval=1)
-        parsed = candles_parse_csv(path, timeframe="5m")
+        parsed = candles_read_csv(path, form="rows", timeframe="5m")
         assert not parsed.errors and len(parsed.rows) == 360  # the run and 5 minutes of start-up, a candle a second
         stamps.append(parsed.rows[0].open_time)
         before = StrategyEvaluation.objects.filter(strategy=strategy).count()

@@ -16,7 +16,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from exchanges.paper import DEFAULT_MARKETS
 from strategies.backtest import SIZINGS, BacktestConfig, run
-from strategies.candles import CsvError, load_csv
+from strategies.candles import CsvError, candles_read_csv
 from strategies.report import result_to_html, result_to_json
 from trading.domain import ExitMode, ExitRule, RiskLimits, SizingMode, SizingRule, StrategyRisk
 
@@ -50,7 +50,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         config = self._config(options)
         try:
-            candles = load_csv(options["data"])
+            candles = candles_read_csv(options["data"], form="columns")
         except CsvError as exc:
             raise CommandError(str(exc)) from exc
         except OSError as exc:

@@ -16,7 +16,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from strategies.candles import candles_parse_csv, timeframe_delta
+from strategies.candles import candles_read_csv, timeframe_delta
 from strategies.replay import ProgressBar
 from strategies.parity import ParityError, ParityReport, paper_backtest_compare, report_lines
 
@@ -60,7 +60,7 @@ class Command(BaseCommand):
             timeframe_delta(options["timeframe"])
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
-        parsed = candles_parse_csv(options["file"], timeframe=options["timeframe"])
+        parsed = candles_read_csv(options["file"], form="rows", timeframe=options["timeframe"])
         if parsed.errors:
             for error in parsed.errors[:50]:
                 self.stderr.write(str(error))

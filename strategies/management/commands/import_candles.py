@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from strategies.candles import candles_parse_csv, timeframe_delta
+from strategies.candles import candles_read_csv, timeframe_delta
 from strategies.replay import ProgressBar
 from strategies.services import CandleImportError, candles_import
 
@@ -32,7 +32,8 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         bar = (lambda label: None) if options["quiet_progress"] else (lambda label: ProgressBar(self.stderr, label))
         try:
-            parsed = candles_parse_csv(options["file"], timeframe=options["timeframe"], progress=bar("checking"))
+            parsed = candles_read_csv(options["file"], form="rows", timeframe=options["timeframe"],
+                                      progress=bar("checking"))
         except OSError as exc:
             raise CommandError(f"cannot read {options['file']}: {exc}") from exc
         if parsed.errors:

@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils.dateparse import parse_datetime
 
 from exchanges.base import ms_to_datetime
-from strategies.candles import candles_parse_csv, timeframe_delta
+from strategies.candles import candles_read_csv, timeframe_delta
 from strategies.replay import Dispatch, ProgressBar, replay_pairs, replay_step
 from strategies.selectors import candle_rows_read, candles_count
 
@@ -53,7 +53,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         limit = options["limit"] or None
         if options["file"]:
-            parsed = candles_parse_csv(options["file"], timeframe=timeframe)
+            parsed = candles_read_csv(options["file"], form="rows", timeframe=timeframe)
             if parsed.errors:
                 for error in parsed.errors[:50]:
                     self.stderr.write(str(error))

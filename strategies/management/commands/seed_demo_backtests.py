@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from strategies import services
-from strategies.candles import candles_parse_csv
+from strategies.candles import candles_read_csv
 from strategies.models import BacktestRun, Candle
 
 DEMO_CANDLES = 3000
@@ -21,7 +21,7 @@ class Command(BaseCommand):
         if BacktestRun.objects.exists():
             return
         if not Candle.objects.filter(venue="paper", symbol="ETH/BTC", timeframe="1m").exists():
-            parsed = candles_parse_csv(settings.BASE_DIR / "data" / "ETH_BTC-1m.csv", timeframe="1m")
+            parsed = candles_read_csv(settings.BASE_DIR / "data" / "ETH_BTC-1m.csv", form="rows", timeframe="1m")
             services.candles_import(venue="paper", symbol="ETH/BTC", timeframe="1m",
                                     rows=parsed.rows[:DEMO_CANDLES], by="seed_demo")
         for period in (14, 7):  # a worker runs them; the dashboard compares the two
