@@ -61,6 +61,7 @@ from exchanges.base import (
     VenueOrder,
     VenueOrderStatus,
     VenuePosition,
+    datetime_to_ms,
     ms_to_datetime,
 )
 from exchanges.errors import (
@@ -479,8 +480,8 @@ class HyperliquidConnector(Connector):
         step = _interval(timeframe)
         now = datetime.now(UTC)
         start = since if since is not None else now - step * limit
-        req = {"coin": coin, "interval": timeframe, "startTime": int(start.timestamp() * 1000),
-               "endTime": int(now.timestamp() * 1000)}
+        req = {"coin": coin, "interval": timeframe, "startTime": datetime_to_ms(start),
+               "endTime": datetime_to_ms(now)}
         rows = self._read({"type": "candleSnapshot", "req": req}, "candleSnapshot")
         with self._boundary("read", "candleSnapshot"):
             candles = sorted(

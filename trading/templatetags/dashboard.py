@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, UTC
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django import template
 
+from exchanges.base import ms_to_datetime
 from trading.fields import EXACT, tidy
 
 register = template.Library()
@@ -41,7 +42,7 @@ def sign_class(value: Any) -> str:
 def from_ms(value: Any) -> datetime | None:
     """Epoch milliseconds as an aware UTC datetime."""
     try:
-        return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+        return ms_to_datetime(int(value))
     except (TypeError, ValueError, OverflowError):
         return None
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import time
-from datetime import datetime, UTC
 from decimal import Decimal
 from typing import Any
 
@@ -12,6 +11,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
+from exchanges.base import ms_to_datetime
 from trading.intake import signal_create
 from trading.models import Strategy
 from trading.prices import price_set
@@ -55,7 +55,7 @@ def demo_signal(strategies: list[Strategy], row: dict[str, str], *, count: int, 
     strategy = strategies[(count // every) % len(strategies)]
     opening = (count // every // len(strategies)) % 2 == 0
     action = ("open_short" if strategy.slug.endswith("short") else "open_long") if opening else "close"
-    stamp = datetime.fromtimestamp(int(row["timestamp"]) / 1000, tz=UTC).isoformat()
+    stamp = ms_to_datetime(int(row["timestamp"])).isoformat()
     signal, _ = signal_create(strategy=strategy, source="manual", action=action,
                               idempotency_key=f"demo:{strategy.slug}:{stamp}:{count}",
                               payload={"demo": True, "candle": stamp}, enqueue=enqueue)

@@ -33,6 +33,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Count
 
+from exchanges.base import datetime_to_ms
 from trading import services
 from trading.models import Signal, Strategy, VenueAccount
 
@@ -174,7 +175,7 @@ class Command(BaseCommand):
         last = apps.get_model("strategies", "Candle").objects.filter(
             venue="paper", symbol=INDICATOR_SYMBOL, timeframe="5m").order_by("-open_time").values_list(
             "open_time", flat=True).first()
-        first_ms = int(rows[0][0]) if last is None else int(last.timestamp() * 1000) + INDICATOR_TIMEFRAME_MS
+        first_ms = int(rows[0][0]) if last is None else datetime_to_ms(last) + INDICATOR_TIMEFRAME_MS
         count = math.ceil((seconds + 300) / interval)  # the run, start-up and shutdown at one candle per interval
         path = settings.VAR_DIR / "soak" / "indicator-candles.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
