@@ -156,15 +156,11 @@ class Simulation:
         self.bps = slippage_bps
         self.symbol = market.symbol if market is not None else BACKTEST_SYMBOL
         self.limits = limits or RiskLimits()
-        self.rules = MarketRules(
-            symbol=self.symbol,
-            lot_size=market.lot_size if market is not None else _TINY,
-            min_qty=market.min_qty if market is not None else _ZERO,
-            tick_size=market.tick_size if market is not None else _TINY,
-            min_notional=market.min_notional if market is not None else _ZERO,
-            # frictionless: no venue cap, the account's limit (RiskLimits.max_leverage) decides
-            max_leverage=market.max_leverage if market is not None else self.limits.max_leverage,
-        )
+        if market is not None:
+            self.rules = MarketRules.from_market(market)
+        else:  # frictionless: no venue cap, the account's limit (RiskLimits.max_leverage) decides
+            self.rules = MarketRules(symbol=self.symbol, lot_size=_TINY, min_qty=_ZERO, tick_size=_TINY,
+                                     min_notional=_ZERO, max_leverage=self.limits.max_leverage)
         self.all_in = sizing == "all-in"
         # all-in passes its quantity with the intent, so the sizing rule is unused there (but must be valid)
         self.risk = risk or StrategyRisk(sizing=SizingRule(SizingMode.QUANTITY, _ONE))

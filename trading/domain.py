@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from exchanges.base import OrderType, Side
+from exchanges.base import Market, OrderType, Side
 
 
 class Action(str, enum.Enum):
@@ -136,6 +136,12 @@ class MarketRules:
     tick_size: Decimal
     min_notional: Decimal = Decimal("0")
     max_leverage: Decimal = Decimal("1")
+
+    @classmethod
+    def from_market(cls, market: Market) -> MarketRules:
+        """The sizing rules of a venue market."""
+        return cls(symbol=market.symbol, lot_size=market.lot_size, min_qty=market.min_qty,
+                   tick_size=market.tick_size, min_notional=market.min_notional, max_leverage=market.max_leverage)
 
 
 @dataclass(frozen=True)

@@ -329,9 +329,7 @@ def signal_decision_preview(*, strategy: Strategy, intent: Any, atr: Decimal | N
             atr = _atr(Signal(strategy=strategy, atr=atr), now)
             return risk.decide(
                 intent=intent, strategy_id=strategy.pk, account=book.view,
-                market=MarketRules(symbol=market.symbol, lot_size=market.lot_size, min_qty=market.min_qty,
-                                   tick_size=market.tick_size, min_notional=market.min_notional,
-                                   max_leverage=market.max_leverage),
+                market=MarketRules.from_market(market),
                 quote=Quote(ticker.price, ticker.time), atr=atr, risk=strategy_risk(strategy),
                 limits=account_limits(account), now=now,
             )
