@@ -196,6 +196,7 @@ CELERY_TASK_ROUTES = {
     "trading.tasks.orders_sweep": {"queue": "execution"},
     "trading.tasks.exits_drive": {"queue": "execution"},
     "trading.tasks.kill_switch_enforce": {"queue": "execution"},
+    "trading.tasks.order_reply_record": {"queue": "execution"},
     "trading.tasks.positions_monitor": {"queue": "monitoring"},
     "trading.tasks.account_monitor": {"queue": "monitoring"},
     "trading.tasks.accounts_reconcile": {"queue": "monitoring"},

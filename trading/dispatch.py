@@ -14,6 +14,7 @@ from celery import current_app
 
 SIGNAL_PROCESS = "trading.tasks.signal_process"
 KILL_SWITCH_ENFORCE = "trading.tasks.kill_switch_enforce"
+ORDER_REPLY_RECORD = "trading.tasks.order_reply_record"
 
 
 def task(name: str) -> Any:

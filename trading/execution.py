@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import DatabaseError, connection, transaction
@@ -36,15 +37,19 @@ from trading.exits import exit_drive
 from trading.leases import order_send_lease
 from trading.logcontext import log_context
 from trading.models import Order, Position, Signal
+from trading.orderjson import order_from_json
 from trading.orders import _order_send, new_client_order_id
 from trading.protection import protection_enabled, protection_sync
-from trading.recording import _signal_conclude
+from trading.recording import _signal_conclude, order_apply_venue_state
 
 log = logging.getLogger("trading.engine")  # one logger for every room of the engine (log routing keys on it)
 
 
-def signal_process(*, signal_id: int, now: datetime | None = None) -> Signal:
+def signal_process(*, signal_id: int, now: datetime | None = None, book_later: bool = False) -> Signal:
     """Decide a received signal under the account lock, create its orders, and submit them.
+
+    With `book_later` (an exit fired by a price pass) a live venue's reply is recorded by an execution worker
+    (`order_reply_record`), which then follows the signal up: this process goes on to the next exit at once.
 
     A strategy's signals are decided in the order they arrived: one that overtook an earlier one still waiting
     (two workers, one task retried, the sweeper) first processes the earlier ones, oldest first. Each is decided
@@ -57,7 +62,7 @@ def signal_process(*, signal_id: int, now: datetime | None = None) -> Signal:
     """
     with log_context(signal_id=signal_id):
         try:
-            return _signal_process(signal_id=signal_id, now=now)
+            return _signal_process(signal_id=signal_id, now=now, book_later=book_later)
         except _PASSING:
             raise
         except Exception as exc:  # noqa: BLE001 - see the docstring
@@ -89,7 +94,7 @@ def _signal_wait(signal_id: int, *, earlier_id: int) -> Signal:
     return Signal.objects.get(pk=signal_id)
 
 
-def _signal_process(*, signal_id: int, now: datetime | None) -> Signal:
+def _signal_process(*, signal_id: int, now: datetime | None, book_later: bool = False) -> Signal:
     """signal_process without its handling of internal errors."""
     now = now or timezone.now()
     account_id, updated_at, symbol, overtook = _signal_account(signal_id)
@@ -122,16 +127,35 @@ def _signal_process(*, signal_id: int, now: datetime | None) -> Signal:
                     _signal_conclude(signal, orders, held.quantity if held else Decimal(0))
                     rows.save_fields(signal, [*_DECISION_FIELDS, "acknowledged_at", "filled_at"])
         return _exit_follow(signal, now=now, live=connector.capabilities.live)
+    queued = False
     with ExitStack() as leases:
         with transaction.atomic():
             signal, orders, _ = _signal_decide(signal_id=signal_id, account_id=account_id, now=now)
             for order in orders:  # before COMMIT: no recovery sees these orders but with their send lease held
                 leases.enter_context(order_send_lease(order.pk))
         for order in orders:  # committed as SUBMITTING, in the decision's transaction
-            _order_send(order, connector=connector, now=order.submitted_at or timezone.now())
+            order = _order_send(order, connector=connector, now=order.submitted_at or timezone.now(),
+                                book_later=book_later)
+            queued = queued or (book_later and order.status == Order.Status.SUBMITTING)
+    if queued:
+        return signal  # its reply's record follows it up (order_reply_record)
     if orders:
         signal.refresh_from_db()
     return _exit_follow(signal, now=now, live=connector.capabilities.live)
+
+
+def order_reply_record(*, order_id: int, reply: dict[str, Any], now: datetime | None = None) -> Order:
+    """Record a live venue's reply to an order that a price pass sent (`book_later`), then follow its signal up as
+    `signal_process` would have: an exit still working goes on (a refusal or a partial fill is retried at once),
+    and protective orders follow. A reply older than what recovery recorded since changes nothing."""
+    now = now or timezone.now()
+    with log_context(order_id=order_id):
+        order = order_apply_venue_state(order_id=order_id, venue_order=order_from_json(reply), now=now)
+        if order.signal_id is None:
+            return order
+        signal = Signal.objects.select_related("strategy").get(pk=order.signal_id)
+        _exit_follow(signal, now=now, live=True)
+    return order
 
 
 def _exit_follow(signal: Signal, *, now: datetime, live: bool) -> Signal:

@@ -184,8 +184,8 @@ def _exits_fire(account: VenueAccount, connector: Connector, *, now: datetime,
         if created or signal.status == Signal.Status.RECEIVED:
             fired += int(created)
             log.info("%s hit for position %s at %s", "stop-loss" if hit_stop else "take-profit", position.pk, price)
-            try:
-                signal_process(signal_id=signal.pk)
+            try:  # a price pass leaves the booking to an execution worker: the next account's exit goes sooner
+                signal_process(signal_id=signal.pk, book_later=symbol is not None)
             except VenueError as exc:  # stored: the sweeper and the next tick drive it on
                 log.warning("exit of position %s waits for its venue: %s", position.pk, exc)
     return fired

@@ -17,13 +17,15 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from exchanges.base import Connector, OrderRequest, OrderType, Side
+from exchanges.base import Connector, OrderRequest, OrderType, Side, VenueOrder
 from exchanges.errors import AuthError, InvalidOrderError, VenueError
+from trading import dispatch
 from trading.audit import audit
 from trading.connectors import connector_for
 from trading.leases import order_send_lease
 from trading.logcontext import log_context
 from trading.models import KillSwitch, Order, Position, Signal
+from trading.orderjson import order_to_json
 from trading.recording import _signal_settle, _venue_state_record, order_apply_venue_state
 
 log = logging.getLogger("trading.engine")  # one logger for every room of the engine (log routing keys on it)
@@ -80,11 +82,14 @@ def _order_mark_submitting(order: Order, now: datetime) -> None:
 
 def _order_send(order: Order, *, now: datetime, connector: Connector | None = None,
                 positions: dict[tuple[int, str], Position] | None = None,
-                siblings: Sequence[Order] = ()) -> Order:
+                siblings: Sequence[Order] = (), book_later: bool = False) -> Order:
     """Call the venue for an order already committed as SUBMITTING, and record what it said.
 
     Inside an `in_database` venue's unit of work (`positions` given: the book read under the account lock), the
-    reply is recorded in the same transaction; otherwise each step takes its own.
+    reply is recorded in the same transaction; otherwise each step takes its own. With `book_later` (a live
+    venue's exit fired by a price pass: other accounts' exits wait for this process) an accepted order's reply is
+    handed to an execution worker (`order_reply_enqueue`) and the order is returned still SUBMITTING; a refusal
+    or an ambiguous failure is recorded here as always.
     """
     connector = connector or connector_for(order.account)
     joined = positions is not None
@@ -118,7 +123,26 @@ def _order_send(order: Order, *, now: datetime, connector: Connector | None = No
             others_final = all(o.is_final for o in siblings if o is not order)
             return _venue_state_record(order.account, order, venue_order, recorded=[], now=timezone.now(),
                                        positions=positions, others_final=others_final)
+        if book_later and order_reply_enqueue(order, venue_order):
+            return order
         return order_apply_venue_state(order_id=order.pk, venue_order=venue_order, account_id=order.account_id)
+
+
+REPLY_RECORD_PRIORITY = 9  # kombu's Redis transport: 0 is taken first, 9 last
+
+
+def order_reply_enqueue(order: Order, venue_order: VenueOrder) -> bool:
+    """Queue the record of a venue's reply to `order` (trading.execution.order_reply_record); False when the broker
+    did not take it (the caller records it at once). A message lost after that leaves the order SUBMITTING: the
+    sweeper asks the venue by client id and records what it says, as after any send whose answer went missing."""
+    try:  # the lowest priority: a worker takes every waiting monitor and signal first (on Redis, the list of
+        # priority 9 is read after every other): the exits out before any of their booking
+        dispatch.task(dispatch.ORDER_REPLY_RECORD).apply_async((order.pk, order_to_json(venue_order)), retry=False,
+                                                                priority=REPLY_RECORD_PRIORITY)
+    except Exception:  # noqa: BLE001 - a broker failure: the reply is in hand, so it is recorded here instead
+        log.exception("order %s: its reply could not be queued; recorded here", order.pk)
+        return False
+    return True
 
 
 def _order_finish(order: Order, status: str, reason: str, now: datetime) -> Order:

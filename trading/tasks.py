@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from celery import shared_task
 from celery.signals import worker_ready
@@ -13,7 +14,7 @@ from django.utils import timezone
 
 from exchanges.errors import VenueError
 from trading import reconcile, selectors, services
-from trading.execution import signal_process
+from trading.execution import order_reply_record, signal_process
 from trading.exits import exits_drive
 from trading.killswitch import kill_switch_enforce
 from trading.monitor import account_monitor, accounts_to_monitor, stops_crossed
@@ -31,6 +32,13 @@ def signal_process_task(self, signal_id: int) -> str:
         if exc.retryable:
             raise self.retry(countdown=min(2 ** self.request.retries, 30), exc=exc) from exc
         raise
+
+
+@shared_task(name="trading.tasks.order_reply_record", acks_late=True)
+def order_reply_record_task(order_id: int, reply: dict[str, Any]) -> str:
+    """Record a venue's reply to an order sent by a price pass (the reply as trading/orderjson.py writes it: no
+    secret), then follow its signal up. A lost message leaves the order to the sweeper, which asks the venue."""
+    return order_reply_record(order_id=order_id, reply=reply).status
 
 
 @shared_task(name="trading.tasks.orders_sweep", acks_late=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import wait_for
 from tests.fakes import venues as fake_venues
 from tests.fakes.live import LiveSetup, bare_connector, fake_server, live_setup, small_quantity
 from tests.fakes.faults import Request
@@ -71,7 +72,7 @@ def _cross(hyperliquid: fake_venues.VenueHarness, *coins: str) -> None:
 
 
 def test_a_price_pass_reads_one_price_and_exits_only_the_market_that_moved(hyperliquid, monkeypatch,
-                                                                           make_strategy) -> None:
+                                                                           make_strategy, workers) -> None:
     live, (btc, eth, sol) = _three_markets(hyperliquid, monkeypatch, make_strategy)
     _cross(hyperliquid, "BTC", "ETH")  # two stops crossed; the price of ETH is the one that arrived
     before = _reads(live)
@@ -81,7 +82,19 @@ def test_a_price_pass_reads_one_price_and_exits_only_the_market_that_moved(hyper
     assert _reads(live) - before == 2
     fired = set(Signal.objects.filter(source=Signal.Source.MONITOR).values_list("strategy_id", flat=True))
     assert fired == {eth.pk}
-    assert Position.objects.get(strategy=eth).quantity == 0
+    # The exit is at the venue (filled there); its booking waits for an execution worker, not for this pass.
+    exit_order = Order.objects.get(strategy=eth, purpose=Order.Purpose.STOP_LOSS)
+    assert fake_server(hyperliquid).requests(lambda r: exit_order.client_order_id in r.body.decode(errors="replace"))
+    assert exit_order.status == Order.Status.SUBMITTING and Position.objects.get(strategy=eth).quantity > 0
+    workers.env.update(live.env)
+    workers.queues = "execution"
+    workers.start()
+    wait_for(lambda: Position.objects.get(strategy=eth).quantity == 0, what="the exit booked by the worker")
+    exit_order.refresh_from_db()
+    assert exit_order.status == Order.Status.FILLED and exit_order.filled_quantity == exit_order.quantity
+    assert wait_for(lambda: Signal.objects.get(strategy=eth, source=Signal.Source.MONITOR).status
+                    == Signal.Status.EXECUTED, what="the stop's signal executed")
+    workers.stop_all()
     assert Position.objects.get(strategy=btc).quantity > 0  # left to its own price pass or the tick
 
     before = _reads(live)
@@ -90,6 +103,51 @@ def test_a_price_pass_reads_one_price_and_exits_only_the_market_that_moved(hyper
     assert Position.objects.get(strategy=sol).quantity > 0
     assert _reads(live) - before == 2
     assert not Order.objects.filter(account=live.account, status__in=Order.WORKING).exists()
+
+
+def test_a_price_pass_whose_booking_message_is_lost_is_booked_by_the_sweeper(hyperliquid, monkeypatch,
+                                                                            make_strategy) -> None:
+    """The reply's message to the execution worker is lost (the broker loses it; every worker dies): the order
+    stays SUBMITTING, and the sweeper asks the venue by client id and books what it says, as after any lost reply."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tests.conftest import flush_broker
+    from trading.recovery import orders_sweep
+
+    live, (btc, eth, sol) = _three_markets(hyperliquid, monkeypatch, make_strategy)
+    _cross(hyperliquid, "ETH")
+    assert account_monitor(account_id=live.account.pk, symbol=eth.symbol)["exits"] == 1
+    flush_broker()  # the message is gone
+    exit_order = Order.objects.get(strategy=eth, purpose=Order.Purpose.STOP_LOSS)
+    assert exit_order.status == Order.Status.SUBMITTING
+    orders_sweep(now=timezone.now() + timedelta(minutes=5))
+    exit_order.refresh_from_db()
+    assert exit_order.status == Order.Status.FILLED and Position.objects.get(strategy=eth).quantity == 0
+    assert Signal.objects.get(strategy=eth, source=Signal.Source.MONITOR).status == Signal.Status.EXECUTED
+    assert Order.objects.filter(strategy=eth, purpose=Order.Purpose.STOP_LOSS).count() == 1  # never sent twice
+    assert Position.objects.get(strategy=btc).quantity > 0
+
+
+class _BrokerDown:
+    """A task whose broker refuses every message (what `apply_async` raises when Redis is unreachable)."""
+
+    def apply_async(self, *args: Any, **kwargs: Any) -> None:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+
+def test_a_price_pass_books_its_exit_itself_when_the_broker_refuses_the_message(hyperliquid, monkeypatch,
+                                                                                make_strategy) -> None:
+    from trading import dispatch
+
+    live, (btc, eth, sol) = _three_markets(hyperliquid, monkeypatch, make_strategy)
+    _cross(hyperliquid, "ETH")
+    monkeypatch.setattr(dispatch, "task", lambda name: _BrokerDown())
+    assert account_monitor(account_id=live.account.pk, symbol=eth.symbol)["exits"] == 1
+    assert Order.objects.get(strategy=eth, purpose=Order.Purpose.STOP_LOSS).status == Order.Status.FILLED
+    assert Position.objects.get(strategy=eth).quantity == 0
+    assert Signal.objects.get(strategy=eth, source=Signal.Source.MONITOR).status == Signal.Status.EXECUTED
 
 
 def _guarded_accounts(make_account, make_strategy, n: int, tag: str) -> list:  # type: ignore[no-untyped-def]
