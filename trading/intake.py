@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from infra import broker, rows
 from infra.groupcommit import GroupCommit
+from infra.statements import statement_row
 from trading import dispatch
 from trading.models import KillSwitch, Signal, Strategy
 
@@ -199,21 +200,6 @@ def _params(values: dict[str, Any], db: Any) -> list[Any]:
         value = values[f.attname] if f.attname in values else f.get_default()
         params.append(value if type(value) in _PLAIN else f.get_db_prep_save(value, db))
     return params
-
-
-def statement_row(sql: str, params: list[Any]) -> tuple[Any, ...] | None:
-    """Run one statement and return its first row: on PostgreSQL as a protocol-level prepared statement (planned
-    once per connection) on the psycopg connection, outside any transaction block of ours (in autocommit a write is
-    committed, durably, before this returns)."""
-    db = connections["default"]  # the wrapper itself: each attribute read through the proxy costs a lookup
-    if db.vendor != "postgresql":
-        with db.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchone()
-    db.ensure_connection()
-    with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
-        cursor.execute(sql, params, prepare=True)
-        return cursor.fetchone()
 
 
 def _insert_one(values: dict[str, Any], checks: list[Any]) -> int | None:

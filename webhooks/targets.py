@@ -13,7 +13,7 @@ from typing import Any
 from django.db import InterfaceError, OperationalError, connections
 
 from infra.rows import concrete_field, quote_name
-from trading.intake import statement_row
+from infra.statements import statement_row
 from trading.models import KillSwitch, Strategy
 from webhooks import parsers
 from webhooks.parsers import Rejection
