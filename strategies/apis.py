@@ -20,7 +20,7 @@ class BacktestInput(serializers.Serializer):
     params = serializers.DictField(required=False, default=dict)
     symbol = serializers.CharField(max_length=32)
     timeframe = serializers.CharField(max_length=8, required=False, default="1m")
-    venue = serializers.CharField(max_length=16, required=False, default="paper")
+    venue = serializers.CharField(max_length=32, required=False, default="paper")
     start = serializers.DateTimeField(required=False, allow_null=True, default=None)
     end = serializers.DateTimeField(required=False, allow_null=True, default=None)
     config = serializers.DictField(required=False, default=dict, help_text="BacktestConfig fields, decimals as strings")

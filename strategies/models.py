@@ -11,7 +11,9 @@ from trading.models import Signal, Strategy
 class Candle(models.Model):
     """One OHLCV candle of a market and timeframe; open_time is the candle's open (aware UTC)."""
 
-    venue = models.CharField(max_length=16, default="paper")
+    # Whose market data: a price feed's name (trading.models.PriceFeed: "demo", "hyperliquid-testnet", ...) as the
+    # feeds store their closed candles, or "paper" and any key an import names.
+    venue = models.CharField(max_length=32, default="paper")
     symbol = models.CharField(max_length=32)
     timeframe = models.CharField(max_length=8)
     open_time = models.DateTimeField()
@@ -61,7 +63,7 @@ class BacktestRun(models.Model):
 
     kind = models.CharField(max_length=32)
     params = models.JSONField(default=dict, blank=True)
-    venue = models.CharField(max_length=16, default="paper")
+    venue = models.CharField(max_length=32, default="paper")
     symbol = models.CharField(max_length=32)
     timeframe = models.CharField(max_length=8, default="1m")
     start = models.DateTimeField(null=True, blank=True)  # first candle's open time (None: from the first stored)
