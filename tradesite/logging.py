@@ -160,10 +160,12 @@ class ConsoleFormatter(logging.Formatter):
 
 
 # Which stream (log file) a logger writes to: the longest matching prefix wins; everything else is "web".
+# "venues" is the logger of the connector resilience layer, the shared rate budgets and Synthetix
+# (exchanges/resilience.py, trading/ratelimits.py, exchanges/synthetix.py: "venues.synthetix").
 STREAMS: dict[str, tuple[str, ...]] = {
     "webhooks": ("webhooks",),
-    "venues": ("exchanges", "trading.venues", "trading.reconcile", "ccxt", "urllib3", "requests", "web3",
-               "hyperliquid", "websocket"),
+    "venues": ("exchanges", "venues", "trading.reconcile", "ccxt", "urllib3", "requests", "web3", "hyperliquid",
+               "websocket"),
     "engine": ("trading", "strategies", "celery", "kombu"),
 }
 _PREFIXES = sorted(((p, stream) for stream, ps in STREAMS.items() for p in ps), key=lambda i: -len(i[0]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import multiprocessing
@@ -40,13 +41,19 @@ def _lines(path: Path) -> list[dict[str, object]]:
 
 
 @pytest.mark.parametrize(("logger", "stream"), [
-    ("webhooks.services", "webhooks"), ("exchanges.coinbase", "venues"), ("trading.venues", "venues"),
-    ("trading.reconcile", "venues"), ("ccxt.base.exchange", "venues"), ("trading.engine", "engine"),
-    ("strategies.tasks", "engine"), ("celery.worker", "engine"), ("django.request", "web"), ("axes", "web"),
-    ("tradesite.metrics", "web"), ("tradingx", "web"),
+    ("webhooks.services", "webhooks"), ("exchanges.coinbase", "venues"), ("venues", "venues"),
+    ("venues.synthetix", "venues"), ("trading.reconcile", "venues"), ("ccxt.base.exchange", "venues"),
+    ("trading.engine", "engine"), ("strategies.tasks", "engine"), ("celery.worker", "engine"),
+    ("django.request", "web"), ("axes", "web"), ("tradesite.metrics", "web"), ("tradingx", "web"),
 ])
 def test_each_logger_has_its_stream(logger: str, stream: str) -> None:
     assert stream_of(logger) == stream
+
+
+@pytest.mark.parametrize("module", ["exchanges.coinbase", "exchanges.registry", "exchanges.resilience",
+                                    "exchanges.synthetix", "trading.ratelimits", "trading.reconcile"])
+def test_the_venue_side_modules_log_to_the_venues_stream(module: str) -> None:
+    assert stream_of(importlib.import_module(module).log.name) == "venues"
 
 
 def test_records_land_in_their_stream_file_as_json_with_ids(tmp_path: Path,
