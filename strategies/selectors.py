@@ -172,10 +172,12 @@ def candle_markets() -> list[Mapping[str, object]]:
 def strategy_price_chart(strategy: Strategy, *, limit: int = 500) -> dict[str, list]:
     """The last `limit` stored closes of a strategy's market (epoch seconds, floats for drawing only)."""
     from trading.models import MarketPrice
+    from trading.prices import price_feed_of
 
     candles = candles_read(strategy.account.venue, strategy.symbol, strategy.timeframe, limit=limit)
     chart: dict[str, object] = {"x": (candles.time // 1000).tolist(), "close": candles.close.tolist(), "mark": None}
-    latest = MarketPrice.objects.filter(symbol=strategy.symbol).first()  # drawn after the fills when no candles
+    latest = MarketPrice.objects.filter(feed=price_feed_of(strategy.account),  # drawn after the fills when no candles
+                                        symbol=strategy.symbol).first()
     if latest is not None:
         chart["mark"] = {"t": int(latest.time.timestamp()), "price": str(latest.price)}
     return chart  # type: ignore[return-value]

@@ -87,9 +87,9 @@ def set_price(db: Any) -> Callable[..., None]:
     """Publish a market price (now, unless a time is given) to the paper venue's feed."""
     from trading.prices import price_set
 
-    def set_(symbol: str, price: str, *, volume: str | None = None, at: Any = None) -> None:
+    def set_(symbol: str, price: str, *, volume: str | None = None, at: Any = None, feed: str = "demo") -> None:
         price_set(symbol, Decimal(price), volume=None if volume is None else Decimal(volume),
-                  time=at or timezone.now())
+                  time=at or timezone.now(), feed=feed)
 
     return set_
 

@@ -29,7 +29,9 @@ def _heartbeats() -> Any:
 
 def readyz(request: HttpRequest) -> JsonResponse:
     """Answer 200 when the database and the broker answer, a worker of each queue has a fresh heartbeat and beat
-    ticked recently; else 503, naming each check that failed (`worker:<queue>`, `beat`)."""
+    ticked recently; else 503, naming each check that failed (`worker:<queue>`, `beat`). The `prices` check says
+    whether every market in use has a fresh price ("stale" makes the status "degraded", still 200: entries on a
+    stale market are refused, the rest of the process serves)."""
     from tradesite.celery import app
     from tradesite.heartbeat import QUEUES, verdicts
 
@@ -52,4 +54,21 @@ def readyz(request: HttpRequest) -> JsonResponse:
     except Exception:  # noqa: BLE001 - heartbeats unreadable: no worker or beat can be vouched for
         checks.update({**{f"worker:{q}": "failing" for q in QUEUES}, "beat": "failing"})
     ready = all(v == "ok" for v in checks.values())
-    return JsonResponse({"status": "ok" if ready else "failing", "checks": checks}, status=200 if ready else 503)
+    prices = _prices_check()  # market data: reported, never a reason to take the process out of service
+    checks["prices"] = prices
+    status = "failing" if not ready else ("ok" if prices == "ok" else "degraded")
+    return JsonResponse({"status": status, "checks": checks}, status=200 if ready else 503)
+
+
+def _prices_check() -> str:
+    """'ok' when every market in use has a fresh price, 'stale' when one has not (which one: /metrics,
+    `tradesite_price_stale`, and the dashboard), 'unknown' when the database cannot say."""
+    from django.utils import timezone
+
+    from trading.selectors import prices_in_use
+
+    try:
+        markets = prices_in_use(now=timezone.now(), max_age_seconds=float(settings.TRADING["MAX_PRICE_AGE_SECONDS"]))
+    except Exception:  # noqa: BLE001 - the database check above already says what is wrong
+        return "unknown"
+    return "stale" if any(m.stale for m in markets) else "ok"

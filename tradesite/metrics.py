@@ -80,6 +80,7 @@ class TradingCollector:
         yield from self._orders(since)
         yield from self._venues()
         yield from self._pnl()
+        yield from self._prices(now)
         yield from self._queues()
 
     def _latency(self, since: Any) -> Iterator[Metric]:
@@ -177,6 +178,22 @@ class TradingCollector:
             unrealized.add_metric([name], float(line.unrealized_pnl))
             open_positions.add_metric([name], line.open_positions)
         yield from (realized, unrealized, open_positions)
+
+    def _prices(self, now: Any) -> Iterator[Metric]:
+        from trading.selectors import prices_in_use
+
+        limit = float(settings.TRADING["MAX_PRICE_AGE_SECONDS"])
+        age = GaugeMetricFamily("tradesite_price_age_seconds", "Age of the latest price of each market in use "
+                                "(open positions, active strategies) in its account's price feed; absent: no price.",
+                                labels=["feed", "symbol"])
+        stale = GaugeMetricFamily("tradesite_price_stale", f"1 when a market in use has no price younger than "
+                                  f"TRADING_MAX_PRICE_AGE_SECONDS ({limit:g} s): its entries are refused "
+                                  "(stale_price), its exits still go.", labels=["feed", "symbol"])
+        for market in prices_in_use(now=now, max_age_seconds=limit):
+            if market.age_seconds is not None:
+                age.add_metric([market.feed, market.symbol], market.age_seconds)
+            stale.add_metric([market.feed, market.symbol], 1.0 if market.stale else 0.0)
+        yield from (age, stale)
 
     def _queues(self) -> Iterator[Metric]:
         client = taskmetrics.redis_client()

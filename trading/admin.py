@@ -53,7 +53,7 @@ class AccountForm(_ServiceForm):
         fields = [
             "name", "venue", "network", "credentials_env", "quote_asset", "max_leverage", "market_leverage_caps",
             "max_open_positions", "max_symbol_exposure", "max_account_exposure", "daily_loss_limit",
-            "paper_initial_cash", "paper_slippage_bps", "paper_max_volume_share", "paper_latency_ms",
+            "paper_initial_cash", "paper_slippage_bps", "paper_max_volume_share", "paper_latency_ms", "price_feed",
         ]
 
 
@@ -196,7 +196,8 @@ class EquitySnapshotAdmin(ReadOnlyAdmin):
 
 @admin.register(MarketPrice)
 class MarketPriceAdmin(ReadOnlyAdmin):
-    list_display = ("symbol", "price", "volume", "time")
+    list_display = ("feed", "symbol", "price", "volume", "time")
+    list_filter = ("feed",)
 
 
 @admin.register(AuditEvent)

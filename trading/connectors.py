@@ -16,7 +16,7 @@ from trading.journal import DjangoVenueJournal
 from trading.latency import LatentConnector
 from trading.models import VenueAccount
 from trading.paperstore import DjangoPaperStore
-from trading.prices import DbPriceSource
+from trading.prices import DbPriceSource, price_feed_of
 from trading.ratelimits import shared_limiter
 from trading.venuehealth import health_reporter
 
@@ -53,8 +53,9 @@ def connector_build(account: VenueAccount) -> Connector:
             slippage_bps=account.paper_slippage_bps,
             max_volume_share=account.paper_max_volume_share,
         )
-        store = DjangoPaperStore(account.pk)
-        venue = PaperVenue(store=store, prices=DbPriceSource(store), config=config)
+        feed = price_feed_of(account)
+        store = DjangoPaperStore(account.pk, feed)
+        venue = PaperVenue(store=store, prices=DbPriceSource(store, feed), config=config)
         return LatentConnector(venue, account.paper_latency_ms) if account.paper_latency_ms else venue
     prefix = f"{account.credentials_env}_"
     credentials = {k[len(prefix):].lower(): v for k, v in os.environ.items() if k.startswith(prefix)}

@@ -10,6 +10,18 @@ from django.db.models import Q
 from trading.fields import money, money_or_none
 
 
+class PriceFeed(models.TextChoices):
+    """A source of market prices: the bundled demo feed or a venue's public prices (a network other than mainnet
+    is part of the name). MarketPrice rows are keyed by it."""
+
+    DEMO = "demo", "Demo feed (bundled candles)"
+    HYPERLIQUID = "hyperliquid", "Hyperliquid"
+    HYPERLIQUID_TESTNET = "hyperliquid-testnet", "Hyperliquid testnet"
+    COINBASE = "coinbase", "Coinbase"
+    SYNTHETIX = "synthetix", "Synthetix"
+    SYNTHETIX_TESTNET = "synthetix-testnet", "Synthetix testnet"
+
+
 class VenueAccount(models.Model):
     """An account on one venue, with its risk limits. Credentials are referenced, never stored here."""
 
@@ -50,6 +62,10 @@ class VenueAccount(models.Model):
 
     # Simulated venue latency (ms), split before and after the venue records the order: realistic paper timing.
     paper_latency_ms = models.PositiveIntegerField(default=0)
+    # Where a paper account's prices come from: the bundled demo feed, or a venue's live prices (the market-data
+    # role streams them). A live account's prices are its own venue's (trading.prices.price_feed_of).
+    price_feed = models.CharField(max_length=32, choices=PriceFeed.choices, default=PriceFeed.DEMO,
+                                  db_default=PriceFeed.DEMO)  # rows written by other code (a rolling deploy) too
     # Equity at the start of the current UTC day: the daily loss limit counts from here.
     day_start = models.DateField(null=True, blank=True)
     day_start_equity = money_or_none()
@@ -363,12 +379,17 @@ class EquitySnapshot(models.Model):  # noqa: DJ008 - a record row, listed by its
 
 
 class MarketPrice(models.Model):  # noqa: DJ008 - a record row, listed by its columns in the admin
-    """The latest price of a market from the price feed the paper venue and the monitor read."""
+    """The latest price of a market from one price feed (the demo feed, or a venue's stream): what the paper venue,
+    the monitor, the marks and the webhook's price guard read. Two feeds quoting one symbol never meet."""
 
-    symbol = models.CharField(max_length=32, unique=True)
+    feed = models.CharField(max_length=32, default=PriceFeed.DEMO, db_default=PriceFeed.DEMO)
+    symbol = models.CharField(max_length=32)
     price = money()
     volume = money_or_none()  # base volume of the current candle
     time = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["feed", "symbol"], name="market_price_feed_symbol_unique")]
 
 
 class PaperOrder(models.Model):  # noqa: DJ008 - a record row, listed by its columns in the admin

@@ -21,7 +21,8 @@ from trading.connectors import connector_for
 from trading.execution import signal_process
 from trading.exits import _exit_signal, _exits_working
 from trading.logcontext import log_context
-from trading.models import Order, Position, Signal, VenueAccount
+from trading.models import Order, Position, PriceFeed, Signal, VenueAccount
+from trading.prices import accounts_priced_by
 from trading.protection import _trail, protection_enabled, protection_sync
 from trading.reconcile import live_orders_changed
 from trading.recording import order_apply_venue_state
@@ -75,8 +76,9 @@ def _monitor_started(account_id: int) -> None:
         log.warning("could not stamp the start of account %s's monitor", account_id, exc_info=True)
 
 
-def stops_crossed(*, symbol: str, price: Decimal) -> list[int]:
-    """Ids of the accounts with a position in `symbol` whose stop-loss or take-profit `price` reaches, or whose
+def stops_crossed(*, symbol: str, price: Decimal, feed: str = PriceFeed.DEMO) -> list[int]:
+    """Ids of the accounts priced by `feed` with a position in `symbol` whose stop-loss or take-profit `price`
+    reaches, or whose
     strategy trails its stop (a new price may move it): called as each price arrives, so an exit leaves within
     milliseconds of the crossing instead of at the next monitor tick. One indexed read; nothing is locked."""
     # A trailing stop moves only on a new best price (or the first that reaches its activation level).
@@ -87,7 +89,9 @@ def stops_crossed(*, symbol: str, price: Decimal) -> list[int]:
         | Q(quantity__lt=0, trail_peak__isnull=True, average_entry__gte=price / (1 - activation)))
     crossed = (Q(quantity__gt=0, stop_loss__gte=price) | Q(quantity__gt=0, take_profit__lte=price)
                | Q(quantity__lt=0, stop_loss__lte=price) | Q(quantity__lt=0, take_profit__gte=price) | trails)
-    return monitor_order(list(Position.objects.filter(symbol=symbol).exclude(quantity=0).filter(crossed)
+    accounts = VenueAccount.objects.filter(accounts_priced_by(feed)).values("pk")
+    return monitor_order(list(Position.objects.filter(symbol=symbol, account__in=accounts).exclude(quantity=0)
+                              .filter(crossed)
                               .order_by("account_id").values_list("account_id", flat=True).distinct()))
 
 

@@ -15,7 +15,7 @@ from django.db import connection, transaction
 from exchanges.base import Ticker, VenueOrder
 from infra import rows
 from infra.rows import Rows, fetch_all
-from trading.models import PaperOrder, PaperPosition, VenueAccount
+from trading.models import PaperOrder, PaperPosition, PriceFeed, VenueAccount
 from trading.orderjson import order_from_json, order_to_json
 from trading.prices import price_sql
 
@@ -101,8 +101,9 @@ class DjangoPaperStore:
 
     in_database = True  # every unit of work joins the caller's transaction
 
-    def __init__(self, account_id: int) -> None:
+    def __init__(self, account_id: int, feed: str = PriceFeed.DEMO) -> None:
         self.account_id = account_id
+        self.feed = feed  # the account's price feed (its prices are read ahead with the unit's first statement)
         self._local = threading.local()
 
     def _unit(self) -> _Unit | None:
@@ -124,7 +125,7 @@ class DjangoPaperStore:
         if not rows.batching_active():
             return
         self._local.hint = tuple(client_order_ids)
-        rows.prefetch([(price_sql(), [symbol]) for symbol in symbols])
+        rows.prefetch([(price_sql(), [self.feed, symbol]) for symbol in symbols])
 
     @contextmanager
     def atomic(self) -> Iterator[None]:

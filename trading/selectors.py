@@ -14,6 +14,7 @@ from django.db.models import F, Prefetch, QuerySet
 
 from trading import pnl
 from trading.fields import EXACT
+from trading.prices import price_feed_of
 from trading.models import (EquitySnapshot, Fill, KillSwitch, MarketPrice, Order, Position, Signal, Strategy,
                             VenueAccount)
 
@@ -156,6 +157,44 @@ class PnlLine:
     open_positions: int
 
 
+@dataclass(frozen=True)
+class PriceFreshness:
+    """The age of the latest price of a market in use (an open position or an active strategy's market), in its
+    account's price feed; `age_seconds` None: no price at all."""
+
+    feed: str
+    symbol: str
+    age_seconds: float | None
+    stale: bool
+
+
+def prices_in_use(*, now: datetime, max_age_seconds: float) -> list[PriceFreshness]:
+    """Every market in use with its price's age, by feed and symbol: a price older than `max_age_seconds` (or none)
+    is stale, and entries priced from it are refused (rule stale_price)."""
+    feeds = {a.pk: price_feed_of(a) for a in VenueAccount.objects.all()}
+    markets = {(feeds[a], s) for a, s in Position.objects.exclude(quantity=0).values_list("account_id", "symbol")}
+    markets |= {(feeds[a], s) for a, s in Strategy.objects.filter(status=Strategy.Status.ACTIVE).values_list(
+        "account_id", "symbol")}
+    times = {(f, s): t for f, s, t in MarketPrice.objects.filter(
+        symbol__in={s for _, s in markets}).values_list("feed", "symbol", "time")}
+    out = []
+    for feed, symbol in sorted(markets):
+        at = times.get((feed, symbol))
+        age = None if at is None else max(0.0, (now - at).total_seconds())
+        out.append(PriceFreshness(feed, symbol, age, age is None or age > max_age_seconds))
+    return out
+
+
+def marks_of(markets: list[tuple[str, str]]) -> dict[tuple[str, str], Decimal]:
+    """The latest price of each (price feed, symbol) that has one (one query)."""
+    wanted = set(markets)
+    if not wanted:
+        return {}
+    found = MarketPrice.objects.filter(symbol__in={symbol for _, symbol in wanted},
+                                       feed__in={feed for feed, _ in wanted}).values_list("feed", "symbol", "price")
+    return {(feed, symbol): price for feed, symbol, price in found if (feed, symbol) in wanted}
+
+
 def pnl_summary() -> dict[str, list[PnlLine]]:
     """Realized (net of fees), unrealized at the latest marks, fees and equity per strategy and per account.
 
@@ -166,15 +205,15 @@ def pnl_summary() -> dict[str, list[PnlLine]]:
     accounts = list(VenueAccount.objects.order_by("id"))
     strategies = list(Strategy.objects.order_by("id"))
     positions = list(Position.objects.all())
-    symbols = {p.symbol for p in positions if p.quantity != 0}
-    marks = dict(MarketPrice.objects.filter(symbol__in=symbols).values_list("symbol", "price")) if symbols else {}
+    feeds = {a.pk: price_feed_of(a) for a in accounts}
+    marks = marks_of([(feeds[p.account_id], p.symbol) for p in positions if p.quantity != 0])
     per_strategy: dict[int, list[Any]] = {s.pk: [_ZERO, _ZERO, _ZERO, 0] for s in strategies}
     per_account: dict[int, list[Any]] = {a.pk: [_ZERO, _ZERO, _ZERO, 0] for a in accounts}
     for p in positions:
         state = pnl.PositionState(p.quantity, p.cost_basis, p.realized_pnl, p.fees_paid)
         upnl = _ZERO
         if p.quantity != 0:
-            mark = marks.get(p.symbol, p.average_entry)
+            mark = marks.get((feeds[p.account_id], p.symbol), p.average_entry)
             upnl = pnl.unrealized(state, mark) if mark is not None else _ZERO
         for acc in (per_strategy.setdefault(p.strategy_id, [_ZERO, _ZERO, _ZERO, 0]),
                     per_account.setdefault(p.account_id, [_ZERO, _ZERO, _ZERO, 0])):
@@ -223,12 +262,11 @@ class AccountToday:
 def positions_marked(*, strategy: int | None = None) -> list[PositionMark]:
     """Open positions with the latest feed price, unrealized P&L and any exit being pursued (4 queries)."""
     positions = list(_where(position_list(), strategy_id=strategy))
-    symbols = {p.symbol for p in positions}
-    marks = dict(MarketPrice.objects.filter(symbol__in=symbols).values_list("symbol", "price")) if symbols else {}
+    marks = marks_of([(price_feed_of(p.account), p.symbol) for p in positions])
     exits = closings(positions)
     out = []
     for p in positions:
-        mark = marks.get(p.symbol)
+        mark = marks.get((price_feed_of(p.account), p.symbol))
         state = pnl.PositionState(p.quantity, p.cost_basis, p.realized_pnl, p.fees_paid)
         out.append(PositionMark(p, mark, pnl.unrealized(state, mark) if mark is not None else _ZERO,
                                 exits.get((p.account_id, p.strategy_id, p.symbol))))

@@ -17,7 +17,7 @@ from trading import dispatch, pnl
 from trading.audit import audit
 from trading.fields import INT32_MAX, column_error, parse_id
 from trading.intake import signal_create
-from trading.models import EquitySnapshot, KillSwitch, Position, Strategy, VenueAccount
+from trading.models import EquitySnapshot, KillSwitch, Position, PriceFeed, Strategy, VenueAccount
 
 log = logging.getLogger("trading.services")
 
@@ -110,6 +110,12 @@ def account_validate(data: Mapping[str, Any], *, instance: VenueAccount | None =
     if venue not in ("paper", None) and not env:
         errors["credentials_env"] = ["a live account needs the prefix of its credential variables"]
     clean["credentials_env"] = env
+    feed = get("price_feed", PriceFeed.DEMO) or PriceFeed.DEMO
+    if feed not in PriceFeed.values:
+        errors["price_feed"] = [f"must be one of {', '.join(PriceFeed.values)}"]
+    elif venue != "paper" and feed != PriceFeed.DEMO:
+        errors["price_feed"] = ["only a paper account chooses its price feed (a live account's is its venue's)"]
+    clean["price_feed"] = feed
     clean["quote_asset"] = str(get("quote_asset", "USD") or "USD").upper()
     if not re.fullmatch(r"[A-Z0-9]{1,16}", clean["quote_asset"]):  # "ß".upper() is "SS": checked after upper()
         errors["quote_asset"] = ["an asset code of 1 to 16 letters A-Z or digits, such as USD or USDC"]

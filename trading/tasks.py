@@ -17,6 +17,7 @@ from trading import reconcile, selectors, services
 from trading.execution import order_reply_record, signal_process
 from trading.exits import exits_drive
 from trading.killswitch import kill_switch_enforce
+from trading.models import PriceFeed
 from trading.monitor import account_monitor, accounts_to_monitor, stops_crossed
 from trading.recovery import orders_sweep, startup_recover
 
@@ -65,11 +66,12 @@ def positions_monitor_task() -> int:
     return len(account_ids)
 
 
-def price_arrived(symbol: str, price: Decimal) -> int:
-    """A new price of `symbol` arrived (the paper feed, a replay, a venue's stream): send the monitor of every account
-    whose stop-loss or take-profit it crosses at once, rather than at the next tick. Returns how many were sent."""
+def price_arrived(symbol: str, price: Decimal, feed: str = PriceFeed.DEMO) -> int:
+    """A new price of `symbol` arrived from `feed` (the demo feed, a replay, a venue's stream): send the monitor of
+    every account priced by that feed whose stop-loss or take-profit it crosses at once, rather than at the next
+    tick. Returns how many were sent."""
     every = int(settings.TRADING["MONITOR_EVERY_SECONDS"])
-    account_ids = stops_crossed(symbol=symbol, price=price)
+    account_ids = stops_crossed(symbol=symbol, price=price, feed=feed)
     for account_id in account_ids:
         account_monitor_task.apply_async((account_id, symbol), expires=every)
     return len(account_ids)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Page, Paginator
@@ -100,7 +101,7 @@ def overview(request: HttpRequest) -> HttpResponse:
         return render(request, "dashboard/_overview_live.html", {
             "accounts": selectors.accounts_today(now=now), "positions": selectors.positions_marked(),
             "fills": selectors.fills_latest(limit=10), "kill_switch": selectors.kill_switch_get(),
-            "strategies_by_status": _status_counts(), "now": now})
+            "strategies_by_status": _status_counts(), "now": now, "prices": _prices(now)})
     return render(request, "dashboard/overview.html", _overview_context(request))
 
 
@@ -164,8 +165,13 @@ def _overview_context(request: HttpRequest) -> dict[str, Any]:
         "kill_switch": selectors.kill_switch_get(), "strategies_by_status": _status_counts(), "now": now,
         "equity_chart": _series_by(selectors.equity_points(since=now - timedelta(days=30), limit=EQUITY_POINTS),
                                    lambda k: names.get(k, str(k))),
-        "venues": selectors.venue_health(),
+        "venues": selectors.venue_health(), "prices": _prices(now),
     }
+
+
+def _prices(now: datetime) -> list[selectors.PriceFreshness]:
+    """The markets in use and the age of their prices (a stale one refuses entries)."""
+    return selectors.prices_in_use(now=now, max_age_seconds=float(settings.TRADING["MAX_PRICE_AGE_SECONDS"]))
 
 
 # --------------------------------------------------------------------------------------------- strategies

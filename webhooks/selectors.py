@@ -9,6 +9,7 @@ from typing import Any
 from trading import selectors as trading_selectors
 from trading.domain import Action, OrderType, SignalIntent
 from trading.models import KillSwitch, Signal, Strategy
+from trading.prices import price_feed_of
 from webhooks import parsers, services
 from webhooks.config import setting
 from webhooks.parsers import Alert, Rejection
@@ -83,7 +84,7 @@ def alert_preview(*, body: bytes, content_type: str, now: datetime, check_passph
         steps.append(Step("ticker", False, f"ticker {alert.ticker} is not {strategy.symbol}"))
         return Preview(steps, "400 ticker_mismatch", alert, strategy)
     steps.append(Step("ticker", True, f"{alert.ticker} names {strategy.symbol}"))
-    guard = services.price_guard(alert, strategy.symbol)  # the intake's own check, read-only
+    guard = services.price_guard(alert, strategy.symbol, price_feed_of(strategy.account))  # the intake's own check
     if guard is not None:
         steps.append(Step("price", False, guard.detail))
         return Preview(steps, f"{guard.status} {guard.error}", alert, strategy)

@@ -48,11 +48,12 @@ class Accepted:
 UNAUTHORIZED = Rejection(401, "unauthorized", "unknown strategy or wrong passphrase")
 
 
-def price_guard(alert: Alert, symbol: str) -> Rejection | None:
-    """The 400 to answer when the alert's price is too far from the market's (no local price: None)."""
+def price_guard(alert: Alert, symbol: str, feed: str) -> Rejection | None:
+    """The 400 to answer when the alert's price is too far from the market's in the account's price feed (no local
+    price: None)."""
     if alert.price is None:
         return None
-    market = MarketPrice.objects.filter(symbol=symbol).values_list("price", flat=True).first()
+    market = MarketPrice.objects.filter(feed=feed, symbol=symbol).values_list("price", flat=True).first()
     if market is None or market <= 0:
         return None  # no local price: the engine's own checks decide
     limit = Decimal(str(setting("WEBHOOK_MAX_PRICE_DEVIATION_PCT")))
@@ -128,7 +129,7 @@ def alert_intake(*, data: dict[str, Any], authenticated: bool = False, source_ip
         if rate_limited("strategy", str(strategy.pk), limit=int(setting("WEBHOOK_RATE_LIMIT_PER_STRATEGY"))):
             return STRATEGY_LIMITED
         counted = True
-    guard = price_guard(alert, strategy.symbol)
+    guard = price_guard(alert, strategy.symbol, strategy.price_feed)
     if guard is not None:
         return again() if cached else guard
 

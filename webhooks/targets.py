@@ -14,7 +14,8 @@ from django.db import InterfaceError, OperationalError, connections
 
 from infra.rows import concrete_field, quote_name
 from infra.statements import statement_row
-from trading.models import KillSwitch, Strategy
+from trading.models import KillSwitch, PriceFeed, Strategy, VenueAccount
+from trading.prices import feed_name
 from webhooks import parsers
 from webhooks.parsers import Rejection
 
@@ -41,6 +42,7 @@ class Target:
     account_id: int
     webhook_secret_hash: str
     kill_switch_engaged: bool
+    price_feed: str = PriceFeed.DEMO  # the account's (trading.prices.price_feed_of): the price guard reads it
 
 
 _target_sql: str | None = None
@@ -51,16 +53,18 @@ def target_read(slug: str) -> Target | None:
     global _target_sql
     if _target_sql is None:
         q = quote_name
-        s, k = Strategy._meta, KillSwitch._meta
-        cols = ", ".join(q(concrete_field(Strategy, f).column) for f in ("id", "slug", "symbol", "status", "account",
-                                                             "webhook_secret_hash"))
+        s, k, a = Strategy._meta, KillSwitch._meta, VenueAccount._meta
+        cols = ", ".join("s." + q(concrete_field(Strategy, f).column) for f in (
+            "id", "slug", "symbol", "status", "account", "webhook_secret_hash"))
+        feed = ", ".join("a." + q(concrete_field(VenueAccount, f).column) for f in ("venue", "network", "price_feed"))
         _target_sql = (f"SELECT {cols}, EXISTS(SELECT 1 FROM {q(k.db_table)} WHERE {q(k.pk.column)} = 1 AND "
-                       f"{q(concrete_field(KillSwitch, 'engaged').column)}) FROM {q(s.db_table)} "
-                       f"WHERE {q(concrete_field(Strategy, 'slug').column)}"
-                       " = %s")
+                       f"{q(concrete_field(KillSwitch, 'engaged').column)}), {feed} FROM {q(s.db_table)} s "
+                       f"JOIN {q(a.db_table)} a ON a.{q(a.pk.column)} = "
+                       f"s.{q(concrete_field(Strategy, 'account').column)} "
+                       f"WHERE s.{q(concrete_field(Strategy, 'slug').column)} = %s")
     row = _read_row(_target_sql, [slug])
     return None if row is None else Target(int(row[0]), row[1], row[2], row[3], int(row[4]), row[5] or "",
-                                           bool(row[6]))
+                                           bool(row[6]), feed_name(row[7], row[8], row[9]))
 
 
 def _read_row(sql: str, params: list[Any]) -> tuple[Any, ...] | None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from trading.models import AuditEvent
+from trading.models import AuditEvent, VenueAccount
 
 
 @pytest.fixture
@@ -60,3 +60,15 @@ def test_update_account_and_404(api: Any, make_account: Any) -> None:
     assert response.status_code == 200 and response.json()["daily_loss_limit"] == "250"
     assert api.patch("/api/accounts/999999/", {"name": "y"}, format="json").status_code == 404
     assert api.get("/api/accounts/999999/").status_code == 404
+
+
+def test_the_api_names_the_feed_and_refuses_one_for_a_live_account(api: Any) -> None:
+    made = api.post("/api/accounts/", {"name": "hl-paper", "price_feed": "hyperliquid"}, format="json")
+    assert made.status_code == 201 and made.json()["price_feed"] == "hyperliquid"
+    before = VenueAccount.objects.count()
+    refused = api.post("/api/accounts/", {"name": "live", "venue": "coinbase", "network": "mainnet",
+                                          "credentials_env": "CB", "price_feed": "hyperliquid"}, format="json")
+    assert refused.status_code == 400 and "price_feed" in refused.json()
+    unknown = api.post("/api/accounts/", {"name": "x", "price_feed": "nasdaq"}, format="json")
+    assert unknown.status_code == 400 and "price_feed" in unknown.json()
+    assert VenueAccount.objects.count() == before

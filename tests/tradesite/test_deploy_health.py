@@ -18,7 +18,7 @@ from tests.conftest import ROOT, WorkerGroup, flush_broker, wait_for
 from tradesite.heartbeat import QUEUES, FileHeartbeats, RedisHeartbeats, verdicts
 
 ALL_OK = {"database": "ok", "broker": "ok", "worker:execution": "ok", "worker:monitoring": "ok",
-          "worker:strategies": "ok", "beat": "ok"}
+          "worker:strategies": "ok", "beat": "ok", "prices": "ok"}
 
 
 def _readyz() -> tuple[int, dict[str, str], float]:
@@ -49,7 +49,7 @@ def test_readyz_names_each_queue_without_a_worker_and_a_beat_that_does_not_tick(
     status, checks, _ = _readyz()
     assert status == 503
     assert checks == {"database": "ok", "broker": "ok", "worker:execution": "failing",
-                      "worker:monitoring": "failing", "worker:strategies": "failing", "beat": "failing"}
+                      "worker:monitoring": "failing", "worker:strategies": "failing", "beat": "failing", "prices": "ok"}
 
 
 @pytest.mark.integration

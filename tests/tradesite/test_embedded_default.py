@@ -54,10 +54,13 @@ def test_run_command_trades_the_demo_on_sqlite_and_the_filesystem_broker(tmp_pat
     try:
         wait_for(lambda: _get_ok(f"http://127.0.0.1:{port}/healthz"), timeout=90, every=0.5, what="web up")
         # Ready once the worker and beat started by run write their heartbeats (files under var/heartbeats).
-        wait_for(lambda: _get(f"http://127.0.0.1:{port}/readyz")[0] == 200, timeout=60, every=0.5, what="ready")
+        # ... and with the demo feed's prices fresh for the demo strategies' market.
+        wait_for(lambda: _get(f"http://127.0.0.1:{port}/readyz")[1].get("status") == "ok", timeout=60, every=0.5,
+                 what="ready")
         status, body = _get(f"http://127.0.0.1:{port}/readyz")
         assert body["checks"] == {"database": "ok", "broker": "ok", "worker:execution": "ok",
-                                  "worker:monitoring": "ok", "worker:strategies": "ok", "beat": "ok"}
+                                  "worker:monitoring": "ok", "worker:strategies": "ok", "beat": "ok",
+                                  "prices": "ok"}
         assert {p.name for p in (tmp_path / "var" / "heartbeats").iterdir()} >= {"beat", "queue-execution"}
         # Styled pages: the login page's stylesheet is served (from the source folder: nothing was collected).
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/login/", timeout=10) as response:

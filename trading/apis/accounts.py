@@ -13,7 +13,8 @@ from rest_framework.views import APIView
 from trading import selectors, services
 from trading.apis.common import MoneyField, ApiPagination, actor, paginated, DetailSerializer, errors_response
 from trading.fields import INT32_MAX
-from trading.models import VenueAccount
+from trading.models import PriceFeed, VenueAccount
+from trading.prices import price_feed_of
 
 
 class AccountOutput(serializers.Serializer):
@@ -33,6 +34,7 @@ class AccountOutput(serializers.Serializer):
     paper_slippage_bps = MoneyField()
     paper_max_volume_share = MoneyField(allow_null=True)
     paper_latency_ms = serializers.IntegerField()
+    price_feed = serializers.SerializerMethodField()
     last_reconciled_at = serializers.DateTimeField(allow_null=True)
     created_at = serializers.DateTimeField()
     # Staff only (null for others): the env-var prefix and which of its variables are set, masked.
@@ -42,6 +44,11 @@ class AccountOutput(serializers.Serializer):
     def _staff(self) -> bool:
         request = self.context.get("request")
         return bool(request and request.user.is_staff)
+
+    @extend_schema_field(serializers.CharField())
+    def get_price_feed(self, obj: VenueAccount) -> str:
+        """Where the account's prices come from (a paper account's choice; a live account's venue)."""
+        return price_feed_of(obj)
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_credentials_env(self, obj: VenueAccount) -> str | None:
@@ -71,6 +78,8 @@ class AccountInput(serializers.Serializer):
     paper_slippage_bps = MoneyField(required=False)
     paper_max_volume_share = MoneyField(required=False, allow_null=True)
     paper_latency_ms = serializers.IntegerField(min_value=0, max_value=60000, required=False)
+    price_feed = serializers.ChoiceField(choices=PriceFeed.choices, required=False,
+                                         help_text="paper accounts: the demo feed or a venue's live prices")
 
 
 class _AdminWrites(IsAuthenticated):
