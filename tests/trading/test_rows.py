@@ -6,13 +6,16 @@ from datetime import datetime
 from datetime import UTC
 from decimal import Decimal
 from typing import Any
+import uuid
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from django.db import connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from psycopg.pq import PipelineStatus, TransactionStatus
 
 from infra import rows
 from trading.execution import signal_process
@@ -33,7 +36,7 @@ def _count_round_trips(fn: Any) -> int:
 
 
 def test_the_tests_run_where_batching_applies() -> None:
-    assert rows.batchable(), "these tests need PostgreSQL with client-side binding"
+    assert rows.batchable(), "these tests need PostgreSQL (libpq's pipeline mode)"
 
 
 def test_writes_wait_and_travel_with_the_next_statement_which_sees_them(make_account: Any) -> None:
@@ -43,13 +46,31 @@ def test_writes_wait_and_travel_with_the_next_statement_which_sees_them(make_acc
         rows.save_fields(account, ["cash"])
         rows.insert([_audit("one")], returning=False)
         assert rows.batching_active()
-        with CaptureQueriesContext(connection) as captured:
-            # An ORM read (not ours): the waiting writes go in front of it, in the same round trip.
+        pipelined = []
+
+        def spy(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+            pipelined.append(connection.connection.pgconn.pipeline_status == PipelineStatus.ON)
+            return execute(sql, params, many, context)
+
+        with CaptureQueriesContext(connection) as captured, connection.execute_wrapper(spy):
+            # An ORM read (not ours): the waiting writes go in front of it, in the same round trip (one pipeline,
+            # one Sync); the next read has nothing in front of it.
             assert VenueAccount.objects.get(pk=account.pk).cash == Decimal("123.456")
             assert AuditEvent.objects.filter(action="one").count() == 1
-        assert len(captured.captured_queries) == 2
+        assert pipelined == [True, False]
+        carried, *reads = captured.captured_queries
+        assert carried["carried"] and carried["sql"].startswith('UPDATE "trading_venueaccount"'), carried
+        assert [q["sql"].split()[0] for q in reads] == ["SELECT", "SELECT"]
     account.refresh_from_db()
     assert account.cash == Decimal("123.456")
+
+
+def test_writes_waiting_before_a_server_side_cursor_go_first(make_account: Any) -> None:
+    account = make_account()
+    with transaction.atomic(), rows.batching():
+        rows.update(VenueAccount, account.pk, {"paper_sequence": 41})
+        # .iterator() reads through a named cursor, which cannot join a pipeline: the write goes just before it
+        assert [a.paper_sequence for a in VenueAccount.objects.filter(pk=account.pk).iterator(chunk_size=10)] == [41]
 
 
 def test_writes_left_at_the_end_of_the_scope_are_sent_before_it_ends(make_account: Any) -> None:
@@ -147,9 +168,72 @@ def test_a_failed_batch_forgets_the_statements_it_prepared() -> None:
     assert rows.fetch_all(bad, [2]) == [(0,)]
 
 
-def test_a_statement_with_a_literal_percent_is_refused() -> None:
+def test_a_percent_sign_is_read_as_django_reads_it() -> None:
+    assert rows.fetch_all("SELECT '5%%' WHERE %s", [True]) == [("5%",)]  # %% is one percent sign
     with pytest.raises(ValueError, match="cannot be batched"):
-        rows.fetch_all("SELECT '5%%' WHERE %s", [True])
+        rows.fetch_all("SELECT '5%' WHERE %s", [True])  # a lone % is neither a placeholder nor a percent sign
+
+
+def _other_session() -> psycopg.Connection[Any]:
+    """A second session on the test database (autocommit), to look at ours from outside."""
+    s = connection.settings_dict
+    return psycopg.connect(f"host={s['HOST'] or '127.0.0.1'} port={s['PORT'] or 5432} user={s['USER']} "
+                           f"dbname={s['NAME']}", autocommit=True)
+
+
+def test_values_never_reach_the_server_inside_the_statement_text() -> None:
+    marker = f"bound {uuid.uuid4().hex} it's"
+    assert rows.fetch_all("SELECT %s::text", [marker]) == [(marker,)]
+    with _other_session() as other:
+        (text,) = other.execute("SELECT query FROM pg_stat_activity WHERE pid = %s",
+                                [connection.connection.info.backend_pid]).fetchone()
+    assert text == "SELECT $1::text"  # what our session ran last: the statement, its value bound apart
+
+
+def test_statements_are_prepared_at_protocol_level_with_typed_parameters() -> None:
+    sql = "SELECT %s::numeric + 1, %s::text, %s"
+    assert rows.fetch_all(sql, [Decimal("0.5"), "a", datetime(2026, 1, 2, tzinfo=UTC)]) == [
+        (Decimal("1.5"), "a", datetime(2026, 1, 2, tzinfo=UTC))]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT from_sql, parameter_types::text[] FROM pg_prepared_statements WHERE statement = %s",
+                       ["SELECT $1::numeric + 1, $2::text, $3"])
+        found = cursor.fetchall()
+    # Not SQL PREPARE/EXECUTE with values written in: Parse/Bind, the parameters typed by psycopg's dumpers (the
+    # string untyped, as psycopg sends a str, so PostgreSQL takes the type from its context).
+    assert found == [(False, ["numeric", "text", "timestamp with time zone"])]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_statement_whose_batch_failed_before_it_ran_is_prepared_again() -> None:
+    fresh = "SELECT %s::int * 2"
+    with pytest.raises(DataError), rows.batching():  # autocommit: nothing rolls back on the client's side
+        rows.prefetch([(fresh, [21])])
+        rows.fetch_all("SELECT 1 / %s", [0])  # fails first: the prefetch's Parse is skipped
+    assert rows.fetch_all(fresh, [21]) == [(42,)]  # not "prepared statement ... does not exist"
+
+
+def test_a_failed_write_batch_raises_djangos_error_and_rolls_back_with_its_transaction(make_account: Any) -> None:
+    account = make_account()
+    with pytest.raises(IntegrityError), transaction.atomic(), rows.batching():
+        rows.update(VenueAccount, account.pk, {"paper_sequence": 99})
+        rows.execute('UPDATE "trading_venueaccount" SET "name" = NULL WHERE "id" = %s', [account.pk])
+    account.refresh_from_db()  # the connection is usable, and the batch's first write was undone with the rest
+    assert account.paper_sequence != 99
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_committing_batch_ends_the_transaction_django_opened() -> None:
+    committed = []
+    with transaction.atomic(), rows.batching(commit=True):
+        rows.insert([_audit("with the commit")], returning=False)
+        transaction.on_commit(lambda: committed.append(connection.connection.info.transaction_status))
+        with _other_session() as other:  # not yet: the write waits for the end of the scope
+            assert other.execute("SELECT count(*) FROM trading_auditevent").fetchone() == (0,)
+    assert committed == [TransactionStatus.IDLE]  # Django's own commit found nothing left to do, and ran the hooks
+    with _other_session() as other:
+        assert other.execute("SELECT count(*) FROM trading_auditevent WHERE action = 'with the commit'").fetchone() \
+            == (1,)
+    assert rows.fetch_all("SELECT %s::int", [1]) == [(1,)]  # and the next statement starts afresh
 
 
 def test_the_working_orders_index_covers_exactly_the_working_statuses() -> None:
@@ -176,10 +260,11 @@ def test_the_engine_unit_commits_with_its_last_writes(make_account: Any, make_st
     with CaptureQueriesContext(connection) as captured:
         closed = process("close")
     sent = [q["sql"].split()[0] for q in captured.captured_queries]
-    # The signal's INSERT, committed on its own (signal_create), then: the account read, BEGIN, the reads with the
-    # locks, the writes with the COMMIT (Django logs its no-op commit as a last entry).
-    assert sent == ["EXECUTE", "EXECUTE", "BEGIN", "EXECUTE", "EXECUTE", "COMMIT"], sent
-    assert "COMMIT" in captured.captured_queries[-2]["sql"]
+    # The signal's INSERT, committed on its own (signal_create), then: the account read, BEGIN (Django's entry: the
+    # BEGIN itself goes with the next batch), the reads with the locks, the writes with the COMMIT (Django logs its
+    # no-op commit as a last entry).
+    assert sent == ["INSERT", "SELECT", "BEGIN", "SELECT", "INSERT", "COMMIT"], sent
+    assert captured.captured_queries[-2]["sql"].endswith(";\nCOMMIT")
     assert connection.connection.info.transaction_status.name == "IDLE"
     assert Order.objects.get(signal=closed).status == Order.Status.FILLED
     account.refresh_from_db()
@@ -188,8 +273,11 @@ def test_the_engine_unit_commits_with_its_last_writes(make_account: Any, make_st
 
 
 def _sent_statements(captured: CaptureQueriesContext) -> list[str]:
-    """The statements sent, one per EXECUTE (a batch is one captured entry)."""
-    return [part for q in captured.captured_queries for part in q["sql"].split(";\n") if part.startswith("EXECUTE")]
+    """The statements sent through rows (a batch is one captured entry, its statements joined by ";\n"), without
+    Django's transaction and savepoint entries."""
+    django = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE SAVEPOINT")
+    return [part for q in captured.captured_queries if not q["sql"].startswith(django)
+            for part in q["sql"].split(";\n")]
 
 
 def test_a_waiting_insert_takes_later_changes_and_updates_of_one_row_merge(make_account: Any,
@@ -234,8 +322,8 @@ def test_writes_dropped_by_a_savepoint_are_never_folded_into(make_account: Any) 
        whole=st.integers(min_value=-(2 ** 63), max_value=2 ** 63 - 1),
        when=st.datetimes(timezones=st.just(UTC), min_value=datetime(1970, 1, 2),  # noqa: DTZ001 - hypothesis bounds are naive, timezones= makes them aware
                          max_value=datetime(2200, 1, 1)))  # noqa: DTZ001 - see above
-def test_values_written_into_the_text_come_back_exactly(text: str, number: Decimal, whole: int,
-                                                       when: datetime) -> None:
+def test_values_bound_as_parameters_come_back_exactly(text: str, number: Decimal, whole: int,
+                                                      when: datetime) -> None:
     found = rows.fetch_all("SELECT %s::text, %s::numeric, %s::bigint, %s::timestamptz, %s::boolean, %s::text",
                            [text, number, whole, when, True, None])
     assert found == [(text, number, whole, when, True, None)]
