@@ -5,24 +5,26 @@ its one reader, in two forms: exact Decimal rows, each bad line named (`form="ro
 replays), or float columns at pandas speed (`form="columns"`, for the backtester: a million rows in a second).
 A candle row is `exchanges.base.VenueCandle` and epoch milliseconds convert through `exchanges.base.ms_to_datetime` /
 `datetime_to_ms`, the one candle type and the one epoch helper of the code base (exchanges, the bottom layer,
-imports nothing of ours); indicator maths reads candles as columns, `strategies.base.Candles`.
+imports nothing of ours); indicator maths reads candles as columns, `strategies.base.Candles`. Candles are built
+here too: from a stream of prices (`PriceCandles`, the demo feed) and from shorter candles (`candles_resample`).
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from itertools import groupby
 from os import PathLike
 from typing import Literal, overload
 
 import numpy as np
 import numpy.typing as npt
 
-from exchanges.base import VenueCandle, ms_to_datetime
+from exchanges.base import EPOCH, VenueCandle, ms_to_datetime
 from strategies.base import Candles
 
 CSV_COLUMNS = ("timestamp", "open", "high", "low", "close", "volume")
@@ -36,6 +38,64 @@ def timeframe_delta(timeframe: str) -> timedelta:
     if unit not in _UNITS or not count.isdigit() or int(count) < 1:
         raise ValueError(f"unknown timeframe {timeframe!r} (use e.g. 1m, 5m, 1h, 1d)")
     return timedelta(seconds=int(count) * _UNITS[unit])
+
+
+def grid_floor(time: datetime, timeframe: str) -> datetime:
+    """The open of the `timeframe` candle that holds `time` (the grid counts from the epoch, UTC)."""
+    step = timeframe_delta(timeframe)
+    return EPOCH + (time - EPOCH) // step * step
+
+
+# --------------------------------------------------------------------------------------------- building candles
+
+
+def candles_resample(rows: Iterable[VenueCandle], timeframe: str) -> list[VenueCandle]:
+    """Candles (oldest first) aggregated into `timeframe` candles on its grid: each bucket's first open, highest
+    high, lowest low, last close and summed volume, from the candles it holds (a bucket holding none is no candle).
+
+    Pass only the candles of closed buckets: the candle of a bucket still filling is not final.
+    """
+    return [_merged(start, list(part))
+            for start, part in groupby(rows, key=lambda row: grid_floor(row.open_time, timeframe))]
+
+
+def _merged(open_time: datetime, part: list[VenueCandle]) -> VenueCandle:
+    return VenueCandle(open_time, part[0].open, max(r.high for r in part), min(r.low for r in part), part[-1].close,
+                       sum((r.volume for r in part), Decimal(0)))
+
+
+class PriceCandles:
+    """Candles of one timeframe built from a stream of prices, on its grid: a candle's open is its bucket's first
+    price, high and low its extremes, close its last, and volume the sum of the volumes the prices came with.
+
+    `close(now)` hands over the candle being built once its bucket has ended; a price of a later bucket does too.
+    """
+
+    def __init__(self, timeframe: str) -> None:
+        self.timeframe = timeframe
+        self.step = timeframe_delta(timeframe)
+        self._open_time: datetime | None = None
+        self._values: list[Decimal] = []  # open, high, low, close, volume
+
+    def add(self, time: datetime, price: Decimal, volume: Decimal = Decimal(0)) -> VenueCandle | None:
+        """Count a price seen at `time`; return the candle it closed (the previous bucket's), if any."""
+        closed = self.close(time)
+        if self._open_time is None:
+            self._open_time = grid_floor(time, self.timeframe)
+            self._values = [price, price, price, price, volume]
+        else:
+            values = self._values
+            values[1], values[2] = max(values[1], price), min(values[2], price)
+            values[3], values[4] = price, values[4] + volume
+        return closed
+
+    def close(self, now: datetime) -> VenueCandle | None:
+        """The candle being built, when its bucket has ended by `now` (None: nothing built, or still open)."""
+        if self._open_time is None or now < self._open_time + self.step:
+            return None
+        candle = VenueCandle(self._open_time, *self._values)
+        self._open_time, self._values = None, []
+        return candle
 
 
 # --------------------------------------------------------------------------------------------- CSV: the reader

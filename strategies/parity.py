@@ -40,7 +40,7 @@ from trading import services as trading_services
 from trading.connectors import connector_for
 from trading.decision import account_limits, strategy_risk
 from trading.fields import tidy
-from trading.models import Fill, Signal, Strategy, VenueAccount
+from trading.models import Fill, PriceFeed, Signal, Strategy, VenueAccount
 
 FIELDS = ("entry_time", "exit_time", "side", "quantity", "entry_price", "exit_price", "fees", "pnl")
 ENTRY_FIELDS = ("entry_time", "side", "quantity", "entry_price")
@@ -123,7 +123,7 @@ def paper_backtest_compare(
     rows: Sequence[VenueCandle],
     symbol: str,
     timeframe: str,
-    venue: str = "paper",
+    venue: str = "demo",
     cash: Decimal = Decimal("1"),
     slippage_bps: Decimal = Decimal("5"),
     sizing_value: Decimal = Decimal("1"),
@@ -141,6 +141,9 @@ def paper_backtest_compare(
     """
     if len(rows) < 2:
         raise ParityError("need at least 2 candles")
+    if venue != PriceFeed.DEMO:  # the replay prices the demo feed, and the parity account reads that feed's candles
+        raise ParityError(f"the paper account replays on the demo feed: its candles are stored under 'demo', not "
+                          f"{venue!r}")
     market_rows = Candle.objects.filter(venue=venue, symbol=symbol, timeframe=timeframe)
     if clear_store:
         market_rows.delete()

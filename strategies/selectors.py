@@ -20,13 +20,23 @@ from exchanges.base import VenueCandle, datetime_to_ms, ms_to_datetime
 from strategies.base import Candles
 from strategies.candles import ATR_MAX_AGE_BARS, ATR_PERIOD, ATR_WINDOW, atr_value, timeframe_delta
 from strategies.models import BacktestRun, Candle, StrategyEvaluation
-from trading.models import Strategy
+from trading.models import Strategy, VenueAccount
+from trading.prices import accounts_priced_by, price_feed_of
 
 _COLUMNS = ("open_time", "open", "high", "low", "close", "volume")
 
 
 def _market(venue: str, symbol: str, timeframe: str):
     return Candle.objects.filter(venue=venue, symbol=symbol, timeframe=timeframe)
+
+
+def candle_venue(account: VenueAccount) -> str:
+    """The candle store's venue key an account's strategies read: the account's price feed, under whose name the
+    feeds store their closed candles (`demo`: the demo feed's; a live account's own venue, `-testnet` on testnet).
+
+    A paper account therefore reads the candles of the prices it trades on, never the bundled 2018 rows under
+    `paper` (backtests name their venue key themselves)."""
+    return price_feed_of(account)
 
 
 def candles_read(venue: str, symbol: str, timeframe: str, *, since: datetime | None = None,
@@ -112,7 +122,7 @@ def candles_count(venue: str, symbol: str, timeframe: str, *, since: datetime | 
 def atr_from_store(strategy: Strategy, now: datetime) -> Decimal | None:
     """ATR(14) of the strategy's market at its last closed candle (None without enough fresh candles)."""
     step = timeframe_delta(strategy.timeframe)
-    candles = candles_read(strategy.account.venue, strategy.symbol, strategy.timeframe, until=now - step,
+    candles = candles_read(candle_venue(strategy.account), strategy.symbol, strategy.timeframe, until=now - step,
                            limit=ATR_WINDOW)
     if len(candles) <= ATR_PERIOD:
         return None
@@ -123,11 +133,13 @@ def atr_from_store(strategy: Strategy, now: datetime) -> Decimal | None:
 
 
 def strategies_for_market(*, venue: str, symbol: str, timeframe: str) -> list[int]:
-    """Ids of the active indicator strategies that trade a market on a timeframe."""
+    """Ids of the active indicator strategies that read a market's candles (`venue`: the candle store's key, a price
+    feed's name; see candle_venue) on a timeframe."""
     from strategies.library import RULES
 
+    accounts = VenueAccount.objects.filter(accounts_priced_by(venue)).values("pk")
     return list(Strategy.objects.filter(status=Strategy.Status.ACTIVE, kind__in=list(RULES), symbol=symbol,
-                                        timeframe=timeframe, account__venue=venue)
+                                        timeframe=timeframe, account__in=accounts)
                 .order_by("pk").values_list("pk", flat=True))
 
 
@@ -172,9 +184,8 @@ def candle_markets() -> list[Mapping[str, object]]:
 def strategy_price_chart(strategy: Strategy, *, limit: int = 500) -> dict[str, list]:
     """The last `limit` stored closes of a strategy's market (epoch seconds, floats for drawing only)."""
     from trading.models import MarketPrice
-    from trading.prices import price_feed_of
 
-    candles = candles_read(strategy.account.venue, strategy.symbol, strategy.timeframe, limit=limit)
+    candles = candles_read(candle_venue(strategy.account), strategy.symbol, strategy.timeframe, limit=limit)
     chart: dict[str, object] = {"x": (candles.time // 1000).tolist(), "close": candles.close.tolist(), "mark": None}
     latest = MarketPrice.objects.filter(feed=price_feed_of(strategy.account),  # drawn after the fills when no candles
                                         symbol=strategy.symbol).first()

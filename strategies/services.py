@@ -1,5 +1,9 @@
 """Writes of the strategies app: candle imports and the StrategyManager (evaluate each closed candle once).
 
+A feed that stores a closed candle (the demo feed; the market-data role) calls `candles_closed`: each strategy that
+reads that market and timeframe evaluates it at once, a task each. The beat's `strategies_evaluate_due` every few
+seconds is the catch-up (a task lost, a worker that was down, a venue whose candles are fetched on the tick).
+
 Evaluation of one (strategy, closed candle):
 
 * the StrategyEvaluation row is inserted first, in the same transaction as everything else: a second
@@ -16,6 +20,7 @@ Evaluation of one (strategy, closed candle):
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +45,7 @@ from trading.services import TIMEFRAMES
 log = logging.getLogger("strategies.services")
 
 BACKTEST_RUN = "strategies.tasks.backtest_run"  # queued by name (trading/dispatch.py): tasks.py imports this module
+STRATEGY_EVALUATE = "strategies.tasks.strategy_evaluate"
 EVALUATION_WINDOW = 5000  # candles read per evaluation (or 10x the rule's warm-up, if larger)
 MAX_EVALUATIONS_PER_TICK = 5  # per strategy: a strategy that fell behind catches up on the newest bars only
 IMPORT_CHUNK = 5000
@@ -113,6 +119,70 @@ def candles_import(*, venue: str, symbol: str, timeframe: str, rows: Sequence[Ve
     return ImportResult(inserted, unchanged)
 
 
+def candles_append(*, venue: str, symbol: str, timeframe: str, rows: Sequence[VenueCandle]) -> list[datetime]:
+    """Store a feed's closed candles (oldest first), each once; return the open times of those new to the store.
+
+    A candle stored already is kept as it is, never overwritten (a feed restarted over minutes it stored before, or
+    two writers of one market: the first one wins). No audit row: market data, not money or configuration.
+    """
+    if not rows:
+        return []
+    with transaction.atomic():
+        stored = set(Candle.objects.filter(venue=venue, symbol=symbol, timeframe=timeframe,
+                                           open_time__gte=rows[0].open_time, open_time__lte=rows[-1].open_time)
+                     .values_list("open_time", flat=True))
+        fresh = [Candle(venue=venue, symbol=symbol, timeframe=timeframe, open_time=r.open_time, open=r.open,
+                        high=r.high, low=r.low, close=r.close, volume=r.volume)
+                 for r in rows if r.open_time not in stored]
+        Candle.objects.bulk_create(fresh, batch_size=IMPORT_CHUNK, ignore_conflicts=True)
+    return [c.open_time for c in fresh]
+
+
+def candles_build(*, venue: str, symbol: str, timeframe: str, since: datetime, until: datetime,
+                  source: str = "1m") -> list[datetime]:
+    """Build a market's `timeframe` candles opening in [since, until) from its stored `source` candles and store the
+    new ones (candles_append); return their open times.
+
+    Only buckets that have ended by `until` are built (no look-ahead: a bucket still filling is not a candle yet),
+    each from the source candles it holds; a bucket with none is no candle.
+    """
+    from strategies.candles import candles_resample, grid_floor
+    from strategies.selectors import candle_rows_read
+
+    since, until = grid_floor(since, timeframe), grid_floor(until, timeframe)
+    if until <= since:
+        return []
+    last = until - timeframe_delta(source)  # the last source candle of the last whole bucket
+    rows = candles_resample(candle_rows_read(venue, symbol, source, since=since, until=last), timeframe)
+    return candles_append(venue=venue, symbol=symbol, timeframe=timeframe, rows=rows)
+
+
+def candles_closed(*, venue: str, symbol: str, timeframe: str, open_times: Sequence[datetime]) -> int:
+    """Candles of a market closed (stored under `venue`, a price feed's name): queue, after commit, the evaluation of
+    the newest of them by each active indicator strategy that reads them (a task each, queue strategies); return
+    how many were queued.
+
+    The older candles of one call are history (a backfill): a bar traded that late would be a stale trade, and the
+    beat's catch-up skips them too once the newest is evaluated. A task not started within one bar is dropped
+    (expires): the next bar's task, or the beat's catch-up every few seconds, evaluates instead. Whoever comes
+    first evaluates the bar; the other finds its StrategyEvaluation row and does nothing.
+    """
+    from strategies.selectors import strategies_for_market
+
+    if not open_times:
+        return 0
+    newest_ms = datetime_to_ms(max(open_times))
+    expires = timeframe_delta(timeframe).total_seconds()
+    strategy_ids = strategies_for_market(venue=venue, symbol=symbol, timeframe=timeframe)
+    for strategy_id in strategy_ids:
+        transaction.on_commit(functools.partial(_evaluation_queue, strategy_id, newest_ms, expires))
+    return len(strategy_ids)
+
+
+def _evaluation_queue(strategy_id: int, candle_open_ms: int, expires: float) -> None:
+    dispatch.task(STRATEGY_EVALUATE).apply_async((strategy_id, candle_open_ms), expires=expires)
+
+
 # --------------------------------------------------------------------------------------------- evaluation
 
 
@@ -124,7 +194,7 @@ def strategy_evaluate(*, strategy_id: int, candle_open_time: datetime, now: date
                       enqueue: bool = True) -> StrategyEvaluation | None:
     """Evaluate an active strategy on one stored, closed candle, once; None when skipped or already done."""
     from strategies.library import RULES
-    from strategies.selectors import candles_read
+    from strategies.selectors import candle_venue, candles_read
 
     now = now or timezone.now()
     strategy = Strategy.objects.select_related("account").get(pk=strategy_id)
@@ -140,7 +210,7 @@ def strategy_evaluate(*, strategy_id: int, candle_open_time: datetime, now: date
             except IntegrityError:
                 return None  # evaluated already (or right now, by another worker)
             params = rule.resolve(strategy.params)
-            candles = candles_read(strategy.account.venue, strategy.symbol, strategy.timeframe,
+            candles = candles_read(candle_venue(strategy.account), strategy.symbol, strategy.timeframe,
                                    until=candle_open_time,
                                    limit=max(EVALUATION_WINDOW, 10 * rule.warmup(params)))
             if not len(candles) or int(candles.time[-1]) != datetime_to_ms(candle_open_time):
@@ -207,7 +277,7 @@ def strategies_evaluate_due(*, now: datetime | None = None) -> dict[str, int]:
     does not trade stale bars late); a strategy never evaluated before starts at the newest closed bar.
     """
     from strategies.library import RULES
-    from strategies.selectors import candles_closed_after, strategy_last_evaluated_candle
+    from strategies.selectors import candle_venue, candles_closed_after, strategy_last_evaluated_candle
 
     now = now or timezone.now()
     counts = {"strategies": 0, "evaluated": 0, "signals": 0, "candles_fetched": 0}
@@ -221,8 +291,8 @@ def strategies_evaluate_due(*, now: datetime | None = None) -> dict[str, int]:
             counts["candles_fetched"] += candles_refresh(account=strategy.account, symbol=strategy.symbol,
                                                          timeframe=strategy.timeframe, now=now)
         last = strategy_last_evaluated_candle(strategy.pk)
-        due = candles_closed_after(strategy.account.venue, strategy.symbol, strategy.timeframe, after=last, now=now,
-                                   limit=1 if last is None else MAX_EVALUATIONS_PER_TICK)
+        due = candles_closed_after(candle_venue(strategy.account), strategy.symbol, strategy.timeframe, after=last,
+                                   now=now, limit=1 if last is None else MAX_EVALUATIONS_PER_TICK)
         for open_time in due:
             evaluation = strategy_evaluate(strategy_id=strategy.pk, candle_open_time=open_time, now=now)
             if evaluation is not None:
@@ -238,10 +308,12 @@ def candles_refresh(*, account: VenueAccount, symbol: str, timeframe: str, now: 
     next tick, never fatal to the strategies that read the store.
     """
     from exchanges.errors import VenueError
+    from strategies.selectors import candle_venue
     from trading.connectors import connector_for
 
     now = now or timezone.now()
-    latest = Candle.objects.filter(venue=account.venue, symbol=symbol, timeframe=timeframe).order_by(
+    key = candle_venue(account)  # the venue's name, with -testnet on testnet: the two networks' candles differ
+    latest = Candle.objects.filter(venue=key, symbol=symbol, timeframe=timeframe).order_by(
         "-open_time").values_list("open_time", flat=True).first()
     try:
         fetched = connector_for(account).candles(symbol, timeframe, since=latest, limit=300)
@@ -261,7 +333,7 @@ def candles_refresh(*, account: VenueAccount, symbol: str, timeframe: str, now: 
         rows.append(c)
     if not rows:
         return 0
-    return candles_import(venue=account.venue, symbol=symbol, timeframe=timeframe, rows=rows, by="candles_refresh",
+    return candles_import(venue=key, symbol=symbol, timeframe=timeframe, rows=rows, by="candles_refresh",
                           now=now).inserted
 
 

@@ -39,7 +39,7 @@ def _write(tmp_path: Path, lines: list[str], name: str = "candles.csv") -> Path:
 def _import(path: Path, **extra: str) -> tuple[str, str]:
     out, err = io.StringIO(), io.StringIO()
     call_command("import_candles", str(path), "--symbol", extra.get("symbol", "ETH/BTC"), "--timeframe",
-                 extra.get("timeframe", "1m"), stdout=out, stderr=err)
+                 extra.get("timeframe", "1m"), "--venue", extra.get("venue", "paper"), stdout=out, stderr=err)
     return out.getvalue(), err.getvalue()
 
 
@@ -172,7 +172,7 @@ def test_a_signal_from_bar_t_fills_at_the_open_of_bar_t_plus_1(make_account, mak
     rows = candles_read_csv(DATA, form="rows", timeframe="1m").rows[:40]
     signal_steps = []
     for candle, following in replay_pairs(rows):
-        result = replay_step(venue="paper", symbol="ETH/BTC", timeframe="1m", candle=candle, next_candle=following,
+        result = replay_step(venue="demo", symbol="ETH/BTC", timeframe="1m", candle=candle, next_candle=following,
                              store=True, dispatch=Dispatch.INLINE)
         if result.signal_ids:
             signal_steps.append((following, result.signal_ids))
@@ -186,10 +186,10 @@ def test_a_signal_from_bar_t_fills_at_the_open_of_bar_t_plus_1(make_account, mak
 
 
 def test_atr_provider_reads_the_store_at_the_last_closed_candle(make_account, make_strategy) -> None:
-    _import(DATA)
+    _import(DATA, venue="demo")  # the candles of the demo feed, which a paper account prices from by default
     account = make_account(quote_asset="BTC", paper_initial_cash="1")
     strategy = make_strategy(account, kind="rsi", symbol="ETH/BTC", sizing_mode="quantity", sizing_value="1")
-    candles = candles_read("paper", "ETH/BTC", "1m")
+    candles = candles_read("demo", "ETH/BTC", "1m")
     now = ms_to_datetime(int(candles.time[999])) + timedelta(minutes=1, seconds=5)  # candle 999 just closed
     expected = indicators.atr(candles.high[:1000], candles.low[:1000], candles.close[:1000], 14)[-1]
     assert atr_from_store(strategy, now) == Decimal(repr(float(expected)))
@@ -222,11 +222,11 @@ def test_the_engine_takes_atr_exits_from_the_candle_store(make_account, make_str
     from trading.execution import signal_process
     from trading.intake import signal_create
 
-    _import(DATA)
+    _import(DATA, venue="demo")
     account = make_account(quote_asset="BTC", paper_initial_cash="1")
     strategy = make_strategy(account, symbol="ETH/BTC", sizing_mode="quantity", sizing_value="1",
                              stop_loss_mode="atr", stop_loss_value="2")
-    candles = candles_read("paper", "ETH/BTC", "1m", limit=1000)
+    candles = candles_read("demo", "ETH/BTC", "1m", limit=1000)
     now = ms_to_datetime(int(candles.time[-1])) + timedelta(minutes=1, seconds=10)
     set_price("ETH/BTC", "0.09", at=now)
     signal, _ = signal_create(strategy=strategy, source="manual", idempotency_key="atr-1",

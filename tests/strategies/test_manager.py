@@ -38,7 +38,7 @@ def rows() -> list[VenueCandle]:
 
 def _store(first: int, last: int) -> list[VenueCandle]:
     selected = rows()[first:last]
-    services.candles_import(venue="paper", symbol="ETH/BTC", timeframe="1m", rows=selected, by="test")
+    services.candles_import(venue="demo", symbol="ETH/BTC", timeframe="1m", rows=selected, by="test")
     return selected
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from decimal import Decimal
 
 import pytest
@@ -10,12 +9,13 @@ from django.conf import settings
 from django.core.management import call_command
 from django.utils import timezone
 
+from strategies.candles import candles_read_csv
+from strategies.management.commands.demo_feed import demo_signal
 from trading import services
 from trading.execution import signal_process
 from trading.exits import exits_drive
 from trading.killswitch import kill_switch_enforce
 from trading.monitor import positions_monitor
-from trading.management.commands.demo_feed import demo_signal
 from trading.models import PaperPosition, Position, Signal, Strategy, VenueAccount
 from trading.prices import price_set
 
@@ -29,11 +29,11 @@ def test_the_demo_trades_an_hour_of_feed_without_piling_up_then_the_kill_switch_
     account = VenueAccount.objects.get(name="demo-paper")
     strategies = list(Strategy.objects.filter(slug__startswith="demo-", status=Strategy.Status.ACTIVE))
     assert {s.slug for s in strategies} == {"demo-eth-btc", "demo-eth-btc-short"}
-    with open(settings.BASE_DIR / "data" / "ETH_BTC-1m.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))[:3600]  # the feed's hour: one candle a second, a signal every 20
+    rows = candles_read_csv(settings.BASE_DIR / "data" / "ETH_BTC-1m.csv", form="rows",
+                            timeframe="1m").rows[:3600]  # the feed's hour: one candle a second, a signal every 20
     largest: dict[str, Decimal] = {s.slug: Decimal(0) for s in strategies}
     for count, row in enumerate(rows, start=1):
-        price_set("ETH/BTC", Decimal(row["close"]), volume=Decimal(row["volume"]), time=timezone.now())
+        price_set("ETH/BTC", row.close, volume=row.volume, time=timezone.now())
         signal_id = demo_signal(strategies, row, count=count, every=20, enqueue=False)
         if signal_id is not None:
             signal_process(signal_id=signal_id)

@@ -40,7 +40,8 @@ class Command(BaseCommand):
         parser.add_argument("--file", required=True, help="timestamp,open,high,low,close,volume CSV")
         parser.add_argument("--symbol", required=True, help="a paper market, e.g. ETH/BTC")
         parser.add_argument("--timeframe", default="1m")
-        parser.add_argument("--venue", default="paper", help="candle-store venue key")
+        parser.add_argument("--venue", default="demo",
+                            help="candle-store venue key (the demo feed's: what the parity account's strategy reads)")
         parser.add_argument("--start", type=int, default=0, help="skip this many candles of the file")
         parser.add_argument("--limit", type=int, default=0, help="replay at most this many candles (0: all)")
         parser.add_argument("--quantity", default="1", help="base quantity per entry (quantity sizing)")

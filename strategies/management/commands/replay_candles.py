@@ -36,7 +36,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--symbol", required=True)
         parser.add_argument("--timeframe", required=True)
-        parser.add_argument("--venue", default="paper")
+        parser.add_argument("--venue", default="demo",
+                            help="candle-store venue key (default demo: what paper accounts on the demo feed read)")
         parser.add_argument("--file", help="replay this CSV (stored as it plays) instead of the store")
         parser.add_argument("--since", help="first candle (epoch ms or ISO 8601), store replays only")
         parser.add_argument("--speed", type=float, default=1.0, help="candles per second (0: as fast as possible)")
