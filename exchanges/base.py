@@ -201,6 +201,10 @@ class Capabilities:
     leverage: bool = True
     positions: bool = True
     candles: bool = True  # serves public candles (the live candle feed reads them)
+    # The candle timeframes the venue serves ("1m", "1h", ...): a strategy or download on another one is refused.
+    # None: not limited by the venue (candles come from our own store: the paper venue); (): it serves none.
+    timeframes: tuple[str, ...] | None = None
+    candle_page: int = 300  # candles one request answers at most (a history download pages by it)
     # The venue keeps its state in our own database and its calls join the caller's transaction (the paper venue
     # on the Django store): the engine may decide, send and record in one transaction, since nothing leaves it.
     in_database: bool = False

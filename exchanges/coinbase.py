@@ -98,6 +98,8 @@ CAPABILITIES = Capabilities(
     stop_orders=True,
     leverage=False,
     positions=False,
+    timeframes=tuple(TIMEFRAMES),
+    candle_page=300,  # the venue answers at most 350 a request; ccxt asks 300
     extra={
         "market_buy": "sized in quote: quantity x reference price, rounded down to the quote increment",
         "stop_orders": f"stop-limit with the limit {STOP_LIMIT_SLIPPAGE:%} through the trigger",
@@ -355,16 +357,20 @@ class _Tables:
 
 
 class CoinbaseConnector(Connector):
-    """The Connector interface on Coinbase Advanced Trade spot markets."""
+    """The Connector interface on Coinbase Advanced Trade spot markets.
+
+    Without a key (`key=None`, `build_public`) it reads public market data only (products, ticker, candles): every
+    private call is refused with AuthError before anything is sent."""
 
     capabilities = CAPABILITIES
     meters_requests = True
 
-    def __init__(self, *, key: CdpKey, base_url: str, timeout: float = DEFAULT_TIMEOUT, account: str = "") -> None:
+    def __init__(self, *, key: CdpKey | None, base_url: str, timeout: float = DEFAULT_TIMEOUT,
+                 account: str = "") -> None:
         self.key, self.base_url, self.account = key, base_url.rstrip("/"), account
         self.client = _Client({
-            "apiKey": key.name,
-            "secret": key.secret,
+            "apiKey": key.name if key is not None else "",
+            "secret": key.secret if key is not None else "",
             "timeout": int(timeout * 1000),
             "enableRateLimit": False,  # the resilience wrapper owns rate limiting and retries
             "verbose": False,
@@ -379,12 +385,16 @@ class CoinbaseConnector(Connector):
         self._requested: dict[str, Decimal] = {}  # venue order id -> base quantity asked, for quote-sized buys
 
     def __repr__(self) -> str:
-        return f"CoinbaseConnector(base_url={self.base_url!r}, key={self.key.algorithm}, account={self.account!r})"
+        key = self.key.algorithm if self.key is not None else "none (public data only)"
+        return f"CoinbaseConnector(base_url={self.base_url!r}, key={key}, account={self.account!r})"
 
     # ------------------------------------------------------------------ wire
 
     def _call(self, method: str, params: Mapping[str, Any] | None = None, *, action: str = "read",
               context: str = "") -> Any:
+        if self.key is None and "Private" in method:  # ccxt's implicit names: v3Private... / v3Public...
+            raise AuthError(f"coinbase {context or action}: this connector reads public market data only (no key)",
+                            venue=VENUE)
         try:
             return getattr(self.client, method)(dict(params or {}))
         except ccxt.BaseError as exc:
@@ -443,6 +453,8 @@ class CoinbaseConnector(Connector):
         return tables
 
     def _fees(self) -> tuple[Decimal, Decimal]:
+        if self.key is None:
+            return DEFAULT_FEES  # public data only: no fee tier to ask for
         try:
             reply = self._call("v3PrivateGetBrokerageTransactionSummary", context="fee tier")
         except AuthError as exc:
@@ -815,6 +827,8 @@ class CoinbaseConnector(Connector):
 
     def verify(self) -> Sequence[CheckItem]:
         """Key format, server clock, signature and permissions (a key that can transfer funds is refused)."""
+        if self.key is None:
+            return [CheckItem("key format", False, "no key: this connector reads public market data only")]
         kind = "CDP key, EC P-256 PEM (ES256)" if self.key.algorithm == "ES256" else "CDP key, Ed25519 (EdDSA)"
         items = [CheckItem("key format", True, kind)]
         try:
@@ -870,5 +884,15 @@ def build(config: VenueConfig) -> Connector:
         raise VenueError(f"unknown network {config.network!r}", venue=VENUE)
     key = parse_key(config.credentials)
     return CoinbaseConnector(key=key, base_url=config.endpoint or MAINNET_URL, timeout=_timeout(config.credentials),
+                             account=config.account)
+
+
+def build_public(config: VenueConfig) -> Connector:
+    """Build a connector for public market data (products, tickers, candles): no credentials, no private call."""
+    if config.network not in ("testnet", "mainnet"):
+        raise VenueError(f"unknown network {config.network!r}", venue=VENUE)
+    if config.network == "testnet" and not config.endpoint:
+        raise VenueError("Coinbase Advanced Trade has no test network: its market data is mainnet's", venue=VENUE)
+    return CoinbaseConnector(key=None, base_url=config.endpoint or MAINNET_URL, timeout=_timeout(config.credentials),
                              account=config.account)
 

@@ -90,6 +90,10 @@ META_TTL = 600.0  # seconds a loaded market list is reused
 FILLS_PAGE = 2000  # userFillsByTime answers at most this many fills per call
 FILLS_SETTLED_MS = 60_000  # an order filled this long ago has all its fills readable: any shortfall is real
 INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "8h", "12h", "1d", "3d", "1w", "1M")
+# candleSnapshot keeps only the last 5000 candles of a coin and interval, and a reply may hold fewer than asked:
+# a history download pages on the last candle received (docs, "Info endpoint", "Candle snapshot").
+CANDLE_DEPTH = 5000
+CANDLES_PER_WEIGHT = 60  # a candleSnapshot reply weighs 1 more per 60 candles it holds (docs, "Rate limits")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _Kind = Literal["read", "create", "cancel"]
@@ -243,7 +247,7 @@ class HyperliquidConnector(Connector):
         self.journal = journal
         self.account_name = account
         self.capabilities = Capabilities(
-            venue=VENUE, live=True,
+            venue=VENUE, live=True, timeframes=INTERVALS, candle_page=CANDLE_DEPTH,
             extra={"network": network, "margin": margin_mode, "market orders": f"IOC limit, {slippage} slippage bound",
                    "markets": "perps only"},
         )
@@ -483,6 +487,8 @@ class HyperliquidConnector(Connector):
         req = {"coin": coin, "interval": timeframe, "startTime": datetime_to_ms(start),
                "endTime": datetime_to_ms(now)}
         rows = self._read({"type": "candleSnapshot", "req": req}, "candleSnapshot")
+        if isinstance(rows, list) and len(rows) >= CANDLES_PER_WEIGHT:
+            self._metered("info:candleSnapshot:rows", len(rows) // CANDLES_PER_WEIGHT)
         with self._boundary("read", "candleSnapshot"):
             candles = sorted(
                 (VenueCandle(open_time=ms_to_datetime(int(r["t"])), open=_dec(r["o"]), high=_dec(r["h"]),
@@ -807,6 +813,12 @@ class HyperliquidConnector(Connector):
         except VenueError as exc:
             return CheckItem("signature accepted", False, f"{type(exc).__name__}: {exc}")
         return CheckItem("signature accepted", True, "a signed no-op cancel was accepted")
+
+
+def build_public(config: VenueConfig) -> Connector:
+    """Build a connector for public market data (markets, mids, candles): no key, and any signed call is refused."""
+    return HyperliquidConnector(network=config.network, secret_key=None, account_address=None,
+                                base_url=config.endpoint, account=config.account)
 
 
 def _interval(timeframe: str) -> timedelta:

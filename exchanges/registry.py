@@ -115,6 +115,33 @@ def build(
     return ResilientConnector(inner, RETRY_POLICY, limiter, breaker)
 
 
+PUBLIC_ACCOUNT = "public"  # the (venue, account) name of public market-data connectors' limiter and breaker
+
+
+def build_public(*, venue: str, network: str, endpoint: str | None = None) -> Connector:
+    """Build a venue's connector for public market data (markets, prices, candles): no credentials needed.
+
+    It runs behind the venue's retries, rate budget and breaker like an account's connector (one budget for all of a
+    per-IP venue's connectors in this process); a venue module without `build_public` serves no public data.
+    """
+    if network not in ("testnet", "mainnet"):
+        raise VenueError(f"unknown network {network!r}", venue=venue)
+    module_name = _MODULES.get(venue)
+    if module_name is None:
+        raise VenueError(f"no public market data for venue {venue!r} (venues: {', '.join(sorted(_MODULES))})",
+                         venue=venue)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise VenueError(f"the {venue} connector is not installed ({exc.name})", venue=venue) from exc
+    builder: Builder | None = getattr(module, "build_public", None)
+    if builder is None:
+        raise VenueError(f"{venue} serves no public market data", venue=venue)
+    config = VenueConfig(venue=venue, network=network, endpoint=endpoint, account=PUBLIC_ACCOUNT)
+    limiter, breaker = guards(venue, PUBLIC_ACCOUNT)
+    return ResilientConnector(builder(config), RETRY_POLICY, limiter, breaker)
+
+
 def rate_override(venue: str, text: str | None) -> RateSpec | None:
     """An account's own budget from `<PREFIX>_RATE_LIMIT`: "units a second" or "units a second/burst", whole
     numbers (burst defaults to one second's worth), replacing the venue's default for that account; None when

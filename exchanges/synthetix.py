@@ -117,6 +117,7 @@ CAPABILITIES = Capabilities(
     leverage=False,
     positions=True,
     candles=False,  # the chain has no candles
+    timeframes=(),
     extra={
         "order_types": "market",
         "limit_orders": "false",
