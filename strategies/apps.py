@@ -11,7 +11,7 @@ class StrategiesConfig(AppConfig):
         from trading.services import strategy_kind_register
 
         for name, rule in RULES.items():
-            strategy_kind_register(name, rule.validate)
+            strategy_kind_register(name, rule.validate, reads_candles=True)
 
         from strategies import schedules
 

@@ -27,13 +27,16 @@ ParamValidator = Callable[[Mapping[str, Any]], Errors]
 # Strategy kinds register their parameter validators here (the strategies app does, at start-up), so the
 # trading core validates params without importing the strategies package.
 _KINDS: dict[str, ParamValidator] = {}
+_CANDLE_KINDS: set[str] = set()  # kinds evaluated on candles: their venue must serve the strategy's timeframe
 _USD_LIKE = {"USD", "USDT", "USDC"}
 TIMEFRAMES = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
 
 
-def strategy_kind_register(name: str, validator: ParamValidator) -> None:
-    """Register a strategy kind and the function that validates its params."""
+def strategy_kind_register(name: str, validator: ParamValidator, *, reads_candles: bool = False) -> None:
+    """Register a strategy kind and the function that validates its params (`reads_candles`: evaluated on candles)."""
     _KINDS[name] = validator
+    if reads_candles:
+        _CANDLE_KINDS.add(name)
 
 
 def _no_params(params: Mapping[str, Any]) -> Errors:
@@ -220,6 +223,9 @@ def strategy_validate(data: Mapping[str, Any], *, instance: Strategy | None = No
     timeframe = get("timeframe", "1m")
     if timeframe not in TIMEFRAMES:
         errors["timeframe"] = [f"must be one of {', '.join(TIMEFRAMES)}"]
+    elif account is not None and kind in _CANDLE_KINDS and "symbol" not in errors:
+        for field, messages in _candle_errors(account, kind, timeframe).items():
+            errors.setdefault(field, []).extend(messages)
     clean["timeframe"] = timeframe
     mode = get("mode", "paper")
     if mode not in Strategy.Mode.values:
@@ -264,6 +270,42 @@ def strategy_validate(data: Mapping[str, Any], *, instance: Strategy | None = No
     if account is not None and clean["leverage"] is not None and clean["leverage"] > account.max_leverage:
         errors.setdefault("leverage", []).append(f"must be at most the account's max leverage {account.max_leverage}")
     return clean, errors
+
+
+def _candle_errors(account: VenueAccount, kind: str, timeframe: str) -> Errors:
+    """Why a strategy evaluated on candles cannot get them from where its account's candles come from: a timeframe
+    that venue does not serve, or a venue that serves none (webhook and manual strategies read no candles)."""
+    source, offered = _candle_source(account)
+    if offered is None:
+        return {}  # the demo feed builds the timeframes it is started with: any
+    usable = [t for t in TIMEFRAMES if t in offered]
+    if not usable:
+        return {"kind": [f"{kind} is evaluated on candles and {source} serves none: use a webhook or manual "
+                         "strategy on this account"]}
+    if timeframe not in usable:
+        return {"timeframe": [f"{source} serves candles in {', '.join(usable)}; not {timeframe}"]}
+    return {}
+
+
+def _candle_source(account: VenueAccount) -> tuple[str, tuple[str, ...] | None]:
+    """Where an account's strategies get candles (a live account's venue, a paper account's price feed) and the
+    timeframes it serves (None: any)."""
+    from exchanges import registry
+    from exchanges.errors import VenueError
+    from trading.connectors import connector_for
+    from trading.prices import price_feed_of
+
+    if account.venue != VenueAccount.Venue.PAPER:
+        return account.venue, connector_for(account).capabilities.timeframes  # built by the symbol check already
+    feed = price_feed_of(account)
+    if feed == PriceFeed.DEMO:
+        return feed, None
+    venue, _, testnet = feed.partition("-")
+    try:  # the feed's venue as public market data: built from settings alone, no request
+        public = registry.build_public(venue=venue, network="testnet" if testnet else "mainnet")
+    except VenueError:
+        return feed, ()  # a feed without public candles
+    return feed, public.capabilities.timeframes
 
 
 def _raise(errors: Errors) -> None:
