@@ -29,3 +29,13 @@ def backtest_run_task(run_id: int) -> str:
     from strategies import services
 
     return services.backtest_run_execute(run_id=run_id).status
+
+
+@shared_task(name="strategies.tasks.candles_download", acks_late=True)
+def candles_download_task(venue: str, symbol: str, timeframe: str, since_ms: int, until_ms: int | None = None,
+                          network: str = "mainnet", by: str = "") -> str:
+    """Download a market's candle history for a while, then queue the rest (a rerun resumes: idempotent)."""
+    from strategies import download
+
+    return download.candles_download_slice(venue=venue, symbol=symbol, timeframe=timeframe, since_ms=since_ms,
+                                           until_ms=until_ms, network=network, by=by or "candles_download")

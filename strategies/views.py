@@ -6,15 +6,17 @@ import json
 from datetime import datetime, UTC
 from typing import Any
 
+from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_http_methods, require_POST
 
-from strategies import selectors, services
+from strategies import download, selectors, services
+from strategies.candles import timeframe_delta
 from strategies.library import RULES
 from strategies.models import BacktestRun
 from trading import selectors as trading_selectors
@@ -110,12 +112,49 @@ def backtest_list(request: HttpRequest) -> HttpResponse:
     runs = paginate(request, selectors.backtest_run_list())
     response = render(request, "dashboard/backtest_list.html", {
         "page": runs, "values": values, "errors": errors, "kinds": sorted(RULES), "timeframes": TIMEFRAMES,
+        "download_offer": "symbol" in errors and not (set(errors) & {"timeframe", "start", "end"})
+                          and _download_offered(values),
         "markets": selectors.candle_markets(),
         "param_help": {k: [(p.name, p.default, p.help) for p in rule.params] for k, rule in sorted(RULES.items())},
     })
     if errors:
         response.status_code = 400
     return response
+
+
+def _download_offered(values: dict[str, str]) -> bool:
+    """Whether the market the form names can be downloaded from its venue (checked without asking the venue)."""
+    venue, network = download.feed_venue(values["venue"])
+    try:
+        download.download_check(venue=venue, network=network, timeframe=values["timeframe"], since=None, until=None)
+    except ValidationError:
+        return False
+    return True
+
+
+@page
+@require_POST
+def backtest_candles_download(request: HttpRequest) -> HttpResponse:
+    """Queue a candle download for the backtest form's market and period; say so on the backtests page."""
+    values, args, errors = _backtest_form(request)
+    venue, network = download.feed_venue(values["venue"])  # the form names the store's key: a price feed's name
+    if not errors:
+        # The form's end is the last candle's open; a download's end is the first candle left out.
+        until = args["end"] + timeframe_delta(values["timeframe"]) if args["end"] is not None else None
+        try:
+            download.candles_download_queue(venue=venue, network=network, symbol=values["symbol"],
+                                            timeframe=values["timeframe"], since=args["start"], until=until,
+                                            by=actor(request))
+        except ValidationError as exc:
+            errors = errors_of(exc)
+    if errors:
+        problems = "; ".join(f"{field}: {', '.join(m)}" for field, m in errors.items())
+        messages.error(request, f"Nothing was queued: {problems}")
+    else:
+        messages.success(request, f"Download queued: {values['venue']} {values['symbol']} {values['timeframe']} "
+                                  "candles arrive in the stored candles table as a worker fetches them (reload); "
+                                  "they are stored under the venue's own symbol")
+    return HttpResponseRedirect(reverse("dashboard-backtests"))
 
 
 @page

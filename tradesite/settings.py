@@ -334,6 +334,10 @@ TRADING = {
     "RECONCILE_EVERY_SECONDS": int(os.environ.get("TRADING_RECONCILE_EVERY_SECONDS", "60")),
     "SNAPSHOT_EVERY_SECONDS": int(os.environ.get("TRADING_SNAPSHOT_EVERY_SECONDS", "60")),
 }
+# Public market data (candle downloads) from each venue's published URL, or from <VENUE>_PUBLIC_ENDPOINT (a mirror,
+# a loopback fake): no credentials are involved.
+PUBLIC_ENDPOINTS = {venue: os.environ.get(f"{venue.upper()}_PUBLIC_ENDPOINT", "").strip()
+                    for venue in ("coinbase", "hyperliquid")}
 
 # --- Logging: JSON lines, one stream per component, secrets redacted by value as the last line of defence ---
 LOG_DIR = Path(os.environ.get("LOG_DIR", VAR_DIR / "logs"))

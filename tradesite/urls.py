@@ -52,6 +52,7 @@ page_patterns = [
     path("signals/", pages.signal_list, name="dashboard-signals"),
     path("backtests/", strategy_views.backtest_list, name="dashboard-backtests"),
     path("backtests/compare/", strategy_views.backtest_compare, name="dashboard-backtest-compare"),
+    path("backtests/download/", strategy_views.backtest_candles_download, name="dashboard-backtest-download"),
     path("backtests/<int:run_id>/", strategy_views.backtest_detail, name="dashboard-backtest"),
     path("webhook-tester/", webhook_views.webhook_tester, name="dashboard-webhook-tester"),
 ]

@@ -10,7 +10,8 @@ cloid answers with the existing order. Per-order failures come back inside a top
 
 Knobs: `set_price`, `partial_fills(n, fraction)`, `lag_status(n)` (orderStatus answers unknownOid n times),
 `lag_fills(n)` (fill queries answer no fill n times), `fills_page` (fills per reply), `nest(parent, children)` (show
-orders as a grouped order's children), `script(match, reply)` (answer one request with a canned reply), and the
+orders as a grouped order's children), `script(match, reply)` (answer one request with a canned reply),
+`candles_depth` and `candles_page` (candleSnapshot keeps the last N candles, answers at most M a reply), and the
 shared `plan` (tests/fakes/faults.py).
 
 Wire shapes, compared field by field with the real replies in tests/fixtures/venues/hyperliquid (README there):
@@ -165,7 +166,11 @@ class HyperliquidFake(FakeHTTPServer):
         self.fills: list[dict[str, Any]] = []
         self.fills_page = 2000  # fills per userFills(ByTime) reply, as the venue documents
         self.nonces: dict[str, set[int]] = {}
-        self.candles: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.candles: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (coin, interval) -> rows as recorded
+        # candleSnapshot as the venue: the last `candles_depth` candles of a coin and interval are kept, and a reply
+        # holds at most `candles_page` of them, oldest first (a client pages on the last `t` it received)
+        self.candles_depth = 5000
+        self.candles_page = 5000
         self.created: list[str | None] = []  # cloid of every order created, in order
         self.lock = threading.RLock()
         self._next_oid = 1000
@@ -414,13 +419,16 @@ class HyperliquidFake(FakeHTTPServer):
         coin, interval = str(req.get("coin")), str(req.get("interval"))
         start, end = int(req.get("startTime", 0)), int(req.get("endTime", _now_ms()))
         stored = self.candles.get((coin, interval))
-        if stored is not None:
-            return [c for c in stored if start <= int(c["t"]) <= end]
-        step = {"m": 60_000, "h": 3_600_000, "d": 86_400_000}[interval[-1]] * int(interval[:-1])
-        px = wire(self.prices[coin])
-        first = start - start % step
-        return [{"t": t, "T": t + step - 1, "s": coin, "i": interval, "o": px, "c": px, "h": px, "l": px, "v": "0.0",
-                 "n": 0} for t in range(first, end + 1, step)][-5000:]
+        if stored is None:  # flat candles at the coin's price over the window asked
+            step = {"m": 60_000, "h": 3_600_000, "d": 86_400_000}[interval[-1]] * int(interval[:-1])
+            px = wire(self.prices[coin])
+            first = start - start % step
+            return [{"t": t, "T": t + step - 1, "s": coin, "i": interval, "o": px, "c": px, "h": px, "l": px,
+                     "v": "0.0", "n": 0} for t in range(first, end + 1, step)][-self.candles_depth:][:self.candles_page]
+        kept = sorted(stored, key=lambda c: int(c["t"]))[-self.candles_depth:]
+        # As recorded (test_get_candles_snapshot): every candle that overlaps [startTime, endTime], the one open at
+        # startTime included.
+        return [c for c in kept if int(c["T"]) >= start and int(c["t"]) <= end][:self.candles_page]
 
     # ------------------------------------------------------------------------------------------ /exchange
 
