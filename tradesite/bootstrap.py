@@ -24,7 +24,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-ROLES = ("web", "intake", "worker-execution", "worker-monitoring", "worker", "beat", "migrate")
+ROLES = ("web", "intake", "worker-execution", "worker-monitoring", "worker", "beat", "marketdata", "migrate")
 # Each worker role: its node name (before @host) and the queues it consumes (the health probe checks these).
 WORKER_ROLES = {
     "worker-execution": ("execution", ("execution",)),
@@ -185,6 +185,9 @@ def role_command(role: str, env: Mapping[str, str]) -> list[str]:
         # One beat only (duplicate beats duplicate ticks); its schedule lives in the database (django-celery-beat's
         # scheduler, which also writes beat's heartbeat).
         return celery + ["beat", "-l", env.get("LOG_LEVEL", "INFO"), "-S", "tradesite.beat:Scheduler", "--pidfile="]
+    if role == "marketdata":
+        # One market-data role: it streams the venues' prices and candles in use (strategies/feeds.py).
+        return [python, str(ROOT / "manage.py"), "marketdata"]
     raise Refused(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
 
 

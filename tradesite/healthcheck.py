@@ -16,6 +16,19 @@ from tradesite.bootstrap import WORKER_ROLES, var_dir
 from tradesite.heartbeat import store_open
 
 
+def _marketdata_problem() -> str:
+    """Why this container's market-data role is unhealthy ('' when its loop wrote its heartbeat file lately:
+    strategies/feeds.py, every 5 s)."""
+    stale_after = float(os.environ.get("TRADESITE_HEARTBEAT_STALE_SECONDS", "20"))
+    path = var_dir(os.environ) / "heartbeats" / f"marketdata@{socket.gethostname()}"
+    try:
+        at = float(path.read_text())
+    except (OSError, ValueError):
+        return "no heartbeat yet"
+    age = time.time() - at
+    return "" if age <= stale_after else f"its loop has not run for {age:.0f} s"
+
+
 def _heartbeat_problem(role: str) -> str:
     """Why this worker or beat is unhealthy ('' when its heartbeat is fresh)."""
     stale_after = float(os.environ.get("TRADESITE_HEARTBEAT_STALE_SECONDS", "20"))
@@ -49,6 +62,12 @@ def main() -> int:
                                              headers={"Host": hosts[0]} if hosts else {})
             with urllib.request.urlopen(request, timeout=4) as response:
                 return 0 if response.status == 200 else 1
+        if role == "marketdata":
+            problem = _marketdata_problem()
+            if problem:
+                print(f"unhealthy ({role}): {problem}", file=sys.stderr)
+                return 1
+            return 0
         if role != "beat" and role not in WORKER_ROLES:
             print(f"unhealthy ({role}): not a role this probe knows", file=sys.stderr)
             return 1

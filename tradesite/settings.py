@@ -313,6 +313,10 @@ WHITENOISE_KEEP_ONLY_HASHED_FILES = True
 WHITENOISE_SKIP_COMPRESS_EXTENSIONS = (*Compressor.SKIP_COMPRESS_EXTENSIONS, "map")
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 
+# --- Market data (strategies/feeds.py, `manage.py marketdata`) ---
+MARKETDATA_FLUSH_SECONDS = float(os.environ.get("MARKETDATA_FLUSH_SECONDS", "0.25"))  # coalesced price writes
+MARKETDATA_REFRESH_SECONDS = float(os.environ.get("MARKETDATA_REFRESH_SECONDS", "15"))  # what is in use, re-read
+
 # --- Trading ---
 TRADING = {
     # Prices older than this are stale: entries are refused (seconds).

@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
-APP_SERVICES = ("web", "intake", "worker-execution", "worker-monitoring", "beat")
+APP_SERVICES = ("web", "intake", "worker-execution", "worker-monitoring", "beat", "marketdata")
 _SECRETISH = re.compile(r"PASS|SECRET|TOKEN|KEY|PRIVATE|CREDENTIAL", re.I)
 _VAR = re.compile(r"\$\{([A-Z0-9_]+)(?:[:?\-][^}]*)?\}")
 
@@ -32,10 +32,12 @@ def test_the_services_are_there() -> None:
     assert set(SERVICES) == {"postgres", "redis", *APP_SERVICES}
     commands = {name: SERVICES[name]["command"] for name in APP_SERVICES}
     assert commands == {"web": ["web"], "intake": ["intake"], "worker-execution": ["worker-execution"],
-                        "worker-monitoring": ["worker-monitoring"], "beat": ["beat"]}
+                        "worker-monitoring": ["worker-monitoring"], "beat": ["beat"],
+                        "marketdata": ["marketdata"]}
     # One image, one entry point (the bootstrap) for every role.
     assert {SERVICES[name]["image"] for name in APP_SERVICES} == {"tradesite:latest"}
     assert SERVICES["beat"]["deploy"]["replicas"] == 1
+    assert SERVICES["marketdata"]["deploy"]["replicas"] == 1
 
 
 def test_every_service_has_a_health_check_and_waits_for_healthy_dependencies() -> None:

@@ -73,7 +73,7 @@ def test_the_demo_login_is_the_last_thing_run_prints_once_every_role_is_up(monke
                                                                            signals: None) -> None:
     lines, asked = _run(monkeypatch)
 
-    assert asked == [["runserver", "worker", "beat", "demo_feed"]]  # asked once all four were started
+    assert asked == [["runserver", "worker", "beat", "marketdata", "demo_feed"]]  # asked once all five were started
     assert lines[-3].startswith("tradesite is running: http://127.0.0.1:8765/")
     assert lines[-2] == "demo account and strategies ready"
     assert lines[-1].startswith("Demo login (shown once): user demo, password ")

@@ -1,4 +1,4 @@
-"""`manage.py run`: migrate, create the demo login and data, then run web + worker + beat + demo feed.
+"""`manage.py run`: migrate, create the demo login and data, then run web + worker + beat + market data + demo feed.
 
 Once every role is up (/readyz answers 200) it prints where the site is and, last, the demo login, so that the login
 is not lost in the roles' start-up logs."""
@@ -51,7 +51,8 @@ def _dies_with(parent: int) -> Callable[[], None] | None:
 
 
 class Command(BaseCommand):
-    help = "Migrate, seed the demo, and run web, worker, beat and the demo price feed in the foreground."
+    help = ("Migrate, seed the demo, and run web, worker, beat, the market-data role and the demo price feed in the "
+            "foreground.")
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--port", type=int, default=8000)
@@ -75,6 +76,8 @@ class Command(BaseCommand):
                        "-c", "2", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"],
             "beat": [python, "-m", "celery", "-A", "tradesite", "beat", "-l", "INFO",
                      "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")],
+            # Venues' live prices and candles for what is in use (idle while only the demo feed is).
+            "marketdata": [python, "manage.py", "marketdata"],
         }
         if not options["no_demo"]:
             roles["feed"] = [python, "manage.py", "demo_feed", "--interval", str(options["feed_interval"])]
