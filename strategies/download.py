@@ -82,7 +82,10 @@ def public_connector(venue: str, network: str = "mainnet") -> Connector:
     with _connectors_lock:
         found = _connectors.get(key)
         # Rebuilt when the registry's guards were replaced (another limiter factory, a reset): never two budgets.
-        if found is None or getattr(found, "breaker", None) is not registry.guards(venue, registry.PUBLIC_ACCOUNT)[1]:
+        if found is not None and getattr(found, "breaker", None) is not registry.guards(
+                venue, registry.PUBLIC_ACCOUNT)[1]:
+            found = None
+        if found is None:
             found = _connectors[key] = registry.build_public(venue=venue, network=network, endpoint=endpoint)
         return found
 
@@ -113,7 +116,7 @@ def download_check(*, venue: str, timeframe: str, since: datetime | None, until:
         if not offered:
             errors["timeframe"] = [f"{venue} serves no candles"]
         elif timeframe not in offered:
-            errors["timeframe"] = [f"{venue} serves candles in {', '.join(offered)}; not {timeframe!r}"]
+            errors["timeframe"] = [f"{venue} serves candles in {', '.join(offered)}; not {timeframe}"]
     if since is not None and since >= now:
         errors["since"] = ["must be in the past"]
     if since is not None and until is not None and until <= since:

@@ -199,7 +199,7 @@ def test_a_testnet_download_is_stored_under_the_testnet_feeds_name(hl: Hyperliqu
 def test_the_command_refuses_a_timeframe_the_venue_lacks_and_a_venue_without_public_candles(
         cb: CoinbaseFake) -> None:
     with pytest.raises(CommandError, match=r"--timeframe: coinbase serves candles in 1m, 5m, 15m, 30m, 1h, 2h, 6h, "
-                                           r"1d; not '4h'"):
+                                           r"1d; not 4h"):
         call_command("download_candles", "--venue", "coinbase", "--symbol", "BTC-USD", "--timeframe", "4h")
     with pytest.raises(CommandError, match="--venue: synthetix serves no public market data"):
         call_command("download_candles", "--venue", "synthetix", "--symbol", "ETH-PERP", "--timeframe", "1h")
