@@ -49,6 +49,7 @@ STRATEGY_EVALUATE = "strategies.tasks.strategy_evaluate"
 EVALUATION_WINDOW = 5000  # candles read per evaluation (or 10x the rule's warm-up, if larger)
 MAX_EVALUATIONS_PER_TICK = 5  # per strategy: a strategy that fell behind catches up on the newest bars only
 IMPORT_CHUNK = 5000
+APPEND_BATCH = 100  # rows per INSERT: psycopg splits a longer statement in more than linear time
 ACTOR = "strategy_manager"
 
 
@@ -134,14 +135,14 @@ def candles_append(*, venue: str, symbol: str, timeframe: str, rows: Sequence[Ve
         fresh = [Candle(venue=venue, symbol=symbol, timeframe=timeframe, open_time=r.open_time, open=r.open,
                         high=r.high, low=r.low, close=r.close, volume=r.volume)
                  for r in rows if r.open_time not in stored]
-        Candle.objects.bulk_create(fresh, batch_size=IMPORT_CHUNK, ignore_conflicts=True)
+        Candle.objects.bulk_create(fresh, batch_size=APPEND_BATCH, ignore_conflicts=True)
     return [c.open_time for c in fresh]
 
 
-def candles_build(*, venue: str, symbol: str, timeframe: str, since: datetime, until: datetime,
-                  source: str = "1m") -> list[datetime]:
-    """Build a market's `timeframe` candles opening in [since, until) from its stored `source` candles and store the
-    new ones (candles_append); return their open times.
+def candles_build(*, venue: str, symbol: str, timeframes: Sequence[str], since: datetime, until: datetime,
+                  source: str = "1m") -> dict[str, list[datetime]]:
+    """Build a market's candles of each of `timeframes` opening in [since, until) from its stored `source` candles
+    (read once) and store the new ones (candles_append); return their open times per timeframe.
 
     Only buckets that have ended by `until` are built (no look-ahead: a bucket still filling is not a candle yet),
     each from the source candles it holds; a bucket with none is no candle.
@@ -149,12 +150,17 @@ def candles_build(*, venue: str, symbol: str, timeframe: str, since: datetime, u
     from strategies.candles import candles_resample, grid_floor
     from strategies.selectors import candle_rows_read
 
-    since, until = grid_floor(since, timeframe), grid_floor(until, timeframe)
-    if until <= since:
-        return []
-    last = until - timeframe_delta(source)  # the last source candle of the last whole bucket
-    rows = candles_resample(candle_rows_read(venue, symbol, source, since=since, until=last), timeframe)
-    return candles_append(venue=venue, symbol=symbol, timeframe=timeframe, rows=rows)
+    bounds = {t: (grid_floor(since, t), grid_floor(until, t)) for t in timeframes}
+    bounds = {t: (start, end) for t, (start, end) in bounds.items() if start < end}
+    if not bounds:
+        return {}
+    first, last = min(b[0] for b in bounds.values()), max(b[1] for b in bounds.values()) - timeframe_delta(source)
+    rows = list(candle_rows_read(venue, symbol, source, since=first, until=last))
+    built = {}
+    for timeframe, (start, end) in bounds.items():
+        held = candles_resample((r for r in rows if start <= r.open_time < end), timeframe)
+        built[timeframe] = candles_append(venue=venue, symbol=symbol, timeframe=timeframe, rows=held)
+    return built
 
 
 def candles_closed(*, venue: str, symbol: str, timeframe: str, open_times: Sequence[datetime]) -> int:

@@ -20,7 +20,7 @@ from strategies.tasks import strategy_evaluate_task
 from tests.conftest import WorkerGroup, wait_for
 from tests.fakes.tasks import QueuedTasks
 from trading import dispatch
-from trading.models import Signal, Strategy
+from trading.models import Signal, Strategy, VenueAccount
 
 PARAMS = {"period": 7, "oversold": 25, "overbought": 75}
 FIRST_ENTRY = 11  # with PARAMS, RSI(7) crosses up through 25 at the bundled file's candle 11
@@ -60,12 +60,15 @@ def test_a_closed_candle_queues_the_newest_bar_for_each_strategy_reading_it_afte
     queued = QueuedTasks()
     monkeypatch.setattr(dispatch, "task", queued)
     demo = make_account(quote_asset="BTC", paper_initial_cash="1")
-    elsewhere = make_account(quote_asset="BTC", paper_initial_cash="1", price_feed="hyperliquid")
+    elsewhere = make_account(quote_asset="BTC", paper_initial_cash="1")
     reader, second = _rsi(demo, make_strategy), _rsi(demo, make_strategy, kind="macd", params={})
     _rsi(demo, make_strategy, timeframe="5m")  # another timeframe
     _rsi(demo, make_strategy, start=False)  # stopped
     make_strategy(demo, symbol="ETH/BTC", sizing_mode="quantity", sizing_value="1")  # a webhook strategy
-    _rsi(elsewhere, make_strategy)  # a paper account priced by another feed reads that feed's candles
+    _rsi(elsewhere, make_strategy)
+    # A paper account priced by another feed reads that feed's candles (moved there once its strategy exists: the
+    # venue's markets are not needed here).
+    VenueAccount.objects.filter(pk=elsewhere.pk).update(price_feed="hyperliquid")
     rows = _store(FIRST_ENTRY)
 
     with django_capture_on_commit_callbacks(execute=True), transaction.atomic():

@@ -145,7 +145,7 @@ def test_the_command_refuses_timeframes_it_cannot_build_and_history_no_demo_need
     with pytest.raises(CommandError, match="unknown timeframe '30s'"):
         run("--timeframes", "1m,30s")
     with pytest.raises(CommandError, match="at most 50000"):
-        run("--timeframes", "1m,1d", "--history", "300")
+        run("--history", "3000")  # hours (its longest timeframe up to 1h): 180,000 minutes
     bad = tmp_path / "bad.csv"
     bad.write_text("timestamp,open,high,low,close,volume\n60000,1,1,1,1,-1\n")
     with pytest.raises(CommandError, match="line 2: volume -1 is negative"):
@@ -192,3 +192,14 @@ def test_an_rsi_strategy_on_the_demo_feed_signals_within_a_few_demo_candles(
     wait_for(lambda: StrategyEvaluation.objects.filter(strategy=strategy).count() == 8, timeout=60,
              what="the eight played minutes evaluated")
     assert Signal.objects.filter(strategy=strategy).count() == 1
+
+
+@pytest.mark.django_db
+def test_by_default_every_timeframe_is_built_with_history_of_300_hours_at_most() -> None:
+    feed = DemoFeed(rows=bundled(), symbol="ETH/BTC", interval=1.0, clock=FakeClock(T0 + timedelta(minutes=7)))
+    feed.history_store()
+    counts = {t: Candle.objects.filter(venue="demo", timeframe=t).count() for t in feed.timeframes}
+    # 300 hours back from 12:07, from the day's grid (so that every daily bucket is whole): 12 days and 12:07.
+    minutes = 12 * 1440 + 12 * 60 + 7
+    assert counts == {"1m": minutes, "3m": minutes // 3, "5m": minutes // 5, "15m": minutes // 15,
+                      "30m": minutes // 30, "1h": 300, "2h": 150, "4h": 75, "6h": 50, "12h": 25, "1d": 12}

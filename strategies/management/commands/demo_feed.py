@@ -5,13 +5,14 @@ stored as they close, and a demo signal now and then.
   feed (stamped with the wall clock), the file looping forever.
 * Candles: the prices it publishes are built into wall-clock 1m candles (open, high, low, close of the prices
   published in the minute; the volume of their CSV rows), each stored under the candle venue `demo` once its minute
-  has closed; 5m, 15m and 1h candles are built from the stored 1m candles once their bucket has closed. Each closed
-  candle is handed to `strategies.services.candles_closed`: the strategies reading it (paper accounts on the demo
-  feed) evaluate it at once.
+  has closed; the longer timeframes (every one a strategy may choose, 3m to 1d) are built from the stored 1m candles
+  once their bucket has closed. Each closed candle is handed to `strategies.services.candles_closed`: the
+  strategies reading it (paper accounts on the demo feed) evaluate it at once.
 * History: at start it stores what the feed would have built had it been running for the last --history bars of
-  its longest timeframe (the rows before the first one played, the file looping as the feed does), ending at the
-  last closed minute. An indicator strategy created now has its warm-up at once, on history continuous with the
-  prices that follow; a restart keeps every candle already stored and fills only the minutes it was away.
+  its longest timeframe up to 1h (300 hours: 75 4h bars, 12 daily ones), the rows before the first one played, the
+  file looping as the feed does, ending at the last closed minute. An indicator strategy created now has its warm-up
+  at once, on history continuous with the prices that follow; a restart keeps every candle already stored and fills
+  only the minutes it was away.
 * Demo signals: every --signal-every rows one of the seeded `demo-*` webhook strategies opens or closes.
 
 The bundled 2018 candles that the demo backtests use stay under the candle venue `paper`, apart from these.
@@ -38,15 +39,16 @@ from strategies.candles import PriceCandles, candles_read_csv, grid_floor, timef
 from trading.intake import signal_create
 from trading.models import PriceFeed, Strategy, VenueAccount
 from trading.prices import accounts_priced_by, price_set
+from trading.services import TIMEFRAMES
 from trading.tasks import price_arrived
 
 log = logging.getLogger("strategies.demo_feed")
 
 VENUE = PriceFeed.DEMO  # the price feed and the candle venue key of everything this feed writes
-TIMEFRAMES = ("1m", "5m", "15m", "1h")  # what it builds by default (1m always: the others are built from it)
-HISTORY_BARS = 300  # of each timeframe: more than the built-in rules' warm-up with their defaults (MACD: 35)
+HISTORY_BARS = 300  # more than the built-in rules' warm-up with their defaults (MACD: 35)
 MAX_HISTORY_MINUTES = 50_000  # about 35 days of 1m candles, written at start: more is a typo, not a demo
 MINUTE = timedelta(minutes=1)
+HISTORY_UP_TO = timedelta(hours=1)  # --history counts bars of the longest timeframe up to this one
 
 
 class Clock(Protocol):
@@ -97,7 +99,7 @@ class DemoFeed:
     symbol: str
     interval: float
     clock: Clock
-    timeframes: tuple[str, ...] = TIMEFRAMES
+    timeframes: tuple[str, ...] = TIMEFRAMES  # 1m first
     history: int = HISTORY_BARS
     minute: PriceCandles = field(default_factory=lambda: PriceCandles("1m"))
     built: dict[str, datetime] = field(default_factory=dict)  # timeframe -> every bucket before it is built
@@ -110,14 +112,12 @@ class DemoFeed:
     def history_store(self) -> int:
         """Store the history candles of every timeframe, ending at the last closed minute; return the new 1m ones."""
         end = grid_floor(self.clock.now(), "1m")
-        longest = max(self.timeframes, key=timeframe_delta)
-        # From the longest timeframe's grid: every longer bucket of the history is whole.
-        start = grid_floor(end - self.history * timeframe_delta(longest), longest)
+        # From the longest timeframe's grid: every bucket of the history is whole.
+        start = grid_floor(end - history_span(self.timeframes, self.history), max(self.timeframes, key=timeframe_delta))
         rows = history_candles(self.rows, end=end, minutes=(end - start) // MINUTE, interval=self.interval)
         with transaction.atomic():
             new = services.candles_append(venue=VENUE, symbol=self.symbol, timeframe="1m", rows=rows)
-            for timeframe in self.longer:
-                services.candles_build(venue=VENUE, symbol=self.symbol, timeframe=timeframe, since=start, until=end)
+            services.candles_build(venue=VENUE, symbol=self.symbol, timeframes=self.longer, since=start, until=end)
         self.built = {t: grid_floor(end, t) for t in self.longer}
         return len(new)
 
@@ -140,8 +140,8 @@ class DemoFeed:
             for timeframe in self.longer:
                 until = grid_floor(end, timeframe)
                 if until > self.built[timeframe]:
-                    closed[timeframe] = services.candles_build(venue=VENUE, symbol=self.symbol, timeframe=timeframe,
-                                                               since=self.built[timeframe], until=until)
+                    closed |= services.candles_build(venue=VENUE, symbol=self.symbol, timeframes=[timeframe],
+                                                     since=self.built[timeframe], until=until)
                     self.built[timeframe] = until
             for timeframe, open_times in closed.items():
                 services.candles_closed(venue=VENUE, symbol=self.symbol, timeframe=timeframe, open_times=open_times)
@@ -177,6 +177,11 @@ def demo_signal(strategies: list[Strategy], row: VenueCandle, *, count: int, eve
     return signal.pk
 
 
+def history_span(timeframes: Sequence[str], bars: int) -> timedelta:
+    """How far back the history goes: `bars` of the longest of `timeframes` up to HISTORY_UP_TO."""
+    return bars * max(d for d in map(timeframe_delta, timeframes) if d <= HISTORY_UP_TO)
+
+
 def timeframes_parse(text: str) -> tuple[str, ...]:
     """The --timeframes list: 1m first, each a whole number of minutes (CommandError otherwise)."""
     wanted = [t.strip() for t in text.split(",") if t.strip()]
@@ -203,7 +208,7 @@ class Command(BaseCommand):
         parser.add_argument("--timeframes", default=",".join(TIMEFRAMES),
                             help="candles to build, comma-separated (1m always; longer ones from it)")
         parser.add_argument("--history", type=int, default=HISTORY_BARS,
-                            help="bars of history of each timeframe stored at start (0: none)")
+                            help="bars of history of the longest timeframe up to 1h stored at start (0: none)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         feed = feed_from_options(options, WallClock())
@@ -219,10 +224,10 @@ def feed_from_options(options: dict[str, Any], clock: Clock) -> DemoFeed:
         raise CommandError(f"{options['file']}: {parsed.errors[0] if parsed.errors else 'no candles'}")
     feed = DemoFeed(rows=parsed.rows, symbol=options["symbol"], interval=options["interval"], clock=clock,
                     timeframes=timeframes_parse(options["timeframes"]), history=max(0, options["history"]))
-    minutes = feed.history * max(timeframe_delta(t) for t in feed.timeframes) / MINUTE
+    minutes = history_span(feed.timeframes, feed.history) / MINUTE
     if minutes > MAX_HISTORY_MINUTES:
-        raise CommandError(f"--history {feed.history} of {feed.timeframes[-1]} is {minutes:.0f} minutes of 1m "
-                           f"candles; at most {MAX_HISTORY_MINUTES} (fewer bars, or shorter timeframes)")
+        raise CommandError(f"--history {feed.history} is {minutes:.0f} minutes of 1m candles; at most "
+                           f"{MAX_HISTORY_MINUTES} (fewer bars)")
     return feed
 
 
