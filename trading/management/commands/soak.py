@@ -35,7 +35,7 @@ from django.db.models import Count
 
 from exchanges.base import datetime_to_ms
 from trading import services
-from trading.models import Signal, Strategy, VenueAccount
+from trading.models import PriceFeed, Signal, Strategy, VenueAccount
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -172,8 +172,8 @@ class Command(BaseCommand):
         """
         with (settings.BASE_DIR / "data" / INDICATOR_CANDLES).open(newline="") as fh:
             rows = list(csv.reader(fh))[1:]
-        last = apps.get_model("strategies", "Candle").objects.filter(
-            venue="paper", symbol=INDICATOR_SYMBOL, timeframe="5m").order_by("-open_time").values_list(
+        last = apps.get_model("strategies", "Candle").objects.filter(  # replay_candles stores under the demo feed
+            venue=PriceFeed.DEMO, symbol=INDICATOR_SYMBOL, timeframe="5m").order_by("-open_time").values_list(
             "open_time", flat=True).first()
         first_ms = int(rows[0][0]) if last is None else datetime_to_ms(last) + INDICATOR_TIMEFRAME_MS
         count = math.ceil((seconds + 300) / interval)  # the run, start-up and shutdown at one candle per interval
