@@ -14,7 +14,7 @@ from django.db.models import F, Prefetch, QuerySet
 
 from trading import pnl
 from trading.fields import EXACT
-from trading.prices import price_feed_of
+from trading.prices import feed_name, price_feed_of
 from trading.models import (EquitySnapshot, Fill, KillSwitch, MarketPrice, Order, Position, Signal, Strategy,
                             VenueAccount)
 
@@ -171,10 +171,10 @@ class PriceFreshness:
 def prices_in_use(*, now: datetime, max_age_seconds: float) -> list[PriceFreshness]:
     """Every market in use with its price's age, by feed and symbol: a price older than `max_age_seconds` (or none)
     is stale, and entries priced from it are refused (rule stale_price)."""
-    feeds = {a.pk: price_feed_of(a) for a in VenueAccount.objects.all()}
-    markets = {(feeds[a], s) for a, s in Position.objects.exclude(quantity=0).values_list("account_id", "symbol")}
-    markets |= {(feeds[a], s) for a, s in Strategy.objects.filter(status=Strategy.Status.ACTIVE).values_list(
-        "account_id", "symbol")}
+    columns = ("account__venue", "account__network", "account__price_feed", "symbol")
+    in_use = Position.objects.exclude(quantity=0).values_list(*columns).union(
+        Strategy.objects.filter(status=Strategy.Status.ACTIVE).values_list(*columns))  # one query
+    markets = {(feed_name(venue, network, feed), symbol) for venue, network, feed, symbol in in_use}
     times = {(f, s): t for f, s, t in MarketPrice.objects.filter(
         symbol__in={s for _, s in markets}).values_list("feed", "symbol", "time")}
     out = []

@@ -171,7 +171,7 @@ def _overview_context(request: HttpRequest) -> dict[str, Any]:
 
 def _prices(now: datetime) -> list[selectors.PriceFreshness]:
     """The markets in use and the age of their prices (a stale one refuses entries)."""
-    return selectors.prices_in_use(now=now, max_age_seconds=float(settings.TRADING["MAX_PRICE_AGE_SECONDS"]))
+    return selectors.prices_in_use(now=now, max_age_seconds=int(settings.TRADING["MAX_PRICE_AGE_SECONDS"]))
 
 
 # --------------------------------------------------------------------------------------------- strategies

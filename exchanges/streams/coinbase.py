@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import re
 import time
@@ -288,7 +289,7 @@ class CoinbaseStream(MarketStream):
         self._sequence: tuple[Any, int] | None = None  # (connection, last sequence_num)
         self._loss: BaseException | None = None  # the error of the last loss reported
         self._skipped_since_log = 0
-        self._skip_logged_at = float("-inf")
+        self._skip_logged_at = -math.inf
         # Counters for metrics and the benchmark (this process's, since construction).
         self.messages = 0  # messages received
         self.skipped = 0  # malformed messages or values skipped

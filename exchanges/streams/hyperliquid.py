@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -120,7 +121,7 @@ class HyperliquidStream(MarketStream):
         self._outbox: asyncio.Queue[str] | None = None  # frames for the live socket's writer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._skipped_since_log = 0
-        self._skip_logged_at = float("-inf")
+        self._skip_logged_at = -math.inf
         # Counters for metrics and the benchmark (this process's, since construction).
         self.messages = 0  # frames received
         self.skipped = 0  # malformed messages or values skipped
