@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, UTC
 from typing import Any, Protocol
-from decimal import Context, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_UP, Context, Decimal
 
 from exchanges.errors import InvalidOrderError
 
@@ -63,18 +63,45 @@ class Market:
     kind: str = "spot"  # spot | perp
     maker_fee: Decimal = Decimal("0")  # fraction of notional, 0.001 = 10 bps
     taker_fee: Decimal = Decimal("0")
+    # A venue that allows at most this many significant figures in a price, whole numbers always (Hyperliquid: 5):
+    # the step is then the coarser of the tick and the last significant figure. None: the tick alone.
+    price_sig_figs: int | None = None
 
     def round_qty(self, qty: Decimal) -> Decimal:
         """Round a quantity down to the lot size (never up: rounding up can exceed a balance or a limit)."""
         return round_down(qty, self.lot_size)
 
     def round_price(self, price: Decimal, side: Side | None = None) -> Decimal:
-        """Round a price to the tick: down for sells, up for buys, to the nearest (half-even) when no side is given."""
+        """Round a price to the market's rules: down for sells, up for buys, to the nearest (half-even) when no side
+        is given."""
+        if self.price_sig_figs is not None:
+            rounding = ROUND_UP if side is Side.BUY else ROUND_DOWN if side is Side.SELL else ROUND_HALF_EVEN
+            return round_sig_price(price, tick=self.tick_size, sig_figs=self.price_sig_figs, rounding=rounding)
         if side is Side.BUY:
             return round_up(price, self.tick_size)
         if side is Side.SELL:
             return round_down(price, self.tick_size)
         return (price / self.tick_size).quantize(Decimal(1)) * self.tick_size
+
+
+def sig_price_step(price: Decimal, *, tick: Decimal, sig_figs: int) -> Decimal:
+    """The price increment at this price's magnitude: `sig_figs` significant figures (whole numbers always allowed),
+    never finer than the tick."""
+    sig_step = Decimal(1).scaleb(price.adjusted() - (sig_figs - 1))
+    return max(min(sig_step, Decimal(1)), tick)
+
+
+def round_sig_price(price: Decimal, *, tick: Decimal, sig_figs: int, rounding: str = ROUND_HALF_EVEN) -> Decimal:
+    """Round a positive price to at most `sig_figs` significant figures (whole numbers always allowed) on the tick
+    (ROUND_DOWN / ROUND_UP / ROUND_HALF_EVEN); 0 when nothing valid is left."""
+    step = sig_price_step(price, tick=tick, sig_figs=sig_figs)
+    rounded = (price / step).to_integral_value(rounding=rounding) * step
+    if rounded > 0 and rounded.adjusted() > price.adjusted():
+        # Rounding up crossed a power of ten: the coarser step there may need one more rounding (never changes
+        # a value that is already valid, so the result stays on the same side of `price`).
+        step = sig_price_step(rounded, tick=tick, sig_figs=sig_figs)
+        rounded = (rounded / step).to_integral_value(rounding=rounding) * step
+    return rounded if rounded else Decimal(0)
 
 
 # Wide enough for any quotient of a money value (38 digits) by a step: the default 28 digits would round the
@@ -190,6 +217,29 @@ class VenueCandle:
 
 
 @dataclass(frozen=True)
+class FundingRate:
+    """One funding rate a perp market applied: at `time` (aware UTC, as the venue stamps it), a fraction of the
+    position's notional (> 0: longs pay shorts)."""
+
+    symbol: str
+    time: datetime
+    rate: Decimal
+
+
+@dataclass(frozen=True)
+class VenueFunding:
+    """One funding payment a venue booked on our account: `amount` in the quote asset, signed as the cash moved
+    (> 0: received, < 0: paid), on a position of `size` (signed base qty) at `rate`; `ref` the venue's id for it."""
+
+    symbol: str
+    time: datetime
+    amount: Decimal
+    rate: Decimal
+    size: Decimal
+    ref: str = ""
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """Venue quirks as data, so callers never branch on the venue's name."""
 
@@ -205,6 +255,8 @@ class Capabilities:
     # None: not limited by the venue (candles come from our own store: the paper venue); (): it serves none.
     timeframes: tuple[str, ...] | None = None
     candle_page: int = 300  # candles one request answers at most (a history download pages by it)
+    # Perps pay funding this often, on the venue's clock (Hyperliquid: every hour, on the hour); None: no funding.
+    funding_interval: timedelta | None = None
     # The venue keeps its state in our own database and its calls join the caller's transaction (the paper venue
     # on the Django store): the engine may decide, send and record in one transaction, since nothing leaves it.
     in_database: bool = False
@@ -368,6 +420,19 @@ class Connector(abc.ABC):
         from exchanges.errors import VenueError
 
         raise VenueError(f"{self.capabilities.venue} serves no candles", venue=self.capabilities.venue)
+
+    def funding_rates(self, symbol: str, *, since: datetime, until: datetime | None = None) -> Sequence[FundingRate]:
+        """Return the funding rates a perp market applied from `since` to `until` (now), oldest first, from the venue's
+        public data; a time the venue skipped is simply absent."""
+        from exchanges.errors import VenueError
+
+        raise VenueError(f"{self.capabilities.venue} publishes no funding rates", venue=self.capabilities.venue)
+
+    def funding_payments(self, *, since: datetime, until: datetime | None = None) -> Sequence[VenueFunding]:
+        """Return the funding payments the venue booked on our account from `since` to `until` (now), oldest first."""
+        from exchanges.errors import VenueError
+
+        raise VenueError(f"{self.capabilities.venue} reports no funding payments", venue=self.capabilities.venue)
 
     def unit_of_work(self) -> AbstractContextManager[None]:
         """Group calls into one unit; an `in_database` venue opens its transaction and takes its locks here."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
 
-from exchanges.base import Market, OrderType, Side, VenueOrder, round_down, round_up
+from exchanges.base import Market, OrderType, Side, VenueOrder
 
 ONE = Decimal("1")
 BPS = Decimal("10000")
@@ -23,10 +23,11 @@ def round_half_up(value: Decimal, step: Decimal) -> Decimal:
 
 
 def slipped_price(market: Market, side: Side, price: Decimal, slippage_bps: Decimal) -> Decimal:
-    """Return the price a taker gets: moved against them by slippage_bps, rounded to the tick against them."""
+    """Return the price a taker gets: moved against them by slippage_bps, rounded to the market's price rules (the
+    tick, and a venue's significant figures) against them."""
     if side is Side.BUY:
-        return round_up(price * (ONE + slippage_bps / BPS), market.tick_size)
-    return round_down(price * (ONE - slippage_bps / BPS), market.tick_size)
+        return market.round_price(price * (ONE + slippage_bps / BPS), Side.BUY)
+    return market.round_price(price * (ONE - slippage_bps / BPS), Side.SELL)
 
 
 def limit_crosses(side: Side, limit: Decimal, price: Decimal) -> bool:

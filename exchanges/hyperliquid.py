@@ -54,15 +54,19 @@ from exchanges.base import (
     OrderType,
     Side,
     Ticker,
+    FundingRate,
     VenueCandle,
     VenueConfig,
     VenueFill,
+    VenueFunding,
     VenueJournal,
     VenueOrder,
     VenueOrderStatus,
     VenuePosition,
     datetime_to_ms,
     ms_to_datetime,
+    round_sig_price,
+    sig_price_step,
 )
 from exchanges.errors import (
     AuthError,
@@ -94,6 +98,11 @@ INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "8h", "12h", "1d"
 # a history download pages on the last candle received (docs, "Info endpoint", "Candle snapshot").
 CANDLE_DEPTH = 5000
 CANDLES_PER_WEIGHT = 60  # a candleSnapshot reply weighs 1 more per 60 candles it holds (docs, "Rate limits")
+# Funding is paid every hour, on the hour, at 1/8 of the 8-hour rate (docs, "Funding"); fundingHistory and userFunding
+# answer at most FUNDING_PAGE rows a reply (paged on the last time received), and a reply weighs 1 more per 20 rows.
+FUNDING_INTERVAL = timedelta(hours=1)
+FUNDING_PAGE = 500
+FUNDING_ROWS_PER_WEIGHT = 20
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _Kind = Literal["read", "create", "cancel"]
@@ -136,26 +145,26 @@ def _journal_key(cloid: str) -> str:
     return f"{VENUE}/cloid/{cloid}"
 
 
+def price_tick(sz_decimals: int, max_decimals: int = MAX_PERP_DECIMALS) -> Decimal:
+    """The finest price step of a market: 10^-(max_decimals - szDecimals)."""
+    return Decimal(1).scaleb(-(max_decimals - sz_decimals))
+
+
 def price_step(price: Decimal, sz_decimals: int, max_decimals: int = MAX_PERP_DECIMALS) -> Decimal:
     """The price increment at this price's magnitude: 5 significant figures, integers always allowed, capped
     decimals."""
-    sig_step = Decimal(1).scaleb(price.adjusted() - (SIG_FIGS - 1))
-    return max(min(sig_step, Decimal(1)), Decimal(1).scaleb(-(max_decimals - sz_decimals)))
+    return sig_price_step(price, tick=price_tick(sz_decimals, max_decimals), sig_figs=SIG_FIGS)
 
 
 def round_price(price: Decimal, sz_decimals: int, rounding: str = ROUND_HALF_EVEN,
                 max_decimals: int = MAX_PERP_DECIMALS) -> Decimal:
-    """Round a price to the venue's rules (ROUND_DOWN / ROUND_UP / ROUND_HALF_EVEN); 0 when nothing valid is left."""
+    """Round a price to the venue's rules (ROUND_DOWN / ROUND_UP / ROUND_HALF_EVEN); 0 when nothing valid is left.
+
+    The rule itself is `exchanges.base.round_sig_price`, which the paper venue applies to these markets too
+    (`Market.price_sig_figs`)."""
     if not price.is_finite() or price <= 0:
         raise InvalidOrderError(f"price {price} is not a positive number", venue=VENUE)
-    step = price_step(price, sz_decimals, max_decimals)
-    rounded = (price / step).to_integral_value(rounding=rounding) * step
-    if rounded > 0 and rounded.adjusted() > price.adjusted():
-        # Rounding up crossed a power of ten: the coarser step there may need one more rounding (never changes
-        # a value that is already valid, so the result stays on the same side of `price`).
-        step = price_step(rounded, sz_decimals, max_decimals)
-        rounded = (rounded / step).to_integral_value(rounding=rounding) * step
-    return rounded if rounded else Decimal(0)
+    return round_sig_price(price, tick=price_tick(sz_decimals, max_decimals), sig_figs=SIG_FIGS, rounding=rounding)
 
 
 def is_valid_price(price: Decimal, sz_decimals: int, max_decimals: int = MAX_PERP_DECIMALS) -> bool:
@@ -247,7 +256,7 @@ class HyperliquidConnector(Connector):
         self.journal = journal
         self.account_name = account
         self.capabilities = Capabilities(
-            venue=VENUE, live=True, timeframes=INTERVALS, candle_page=CANDLE_DEPTH,
+            venue=VENUE, live=True, timeframes=INTERVALS, candle_page=CANDLE_DEPTH, funding_interval=FUNDING_INTERVAL,
             extra={"network": network, "margin": margin_mode, "market orders": f"IOC limit, {slippage} slippage bound",
                    "markets": "perps only"},
         )
@@ -379,9 +388,9 @@ class HyperliquidConnector(Connector):
                 lot = Decimal(1).scaleb(-sz_decimals)
                 markets[f"{coin}/{QUOTE}:{QUOTE}"] = Market(
                     symbol=f"{coin}/{QUOTE}:{QUOTE}", base=coin, quote=QUOTE,
-                    tick_size=Decimal(1).scaleb(-(MAX_PERP_DECIMALS - sz_decimals)), lot_size=lot, min_qty=lot,
+                    tick_size=price_tick(sz_decimals), lot_size=lot, min_qty=lot,
                     min_notional=MIN_NOTIONAL, max_leverage=Decimal(int(info.get("maxLeverage", 1))), kind="perp",
-                    maker_fee=MAKER_FEE, taker_fee=TAKER_FEE,
+                    maker_fee=MAKER_FEE, taker_fee=TAKER_FEE, price_sig_figs=SIG_FIGS,
                 )
             self._info.set_perp_meta(meta, 0)
         with self._lock:
@@ -496,6 +505,48 @@ class HyperliquidConnector(Connector):
                 key=lambda c: c.open_time,
             )
         return candles[:limit] if since is not None else candles[-limit:]
+
+    def funding_rates(self, symbol: str, *, since: datetime, until: datetime | None = None) -> Sequence[FundingRate]:
+        """The market's hourly funding rates from `fundingHistory` (`time` a few ms past the hour, as the venue
+        stamps it; an hour the venue skipped is absent), oldest first, paged on the last time received."""
+        coin, _, _ = self._coin(symbol)
+        rows = self._paged({"type": "fundingHistory", "coin": coin}, "fundingHistory", since, until)
+        with self._boundary("read", "fundingHistory"):
+            found = {int(r["time"]): FundingRate(symbol=symbol, time=ms_to_datetime(int(r["time"])),
+                                                 rate=_dec(r["fundingRate"])) for r in rows if r["coin"] == coin}
+        return [found[t] for t in sorted(found)]
+
+    def funding_payments(self, *, since: datetime, until: datetime | None = None) -> Sequence[VenueFunding]:
+        """Our account's funding payments from `userFunding` (`usdc` signed as the cash moved), oldest first."""
+        rows = self._paged({"type": "userFunding", "user": self._user()}, "userFunding", since, until)
+        found: dict[tuple[int, str], VenueFunding] = {}
+        with self._boundary("read", "userFunding"):
+            for r in rows:
+                delta = r["delta"]
+                if delta.get("type") != "funding":
+                    continue
+                coin, ms = str(delta["coin"]), int(r["time"])
+                found[(ms, coin)] = VenueFunding(
+                    symbol=self._symbol(coin), time=ms_to_datetime(ms), amount=_dec(delta["usdc"]),
+                    rate=_dec(delta["fundingRate"]), size=_dec(delta["szi"]), ref=str(r.get("hash") or ""))
+        return [found[key] for key in sorted(found)]
+
+    def _paged(self, payload: Mapping[str, Any], what: str, since: datetime,
+               until: datetime | None) -> list[Mapping[str, Any]]:
+        """Every row of a time-ranged info request (oldest first, at most FUNDING_PAGE a reply): the next page
+        starts just after the last time received."""
+        start, end = datetime_to_ms(since), None if until is None else datetime_to_ms(until)
+        rows: list[Mapping[str, Any]] = []
+        for _ in range(100):
+            page = self._read({**payload, "startTime": start, **({} if end is None else {"endTime": end})}, what)
+            if isinstance(page, list) and len(page) >= FUNDING_ROWS_PER_WEIGHT:
+                self._metered(f"info:{what}:rows", len(page) // FUNDING_ROWS_PER_WEIGHT)
+            with self._boundary("read", what):
+                rows.extend(page)
+                if len(page) < FUNDING_PAGE:
+                    return rows
+                start = max(int(r["time"]) for r in page) + 1
+        raise TemporaryError(f"{what}: more than {100 * FUNDING_PAGE} rows since {since.isoformat()}", venue=VENUE)
 
     def _fills(self, since_ms: int) -> dict[int, list[VenueFill]]:
         """Our account's fills since a time (ms), grouped by venue order id, oldest first.

@@ -57,6 +57,7 @@ from exchanges.base import (
 from exchanges.errors import (
     InsufficientFundsError,
     InvalidOrderError,
+    MarketNotFoundError,
     OrderNotFoundError,
     TemporaryError,
 )
@@ -266,6 +267,7 @@ class PaperConfig:
     fee_quantum: Decimal = FEE_QUANTUM  # fees and funding are rounded HALF_UP to this
     par_assets: frozenset[str] = frozenset({"USD", "USDT", "USDC"})  # quotes settled 1:1 with each other
     max_price_age: timedelta | None = None  # refuse prices older than this (by the venue's clock)
+    markets_from: str = ""  # whose markets these are (a venue's price feed), named when a symbol is not among them
 
     def __post_init__(self) -> None:
         symbols = [m.symbol for m in self.markets]
@@ -354,6 +356,7 @@ class PaperVenue(Connector):
             self.capabilities = replace(self.capabilities, in_database=True)
         self._prices = prices
         self._config = config
+        self._by_symbol = {m.symbol: m for m in config.markets}  # a venue's feed lists hundreds
         self._clock = clock or _utc_now
         self._leverage: dict[str, Decimal] = {}
 
@@ -372,6 +375,16 @@ class PaperVenue(Connector):
     def markets(self) -> Sequence[Market]:
         """List the paper markets."""
         return self._config.markets
+
+    def market(self, symbol: str) -> Market:
+        """Return one paper market, or raise MarketNotFoundError."""
+        found = self._by_symbol.get(symbol)
+        if found is None:
+            source = self._config.markets_from
+            listed = ", ".join(sorted(self._by_symbol)[:5]) + (", ..." if len(self._by_symbol) > 5 else "")
+            raise MarketNotFoundError(f"unknown market {symbol!r}" + (
+                f": paper trades {source}'s markets ({listed})" if source else ""), venue=VENUE)
+        return found
 
     def ticker(self, symbol: str) -> Ticker:
         """Return the price source's current price, or raise TemporaryError when it is missing or unusable."""
@@ -520,18 +533,29 @@ class PaperVenue(Connector):
                     changed[canceled.client_order_id] = canceled
             return list(changed.values())
 
-    def apply_funding(self, symbol: str, rate: Decimal) -> Decimal:
-        """Charge one funding payment of qty x mark x rate on a perp; return what was paid (< 0: received)."""
+    def apply_funding(self, symbol: str, rate: Decimal, *, price: Decimal | None = None,
+                      quantity: Decimal | None = None) -> Decimal:
+        """Charge one funding payment of qty x price x rate on a perp; return what was paid (< 0: received).
+
+        `price` defaults to the current price and `quantity` (signed base qty) to the position held now; a payment
+        for a past funding time names both (the position and price then). Rounded half-up to the fee quantum."""
         market = self.market(symbol)
         if market.kind != "perp":
             raise InvalidOrderError(f"{symbol} is not a perp: no funding", venue=VENUE)
+        for name, value in (("rate", rate), ("price", price), ("quantity", quantity)):
+            if value is not None and not value.is_finite():
+                raise InvalidOrderError(f"funding {name} must be a finite number, got {value}", venue=VENUE)
         with self._store.atomic():
-            qty, _ = self._store.position(symbol)
+            qty = self._store.position(symbol)[0] if quantity is None else quantity
             if qty == 0:
                 return ZERO
-            amount = qty * self.ticker(symbol).price * rate * self._quote_rate(market.quote)
+            mark = self.ticker(symbol).price if price is None else price
+            if not mark > 0:
+                raise InvalidOrderError(f"funding price must be positive, got {mark}", venue=VENUE)
+            amount = qty * mark * rate * self._quote_rate(market.quote)
             paid = round_half_up(amount, self._config.fee_quantum)
-            self._store.set_cash(self._store.cash() - paid)
+            if paid:
+                self._store.set_cash(self._store.cash() - paid)
             return paid
 
     # -- internals -----------------------------------------------------------------------------------------

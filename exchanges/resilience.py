@@ -32,10 +32,12 @@ from exchanges.base import (
     Balance,
     CheckItem,
     Connector,
+    FundingRate,
     Market,
     OrderRequest,
     Ticker,
     VenueCandle,
+    VenueFunding,
     VenueOrder,
     VenuePosition,
 )
@@ -466,6 +468,14 @@ class ResilientConnector(Connector):
                 limit: int = 300) -> Sequence[VenueCandle]:
         return self._call("candles", CallKind.READ,
                           lambda: self.inner.candles(symbol, timeframe, since=since, limit=limit))
+
+    def funding_rates(self, symbol: str, *, since: datetime, until: datetime | None = None) -> Sequence[FundingRate]:
+        return self._call("funding_rates", CallKind.READ,
+                          lambda: self.inner.funding_rates(symbol, since=since, until=until))
+
+    def funding_payments(self, *, since: datetime, until: datetime | None = None) -> Sequence[VenueFunding]:
+        return self._call("funding_payments", CallKind.READ,
+                          lambda: self.inner.funding_payments(since=since, until=until))
 
     def create_order(self, request: OrderRequest) -> VenueOrder:
         return self._call("create_order", CallKind.CREATE, lambda: self.inner.create_order(request))

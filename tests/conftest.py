@@ -83,6 +83,21 @@ def make_strategy(db: Any) -> Callable[..., Any]:
 
 
 @pytest.fixture
+def feed_markets(db: Any) -> Callable[..., None]:
+    """Store the market list of a price feed's venue (what trading/feedmarkets.py keeps after loading it), so that
+    paper accounts on that feed trade these markets without asking any venue: by default the bundled paper markets
+    (BTC/USD, ETH/BTC, ...), for tests about prices, candles and staleness rather than about a venue's markets."""
+    from exchanges.paper import DEFAULT_MARKETS
+    from trading.feedmarkets import feed_markets_store
+
+    def store(*feeds: str, markets: Any = DEFAULT_MARKETS) -> None:
+        for feed in feeds:
+            feed_markets_store(feed, markets, now=timezone.now())
+
+    return store
+
+
+@pytest.fixture
 def set_price(db: Any) -> Callable[..., None]:
     """Publish a market price (now, unless a time is given) to the paper venue's feed."""
     from trading.prices import price_set

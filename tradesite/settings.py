@@ -337,6 +337,10 @@ TRADING = {
     "EXIT_WIDEN_BPS": int(os.environ.get("TRADING_EXIT_WIDEN_BPS", "100")),
     "RECONCILE_EVERY_SECONDS": int(os.environ.get("TRADING_RECONCILE_EVERY_SECONDS", "60")),
     "SNAPSHOT_EVERY_SECONDS": int(os.environ.get("TRADING_SNAPSHOT_EVERY_SECONDS", "60")),
+    # Funding (trading/funding.py): booked every FUNDING_EVERY_SECONDS; after downtime, payments up to
+    # FUNDING_CATCHUP_HOURS back are caught up.
+    "FUNDING_EVERY_SECONDS": int(os.environ.get("TRADING_FUNDING_EVERY_SECONDS", "300")),
+    "FUNDING_CATCHUP_HOURS": int(os.environ.get("TRADING_FUNDING_CATCHUP_HOURS", "168")),
 }
 # Public market data (candle downloads) from each venue's published URL, or from <VENUE>_PUBLIC_ENDPOINT (a mirror,
 # a loopback fake): no credentials are involved.

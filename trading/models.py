@@ -392,6 +392,44 @@ class MarketPrice(models.Model):  # noqa: DJ008 - a record row, listed by its co
         constraints = [models.UniqueConstraint(fields=["feed", "symbol"], name="market_price_feed_symbol_unique")]
 
 
+class FeedMarkets(models.Model):  # noqa: DJ008 - a record row, listed by its columns in the admin
+    """A price feed's venue markets (tick, lot, minimums, leverage, fees), loaded from its public market data and kept
+    here for every process: the markets a paper account on that feed trades (trading/feedmarkets.py)."""
+
+    feed = models.CharField(max_length=32, unique=True)
+    markets = models.JSONField()  # [{field: value as text}], as trading.feedmarkets writes them
+    loaded_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name_plural = "feed markets"
+
+
+class Funding(models.Model):  # noqa: DJ008 - a record row, listed by its columns in the admin
+    """One funding payment on an account's perp position, booked once per (account, market, funding time): into the
+    positions' realized P&L and the account's cash (and, on paper, the paper venue's own cash)."""
+
+    class Source(models.TextChoices):
+        PAPER = "paper"  # the paper venue charged it, at its feed venue's rate (trading/funding.py)
+        VENUE = "venue"  # a live venue reported it (Hyperliquid userFunding)
+
+    account = models.ForeignKey(VenueAccount, on_delete=models.PROTECT, related_name="fundings")
+    symbol = models.CharField(max_length=32)
+    time = models.DateTimeField()  # the funding time, on the venue's interval grid (the hour on Hyperliquid)
+    source = models.CharField(max_length=8, choices=Source.choices)
+    rate = money()
+    price = money_or_none()  # the price the payment was valued at (None: the venue's own amount)
+    quantity = money()  # the account's signed position then, in base
+    amount = money()  # signed as the cash moved: > 0 received, < 0 paid
+    by_strategy = models.JSONField(default=dict, blank=True)  # strategy id -> its share of `amount` (text)
+    venue_ref = models.CharField(max_length=128, blank=True, default="")  # the venue's id of the payment
+    recorded_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["account", "symbol", "time"],
+                                               name="funding_once_per_account_market_time")]
+        indexes = [models.Index(fields=["account", "source", "time"])]
+
+
 class PaperOrder(models.Model):  # noqa: DJ008 - a record row, listed by its columns in the admin
     """The paper venue's own record of an order (its "exchange side"), kept apart from our Order book."""
 

@@ -14,6 +14,7 @@ SCHEDULE = {
     "accounts reconcile": ("trading.tasks.accounts_reconcile", "RECONCILE_EVERY_SECONDS", "monitoring"),
     "equity snapshot": ("trading.tasks.equity_snapshot", "SNAPSHOT_EVERY_SECONDS", "monitoring"),
     "kill switch enforce": ("trading.tasks.kill_switch_enforce", "SWEEP_EVERY_SECONDS", "execution"),
+    "funding settle": ("trading.tasks.funding_settle", "FUNDING_EVERY_SECONDS", "monitoring"),
 }
 
 

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from exchanges.errors import VenueError
-from trading import reconcile, selectors, services
+from trading import funding, reconcile, selectors, services
 from trading.execution import order_reply_record, signal_process
 from trading.exits import exits_drive
 from trading.killswitch import kill_switch_enforce
@@ -94,6 +94,13 @@ def kill_switch_enforce_task() -> dict[str, int]:
 def accounts_reconcile_task() -> dict[str, object]:
     """Compare every account's orders and positions with its venue."""
     return reconcile.accounts_reconcile()
+
+
+@shared_task(name="trading.tasks.funding_settle", acks_late=True)
+def funding_settle_task() -> dict[str, int]:
+    """Book the perp funding due: paper accounts on a venue's feed at its rate, live accounts from the venue's
+    records (each payment once; a run after downtime catches up)."""
+    return funding.funding_settle()
 
 
 @shared_task(name="trading.tasks.equity_snapshot", acks_late=True)

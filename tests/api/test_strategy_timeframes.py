@@ -101,7 +101,8 @@ def test_the_paper_venue_takes_every_timeframe_its_store_can_hold(api: Any, make
                                 "strategy on this account"),
 ])
 def test_a_paper_account_on_a_venues_prices_takes_that_venues_timeframes(
-        api: Any, feed: str, timeframe: str, field: str, message: str) -> None:
+        api: Any, feed_markets: Any, feed: str, timeframe: str, field: str, message: str) -> None:
+    feed_markets(feed)  # the venue's markets as stored (here the bundled ones, BTC/USD among them)
     account = services.account_create(data={"name": "paper live", "venue": "paper", "network": "paper",
                                             "price_feed": feed}, by="test")
     response = api.post("/api/strategies/", _data(account, symbol="BTC/USD", mode="paper", timeframe=timeframe),

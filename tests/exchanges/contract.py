@@ -80,10 +80,15 @@ def far_price(venue: ContractVenue, side: Side) -> Decimal:
     return venue.market.round_price(venue.price * factor, side)
 
 
+COUNT_FIELDS = {"price_sig_figs"}  # a number of digits, not an amount: an int
+
+
 def decimals_of(value: Any) -> list[object]:
     """Return every number-like field of a dataclass and of the dataclasses it holds."""
     found: list[object] = []
     for f in dataclasses.fields(value):
+        if f.name in COUNT_FIELDS:
+            continue
         item = getattr(value, f.name)
         items = item if isinstance(item, tuple) else (item,)
         for x in items:

@@ -16,8 +16,11 @@ shared `plan` (tests/fakes/faults.py).
 
 Wire shapes, compared field by field with the real replies in tests/fixtures/venues/hyperliquid (README there):
 clearinghouseState positions carry every field of the recorded one (`maxTradeSzs` as [buy, sell] sizes the free
-margin allows) and those the venue's docs add since (`cumFunding` all zero: the fake charges no funding;
+margin allows) and those the venue's docs add since (`cumFunding` all zero even after `fund`;
 `maxLeverage` the asset's; `leverage.rawUsd` when isolated), with `time` and `withdrawable` at the top level;
+fundingHistory rows `{coin, fundingRate, premium, time}` and userFunding rows `{delta: {coin, fundingRate, nSamples,
+szi, type, usdc}, hash, time}` as recorded, oldest first, filled by `fund` (one hourly funding charged to every
+position, the history row a few ms past the hour as recorded);
 frontendOpenOrders / orderStatus / historicalOrders orders have the recorded fields, `cloid` null when none, and
 `children` (via `nest`: nested in the parent and listed again at the top level, as recorded); userFills rows have
 the recorded fields plus `tid` and `feeToken` (newer replies), newest first, `fills_page` a reply; candles and
@@ -171,6 +174,11 @@ class HyperliquidFake(FakeHTTPServer):
         # holds at most `candles_page` of them, oldest first (a client pages on the last `t` it received)
         self.candles_depth = 5000
         self.candles_page = 5000
+        # fundingHistory rows by coin and userFunding rows by user, as recorded (see `fund`); at most `funding_page`
+        # rows a reply, oldest first (a client pages on the last `time` it received)
+        self.funding: dict[str, list[dict[str, Any]]] = {}
+        self.user_funding: dict[str, list[dict[str, Any]]] = {}
+        self.funding_page = 500
         self.created: list[str | None] = []  # cloid of every order created, in order
         self.lock = threading.RLock()
         self._next_oid = 1000
@@ -242,6 +250,27 @@ class HyperliquidFake(FakeHTTPServer):
             if kind is None or action.get("type") == kind:
                 found.append(action)
         return found
+
+    def fund(self, coin: str, hour_ms: int, rate: Decimal | str, *, premium: str = "0.0", stamp_ms: int = 48,
+             price: Decimal | str | None = None) -> None:
+        """Apply one hourly funding of `coin` at `hour_ms` as the venue does: a fundingHistory row stamped `stamp_ms`
+        past the hour (recorded rows are a few ms late), and every user's position charged szi x price (the coin's
+        price unless given: the venue's oracle) x rate, in USDC to 6 decimals, with its userFunding row on the hour."""
+        rate = Decimal(rate)
+        px = self.prices[coin] if price is None else Decimal(price)
+        with self.lock:
+            self.funding.setdefault(coin, []).append({"coin": coin, "fundingRate": wire(rate), "premium": premium,
+                                                      "time": hour_ms + stamp_ms})
+            for address, account in self.users.items():
+                szi = account.positions.get(coin, (Decimal(0), Decimal(0)))[0]
+                if szi == 0:
+                    continue
+                usdc = (-szi * px * rate).quantize(FEE_QUANTUM)
+                account.usdc += usdc
+                self.user_funding.setdefault(address, []).append({
+                    "delta": {"coin": coin, "fundingRate": wire(rate), "nSamples": 1, "szi": wire(szi),
+                              "type": "funding", "usdc": wire(usdc)},
+                    "hash": "0x" + "0" * 64, "time": hour_ms})
 
     def set_price(self, coin: str, price: Decimal | str) -> None:
         """Move a market's mark; resting limits and triggers it crosses execute before this returns."""
@@ -331,6 +360,16 @@ class HyperliquidFake(FakeHTTPServer):
             return Reply(200, rows[:self.fills_page])
         if kind == "candleSnapshot":
             return Reply(200, self._candles(body.get("req") or {}))
+        if kind in ("fundingHistory", "userFunding"):
+            if "startTime" not in body or (kind == "fundingHistory" and "coin" not in body):
+                return Reply(422, b"Failed to deserialize the JSON body into the target type",
+                             {"Content-Type": "text/plain"})
+            start, end = int(body["startTime"]), body.get("endTime")
+            rows = self.funding.get(str(body["coin"]), []) if kind == "fundingHistory" else self.user_funding.get(
+                user, [])
+            kept = sorted((r for r in rows if int(r["time"]) >= start and (end is None or int(r["time"]) <= int(end))),
+                          key=lambda r: int(r["time"]))
+            return Reply(200, kept[:self.funding_page])
         if kind == "userRole":
             if user in self.agents:
                 return Reply(200, {"role": "agent", "data": {"user": self.agents[user]}})
@@ -365,7 +404,7 @@ class HyperliquidFake(FakeHTTPServer):
                 "positionValue": wire(value.quantize(FEE_QUANTUM)),
                 "returnOnEquity": wire((pnl * lev / (abs(szi) * entry)).quantize(Decimal("1e-8"))),
                 "unrealizedPnl": wire(pnl), "maxLeverage": int(meta["maxLeverage"]),
-                # The venue's funding accrual; the fake charges no funding.
+                # The venue's funding accrual: left at zero (`fund` books payments into userFunding and the cash).
                 "cumFunding": {"allTime": "0.0", "sinceOpen": "0.0", "sinceChange": "0.0"},
                 "maxTradeSzs": self._max_trade_sizes(account, coin, szi),
             }})

@@ -33,6 +33,12 @@ from trading.models import MarketPrice, Position, Signal
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True)
+def _the_feed_lists_the_paper_markets(feed_markets: Callable[..., None]) -> None:
+    """Paper accounts on the hyperliquid feed trade its markets: here the bundled ones (BTC/USD streams as BTC)."""
+    feed_markets("hyperliquid")
+
+
 class RunningRole:
     """The role on an event loop in a thread of this process, stopped at the end of the test."""
 

@@ -18,6 +18,13 @@ from trading.prices import accounts_priced_by, price_feed_of
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def _venue_feeds_list_the_paper_markets(feed_markets) -> None:  # type: ignore[no-untyped-def]
+    """Paper accounts on a venue's feed trade that venue's markets: here the bundled ones, so that two feeds quote
+    the same symbols."""
+    feed_markets("hyperliquid", "coinbase")
+
+
 def _open(strategy, key: str) -> Signal:  # type: ignore[no-untyped-def]
     signal, _ = signal_create(strategy=strategy, source="manual", action="open_long", idempotency_key=key,
                               enqueue=False)
