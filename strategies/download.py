@@ -12,27 +12,24 @@ and strategies read them: `hyperliquid`, `coinbase`, and `hyperliquid-testnet` f
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F, Q, Window
 from django.db.models.functions import Lead
 from django.utils import timezone
 
-from exchanges import registry
 from exchanges.base import Connector, Market, VenueCandle, datetime_to_ms, ms_to_datetime
 from exchanges.errors import VenueError
 from strategies.candles import timeframe_delta
 from strategies.history import HistoryError, HistoryResult, history_page_through
 from strategies.models import Candle
 from strategies.services import CandleImportError, candles_import
-from trading import dispatch
+from trading import connectors, dispatch
 from trading.prices import feed_name
 from trading.services import TIMEFRAMES
 
@@ -44,8 +41,6 @@ DEFAULT_CANDLES = 5000  # the span offered when no start is given: Hyperliquid k
 TASK_SLICE_SECONDS = 30.0  # a task downloads this long, then queues the rest (Celery's soft limit is 45 s)
 BACKFILL_CANDLES = 300  # a backfill reaches this far back at most (the market-data role's gap after a reconnect)
 
-_connectors: dict[tuple[str, str, str | None], Connector] = {}  # public connectors, one per (venue, network, URL)
-_connectors_lock = threading.Lock()
 
 
 class DownloadError(Exception):
@@ -73,21 +68,9 @@ def feed_venue(feed: str) -> tuple[str, str]:
 
 
 def public_connector(venue: str, network: str = "mainnet") -> Connector:
-    """This process's connector for the venue's public market data (no credentials), sharing its request budget."""
-    from trading.ratelimits import shared_limiter
-
-    registry.limiters_use(shared_limiter if settings.REDIS_URL else None)
-    endpoint = settings.PUBLIC_ENDPOINTS.get(venue) or None
-    key = (venue, network, endpoint)
-    with _connectors_lock:
-        found = _connectors.get(key)
-        # Rebuilt when the registry's guards were replaced (another limiter factory, a reset): never two budgets.
-        if found is not None and getattr(found, "breaker", None) is not registry.guards(
-                venue, registry.PUBLIC_ACCOUNT)[1]:
-            found = None
-        if found is None:
-            found = _connectors[key] = registry.build_public(venue=venue, network=network, endpoint=endpoint)
-        return found
+    """This process's connector for the venue's public market data (no credentials), sharing its request budget
+    (trading.connectors.public_connector, by the feed's name)."""
+    return connectors.public_connector(venue if network == "mainnet" else f"{venue}-{network}")
 
 
 def download_timeframes(connector: Connector) -> tuple[str, ...]:
