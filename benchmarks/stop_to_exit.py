@@ -17,7 +17,7 @@ the venue refused is tried again), each with the expiry beat gives it. Then roun
 two kinds interleaved:
 
 * arrival: the market's price is set 2 % lower at the venue (t0, just before the fake's `set_price`), then
-  `trading.tasks.price_arrived(symbol, price)` is called at once, as the paper feed and the replay do;
+  `trading.tasks.price_arrived(symbol, price, feed)` is called at once, as the market-data role does;
 * poll: the same crossing after a random pause (uniform over one tick interval, so the crossing falls anywhere
   in the tick's cycle), with no price_arrived: only the tick can see it (the code before price_arrived).
 
@@ -76,6 +76,7 @@ QUOTE = "USDC"
 STOP_PERCENT = Decimal("1")
 DROP = Decimal("0.98")  # the crossing price: 2 % below the entry, 1 % past the stop
 TARGET_P99_MS = 250.0
+FEED = "hyperliquid-testnet"  # the price feed of the benchmark's testnet accounts (trading.prices.price_feed_of)
 LIFTED = 1e9  # weight a second and burst: out of reach
 
 # The worker's launcher with --venue-budget lifted: Hyperliquid's per-IP budget raised before Celery starts (the pool
@@ -327,7 +328,9 @@ def round_run(book: Book, venue: Venue, worker: stf.Worker, *, kind: str, coin: 
     t0 = time.monotonic()
     venue.fake.set_price(coin, crossing)
     if kind == "arrival":
-        result.sent_by_arrival = price_arrived(symbol_of(coin), crossing)
+        # The accounts' price feed (testnet Hyperliquid accounts: "hyperliquid-testnet"), as the market-data role
+        # calls it: a price of one feed crosses only the stops of the accounts that feed prices.
+        result.sent_by_arrival = price_arrived(symbol_of(coin), crossing, FEED)
         result.price_arrived_ms = (time.monotonic() - t0) * 1000
 
     since = datetime.fromtimestamp(wall0, tz=UTC)
