@@ -6,34 +6,26 @@ same SELECT written out and loaded with `Model.from_db`. The hot path's few wide
 column lists come from the models, so a new field needs no change here.
 
 On PostgreSQL every statement is a prepared statement whose values are bound server-side (never written into the
-SQL text), and a batching scope sends several in one round trip in libpq's pipeline mode (see below).
+SQL text), and a batching scope sends several in one round trip in libpq's pipeline mode (see below; the wire level
+is infra/pipeline.py).
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
-import re
-import threading
-import time
-import weakref
 from datetime import datetime
 from decimal import Decimal
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar, cast
 
-import psycopg
 from django.db import connection, transaction
 from django.db.models import Field, Model
-from psycopg import abc as psycopg_abc
-from psycopg.adapt import PyFormat, Transformer
-from psycopg.pq import ExecStatus, PipelineStatus, TransactionStatus
-from psycopg.waiting import Ready, Wait
+
+from infra.pipeline import Batch, activate, active, carry_writes, run_joined, run_with_prefetches, write
+from infra.pipeline import batchable as batchable  # part of this module's API
 
 M = TypeVar("M", bound=Model)
 _Converter = Callable[[Any, Any, Any], Any]
-_db_log = logging.getLogger("django.db.backends")  # where Django logs each statement it sends
 
 
 def concrete_field(model: type[Model], name: str) -> Field[Any, Any]:
@@ -98,7 +90,7 @@ class Rows(Generic[M]):
 
 def fetch_all(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     """Run one statement and return its rows (in a `batching` scope: a prefetched answer, or with the prefetches)."""
-    state = _active()
+    state = active()
     if state is not None:
         if state.cache:
             try:
@@ -108,9 +100,9 @@ def fetch_all(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
             if found is not None:
                 return found
         if state.prefetch or state.writes:
-            return _run_with_prefetches(state, sql, params)
+            return run_with_prefetches(state, sql, params)
     if batchable():
-        return _run_joined([(sql, params)])[0]
+        return run_joined([(sql, params)])[0]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return [tuple(row) for row in cursor.fetchall()]
@@ -129,37 +121,12 @@ def fetch_one(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
 # of work waits on. Reads registered with `prefetch` travel with the next read, and are answered from memory
 # when asked for; writes that return nothing wait and travel with the next statement of any kind (so every
 # statement still sees every earlier write), or go at the end of the scope. Elsewhere (SQLite) nothing changes.
-
-
-class _Batch:
-    def __init__(self) -> None:
-        self.prefetch: list[tuple[str, tuple[Any, ...]]] = []
-        self.cache: dict[tuple[str, tuple[Any, ...]], list[tuple[Any, ...]]] = {}
-        self.writes: list[tuple[str, list[Any]]] = []
-        self.ids: dict[type[Model], list[int]] = {}
-        self.queued = 0  # writes ever queued in this scope
-        self.sent = 0  # of which sent
-        # Waiting writes that later ones may fold into: by object (INSERTs) and by row (UPDATEs), with the index
-        # (in queue order) of the write to replace.
-        self.inserts: dict[int, tuple[int, list[Model], str, list[Any]]] = {}
-        self.updates: dict[tuple[type[Model], Any], tuple[int, dict[str, Any]]] = {}
-
-
-_local = threading.local()
-
-
-def _active() -> _Batch | None:
-    return getattr(_local, "batch", None)
-
-
-def batchable() -> bool:
-    """Whether this connection can send several statements in one round trip (PostgreSQL, pipeline mode)."""
-    return connection.vendor == "postgresql" and psycopg.Pipeline.is_supported()
+# The scope's state and the wire (prepared statements, the pipeline, logging) are infra/pipeline.py.
 
 
 def batching_active() -> bool:
     """Whether a `batching` scope is open in this thread."""
-    return _active() is not None
+    return active() is not None
 
 
 @contextmanager
@@ -170,20 +137,20 @@ def batching(*, commit: bool = False) -> Iterator[None]:
     a scope that ends its outermost transaction right after (psycopg's commit is then a no-op).
     A nested scope joins the outer one. Outside PostgreSQL it does nothing.
     """
-    if _active() is not None or not batchable():
+    if active() is not None or not batchable():
         yield
         return
-    _local.batch = state = _Batch()
+    activate(state := Batch())
     try:
-        with connection.execute_wrapper(_carry_writes):
+        with connection.execute_wrapper(carry_writes):
             yield
             if state.writes:
                 statements, state.writes = state.writes, []
                 state.sent = state.queued
                 done = commit and not connection.needs_rollback and connection.in_atomic_block
-                _run_joined(statements, tail="COMMIT" if done else "")
+                run_joined(statements, tail="COMMIT" if done else "")
     finally:
-        _local.batch = None
+        activate(None)
 
 
 @contextmanager
@@ -193,7 +160,7 @@ def savepoint() -> Iterator[None]:
     In memory, the writes queued inside are dropped on error; if some were already sent, the whole transaction
     is marked for rollback instead (nothing half-done can be committed).
     """
-    state = _active()
+    state = active()
     if state is None:
         with transaction.atomic():
             yield
@@ -216,14 +183,14 @@ def savepoint() -> Iterator[None]:
 
 def prefetch(statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
     """Register reads to send with the next read of this batching scope (no-op outside one)."""
-    state = _active()
+    state = active()
     if state is not None:
         state.prefetch.extend((sql, tuple(params)) for sql, params in statements)
 
 
 def reserve_ids(model: type[Model], count: int) -> None:
     """Prefetch `count` primary keys of `model` from its sequence, so its inserts in this scope can wait too."""
-    state = _active()
+    state = active()
     if state is None:
         return
     prefetch([(_RESERVE_SQL, [*_sequence_of(model), count])])
@@ -237,7 +204,7 @@ def _sequence_of(model: type[Model]) -> tuple[str, str]:
     return model._meta.db_table, cast(str, model._meta.pk.column)
 
 
-def _take_ids(state: _Batch, model: type[Model], count: int) -> list[int] | None:
+def _take_ids(state: Batch, model: type[Model], count: int) -> list[int] | None:
     pool = state.ids.get(model)
     if pool is None:
         sequence = _sequence_of(model)
@@ -247,250 +214,6 @@ def _take_ids(state: _Batch, model: type[Model], count: int) -> list[int] | None
         return None
     taken, state.ids[model] = pool[:count], pool[count:]
     return taken
-
-
-def _write(sql: str, params: list[Any]) -> None:
-    state = _active()
-    if state is not None:
-        state.writes.append((sql, params))
-        state.queued += 1
-        return
-    if batchable():
-        _run_joined([(sql, params)])
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-
-
-# Every statement of this module runs with its values bound server-side (typed by psycopg's dumpers, as a server-side
-# binding cursor sends them), as a protocol-level prepared statement: parsed and planned once per connection, then only
-# bound and executed (planning the hot path's statements cost PostgreSQL more than running them). A batch is written in
-# libpq's pipeline mode on the psycopg connection's own handle: a BEGIN when psycopg would send one, each statement's
-# Parse (the first time) and Bind/Execute, one Sync, then one wait for all the results. psycopg's Pipeline does the same
-# with a cursor per statement and a few system calls each: a batch of 5 statements took 150 us of client CPU that way,
-# 50 us here (100 us as the SQL text with literals this replaced), and the hot path sends ~20 statements per signal.
-# Parsing is not transactional: a statement whose Parse succeeded stays prepared whatever happened after it; one whose
-# Parse failed or was skipped (an earlier statement of its batch failed) is forgotten. Nothing else may deallocate them:
-# psycopg would, after a ROLLBACK, once it has prepared statements of its own, which Django's prepare_threshold=None
-# rules out (checked).
-_Key = tuple[bytes, tuple[int, ...]]  # a prepared statement: its text and its parameters' types
-_prepared: weakref.WeakKeyDictionary[Any, dict[_Key, bytes]] = weakref.WeakKeyDictionary()
-_transformers: weakref.WeakKeyDictionary[Any, psycopg_abc.Transformer] = weakref.WeakKeyDictionary()
-_names = itertools.count(1)
-_numbered: dict[str, tuple[bytes, int]] = {}
-_PLACEHOLDER = re.compile(r"%(.?)", re.DOTALL)
-_AUTO: dict[int, list[PyFormat]] = {}
-_FAILED = (ExecStatus.FATAL_ERROR, ExecStatus.PIPELINE_ABORTED)
-
-
-def _numbered_text(sql: str) -> tuple[bytes, int]:
-    """The statement with $1, $2... for its %s placeholders (%% is a percent sign, as Django reads it), and their
-    count; any other % is refused."""
-    found = _numbered.get(sql)
-    if found is None:
-        count = 0
-
-        def number(match: re.Match[str]) -> str:
-            nonlocal count
-            if match.group(1) == "%":
-                return "%"
-            if match.group(1) != "s":
-                raise ValueError(f"statement cannot be batched (a % must be %s or %%): {sql[:80]}")
-            count += 1
-            return f"${count}"
-
-        found = _numbered[sql] = (_PLACEHOLDER.sub(number, sql).encode(), count)
-    return found
-
-
-def _connection() -> psycopg.Connection[Any]:
-    """The psycopg connection, checked as Django checks it before a cursor runs a statement."""
-    connection.validate_no_broken_transaction()
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    connection.validate_thread_sharing()
-    return cast("psycopg.Connection[Any]", connection.connection)
-
-
-def _begin(raw: psycopg.Connection[Any]) -> bytes:
-    """The BEGIN psycopg would send on this connection (Django leaves isolation and access modes unset by default)."""
-    parts = ["BEGIN"]
-    if raw.isolation_level is not None:
-        parts.append("ISOLATION LEVEL " + psycopg.IsolationLevel(raw.isolation_level).name.replace("_", " "))
-    if raw.read_only is not None:
-        parts.append("READ ONLY" if raw.read_only else "READ WRITE")
-    if raw.deferrable is not None:
-        parts.append("DEFERRABLE" if raw.deferrable else "NOT DEFERRABLE")
-    return " ".join(parts).encode()
-
-
-def _bound(tx: psycopg_abc.Transformer, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[_Key, Any, Any]]:
-    """Each statement's key, its values dumped by psycopg and their formats (before anything is sent: a value psycopg
-    refuses fails the batch with nothing of it run)."""
-    out = []
-    for sql, params in statements:
-        text, count = _numbered_text(sql)
-        if count != len(params):
-            raise ValueError(f"statement has {count} placeholders for {len(params)} values: {sql[:80]}")
-        formats = _AUTO.get(count)
-        if formats is None:
-            formats = _AUTO[count] = [PyFormat.AUTO] * count
-        values = tx.dump_sequence(params, formats)
-        out.append(((text, tx.types or ()), values, tx.formats))
-    return out
-
-
-def _exchange(pgconn: Any) -> Generator[Wait, Ready | int, list[Any]]:
-    """For psycopg's `Connection.wait`: send the pipeline, then read every result up to its Sync (None ends each
-    command's results)."""
-    while pgconn.flush():
-        while not (ready := (yield Wait.RW)):
-            continue
-        if ready & Ready.R:
-            pgconn.consume_input()
-    results: list[Any] = []
-    while True:
-        while pgconn.is_busy():
-            while not (yield Wait.R):
-                continue
-            pgconn.consume_input()
-        result = pgconn.get_result()
-        if result is not None and result.status == ExecStatus.PIPELINE_SYNC:
-            return results
-        results.append(result)
-
-
-def _run_joined(statements: Sequence[tuple[str, Sequence[Any]]], *, tail: str = "") -> list[list[tuple[Any, ...]]]:
-    """Run statements in one round trip, `tail` (COMMIT) after them; each statement's rows."""
-    raw = _connection()
-    start = time.monotonic()
-    try:
-        with connection.wrap_database_errors, raw.lock:
-            if raw.prepare_threshold is not None:
-                raise RuntimeError("infra/rows.py needs psycopg's own prepared statements off (prepare_threshold None)")
-            known = _prepared.get(raw)
-            tx = _transformers.get(raw)
-            if known is None or tx is None:
-                known, tx = _prepared[raw], _transformers[raw] = {}, Transformer(raw)
-            bound = _bound(tx, statements)
-            pgconn = raw.pgconn
-            if pgconn.pipeline_status != PipelineStatus.OFF:  # psycopg's own pipeline is open: its results would mix
-                raise RuntimeError("infra/rows.py cannot send a batch inside psycopg's pipeline")
-            # What each command's results answer: a BEGIN or the tail (None), a Parse (its key), a statement (its
-            # index).
-            sent: list[_Key | int | None] = []
-            pgconn.enter_pipeline_mode()
-            try:
-                if not raw.autocommit and pgconn.transaction_status == TransactionStatus.IDLE:
-                    pgconn.send_query_params(_begin(raw), None)  # in this round trip, not one of its own
-                    sent.append(None)
-                for i, (key, values, formats) in enumerate(bound):
-                    name = known.get(key)
-                    if name is None:
-                        name = known[key] = f"tradesite_{next(_names)}".encode()
-                        pgconn.send_prepare(name, key[0], param_types=key[1])
-                        sent.append(key)
-                    pgconn.send_query_prepared(name, values, param_formats=formats)
-                    sent.append(i)
-                if tail:
-                    pgconn.send_query_params(tail.encode(), None)
-                    sent.append(None)
-                pgconn.pipeline_sync()
-                results = raw.wait(_exchange(pgconn))
-            except BaseException:
-                _abandon(pgconn, known, sent)
-                raise
-            pgconn.exit_pipeline_mode()
-            return _rows(tx, known, len(statements), sent, results, raw.info.encoding)
-    finally:
-        _logged(statements, tail, start)
-
-
-def _abandon(pgconn: Any, known: dict[_Key, bytes], sent: list[_Key | int | None]) -> None:
-    """After a failure while sending or waiting: forget what this batch prepared and leave pipeline mode, or drop
-    the connection when its state is unknown (results not read). Django then rolls back or reconnects."""
-    for what in sent:
-        if isinstance(what, tuple):
-            known.pop(what, None)
-    try:
-        pgconn.exit_pipeline_mode()
-    except psycopg.Error:
-        pgconn.finish()
-
-
-def _rows(tx: psycopg_abc.Transformer, known: dict[_Key, bytes], count: int, sent: list[_Key | int | None],
-          results: list[Any], encoding: str) -> list[list[tuple[Any, ...]]]:
-    """Each statement's rows from a pipeline's results; the first error raised (after forgetting the statements
-    whose Parse failed or was skipped)."""
-    out: list[list[tuple[Any, ...]]] = [[] for _ in range(count)]
-    error: psycopg.Error | None = None
-    answers = [result for result, after in itertools.pairwise([*results, None]) if after is None and result is not None]
-    if len(answers) != len(sent):  # each command's result is followed by None
-        raise psycopg.InterfaceError(f"{len(answers)} results for {len(sent)} commands in a pipeline")
-    for what, result in zip(sent, answers, strict=True):
-        status = result.status
-        if status in _FAILED:
-            if isinstance(what, tuple):
-                known.pop(what, None)
-            if error is None and status == ExecStatus.FATAL_ERROR:
-                error = psycopg.errors.error_from_result(result, encoding=encoding)
-        elif isinstance(what, int) and status == ExecStatus.TUPLES_OK:
-            tx.set_pgresult(result)
-            out[what] = tx.load_rows(0, result.ntuples, tuple)
-    if error is not None:
-        raise error
-    return out
-
-
-def _logged(statements: Sequence[tuple[str, Sequence[Any]]], tail: str, start: float, **flags: bool) -> None:
-    """Log a round trip as Django logs a statement (the texts as written, the values apart); a batch is one entry."""
-    if not connection.queries_logged:
-        return
-    duration = time.monotonic() - start
-    sql = ";\n".join([*(s for s, _ in statements), *([tail] if tail else [])])
-    params = [list(p) for _, p in statements]
-    entry: dict[str, Any] = {"sql": sql, "time": f"{duration:.3f}", **flags}
-    connection.queries_log.append(entry)
-    _db_log.debug("(%.3f) %s; args=%s; alias=%s", duration, sql, params, connection.alias,
-                  extra={"duration": duration, "sql": sql, "params": params, "alias": connection.alias})
-
-
-def _carry_writes(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
-    """Django execute wrapper: send the waiting writes in front of whatever statement runs next, in its round trip.
-
-    Through psycopg's own pipeline (Django's cursor runs the caller's statement in it, and the caller reads its
-    result once the pipeline has synced, on leaving it); the writes are bound server-side there too, not prepared.
-    Their log entry is marked `carried` (one round trip with the caller's statement, which Django logs next).
-    """
-    state = _active()
-    if state is None or not state.writes:
-        return execute(sql, params, many, context)
-    statements, state.writes = state.writes, []
-    state.sent = state.queued
-    if isinstance(context["cursor"].cursor, psycopg.ServerCursor):  # a named cursor cannot join a pipeline
-        _run_joined(statements)
-        return execute(sql, params, many, context)
-    raw = _connection()
-    start = time.monotonic()
-    try:
-        with connection.wrap_database_errors, raw.pipeline():
-            cursor = psycopg.Cursor(raw)
-            for write, values in statements:
-                cursor.execute(write, values)
-            return execute(sql, params, many, context)
-    finally:
-        _logged(statements, "", start, carried=True)
-
-
-def _run_with_prefetches(state: _Batch, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-    pending, state.prefetch = state.prefetch, []
-    writes, state.writes = state.writes, []  # sent in front, so the reads see them
-    state.sent = state.queued
-    results = _run_joined([*writes, (sql, params), *pending])
-    ours = results[len(writes):]
-    for key, rows in zip(pending, ours[1:], strict=True):
-        state.cache[key] = rows
-    return ours[0]
 
 
 def lock_clause(of: str) -> str:
@@ -507,7 +230,7 @@ def save_fields(obj: Model, fields: Sequence[str]) -> None:
     In a batching scope, an object whose INSERT is still waiting is inserted as it is now instead, and an UPDATE
     of a row that already has one waiting is merged into it: one statement per row.
     """
-    state = _active()
+    state = active()
     if state is not None:
         found = state.inserts.get(id(obj))
         if found is not None and state.sent <= found[0] < state.queued:
@@ -519,7 +242,7 @@ def save_fields(obj: Model, fields: Sequence[str]) -> None:
 
 def update(model: type[Model], pk: Any, values: dict[str, Any]) -> None:
     """UPDATE one row's fields (model field names -> Python values) by primary key; merged as `save_fields` says."""
-    state = _active()
+    state = active()
     if state is not None:
         found = state.updates.get((model, pk))
         if found is not None and state.sent <= found[0] < state.queued:
@@ -530,9 +253,9 @@ def update(model: type[Model], pk: Any, values: dict[str, Any]) -> None:
             return
         sql, params = _update_statement(model, pk, values)
         state.updates[(model, pk)] = (state.queued, values)
-        _write(sql, params)
+        write(sql, params)
         return
-    _write(*_update_statement(model, pk, values))
+    write(*_update_statement(model, pk, values))
 
 
 def _update_statement(model: type[Model], pk: Any, values: dict[str, Any]) -> tuple[str, list[Any]]:
@@ -557,7 +280,7 @@ def insert(objs: Sequence[Model], *, returning: bool = True) -> None:
     if not objs:
         return
     model = type(objs[0])
-    state = _active()
+    state = active()
     ids = None
     if state is not None and returning:
         ids = _take_ids(state, model, len(objs))
@@ -568,7 +291,7 @@ def insert(objs: Sequence[Model], *, returning: bool = True) -> None:
                 obj.pk = pk
         params = _params(objs, fields, add=True)
         index = state.queued
-        _write(sql, params)
+        write(sql, params)
         if ids is not None:
             _mark_saved(objs)
             for obj in objs:  # a later save_fields re-renders this INSERT instead of adding an UPDATE
@@ -577,7 +300,7 @@ def insert(objs: Sequence[Model], *, returning: bool = True) -> None:
     sql, fields = _insert_statement(model, len(objs), with_pk=False, returning=returning)
     params = _params(objs, fields, add=True)
     if not returning:
-        _write(sql, params)
+        write(sql, params)
         return
     ids = [row[0] for row in fetch_all(sql, params)]
     for obj, pk in zip(objs, ids, strict=True):
@@ -677,7 +400,7 @@ def _insert_statement(model: type[Model], count: int, *, with_pk: bool, returnin
 
 def execute(sql: str, params: Sequence[Any]) -> None:
     """Run one write that returns nothing (in a batching scope it waits and travels with the next statement)."""
-    _write(sql, list(params))
+    write(sql, list(params))
 
 
 _update_sql: dict[tuple[Any, ...], tuple[str, list[Any]]] = {}
