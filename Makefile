@@ -58,3 +58,9 @@ benchmark-exits: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var
+
+# The market-data role against the loopback Hyperliquid websocket: tick -> price visible, candle close -> signal
+# stored, the role's memory over 3 minutes (docs/benchmarks.md, "marketdata"; about 15 minutes)
+.PHONY: benchmark-marketdata
+benchmark-marketdata: $(STAMP)
+	$(BIN)/python benchmarks/marketdata.py all
