@@ -408,6 +408,20 @@ class Role:
             return 0
         return self.log_path.read_text(errors="replace").count(needle)
 
+    def errors_logged(self) -> int:
+        """ERROR lines in the role's log, the start's failed REST backfills (expected here) left out."""
+        return _errors_in(self.log_path, skip="backfill of")
+
+
+_ERROR_LINE = re.compile(r'"level": "ERROR"|^\S+ ERROR |^\[[^]]*ERROR')
+
+
+def _errors_in(path: Path, skip: str | None = None) -> int:
+    if not path.exists():
+        return 0
+    return sum(1 for line in path.read_text(errors="replace").splitlines()
+               if _ERROR_LINE.search(line) and (skip is None or skip not in line))
+
 
 @dataclass
 class Worker(stf.Worker):
@@ -426,6 +440,9 @@ class Worker(stf.Worker):
             cwd=ROOT, env={**self.env, "TRADESITE_COMPONENT": "worker"}, stdout=self.log_path.open("wb"),
             stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=stf._pdeathsig,
         )
+
+    def errors_logged(self) -> int:
+        return _errors_in(self.log_path)
 
     def cpu_s(self) -> float:
         """CPU seconds of the worker's process group so far."""
@@ -710,7 +727,7 @@ def ticks_run(ctx: Context, names: list[str], *, flush: float | None, rate: floa
               "sent_frames": sent["frames"], "send_seconds": sent["seconds"], "unsent_frames": sent["unsent"],
               "sender_lag_ms": sent["lag_ms"], **result, "flush_reference_in_process": reference,
               **usage_between(before, after),
-              "role_errors_logged": role.log_count('"level": "ERROR"')}
+              "role_errors_logged": role.errors_logged()}
     if sample_every:
         result["rss"] = rss_analyse(samples, idle)
     next_start = start + sent["frames"] * args.per_frame + 2 * len(names)
@@ -1046,7 +1063,7 @@ def mode_candles(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[
         "loadavg_mean": round(sum(r.load for r in measured) / max(len(measured), 1), 2),
         "evaluation_reference_in_process": reference,
         "worker_errors_logged": sum(w.errors_logged() for w in workers),
-        "role_errors_logged": role.log_count('"level": "ERROR"'),
+        "role_errors_logged": role.errors_logged(),
         "role_backfill_failures_at_start": role.log_count("backfill of"),
     }
     p99 = out["close_to_signal_ms"]["p99"]
